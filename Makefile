@@ -1,0 +1,35 @@
+# Quickstart: `make demo` runs the main job on the embedded default; `make test` runs lint and tests.
+# Both create .venv and install into it when needed.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format demo clean
+
+$(STAMP): setup.py constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade "pip==25.3"
+	# The CPU build of torch first, so nothing pulls a CUDA torch (torch is a test-only reference).
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+demo: $(STAMP)
+	$(BIN)/python -m prompt_tuning.train --gin_file=gin_configs/runs/smoke.gin --gin.MODEL_DIR="'runs/demo'"
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Soft prompt tuning of a frozen T5 in JAX/Flax."""

@@ -1,0 +1,136 @@
+"""The frozen T5 configuration: one dataclass, presets override fields only.
+
+Sizes follow the public T5 1.1 (and LM-adapted) and original T5 checkpoints.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+# Letters: V vocabulary, H model dim (emb_dim), N heads, K head dim, F MLP dim.
+_T5_1_1_SIZES = {
+    #        H,     F,    N,  K,  layers
+    "small": (512, 1024, 6, 64, 8),
+    "base": (768, 2048, 12, 64, 12),
+    "large": (1024, 2816, 16, 64, 24),
+    "xl": (2048, 5120, 32, 64, 24),
+    "xxl": (4096, 10240, 64, 64, 24),
+}
+_T5_ORIGINAL_SIZES = {
+    "small": (512, 2048, 8, 64, 6),
+    "base": (768, 3072, 12, 64, 12),
+    "large": (1024, 4096, 16, 64, 24),
+    "3b": (1024, 16384, 32, 128, 24),
+    "11b": (1024, 65536, 128, 128, 24),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+    """Hyperparameters of a T5 encoder-decoder.
+
+    Attributes:
+      vocab_size: rows of the token embedding (V); T5 pads 32,100 ids to 32,128.
+      emb_dim: model dimension (H).
+      num_heads: attention heads (N).
+      num_encoder_layers: encoder blocks.
+      num_decoder_layers: decoder blocks.
+      head_dim: dimension per head (K); attention kernels are [H, N*K].
+      mlp_dim: hidden size of the MLP (F).
+      mlp_activations: ("gelu", "linear") is T5 1.1's gated GELU (`wi_0`, `wi_1`); ("relu",) is the
+        original T5 MLP (`wi`).
+      dropout_rate: dropout on embeddings, sublayer outputs and attention weights.
+      logits_via_embedding: tie the output layer to `token_embedder` (original T5) instead of
+        `decoder/logits_dense` (T5 1.1).
+      scale_tied_logits: with tied logits, scale the decoder output by emb_dim**-0.5 (original T5
+        and T5X do; checkpoints written by transformers 5.x for T5 1.1 do not).
+      relative_attention_num_buckets: relative position buckets per stack.
+      relative_attention_max_distance: distance beyond which positions share the last bucket.
+      layer_norm_epsilon: RMS norm epsilon.
+      dtype: activation dtype (float32 or bfloat16); logits are always float32.
+      param_dtype: dtype parameters are created and stored in.
+    """
+
+    vocab_size: int = 32128
+    emb_dim: int = 512
+    num_heads: int = 6
+    num_encoder_layers: int = 8
+    num_decoder_layers: int = 8
+    head_dim: int = 64
+    mlp_dim: int = 1024
+    mlp_activations: tuple[str, ...] = ("gelu", "linear")
+    dropout_rate: float = 0.0
+    logits_via_embedding: bool = False
+    scale_tied_logits: bool = True
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def replace(self, **changes) -> "T5Config":
+        """Returns a copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def t5_1_1(size: str = "small", **overrides) -> T5Config:
+    """T5 1.1 / LM-adapted T5 of a named size ("small", "base", "large", "xl", "xxl")."""
+    if size not in _T5_1_1_SIZES:
+        raise ValueError(f"Unknown T5 1.1 size {size!r}; choose one of {sorted(_T5_1_1_SIZES)}.")
+    h, f, n, k, layers = _T5_1_1_SIZES[size]
+    config = T5Config(
+        emb_dim=h,
+        mlp_dim=f,
+        num_heads=n,
+        head_dim=k,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+    )
+    return config.replace(**overrides)
+
+
+def t5_original(size: str = "small", **overrides) -> T5Config:
+    """Original T5 ("small", "base", "large", "3b", "11b"): ReLU MLP, tied and scaled logits."""
+    if size not in _T5_ORIGINAL_SIZES:
+        raise ValueError(f"Unknown T5 size {size!r}; choose one of {sorted(_T5_ORIGINAL_SIZES)}.")
+    h, f, n, k, layers = _T5_ORIGINAL_SIZES[size]
+    config = T5Config(
+        emb_dim=h,
+        mlp_dim=f,
+        num_heads=n,
+        head_dim=k,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        mlp_activations=("relu",),
+        logits_via_embedding=True,
+        scale_tied_logits=True,
+    )
+    return config.replace(**overrides)
+
+
+def tiny(**overrides) -> T5Config:
+    """A T5 1.1-shaped model small enough for unit tests (H=32, 2+2 layers, V=128)."""
+    config = T5Config(
+        vocab_size=128,
+        emb_dim=32,
+        num_heads=4,
+        head_dim=8,
+        mlp_dim=64,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+    )
+    return config.replace(**overrides)
+
+
+def num_params(config: T5Config) -> int:
+    """Counts the parameters of the frozen model a config describes (no prompt)."""
+    h, f = config.emb_dim, config.mlp_dim
+    joined = config.num_heads * config.head_dim
+    attention = 4 * h * joined
+    mlp = (len(config.mlp_activations) + 1) * h * f
+    relpos = config.num_heads * config.relative_attention_num_buckets
+    encoder = config.num_encoder_layers * (attention + mlp + 2 * h) + h + relpos
+    decoder = config.num_decoder_layers * (2 * attention + mlp + 3 * h) + h + relpos
+    embeddings = config.vocab_size * h * (1 if config.logits_via_embedding else 2)
+    return embeddings + encoder + decoder

@@ -1,0 +1,44 @@
+"""Installs `prompt_tuning` (library and entry points) and `tasks` (seqio tasks)."""
+
+import setuptools
+
+CORE = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "seqio==0.0.20",
+    "tensorflow-cpu==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "sentencepiece==0.2.3",
+    "gin-config==0.5.0",
+    "clu==0.0.12",
+    "numpy>=2.0",
+    "safetensors",
+    "matplotlib",
+]
+
+setuptools.setup(
+    name="prompt_tuning",
+    version="0.1.0",
+    description="Soft prompt tuning of a frozen T5 in JAX/Flax, with T5X conventions.",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]),
+    install_requires=CORE,
+    extras_require={
+        # torch is only a numerical reference; install torch==2.13.0 first (CPU build).
+        "test": ["pytest", "pytest-xdist", "ruff", "torch==2.13.0", "transformers>=4.57,<4.58", "scipy", "scikit-learn"],
+        "bench": ["peft"],
+        "gpu": ["jax[cuda12]==0.10.2"],
+        "tpu": ["jax[tpu]==0.10.2"],
+    },
+    entry_points={
+        "console_scripts": [
+            "pt-train=prompt_tuning.train.__main__:console_main",
+            "pt-eval=prompt_tuning.eval:console_main",
+            "pt-infer=prompt_tuning.infer:console_main",
+        ]
+    },
+)

@@ -1,0 +1,33 @@
+"""Default vocabularies of the registered tasks.
+
+T5's public SentencePiece model is read from its standard path unless the environment variable
+`PROMPT_TUNING_SPM_PATH` names another copy (a local file, or any path `tf.io.gfile` reads). The
+vocabulary is resolved when a task is registered; seqio reads the file only when it first tokenizes.
+"""
+
+import os
+
+import seqio
+
+T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
+T5_EXTRA_IDS = 100
+SPM_PATH_ENV = "PROMPT_TUNING_SPM_PATH"
+
+
+def t5_spm_path() -> str:
+    """Path of T5's SentencePiece model: `$PROMPT_TUNING_SPM_PATH` or T5's public path."""
+    return os.environ.get(SPM_PATH_ENV) or T5_SPM_PATH
+
+
+def t5_vocabulary() -> seqio.SentencePieceVocabulary:
+    """T5's vocabulary: 32,000 SentencePiece pieces plus 100 extra ids."""
+    return seqio.SentencePieceVocabulary(t5_spm_path(), extra_ids=T5_EXTRA_IDS)
+
+
+def t5_output_features(add_eos: bool = True) -> dict[str, seqio.Feature]:
+    """The `inputs`/`targets` output features of a text-to-text task with T5's vocabulary."""
+    vocabulary = t5_vocabulary()
+    return {
+        "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos, required=False),
+        "targets": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos),
+    }

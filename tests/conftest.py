@@ -1,0 +1,37 @@
+"""Test-session set-up: 8 simulated CPU devices and a local SentencePiece model for T5 tasks."""
+
+import os
+import pathlib
+
+# Must happen before jax is imported anywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+_SPM_FIXTURE = FIXTURES / "t5_sentencepiece.model"
+
+
+def _tiny_spm_model() -> str:
+    """Trains a small SentencePiece model once per machine when T5's real one is absent."""
+    import tempfile
+
+    import sentencepiece as spm
+
+    out = pathlib.Path(tempfile.gettempdir()) / "prompt_tuning_test_spm"
+    model = out / "spm.model"
+    if not model.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        words = "the a of to is was and question answer sentence premise hypothesis yes no".split()
+        text = out / "corpus.txt"
+        text.write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(len(words))) * 50)
+        spm.SentencePieceTrainer.train(
+            input=str(text), model_prefix=str(out / "spm"), vocab_size=64, model_type="unigram",
+            hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        )
+    return str(model)
+
+
+if "PROMPT_TUNING_SPM_PATH" not in os.environ:
+    os.environ["PROMPT_TUNING_SPM_PATH"] = (
+        str(_SPM_FIXTURE) if _SPM_FIXTURE.exists() else _tiny_spm_model()
+    )
