@@ -6,6 +6,8 @@ import pathlib
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# transformers (the numerical reference) would otherwise import TensorFlow too.
+os.environ.setdefault("USE_TF", "0")
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 _SPM_FIXTURE = FIXTURES / "t5_sentencepiece.model"

@@ -1,0 +1,435 @@
+"""Hugging Face (transformers) T5 checkpoints <-> the T5X parameter tree.
+
+transformers stores `nn.Linear` weights as `[out, in]`; T5X kernels are `[in, out]`, so every
+kernel is transposed. The relative position table is `[buckets, N]` in transformers (an
+`nn.Embedding`, only in block 0 of each stack) and `[N, buckets]` in T5X.
+
+Output layer, three layouts:
+- transformers 4.x, T5 1.1: `lm_head.weight` with `tie_word_embeddings: false` -> untied
+  `decoder/logits_dense`;
+- original T5 (`tie_word_embeddings` true or absent, no `scale_decoder_outputs` or true): tied to
+  `shared.weight`, decoder output scaled by H**-0.5;
+- transformers 5.x: only `shared.weight`, `tie_word_embeddings: true, scale_decoder_outputs: false`
+  -> tied, unscaled (`scale_tied_logits=False`).
+
+Safetensors files are read and written here directly (8-byte header length, JSON header, raw
+little-endian data) because the `safetensors` numpy API cannot represent bfloat16.
+
+Letters: V vocabulary, H model dim, N heads, K head dim, F MLP dim.
+"""
+
+import json
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from prompt_tuning.t5 import checkpoints
+from prompt_tuning.t5.config import T5Config
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_FILE = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+_WEIGHT_FILES = (SAFETENSORS_FILE, SAFETENSORS_INDEX, TORCH_FILE, TORCH_INDEX)
+
+_SAFETENSORS_DTYPES = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+# Keys transformers may write that carry no parameter of their own.
+_IGNORED_KEYS = (
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+    "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
+)
+_ATTENTION = {"query": "q", "key": "k", "value": "v", "out": "o"}
+
+
+def is_hf_folder(path: str) -> bool:
+    """Whether `path` is a local folder with `config.json` and a weights file."""
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) and any(
+        os.path.isfile(os.path.join(path, name)) for name in _WEIGHT_FILES
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Name mapping.
+
+
+def _layer_names(config: T5Config, stack: str, i: int) -> dict[str, tuple[str, bool]]:
+    """T5X name -> (transformers name, transpose?) for block `i` of `stack`."""
+    ours, theirs = f"{stack}/layers_{i}", f"{stack}.block.{i}.layer"
+    if stack == "encoder":
+        attention = {"attention": f"{theirs}.0.SelfAttention"}
+        norms = {"pre_attention_layer_norm": 0, "pre_mlp_layer_norm": 1}
+        mlp = f"{theirs}.1.DenseReluDense"
+    else:
+        attention = {
+            "self_attention": f"{theirs}.0.SelfAttention",
+            "encoder_decoder_attention": f"{theirs}.1.EncDecAttention",
+        }
+        norms = {
+            "pre_self_attention_layer_norm": 0,
+            "pre_cross_attention_layer_norm": 1,
+            "pre_mlp_layer_norm": 2,
+        }
+        mlp = f"{theirs}.2.DenseReluDense"
+    names = {}
+    for block, hf_block in attention.items():
+        for role, letter in _ATTENTION.items():
+            names[f"{ours}/{block}/{role}/kernel"] = (f"{hf_block}.{letter}.weight", True)
+    for norm, index in norms.items():
+        names[f"{ours}/{norm}/scale"] = (f"{theirs}.{index}.layer_norm.weight", False)
+    wis = ["wi"] if len(config.mlp_activations) == 1 else [f"wi_{j}" for j in range(2)]
+    for dense in [*wis, "wo"]:
+        names[f"{ours}/mlp/{dense}/kernel"] = (f"{mlp}.{dense}.weight", True)
+    return names
+
+
+def name_map(config: T5Config) -> dict[str, tuple[str, bool]]:
+    """Maps every T5X parameter name of `config` to its transformers name.
+
+    Args:
+      config: the model configuration.
+
+    Returns:
+      `{t5x_name: (transformers_name, transpose)}`; `transpose` is True where the transformers
+      tensor is the transpose of ours (kernels and the relative position table).
+    """
+    names = {"token_embedder/embedding": ("shared.weight", False)}
+    for stack, count in (
+        ("encoder", config.num_encoder_layers),
+        ("decoder", config.num_decoder_layers),
+    ):
+        for i in range(count):
+            names.update(_layer_names(config, stack, i))
+        bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+        names[f"{stack}/relpos_bias/rel_embedding"] = (bias, True)
+        norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
+        names[f"{stack}/{norm}/scale"] = (f"{stack}.final_layer_norm.weight", False)
+    if not config.logits_via_embedding:
+        names["decoder/logits_dense/kernel"] = ("lm_head.weight", True)
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs.
+
+
+def _activations(feed_forward_proj: str) -> tuple[str, ...]:
+    parts = feed_forward_proj.split("-")
+    activation = parts[-1]
+    if (
+        activation not in ("relu", "gelu")
+        or len(parts) > 2
+        or parts[0] not in ("gated", activation)
+    ):
+        raise checkpoints.CheckpointError(
+            f"Unsupported feed_forward_proj {feed_forward_proj!r} in config.json; supported:"
+            " 'relu', 'gelu', 'gated-gelu', 'gated-relu'."
+        )
+    return (activation, "linear") if parts[0] == "gated" else (activation,)
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
+    """Builds a `T5Config` from the fields of a transformers `config.json`.
+
+    Args:
+      hf: the parsed `config.json` of a T5 model.
+
+    Returns:
+      The equivalent config (tying and tied-logit scaling as in the module docstring).
+
+    Raises:
+      CheckpointError: a required field is missing or the MLP kind is unsupported.
+    """
+    try:
+        tied = bool(hf.get("tie_word_embeddings", True))
+        return T5Config(
+            vocab_size=hf["vocab_size"],
+            emb_dim=hf["d_model"],
+            num_heads=hf["num_heads"],
+            head_dim=hf["d_kv"],
+            mlp_dim=hf["d_ff"],
+            num_encoder_layers=hf["num_layers"],
+            num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
+            mlp_activations=_activations(hf.get("feed_forward_proj", "relu")),
+            dropout_rate=hf.get("dropout_rate", 0.1),
+            logits_via_embedding=tied,
+            scale_tied_logits=bool(hf.get("scale_decoder_outputs", True)),
+            relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
+            relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
+            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
+        )
+    except KeyError as e:
+        raise checkpoints.CheckpointError(
+            f"config.json lacks the T5 field {e.args[0]!r}; is this a T5 model's config?"
+        ) from e
+
+
+def config_to_hf(config: T5Config, transformers_version: int = 4) -> dict[str, Any]:
+    """The transformers `config.json` fields for `config`.
+
+    Args:
+      config: the model configuration.
+      transformers_version: 4 or 5; 5 adds `scale_decoder_outputs`. transformers 4 cannot
+        express tied-but-unscaled logits, so such a model is written untied there (`lm_head` a
+        copy of the embedding; the same function).
+
+    Returns:
+      A JSON-serialisable dict.
+    """
+    gated = len(config.mlp_activations) > 1
+    activation = config.mlp_activations[0]
+    tied = _writes_tied(config, transformers_version)
+    hf = {
+        "architectures": ["T5ForConditionalGeneration"],
+        "model_type": "t5",
+        "vocab_size": config.vocab_size,
+        "d_model": config.emb_dim,
+        "d_kv": config.head_dim,
+        "d_ff": config.mlp_dim,
+        "num_layers": config.num_encoder_layers,
+        "num_decoder_layers": config.num_decoder_layers,
+        "num_heads": config.num_heads,
+        "relative_attention_num_buckets": config.relative_attention_num_buckets,
+        "relative_attention_max_distance": config.relative_attention_max_distance,
+        "dropout_rate": config.dropout_rate,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "initializer_factor": 1.0,
+        "feed_forward_proj": f"gated-{activation}" if gated else activation,
+        "is_encoder_decoder": True,
+        "tie_word_embeddings": tied,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+        "transformers_version": "4.57.0" if transformers_version == 4 else "5.0.0",
+    }
+    if transformers_version >= 5:
+        hf["scale_decoder_outputs"] = bool(tied and config.scale_tied_logits)
+    return hf
+
+
+def _writes_tied(config: T5Config, transformers_version: int) -> bool:
+    if transformers_version not in (4, 5):
+        raise ValueError(f"transformers_version must be 4 or 5, got {transformers_version}.")
+    if not config.logits_via_embedding:
+        return False
+    return transformers_version == 5 or config.scale_tied_logits
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensor files.
+
+
+def _safetensors_header(path: str) -> tuple[dict[str, Any], int]:
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise checkpoints.CheckpointError(f"{path} is truncated: no safetensors header.")
+        (size,) = struct.unpack("<Q", prefix)
+        try:
+            header = json.loads(f.read(size))
+        except ValueError as e:
+            raise checkpoints.CheckpointError(f"{path} has a corrupt safetensors header.") from e
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
+def _read_safetensor(path: str, name: str, entry: Mapping[str, Any], start: int) -> np.ndarray:
+    dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise checkpoints.CheckpointError(
+            f"{path}: tensor {name} has unsupported dtype {entry['dtype']}."
+        )
+    begin, end = entry["data_offsets"]
+    count = int(np.prod(entry["shape"], dtype=np.int64))
+    with open(path, "rb") as f:
+        f.seek(start + begin)
+        array = np.fromfile(f, dtype=dtype, count=count)
+    if array.size != count or (end - begin) != count * dtype.itemsize:
+        raise checkpoints.CheckpointError(
+            f"Tensor {name} in {path} is truncated ({array.size} of {count} values); the file is"
+            " incomplete: download it again."
+        )
+    return array.reshape(entry["shape"])
+
+
+def write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
+    """Writes `tensors` to a safetensors file (`{"format": "pt"}` metadata, as transformers wants).
+
+    Args:
+      path: the file to write.
+      tensors: name -> array; float32/16, bfloat16 or integer dtypes.
+    """
+    codes = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, array in tensors.items():
+        header[name] = {
+            "dtype": codes[np.dtype(array.dtype)],
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
+        offset += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for array in tensors.values():
+            f.write(np.ascontiguousarray(array).tobytes())
+
+
+def _torch_to_numpy(tensor: Any) -> np.ndarray:
+    import torch  # noqa: PLC0415
+
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _weight_shards(path: str) -> list[str]:
+    for index in (SAFETENSORS_INDEX, TORCH_INDEX):
+        if os.path.isfile(os.path.join(path, index)):
+            with open(os.path.join(path, index)) as f:
+                weight_map = json.load(f)["weight_map"]
+            return [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+    for name in (SAFETENSORS_FILE, TORCH_FILE):
+        if os.path.isfile(os.path.join(path, name)):
+            return [os.path.join(path, name)]
+    raise checkpoints.CheckpointError(
+        f"{path} has no weights file (expected one of {_WEIGHT_FILES})."
+    )
+
+
+def iter_tensors(path: str) -> Iterator[tuple[str, Any]]:
+    """Yields `(name, loader)` for every tensor of an HF folder; `loader()` reads one array.
+
+    Safetensors tensors are read from disk only when their loader is called. `.bin` shards are
+    opened with `torch.load(weights_only=True, mmap=True)` (torch is imported only then).
+    """
+    for shard in _weight_shards(path):
+        if shard.endswith(".safetensors"):
+            header, start = _safetensors_header(shard)
+            for name, entry in header.items():
+                yield name, (lambda s=shard, n=name, e=entry, b=start: _read_safetensor(s, n, e, b))
+        else:
+            import torch  # noqa: PLC0415
+
+            state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+            for name, tensor in state.items():
+                yield name, (lambda t=tensor: _torch_to_numpy(t))
+
+
+# ----------------------------------------------------------------------------------------------
+# Load and save.
+
+
+def load_hf(path: str, dtype: Any = None) -> tuple[T5Config, dict[str, np.ndarray]]:
+    """Reads an HF T5 folder into `(config, {t5x_name: array})`.
+
+    Args:
+      path: folder with `config.json` and weights.
+      dtype: cast every parameter to it; None keeps the stored dtype.
+
+    Returns:
+      The config from `config.json` and the flat parameter dict (T5X layout, transposed).
+
+    Raises:
+      CheckpointError: unknown or missing tensors, or a truncated file.
+    """
+    with open(os.path.join(path, CONFIG_FILE)) as f:
+        config = config_from_hf(json.load(f))
+    wanted = {hf: (ours, transpose) for ours, (hf, transpose) in name_map(config).items()}
+    loaders = dict(iter_tensors(path))
+    if "shared.weight" not in loaders and "encoder.embed_tokens.weight" in loaders:
+        loaders["shared.weight"] = loaders["encoder.embed_tokens.weight"]
+    if config.logits_via_embedding:
+        loaders.pop("lm_head.weight", None)  # Some writers keep the tied copy.
+    unknown = sorted(set(loaders) - set(wanted) - set(_IGNORED_KEYS))
+    missing = sorted(set(wanted) - set(loaders))
+    if unknown or missing:
+        raise checkpoints.CheckpointError(
+            f"The tensors in {path} do not match its config.json: missing {missing[:8]},"
+            f" unknown {unknown[:8]}. Is this a T5ForConditionalGeneration checkpoint?"
+        )
+    flat = {}
+    for hf_name, (ours, transpose) in wanted.items():
+        array = loaders[hf_name]()
+        array = array.T if transpose else array
+        flat[ours] = np.array(array, dtype=dtype or array.dtype, order="C")
+    return config, flat
+
+
+def params_to_hf_state_dict(
+    params: Mapping[str, Any], config: T5Config, transformers_version: int = 4
+) -> dict[str, np.ndarray]:
+    """Converts our parameter tree to a transformers T5 state dict (numpy, `[out, in]` weights).
+
+    Args:
+      params: the nested parameter tree of docs/DESIGN.md (with or without a `target` level).
+      config: its configuration.
+      transformers_version: 4 or 5 (see `config_to_hf`).
+
+    Returns:
+      `{transformers_name: array}`, including `lm_head.weight` when the written model is untied.
+
+    Raises:
+      CheckpointError: the tree does not fit `config`.
+    """
+    flat = checkpoints.flatten(params.get("target", params))
+    flat = {name: np.asarray(value) for name, value in flat.items()}
+    checkpoints.check_shapes({n: v.shape for n, v in flat.items()}, config)
+    state = {}
+    for ours, (hf_name, transpose) in name_map(config).items():
+        state[hf_name] = np.ascontiguousarray(flat[ours].T if transpose else flat[ours])
+    if config.logits_via_embedding and not _writes_tied(config, transformers_version):
+        state["lm_head.weight"] = state["shared.weight"].copy()
+    return state
+
+
+def save_hf_checkpoint(
+    params: Mapping[str, Any],
+    config: T5Config,
+    path: str | os.PathLike,
+    transformers_version: int = 4,
+) -> None:
+    """Writes `config.json` + `model.safetensors` that `T5ForConditionalGeneration` loads.
+
+    The folder is written under a temporary name beside `path` and renamed when complete.
+
+    Args:
+      params: the nested parameter tree of docs/DESIGN.md.
+      config: its configuration.
+      path: the folder to create; it must not exist yet.
+      transformers_version: 4 (T5 1.1 written with `lm_head`) or 5 (`scale_decoder_outputs`).
+
+    Raises:
+      CheckpointError: `path` exists or the tree does not fit `config`.
+    """
+    path = os.fspath(path)
+    state = params_to_hf_state_dict(params, config, transformers_version)
+    hf_config = config_to_hf(config, transformers_version)
+    dtypes = {np.dtype(array.dtype) for array in state.values()}
+    hf_config["torch_dtype"] = "bfloat16" if np.dtype(ml_dtypes.bfloat16) in dtypes else "float32"
+
+    def write(tmp: str) -> None:
+        write_safetensors(os.path.join(tmp, SAFETENSORS_FILE), state)
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(hf_config, f, indent=2)
+
+    checkpoints.write_atomically(path, write)

@@ -1,0 +1,394 @@
+"""T5X checkpoints: the legacy msgpack + tensorstore layout, and orbax (OCDBT) checkpoints.
+
+Legacy layout (T5X `checkpoints.py`, format version 3), e.g. `.../checkpoint_1000000/`:
+- `checkpoint`: a msgpack map `{"version": 3, "optimizer": {"target": {...}, "state": {...}}}` in
+  flax's serialisation (ext type 1 = ndarray packed as `(shape, dtype name, C-order bytes)`,
+  ext type 3 = numpy scalar; arrays over 1 GiB split into `{"__msgpack_chunked_array__": ...}`).
+- Large arrays are not inline: their leaf is a tensorstore spec (a map with `driver: "zarr"`,
+  `kvstore: {driver: "file"|"gfile"|"gcs", path: <relative folder>}` and `metadata`), or in
+  orbax's older layout a string `"PLACEHOLDER://<relative folder>"`. Each folder is a zarr v2 array
+  (`.zarray`, gzip chunks), e.g. `target.encoder.layers_0.attention.query.kernel/`.
+
+Only `target` is read; optimizer-state placeholders are never opened and inline optimizer arrays
+are never decoded. `gs://` folders are read through tensorstore's `gcs` kvstore and
+`tf.io.gfile` (TensorFlow is imported only for `gs://` paths).
+
+Orbax layout (new T5X, or any orbax PyTree checkpoint): a folder with `_METADATA` and/or
+`manifest.ocdbt` (the item folder itself, or its `state/`, `params/` or `default/` subfolder).
+Only the `target` (else `params`) subtree is restored, by orbax's partial restore.
+"""
+
+import itertools
+import math
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from prompt_tuning.t5 import checkpoints
+
+MSGPACK_FILE = "checkpoint"
+_PLACEHOLDER = "PLACEHOLDER://"
+_ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt")
+_ORBAX_ITEMS = ("", "state", "params", "default")
+_EXT_NDARRAY, _EXT_SCALAR = 1, 3
+_CHUNK_BYTES = 64 * 2**20  # Zarr chunks written by `save_t5x_checkpoint`: at most 64 MiB.
+# Leaves stored as zarr arrays when writing (T5X does this for its partitioned parameters).
+_ZARR_LEAVES = ("kernel", "embedding")
+
+
+# ----------------------------------------------------------------------------------------------
+# Files, local or gs://.
+
+
+def _is_gcs(path: str) -> bool:
+    return path.startswith("gs://")
+
+
+def _gfile():
+    import tensorflow as tf  # noqa: PLC0415
+
+    return tf.io.gfile
+
+
+def exists(path: str) -> bool:
+    """Whether `path` exists (local or `gs://`)."""
+    return _gfile().exists(path) if _is_gcs(path) else os.path.exists(path)
+
+
+def _isfile(path: str) -> bool:
+    if _is_gcs(path):
+        return _gfile().exists(path) and not _gfile().isdir(path)
+    return os.path.isfile(path)
+
+
+def _join(*parts: str) -> str:
+    return posixpath.join(*parts) if _is_gcs(parts[0]) else os.path.join(*parts)
+
+
+def _read_bytes(path: str) -> bytes:
+    if _is_gcs(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _kvstore(folder: str) -> dict[str, Any]:
+    """A tensorstore kvstore spec for a local or `gs://bucket/prefix` folder."""
+    if _is_gcs(folder):
+        match = re.fullmatch(r"gs://([^/]+)/?(.*)", folder)
+        bucket, prefix = match.group(1), match.group(2)
+        return {"driver": "gcs", "bucket": bucket, "path": prefix.rstrip("/") + "/"}
+    return {"driver": "file", "path": os.path.abspath(folder) + "/"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Detection.
+
+
+def is_legacy_t5x(path: str) -> bool:
+    """Whether `path` is a legacy T5X folder (holds the msgpack file `checkpoint`) or that file."""
+    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and _isfile(path):
+        return True
+    return _isfile(_join(path, MSGPACK_FILE))
+
+
+def find_orbax_item(path: str) -> str | None:
+    """The orbax PyTree folder at `path` or in its `state/`, `params/`, `default/`; else None."""
+    for item in _ORBAX_ITEMS:
+        folder = _join(path, item) if item else path
+        if any(_isfile(_join(folder, marker)) for marker in _ORBAX_MARKERS):
+            return folder
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Legacy reading.
+
+
+def _decode_ext(ext: msgpack.ExtType, name: str) -> np.ndarray:
+    """Decodes flax's msgpack ndarray / numpy-scalar extension types."""
+    if ext.code not in (_EXT_NDARRAY, _EXT_SCALAR):
+        raise checkpoints.CheckpointError(f"{name}: unsupported msgpack ext type {ext.code}.")
+    shape, dtype_name, buffer = msgpack.unpackb(ext.data, raw=True)
+    dtype_name = dtype_name.decode()
+    if dtype_name == "bfloat16":
+        import ml_dtypes  # noqa: PLC0415
+
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(dtype_name)
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape).copy()
+
+
+def _is_ts_spec(value: Any) -> bool:
+    return isinstance(value, Mapping) and "driver" in value and "kvstore" in value
+
+
+def _is_chunked(value: Any) -> bool:
+    return isinstance(value, Mapping) and "__msgpack_chunked_array__" in value
+
+
+def _flatten_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattens a msgpack tree, keeping tensorstore specs and chunked arrays as leaves."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and not (_is_ts_spec(value) or _is_chunked(value)):
+            flat.update(_flatten_leaves(value, name + "/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _relative_folder(spec: Mapping[str, Any], name: str) -> str:
+    kvstore = spec["kvstore"]
+    relative = kvstore.get("path") if isinstance(kvstore, Mapping) else None
+    relative = relative or spec.get("path")
+    if not relative:
+        raise checkpoints.CheckpointError(f"The tensorstore spec of {name} names no path: {spec}.")
+    return relative.rstrip("/")
+
+
+def _check_chunks(store: Any, kvstore: dict[str, Any], name: str, folder: str) -> None:
+    """Raises when a chunk file is absent (zarr would silently fill it with zeros)."""
+    import tensorstore as ts  # noqa: PLC0415
+
+    metadata = store.spec().to_json()["metadata"]
+    if metadata.get("fill_value") is not None:
+        return  # Chunks equal to the fill value may legitimately be absent.
+    counts = [math.ceil(s / c) for s, c in zip(metadata["shape"], metadata["chunks"], strict=True)]
+    separator = metadata.get("dimension_separator", ".")
+    keys = {separator.join(map(str, index)) for index in itertools.product(*map(range, counts))}
+    keys = keys or {"0"}
+    present = {key.decode() for key in ts.KvStore.open(kvstore).result().list().result()}
+    missing = sorted(keys - present)
+    if missing:
+        raise checkpoints.CheckpointError(
+            f"Array {name} is incomplete: chunk file {_join(folder, missing[0])} is missing"
+            f" ({len(missing)} of {len(keys)} chunks). The checkpoint was not fully copied; copy"
+            " it again."
+        )
+
+
+def _read_zarr(ckpt_dir: str, relative: str, name: str, dtype: Any) -> np.ndarray:
+    """Reads one zarr array of a legacy checkpoint."""
+    import tensorstore as ts  # noqa: PLC0415
+
+    folder = _join(ckpt_dir, relative)
+    kvstore = _kvstore(folder)
+    try:
+        store = ts.open({"driver": "zarr", "kvstore": kvstore}, open=True, read=True).result()
+        _check_chunks(store, kvstore, name, folder)
+        array = store.read().result()
+    except ValueError as e:
+        if isinstance(e, checkpoints.CheckpointError):
+            raise
+        raise checkpoints.CheckpointError(
+            f"Cannot read array {name} from {folder}: {e}. The file is missing, truncated or"
+            " corrupt; copy the checkpoint again."
+        ) from e
+    return checkpoints.cast(array, dtype)
+
+
+def _read_leaf(ckpt_dir: str, name: str, leaf: Any, dtype: Any) -> np.ndarray:
+    if isinstance(leaf, msgpack.ExtType):
+        return checkpoints.cast(_decode_ext(leaf, name), dtype)
+    if _is_chunked(leaf):
+        chunks = [_decode_ext(leaf["chunks"][str(i)], name) for i in range(len(leaf["chunks"]))]
+        shape = [leaf["shape"][str(i)] for i in range(len(leaf["shape"]))]
+        return checkpoints.cast(np.concatenate(chunks).reshape(shape), dtype)
+    if _is_ts_spec(leaf):
+        array = _read_zarr(ckpt_dir, _relative_folder(leaf, name), name, dtype)
+        expected = leaf.get("metadata", {}).get("shape")
+        if expected is not None and list(array.shape) != list(expected):
+            raise checkpoints.CheckpointError(
+                f"Array {name} has shape {array.shape} on disk but the msgpack file records"
+                f" {tuple(expected)}; the checkpoint is corrupt."
+            )
+        return array
+    if isinstance(leaf, str) and leaf.startswith(_PLACEHOLDER):
+        return _read_zarr(ckpt_dir, leaf[len(_PLACEHOLDER) :], name, dtype)
+    if isinstance(leaf, int | float):
+        return checkpoints.cast(np.asarray(leaf), dtype)
+    raise checkpoints.CheckpointError(
+        f"{name}: unrecognised leaf {type(leaf).__name__} in the msgpack file."
+    )
+
+
+def load_legacy_t5x(path: str, dtype: Any = None) -> dict[str, np.ndarray]:
+    """Reads the `target` parameters of a legacy T5X checkpoint, one array at a time.
+
+    Args:
+      path: the checkpoint folder (`checkpoint_N/`, local or `gs://`) or its `checkpoint` file.
+      dtype: cast every parameter to it; None keeps the stored dtype.
+
+    Returns:
+      `{"encoder/layers_0/attention/query/kernel": array, ...}` (T5X names, no `target`).
+
+    Raises:
+      CheckpointError: the msgpack file is corrupt or has no `target`, or an array is
+        missing, truncated or corrupt.
+    """
+    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and _isfile(path):
+        path = os.path.dirname(path.rstrip("/"))
+    file = _join(path, MSGPACK_FILE)
+    try:
+        contents = msgpack.unpackb(_read_bytes(file), raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise checkpoints.CheckpointError(
+            f"{file} is not a readable msgpack checkpoint: {e}"
+        ) from e
+    if not isinstance(contents, Mapping):
+        raise checkpoints.CheckpointError(f"{file} does not hold a T5X state dict.")
+    state = contents.get("optimizer", contents)
+    if not isinstance(state, Mapping) or "target" not in state:
+        raise checkpoints.CheckpointError(
+            f"{file} has no model parameters: expected {{'optimizer': {{'target': ...}}}} (T5X)"
+            f" or {{'target': ...}}; found keys {sorted(map(str, contents))}."
+        )
+    leaves = _flatten_leaves(state["target"])
+    return {name: _read_leaf(path, name, leaf, dtype) for name, leaf in leaves.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Legacy writing.
+
+
+def _encode_ext(array: np.ndarray) -> msgpack.ExtType:
+    packed = msgpack.packb((array.shape, array.dtype.name, array.tobytes("C")), use_bin_type=True)
+    return msgpack.ExtType(_EXT_NDARRAY, packed)
+
+
+def _write_zarr(ckpt_dir: str, name: str, array: np.ndarray) -> dict[str, Any]:
+    """Writes `array` as a gzip zarr array; returns its relative tensorstore spec for msgpack."""
+    import tensorstore as ts  # noqa: PLC0415
+
+    relative = "target." + name.replace("/", ".")
+    row_bytes = array.dtype.itemsize * math.prod(array.shape[1:])
+    rows = max(1, min(array.shape[0], _CHUNK_BYTES // max(row_bytes, 1)))
+    spec = {
+        "driver": "zarr",
+        "dtype": array.dtype.name,
+        "kvstore": _kvstore(_join(ckpt_dir, relative)),
+        "metadata": {
+            "shape": list(array.shape),
+            "chunks": [rows, *array.shape[1:]],
+            "compressor": {"id": "gzip", "level": 1},
+        },
+    }
+    store = ts.open(spec, create=True, open=True).result()
+    store.write(array).result()
+    metadata = store.spec().to_json()["metadata"]
+    return {
+        "driver": "zarr",
+        "dtype": array.dtype.name,
+        "kvstore": {"driver": "file", "path": relative},
+        "metadata": metadata,
+    }
+
+
+def _write_legacy(ckpt_dir: str, flat: Mapping[str, Any], step: int) -> None:
+    target = {}
+    for name, value in flat.items():
+        array = np.asarray(value)
+        if name.rsplit("/", 1)[-1] in _ZARR_LEAVES and array.ndim >= 2:
+            target[name] = _write_zarr(ckpt_dir, name, array)
+        else:
+            target[name] = _encode_ext(np.ascontiguousarray(array))
+    contents = {
+        "version": 3,
+        "optimizer": {
+            "target": checkpoints.unflatten(target),
+            "state": {"step": _encode_ext(np.asarray(step, np.int32))},
+        },
+    }
+    data = msgpack.packb(contents, use_bin_type=True)
+    if _is_gcs(ckpt_dir):
+        with _gfile().GFile(_join(ckpt_dir, MSGPACK_FILE), "wb") as f:
+            f.write(data)
+    else:
+        with open(_join(ckpt_dir, MSGPACK_FILE), "wb") as f:
+            f.write(data)
+
+
+def save_t5x_checkpoint(params: Mapping[str, Any], path: str | os.PathLike, step: int = 0) -> None:
+    """Writes a legacy T5X checkpoint folder (format version 3) holding `params` as `target`.
+
+    Kernels and embeddings go to gzip zarr arrays (`target.<dotted name>/`, chunks of at most
+    64 MiB), the rest inline in the msgpack file. The optimizer state holds only `step`, so T5X
+    restores it as an initial checkpoint with `RestoreCheckpointConfig(strict=False)` or with
+    `assignment_map`/fallback settings that skip optimizer state. Local folders are written under
+    a temporary name and renamed when complete; `gs://` folders are written in place.
+
+    Args:
+      params: the nested parameter tree (with or without a `target` level).
+      path: the folder to create, e.g. `.../checkpoint_0`; it must not exist yet.
+      step: the step recorded in the optimizer state.
+
+    Raises:
+      CheckpointError: `path` already exists.
+    """
+    path = os.fspath(path)
+    flat = checkpoints.flatten(params.get("target", params))
+    if _is_gcs(path):
+        if exists(path):
+            raise checkpoints.CheckpointError(f"{path} already exists; choose a new folder.")
+        _write_legacy(path, flat, step)
+    else:
+        checkpoints.write_atomically(path, lambda tmp: _write_legacy(tmp, flat, step))
+
+
+# ----------------------------------------------------------------------------------------------
+# Orbax.
+
+
+def load_orbax(path: str, dtype: Any = None) -> dict[str, np.ndarray]:
+    """Restores only the model parameters of an orbax PyTree (e.g. OCDBT) checkpoint.
+
+    The subtree under `target` (T5X) or `params` is restored with orbax's partial restore, as
+    host numpy arrays; the optimizer state is never read.
+
+    Args:
+      path: the checkpoint folder, or a step folder holding a `state/`, `params/` or `default/`
+        item.
+      dtype: cast every parameter to it (by orbax while reading); None keeps the stored dtype.
+
+    Returns:
+      The flat `{t5x_name: array}` dict.
+
+    Raises:
+      CheckpointError: no orbax item is found or orbax cannot restore it.
+    """
+    import jax  # noqa: PLC0415
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    item_dir = find_orbax_item(path)
+    if item_dir is None:
+        raise checkpoints.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        metadata = checkpointer.metadata(item_dir)
+        tree = getattr(metadata, "item_metadata", metadata)
+        tree = dict(getattr(tree, "tree", tree))
+        key = next((k for k in ("target", "params") if k in tree), None)
+        subtree = tree[key] if key else tree
+        item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), subtree)
+        args = jax.tree.map(
+            lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), subtree
+        )
+        if key:
+            item, args = {key: item}, {key: args}
+        restored = checkpointer.restore(
+            item_dir,
+            args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
+        )
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise checkpoints.CheckpointError(f"Orbax cannot restore {item_dir}: {e}") from e
+    restored = restored[key] if key else restored
+    return {name: np.asarray(value) for name, value in checkpoints.flatten(restored).items()}
