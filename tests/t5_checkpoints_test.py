@@ -372,6 +372,22 @@ def test_legacy_t5x_write_read_round_trip(tmp_path):
     _assert_trees_equal(loaded, params)
 
 
+def test_prompt_tuned_t5x_checkpoint_keeps_its_prompt(tmp_path):
+    config = configs.tiny()
+    params = _random_params(config, seed=4)
+    prompt = np.random.default_rng(5).normal(size=(7, config.emb_dim)).astype(np.float32)
+    params["encoder"]["prompt"] = {"prompt": prompt}
+    checkpoints.save_t5x_checkpoint(params, tmp_path / "checkpoint_1", step=1)
+    loaded_config, loaded = checkpoints.load_checkpoint(tmp_path / "checkpoint_1", config=config)
+    assert loaded_config == config
+    np.testing.assert_array_equal(loaded["encoder"]["prompt"]["prompt"], prompt)
+    # Anything else unknown is still an error.
+    params["encoder"]["adapter"] = {"kernel": prompt}
+    checkpoints.save_t5x_checkpoint(params, tmp_path / "checkpoint_2", step=2)
+    with pytest.raises(checkpoints.CheckpointError, match="unexpected.*adapter"):
+        checkpoints.load_checkpoint(tmp_path / "checkpoint_2", config=config)
+
+
 def test_legacy_t5x_bfloat16_round_trip_and_optimizer_state_never_read(tmp_path):
     config = configs.tiny(num_encoder_layers=1, num_decoder_layers=1)
     params = _random_params(config, seed=4, dtype=ml_dtypes.bfloat16)

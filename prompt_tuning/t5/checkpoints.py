@@ -189,6 +189,9 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], **hints: Any) -> T5Confi
     return T5Config(**inferred)
 
 
+PROMPT_SCOPE = "encoder/prompt/"
+
+
 def check_shapes(shapes: Mapping[str, tuple[int, ...]], config: T5Config) -> None:
     """Checks that a checkpoint's parameters are exactly those of `EncoderDecoder(config)`.
 
@@ -198,7 +201,8 @@ def check_shapes(shapes: Mapping[str, tuple[int, ...]], config: T5Config) -> Non
 
     Raises:
       CheckpointError: naming the first parameter whose shape differs (with both shapes), or the
-        parameters that are missing or unexpected.
+        parameters that are missing or unexpected. Prompt parameters (under `encoder/prompt/`) are
+        allowed beside the model's.
     """
     expected = expected_shapes(config)
     for name, shape in expected.items():
@@ -209,7 +213,8 @@ def check_shapes(shapes: Mapping[str, tuple[int, ...]], config: T5Config) -> Non
                 " config=None to infer it)."
             )
     missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
+    # A prompt-tuned checkpoint also holds its prompt (`encoder/prompt/...`): kept, not an error.
+    unexpected = sorted(n for n in set(shapes) - set(expected) if not n.startswith(PROMPT_SCOPE))
     if missing or unexpected:
         raise CheckpointError(
             f"The checkpoint's parameters do not match the config: missing {missing[:8]}"
