@@ -30,6 +30,8 @@ from tasks.labels import register_labels
 from tasks.vocabularies import t5_output_features
 
 GLUE_VERSION = "1.0.0"
+# Listed so a mixture knows the splits without the prepared dataset\'s metadata.
+STANDARD_SPLITS = ("train", "validation", "test")
 
 COLA_LABELS = ("unacceptable", "acceptable")
 SST2_LABELS = ("negative", "positive")
@@ -118,7 +120,9 @@ def _classification(
         keep_unlabeled=keep_unlabeled,
     )
     return dict(
-        source=seqio.TfdsDataSource(tfds_name=f"glue/{config}:{GLUE_VERSION}", splits=splits),
+        source=seqio.TfdsDataSource(
+            tfds_name=f"glue/{config}:{GLUE_VERSION}", splits=splits or STANDARD_SPLITS
+        ),
         preprocessors=[text, *_token_preprocessors()],
         output_features=_OUTPUT_FEATURES,
         postprocess_fn=functools.partial(
@@ -132,7 +136,9 @@ def _stsb(prefixed: bool) -> dict:
     """seqio.TaskRegistry.add keyword arguments of STS-B (targets "0.0" ... "5.0")."""
     text = functools.partial(preprocessors.stsb_text, prefix="stsb" if prefixed else None)
     return dict(
-        source=seqio.TfdsDataSource(tfds_name=f"glue/stsb:{GLUE_VERSION}"),
+        source=seqio.TfdsDataSource(
+            tfds_name=f"glue/stsb:{GLUE_VERSION}", splits=STANDARD_SPLITS
+        ),
         preprocessors=[text, *_token_preprocessors()],
         output_features=_OUTPUT_FEATURES,
         postprocess_fn=postprocessors.string_to_float,

@@ -57,7 +57,8 @@ def _token_preprocessors() -> list:
 
 def _source(config: str, splits: Sequence[str] | None = None) -> seqio.TfdsDataSource:
     return seqio.TfdsDataSource(
-        tfds_name=f"super_glue/{config}:{SUPER_GLUE_VERSION}", splits=splits
+        tfds_name=f"super_glue/{config}:{SUPER_GLUE_VERSION}",
+        splits=splits or ("train", "validation", "test"),
     )
 
 

@@ -112,3 +112,19 @@ def test_benchmark_mixtures_are_registered_with_t5_task_names():
     if "tasks.superglue" in BENCHMARK_MODULES:
         mixture = seqio.get_mixture_or_task("super_glue_v102_equal")
         assert {t.name for t in mixture.tasks} == set(mixtures.SUPER_GLUE_TASKS)
+
+
+def test_glue_multitask_mixture_builds_on_mocked_tfds():
+    import tensorflow_datasets as tfds
+
+    import tasks  # noqa: F401  (the GLUE registrations)
+
+    name = "glue_v002_equal_with_task_ids"
+    with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = seqio.get_mixture_or_task(name).get_dataset(
+            {"inputs": 64, "targets": 8}, split="train", shuffle=True, seed=0,
+            try_in_mem_cache=False,
+        )  # fmt: skip
+        task_ids = {int(ex["task_ids"]) for ex in ds.take(64).as_numpy_iterator()}
+    # Every GLUE training task has examples here, each tagged with its index in the mixture.
+    assert task_ids == set(range(len(mixtures.MIXTURE_TASKS[name])))
