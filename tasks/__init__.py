@@ -3,9 +3,12 @@
 `import tasks` registers every task and mixture. Never imports `prompt_tuning.train`.
 """
 
-from tasks import glue, superglue  # noqa: F401  (registrations; before mixtures)
-from tasks import builtin, qa, sentence  # noqa: F401  (registrations)
-from tasks import mixtures  # noqa: F401  (mixtures and few-shot variants of the tasks above)
+# isort: off
+# Task registrations first: `mixtures` derives few-shot and task-id variants of what they register.
+from tasks import builtin, glue, qa, sentence, superglue  # noqa: F401
+from tasks import mixtures  # noqa: F401
+
+# isort: on
 from tasks.labels import label_strings, register_labels
 
 __all__ = ["label_strings", "register_labels"]

@@ -136,9 +136,7 @@ def _stsb(prefixed: bool) -> dict:
     """seqio.TaskRegistry.add keyword arguments of STS-B (targets "0.0" ... "5.0")."""
     text = functools.partial(preprocessors.stsb_text, prefix="stsb" if prefixed else None)
     return dict(
-        source=seqio.TfdsDataSource(
-            tfds_name=f"glue/stsb:{GLUE_VERSION}", splits=STANDARD_SPLITS
-        ),
+        source=seqio.TfdsDataSource(tfds_name=f"glue/stsb:{GLUE_VERSION}", splits=STANDARD_SPLITS),
         preprocessors=[text, *_token_preprocessors()],
         output_features=_OUTPUT_FEATURES,
         postprocess_fn=postprocessors.string_to_float,

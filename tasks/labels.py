@@ -1,4 +1,4 @@
-"""The label strings of classification tasks, for class-label prompt init and rank classification."""
+"""Label strings of classification tasks (for class-label prompt init, rank classification)."""
 
 from collections.abc import Sequence
 
