@@ -1,0 +1,374 @@
+"""The frozen T5 encoder-decoder (T5 1.1 / LM-adapted and original T5) with a prompt hook.
+
+Parameter tree (T5X/Flaxformer names, no `target` level): `token_embedder/embedding [V, H]`,
+`encoder/{layers_i, encoder_norm, relpos_bias, prompt}`, `decoder/{layers_i, decoder_norm,
+relpos_bias, logits_dense}`. See docs/DESIGN.md for the full contract.
+
+Letters: B batch, T encoder input length, P prompt length, H model dim, S decoder length,
+V vocabulary, N heads.
+
+The prompt is a field of the encoder. A prompt module is called as
+`prompt(input_tokens [B, T], embedded_inputs [B, T, H], task_ids [B] | None) -> [B, P, H]` and its
+output is prepended to the embedded inputs; prompt positions are always valid. Optional attributes:
+`per_layer` (then `prompt.layer_prompt(i, input_tokens, hidden, task_ids) -> [B, P, H]` replaces
+`hidden[:, :P]` before every layer i >= 1) and `needs_encoder_output` (then the encoder first runs
+without the prompt and passes the stop-gradient result as `encoder_output=[B, T, H]`).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.t5 import layers
+from prompt_tuning.t5.config import T5Config
+
+Array = jax.Array
+
+
+def _norm(config: T5Config, name: str) -> layers.RMSNorm:
+    return layers.RMSNorm(config.layer_norm_epsilon, config.dtype, config.param_dtype, name=name)
+
+
+def _attention(config: T5Config, name: str, cross: bool = False) -> layers.MultiHeadAttention:
+    return layers.MultiHeadAttention(
+        config.num_heads,
+        config.head_dim,
+        config.dropout_rate,
+        cross,
+        config.dtype,
+        config.param_dtype,
+        name=name,
+    )
+
+
+def _mlp(config: T5Config) -> layers.MlpBlock:
+    return layers.MlpBlock(
+        config.mlp_dim,
+        tuple(config.mlp_activations),
+        config.dropout_rate,
+        config.dtype,
+        config.param_dtype,
+        name="mlp",
+    )
+
+
+def _relpos(config: T5Config) -> layers.RelativePositionBiases:
+    return layers.RelativePositionBiases(
+        config.relative_attention_num_buckets,
+        config.relative_attention_max_distance,
+        config.num_heads,
+        config.dtype,
+        config.param_dtype,
+        name="relpos_bias",
+    )
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention then pre-norm MLP, each with dropout and a residual."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, bias: Array, enable_dropout: bool = False) -> Array:
+        """Maps hidden states `x` `[B, L, H]` with mask `[B, 1, L, L]`, bias `[1, N, L, L]`."""
+        dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
+        y = _norm(self.config, "pre_attention_layer_norm")(x)
+        y = _attention(self.config, "attention")(y, y, mask, bias, enable_dropout)
+        x = x + dropout(y, deterministic=not enable_dropout)
+        y = _norm(self.config, "pre_mlp_layer_norm")(x)
+        y = _mlp(self.config)(y, enable_dropout)
+        return x + dropout(y, deterministic=not enable_dropout)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention, cross-attention to the encoder, and MLP."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        encoded: Array,
+        self_mask: Array | None,
+        cross_mask: Array,
+        bias: Array,
+        enable_dropout: bool = False,
+        decode: bool = False,
+        decode_position: Array | None = None,
+    ) -> Array:
+        """Maps decoder states `x` `[B, S, H]` attending to `encoded` `[B, T, H]`.
+
+        Args:
+          x: decoder hidden states `[B, S, H]`.
+          encoded: encoder output `[B, T, H]`.
+          self_mask: `[B or 1, 1, S, S_keys]` self-attention mask.
+          cross_mask: `[B, 1, S, T]` encoder-decoder mask.
+          bias: relative position bias `[1, N, S, S_keys]`.
+          enable_dropout: apply dropout.
+          decode: one-token cached decoding.
+          decode_position: the position of the token in decode mode.
+
+        Returns:
+          `[B, S, H]`.
+        """
+        deterministic = not enable_dropout
+        dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
+        y = _norm(self.config, "pre_self_attention_layer_norm")(x)
+        y = _attention(self.config, "self_attention")(
+            y, y, self_mask, bias, enable_dropout, decode, decode_position
+        )
+        x = x + dropout(y, deterministic=deterministic)
+        y = _norm(self.config, "pre_cross_attention_layer_norm")(x)
+        y = _attention(self.config, "encoder_decoder_attention", cross=True)(
+            y, encoded, cross_mask, None, enable_dropout, decode
+        )
+        x = x + dropout(y, deterministic=deterministic)
+        y = _norm(self.config, "pre_mlp_layer_norm")(x)
+        y = _mlp(self.config)(y, enable_dropout)
+        return x + dropout(y, deterministic=deterministic)
+
+
+class Encoder(nn.Module):
+    """The T5 encoder stack with an optional prompt (a field: its params live under `prompt/`).
+
+    Attributes:
+      config: model hyperparameters.
+      shared_embedding: the `token_embedder` shared with the decoder.
+      prompt: optional prompt module (see the module docstring for its call signature).
+    """
+
+    config: T5Config
+    shared_embedding: nn.Module
+    prompt: nn.Module | None = None
+
+    def setup(self):
+        cfg = self.config
+        self.layers = [EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
+        self.encoder_norm = _norm(cfg, "encoder_norm")
+        self.relpos_bias = _relpos(cfg)
+        self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+    def __call__(
+        self, input_tokens: Array, task_ids: Array | None = None, enable_dropout: bool = False
+    ) -> tuple[Array, Array]:
+        """Encodes `input_tokens` `[B, T]` (0 = padding).
+
+        Args:
+          input_tokens: int token ids `[B, T]`.
+          task_ids: int `[B]` passed to the prompt, or None.
+          enable_dropout: apply dropout (needs the `dropout` rng).
+
+        Returns:
+          `(encoded [B, P+T, H], mask [B, P+T] bool)`; P = 0 without a prompt.
+
+        Raises:
+          ValueError: when the prompt returns a wrongly shaped array.
+        """
+        embedded = self.shared_embedding(input_tokens)  # [B, T, H]
+        mask = input_tokens > 0  # [B, T]
+        if self.prompt is None:
+            return self._stack(embedded, mask, enable_dropout), mask
+
+        kwargs = {}
+        if getattr(self.prompt, "needs_encoder_output", False):
+            frozen = self._stack(embedded, mask, enable_dropout)
+            kwargs["encoder_output"] = jax.lax.stop_gradient(frozen)  # [B, T, H]
+        prompt = self.prompt(input_tokens, embedded, task_ids, **kwargs)  # [B, P, H]
+        b, _, h = embedded.shape
+        if prompt.ndim != 3 or prompt.shape[0] != b or prompt.shape[2] != h:
+            raise ValueError(
+                f"The prompt module returned shape {prompt.shape}; the encoder needs "
+                f"[B={b}, P, H={h}] (broadcast the prompt over the batch)."
+            )
+        p = prompt.shape[1]
+        x = jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)  # [B, P+T, H]
+        mask = jnp.concatenate([jnp.ones((b, p), bool), mask], axis=1)  # [B, P+T]
+        layer_prompt = None
+        if getattr(self.prompt, "per_layer", False):
+            layer_prompt = lambda i, hidden: self.prompt.layer_prompt(
+                i, input_tokens, hidden, task_ids
+            )
+        return self._stack(x, mask, enable_dropout, layer_prompt), mask
+
+    def _stack(self, x: Array, mask: Array, enable_dropout: bool, layer_prompt=None) -> Array:
+        """Runs dropout, the layers and the final norm over embedded inputs `x` `[B, L, H]`."""
+        deterministic = not enable_dropout
+        x = self.dropout(x, deterministic=deterministic)
+        positions = jnp.arange(x.shape[1])
+        bias = self.relpos_bias(positions, positions, bidirectional=True)  # [1, N, L, L]
+        pair_mask = layers.attention_mask(mask, mask)  # [B, 1, L, L]
+        for i, layer in enumerate(self.layers):
+            if layer_prompt is not None and i >= 1:
+                replacement = layer_prompt(i, x)  # [B, P, H]
+                x = x.at[:, : replacement.shape[1]].set(replacement.astype(x.dtype))
+            x = layer(x, pair_mask, bias, enable_dropout)
+        x = self.encoder_norm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+    """The T5 decoder stack and output layer (untied `logits_dense` or the tied embedding).
+
+    In decode mode the decoder keeps `cache/position` (int32 scalar, the next position to write)
+    next to each self-attention's cached keys and values; see `prompt_tuning/t5/decoding.py`.
+    """
+
+    config: T5Config
+    shared_embedding: nn.Module
+
+    @nn.compact
+    def __call__(
+        self,
+        encoded: Array,
+        encoder_mask: Array,
+        decoder_input_tokens: Array,
+        decoder_target_tokens: Array | None = None,
+        enable_dropout: bool = False,
+        decode: bool = False,
+    ) -> Array:
+        """Decoder logits.
+
+        Args:
+          encoded: encoder output `[B, P+T, H]`.
+          encoder_mask: `[B, P+T]` bool.
+          decoder_input_tokens: `[B, S]` (`[B, 1]` per call once the decode cache exists).
+          decoder_target_tokens: `[B, S]` or None; non-zero positions are valid (T5X's
+            `make_decoder_mask`); None treats every position as valid.
+          enable_dropout: apply dropout.
+          decode: cached one-token decoding.
+
+        Returns:
+          float32 logits `[B, S, V]`.
+        """
+        cfg = self.config
+        deterministic = not enable_dropout
+        dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+        relpos = _relpos(cfg)
+        b, s = decoder_input_tokens.shape
+        query_valid = jnp.ones((b, s), bool)  # [B, S]
+        position = None
+        if decode and self.has_variable("cache", "position"):
+            position_var = self.variable("cache", "position", jnp.zeros, (), jnp.int32)
+            position = position_var.value
+            keys = jnp.arange(self._cache_length())  # [S_max]
+            bias = relpos(position[None], keys, bidirectional=False)  # [1, N, 1, S_max]
+            self_mask = (keys <= position)[None, None, None, :]  # [1, 1, 1, S_max]
+            position_var.value = position + 1
+        else:
+            if decode:  # First call: create the cache; attend over the full dummy input.
+                self.variable("cache", "position", jnp.zeros, (), jnp.int32)
+            positions = jnp.arange(s)
+            bias = relpos(positions, positions, bidirectional=False)  # [1, N, S, S]
+            self_mask = layers.causal_mask(s)  # [1, 1, S, S]
+            if decoder_target_tokens is not None:
+                query_valid = decoder_target_tokens > 0
+                padding = layers.attention_mask(query_valid, query_valid)  # [B, 1, S, S]
+                self_mask = jnp.logical_and(self_mask, padding)
+        cross_mask = layers.attention_mask(query_valid, encoder_mask)  # [B, 1, S, T]
+
+        x = self.shared_embedding(decoder_input_tokens)  # [B, S, H]
+        x = dropout(x, deterministic=deterministic)
+        for i in range(cfg.num_decoder_layers):
+            x = DecoderLayer(cfg, name=f"layers_{i}")(
+                x, encoded, self_mask, cross_mask, bias, enable_dropout, decode, position
+            )
+        x = _norm(cfg, "decoder_norm")(x)
+        x = dropout(x, deterministic=deterministic)
+        if cfg.logits_via_embedding:
+            if cfg.scale_tied_logits:
+                x = x * jnp.asarray(cfg.emb_dim**-0.5, x.dtype)
+            return self.shared_embedding.attend(x)  # [B, S, V]
+        dense = layers.Dense(
+            cfg.vocab_size,
+            ("embed", "vocab"),
+            nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"),
+            cfg.dtype,
+            cfg.param_dtype,
+            output_dtype=jnp.float32,
+            name="logits_dense",
+        )
+        return dense(x)  # [B, S, V] float32
+
+    def _cache_length(self) -> int:
+        """The decode length S_max, read from the first self-attention cache."""
+        cache = self.variables["cache"]["layers_0"]["self_attention"]
+        return cache["cached_key"].shape[1]
+
+
+class EncoderDecoder(nn.Module):
+    """T5 encoder-decoder over a shared token embedding, with an optional encoder prompt.
+
+    Attributes:
+      config: model hyperparameters (`prompt_tuning.t5.config.T5Config`).
+      prompt: optional prompt module; its parameters live under `encoder/prompt/`.
+    """
+
+    config: T5Config
+    prompt: Any = None
+
+    def setup(self):
+        cfg = self.config
+        self.token_embedder = layers.Embed(
+            cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="token_embedder"
+        )
+        prompt = None if self.prompt is None else self.prompt.clone(parent=None, name=None)
+        self.encoder = Encoder(cfg, self.token_embedder, prompt, name="encoder")
+        self.decoder = Decoder(cfg, self.token_embedder, name="decoder")
+
+    def encode(
+        self,
+        encoder_input_tokens: Array,
+        task_ids: Array | None = None,
+        enable_dropout: bool = False,
+    ) -> tuple[Array, Array]:
+        """Encodes `[B, T]` tokens; returns `(encoded [B, P+T, H], encoder_mask [B, P+T] bool)`."""
+        return self.encoder(encoder_input_tokens, task_ids, enable_dropout)
+
+    def decode(
+        self,
+        encoded: Array,
+        encoder_mask: Array,
+        decoder_input_tokens: Array,
+        decoder_target_tokens: Array | None = None,
+        enable_dropout: bool = False,
+        decode: bool = False,
+    ) -> Array:
+        """Float32 logits `[B, S, V]` of the decoder; with `decode=True`, uses the `cache`.
+
+        Args:
+          encoded: encoder output `[B, P+T, H]`.
+          encoder_mask: `[B, P+T]` bool, True at real (and prompt) positions.
+          decoder_input_tokens: `[B, S]` targets shifted right, 0 as the start token (`[B, 1]`
+            per call once the decode cache exists).
+          decoder_target_tokens: `[B, S]`; its non-zero positions define the decoder padding mask.
+          enable_dropout: apply dropout (needs the `dropout` rng).
+          decode: cached one-token decoding (mutable `cache` collection).
+
+        Returns:
+          `[B, S, V]` float32 logits.
+        """
+        return self.decoder(
+            encoded,
+            encoder_mask,
+            decoder_input_tokens,
+            decoder_target_tokens,
+            enable_dropout,
+            decode,
+        )
+
+    def __call__(
+        self,
+        encoder_input_tokens: Array,
+        decoder_input_tokens: Array,
+        decoder_target_tokens: Array,
+        task_ids: Array | None = None,
+        enable_dropout: bool = True,
+    ) -> Array:
+        """Teacher-forced logits `[B, S, V]` (float32) for `[B, T]` inputs and `[B, S]` targets."""
+        encoded, encoder_mask = self.encode(encoder_input_tokens, task_ids, enable_dropout)
+        return self.decode(
+            encoded, encoder_mask, decoder_input_tokens, decoder_target_tokens, enable_dropout
+        )
