@@ -1,0 +1,78 @@
+"""Plain prompt tuning (Lester et al., 2021): one learned matrix [P, H] prepended to every input.
+
+Letters: B batch, T input length, P prompt length, H model dim.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from prompt_tuning.prompts import initializers
+
+# Prompt rows and their width; the trainer's rules replicate both (a prompt is tiny).
+PROMPT_AXES = ("prompt", "prompt_embed")
+
+
+def expand_to_batch(prompt: jax.Array, batch_size: int) -> jax.Array:
+    """Repeats one prompt [P, H] for every example -> [B, P, H]."""
+    return jnp.broadcast_to(prompt[None], (batch_size, *prompt.shape))  # [B, P, H]
+
+
+def masked_mean(values: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Mean of `values` [B, T, D] over real positions (`tokens` [B, T] > 0) -> [B, D].
+
+    An all-padding row gives zeros.
+    """
+    mask = (tokens > 0).astype(values.dtype)[..., None]  # [B, T, 1]
+    count = jnp.maximum(mask.sum(axis=1), 1.0)  # [B, 1]
+    return (values * mask).sum(axis=1) / count  # [B, D]
+
+
+class Prompt(nn.Module):
+    """A learned prompt `prompt` [P, H] shared by all examples (path `encoder/prompt/prompt`).
+
+    Attributes:
+      length: P, the number of prompt positions.
+      prompt_init: initializer `init(rng, [P, H], dtype)`; see `prompts.initializers` (Lester et al.
+        default to class-label initialization). Named `prompt_init` (as in the original T5X
+        prompt tuning) because a field called `init` would shadow `flax.linen.Module.init`.
+      dtype: dtype of the returned prompt.
+      param_dtype: dtype the parameter is stored in.
+    """
+
+    length: int
+    prompt_init: Callable[..., jax.Array] = initializers.random_uniform(0.5)
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self, input_tokens: jax.Array, embedded_inputs: jax.Array, task_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """Returns the prompt for each example.
+
+        Args:
+          input_tokens: [B, T] int token ids (0 is padding).
+          embedded_inputs: [B, T, H] embedded inputs (only B and H are read).
+          task_ids: [B] ints or None; unused.
+
+        Returns:
+          [B, P, H] prompt.
+        """
+        del task_ids
+        width = embedded_inputs.shape[-1]
+        prompt = self.param(
+            "prompt",
+            nn.with_logical_partitioning(self.prompt_init, PROMPT_AXES),
+            (self.length, width),
+            self.param_dtype,
+        )
+        return expand_to_batch(jnp.asarray(prompt, self.dtype), input_tokens.shape[0])
+
+    def fold(self, variables: Any) -> np.ndarray:
+        """Returns the prompt [P, H] from this module's variables `{"params": {"prompt": ...}}`."""
+        return np.asarray(nn.unbox(variables)["params"]["prompt"])
