@@ -517,3 +517,25 @@ def test_hf_truncated_or_incomplete_safetensors_raise(tmp_path):
     hf_format.write_safetensors(str(weights), state)
     with pytest.raises(checkpoints.CheckpointError, match="missing.*layer.2.DenseReluDense.wo"):
         checkpoints.load_checkpoint(tmp_path / "hf")
+
+
+def test_read_variable_opens_only_that_array(tmp_path):
+    config = configs.tiny(num_encoder_layers=1, num_decoder_layers=1)
+    params = _random_params(config, seed=8)
+    path = tmp_path / "checkpoint_0"
+    checkpoints.save_t5x_checkpoint(params, path)
+    # Another array is corrupt: reading the whole checkpoint fails, reading the embedding does not.
+    (path / "target.encoder.layers_0.mlp.wo.kernel" / "0.0").write_bytes(b"broken")
+    with pytest.raises(checkpoints.CheckpointError):
+        checkpoints.load_checkpoint(path)
+    embedding = checkpoints.read_variable(path, "token_embedder/embedding")
+    np.testing.assert_array_equal(embedding, params["token_embedder"]["embedding"])
+    with pytest.raises(checkpoints.CheckpointError, match="no parameter 'encoder/prompt/prompt'"):
+        checkpoints.read_variable(path, "encoder/prompt/prompt")
+
+
+def test_read_variable_from_hf_folder(tmp_path):
+    model = _hf_model(tied=False, gated=True)
+    model.save_pretrained(tmp_path)
+    embedding = checkpoints.read_variable(tmp_path, "token_embedder/embedding")
+    np.testing.assert_array_equal(embedding, _hf_state(model)["shared.weight"])

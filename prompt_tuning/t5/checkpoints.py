@@ -46,6 +46,13 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unrecognisable, corrupt, or does not fit the requested config."""
 
 
+class MissingParameterError(CheckpointError, KeyError):
+    """A checkpoint has no parameter of the requested name."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted.
+        return str(self.args[0])
+
+
 def _attention_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
     h, joined = config.emb_dim, config.num_heads * config.head_dim
     shapes = {f"{name}/kernel": (h, joined) for name in ("query", "key", "value")}
@@ -325,6 +332,42 @@ def load_checkpoint(
         config = found_config or infer_config(shapes)
     check_shapes(shapes, config)
     return config, unflatten(flat)
+
+
+def read_variable(path: str | os.PathLike, name: str, dtype: Any = None) -> np.ndarray:
+    """Reads one parameter of a checkpoint, e.g. `token_embedder/embedding` for prompt init.
+
+    A legacy T5X checkpoint opens only that array; HF and orbax checkpoints are read whole.
+
+    Args:
+      path: the checkpoint folder (HF, legacy T5X or orbax).
+      name: the parameter's name in our tree (`encoder/prompt/prompt`, ...).
+      dtype: cast to this dtype; None keeps the stored one.
+
+    Returns:
+      The array.
+
+    Raises:
+      CheckpointError: the checkpoint is missing or unreadable.
+      MissingParameterError: the checkpoint has no parameter `name` (also a KeyError).
+    """
+    from prompt_tuning.t5 import hf_format, t5x_format  # noqa: PLC0415
+
+    path = os.fspath(path)
+    kind = detect_format(path)
+    if kind == "t5x":
+        flat = t5x_format.load_legacy_t5x(path, dtype, names=(name,))
+    elif kind == "hf":
+        flat = hf_format.load_hf(path, dtype)[1]
+    else:
+        flat = t5x_format.load_orbax(path, dtype)
+    if name not in flat:
+        known = f" (it has e.g. {sorted(flat)[:6]})" if flat else ""
+        raise MissingParameterError(
+            f"Checkpoint {path} has no parameter {name!r}{known}. Check the name; prompt"
+            " parameters live under encoder/prompt/."
+        )
+    return flat[name]
 
 
 def save_hf_checkpoint(

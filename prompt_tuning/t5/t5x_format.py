@@ -23,7 +23,7 @@ import math
 import os
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import msgpack
@@ -221,12 +221,15 @@ def _read_leaf(ckpt_dir: str, name: str, leaf: Any, dtype: Any) -> np.ndarray:
     )
 
 
-def load_legacy_t5x(path: str, dtype: Any = None) -> dict[str, np.ndarray]:
+def load_legacy_t5x(
+    path: str, dtype: Any = None, names: Collection[str] | None = None
+) -> dict[str, np.ndarray]:
     """Reads the `target` parameters of a legacy T5X checkpoint, one array at a time.
 
     Args:
       path: the checkpoint folder (`checkpoint_N/`, local or `gs://`) or its `checkpoint` file.
       dtype: cast every parameter to it; None keeps the stored dtype.
+      names: read only these parameters (the others' arrays are never opened); None reads all.
 
     Returns:
       `{"encoder/layers_0/attention/query/kernel": array, ...}` (T5X names, no `target`).
@@ -253,6 +256,8 @@ def load_legacy_t5x(path: str, dtype: Any = None) -> dict[str, np.ndarray]:
             f" or {{'target': ...}}; found keys {sorted(map(str, contents))}."
         )
     leaves = _flatten_leaves(state["target"])
+    if names is not None:
+        leaves = {name: leaf for name, leaf in leaves.items() if name in names}
     return {name: _read_leaf(path, name, leaf, dtype) for name, leaf in leaves.items()}
 
 
