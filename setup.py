@@ -15,6 +15,7 @@ CORE = [
     "sentencepiece==0.2.3",
     "gin-config==0.5.0",
     "clu==0.0.12",
+    "tensorboard==2.21.0",
     "numpy>=2.0",
     "safetensors",
     "matplotlib",

@@ -1,0 +1,351 @@
+"""Resumable training checkpoints (orbax) and `.npy` prompt export.
+
+Layout under MODEL_DIR:
+
+    checkpoints/<step>/state/   trainable params + optimizer state + step (orbax PyTree)
+    checkpoints/<step>/meta/    JSON: step, data position (batches consumed), seed, task
+    best/<step>/...             the same for the best evaluation so far (one kept)
+    best.json                   {"step": ..., "metric": name, "value": ...}
+    prompts/step_<N>.npy        the prompt [P, H] at each saved step (and prompts/best.npy)
+
+Only trainable parameters are saved: the frozen model is read again from INITIAL_CHECKPOINT_PATH
+(or re-initialized from RANDOM_SEED) on restart. orbax writes each step into a temporary folder and
+renames it when complete, so an interrupted save never leaves a half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+PROMPTS = "prompts"
+BEST_JSON = "best.json"
+
+
+def _manager(directory: str | os.PathLike, keep: int | None) -> ocp.CheckpointManager:
+    """An orbax manager for `directory` keeping the last `keep` steps (None: all)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    return ocp.CheckpointManager(
+        os.path.abspath(os.fspath(directory)), options=options, item_names=("state", "meta")
+    )
+
+
+class TrainCheckpointer:
+    """Saves and restores the trainable state of a run (see the module docstring).
+
+    Attributes:
+      model_dir: MODEL_DIR.
+      keep: checkpoints kept (KEEP); older ones are deleted after each save.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, keep: int | None = 1):
+        self.model_dir = pathlib.Path(model_dir)
+        self.keep = keep
+        self._latest = _manager(self.model_dir / CHECKPOINTS, keep)
+        self._best = _manager(self.model_dir / BEST, 1)
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._latest.latest_step()
+
+    def save(self, step: int, state: Any, meta: Mapping[str, Any], best: bool = False) -> None:
+        """Saves `state` (a pytree of arrays) and `meta` (JSON-able) at `step` and waits.
+
+        Args:
+          step: the training step (updates applied so far).
+          state: trainable params, optimizer state and step.
+          meta: data position and run identity (JSON).
+          best: save into `best/` (one kept) instead of `checkpoints/`.
+        """
+        manager = self._best if best else self._latest
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
+        )
+        manager.save(step, args=args, force=True)
+        manager.wait_until_finished()
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Restores a checkpoint into the structure and shardings of `abstract_state`.
+
+        Args:
+          abstract_state: pytree of `jax.ShapeDtypeStruct`s (with `sharding`) like the saved state.
+          step: which step (default: the latest).
+
+        Returns:
+          (state, meta).
+
+        Raises:
+          FileNotFoundError: there is no checkpoint.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint under {self.model_dir / CHECKPOINTS}.")
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+        )
+        restored = self._latest.restore(step, args=args)
+        return restored.state, dict(restored.meta)
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the managers."""
+        self._latest.close()
+        self._best.close()
+
+
+def load_trained_params(model_dir: str | os.PathLike, best: bool = False) -> tuple[int, Any]:
+    """Reads the trainable params of a run's latest (or best) checkpoint, as numpy arrays.
+
+    Args:
+      model_dir: the run's MODEL_DIR.
+      best: read the best checkpoint (tracked by evaluation) instead of the latest.
+
+    Returns:
+      (step, trainable params nested dict); merge with the frozen model via
+      `optimizers.merge_params`.
+
+    Raises:
+      FileNotFoundError: the run has no (best) checkpoint.
+    """
+    directory = pathlib.Path(model_dir) / (BEST if best else CHECKPOINTS)
+    if not directory.exists():
+        raise FileNotFoundError(
+            f"No {'best ' if best else ''}checkpoint in MODEL_DIR {model_dir} (looked for "
+            f"{directory}). Train first, or pass a frozen checkpoint and PROMPT_FILE instead."
+        )
+    manager = _manager(directory, None)
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
+    manager.close()
+    params = jax.tree.map(np.asarray, restored.state["params"])
+    return step, params
+
+
+def write_best_json(model_dir: str | os.PathLike, step: int, metric: str, value: float) -> None:
+    """Records which step is the best so far (MODEL_DIR/best.json), atomically."""
+    _atomic_write(
+        pathlib.Path(model_dir) / BEST_JSON,
+        json.dumps({"step": step, "metric": metric, "value": value}).encode(),
+    )
+
+
+def read_best_json(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The content of MODEL_DIR/best.json, or None before the first evaluation."""
+    path = pathlib.Path(model_dir) / BEST_JSON
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    """Writes `data` to a temporary file next to `path`, then renames it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
+        f.write(data)
+    os.replace(f.name, path)
+
+
+def export_prompt(model_dir: str | os.PathLike, name: str, prompt: np.ndarray) -> pathlib.Path:
+    """Saves a prompt [P, H] as MODEL_DIR/prompts/<name>.npy (e.g. name "step_1000").
+
+    Returns:
+      The written path.
+    """
+    import io  # noqa: PLC0415
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(prompt))
+    path = pathlib.Path(model_dir) / PROMPTS / f"{name}.npy"
+    _atomic_write(path, buffer.getvalue())
+    return path
+
+
+def prompt_for_export(prompt_module: Any, params: Mapping[str, Any]) -> np.ndarray | None:
+    """The plain prompt [P, H] equivalent to the trained parameters, or None if there is none.
+
+    Uses the prompt module's `fold(variables)` when it has one (variables of the prompt module,
+    `{"params": params["encoder"]["prompt"]}`), else the plain prompt `encoder/prompt/prompt`.
+
+    Args:
+      prompt_module: the model's prompt module (or None).
+      params: trainable (or full) params holding `encoder/prompt/...`.
+
+    Returns:
+      [P, H] numpy array, or None when the prompt has no single-matrix form.
+    """
+    prompt_params = params.get("encoder", {}).get("prompt")
+    if prompt_params is None:
+        return None
+    fold = getattr(prompt_module, "fold", None)
+    if fold is not None:
+        try:
+            folded = np.asarray(fold({"params": jax.device_get(prompt_params)}))
+        except (NotImplementedError, KeyError, TypeError):
+            folded = None
+        if folded is not None and folded.ndim == 2:
+            return folded
+    plain = prompt_params.get("prompt")
+    if plain is not None and np.ndim(plain) == 2:
+        return np.asarray(jax.device_get(plain))
+    return None
+
+
+def load_prompt_npy(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Loads a prompt [P, H] saved as `.npy` (PROMPT_FILE).
+
+    Args:
+      path: the `.npy` file.
+      shape: the expected (P, H), checked when given.
+
+    Returns:
+      The float array [P, H].
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: not a 2-D array, or not of `shape`.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"PROMPT_FILE {path} does not exist.")
+    prompt = np.load(path)
+    if prompt.ndim != 2:
+        raise ValueError(f"PROMPT_FILE {path} holds shape {prompt.shape}; a prompt is [P, H].")
+    if shape is not None and tuple(prompt.shape) != tuple(shape):
+        raise ValueError(
+            f"PROMPT_FILE {path} holds a prompt of shape {prompt.shape}, but the model expects "
+            f"{tuple(shape)} (PROMPT_LENGTH, model dim). Use a prompt trained for this model and "
+            "PROMPT_LENGTH."
+        )
+    return prompt
+
+
+def check_initial_checkpoint(path: str | None) -> None:
+    """Fails early, naming INITIAL_CHECKPOINT_PATH, when the frozen checkpoint does not exist.
+
+    Raises:
+      FileNotFoundError: `path` is given but missing.
+    """
+    if path is None or "://" in str(path):
+        return  # Remote paths are checked by the loader.
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"INITIAL_CHECKPOINT_PATH {path} does not exist. Point it at a T5X checkpoint folder "
+            "(checkpoint_<step>) or a Hugging Face model folder, or leave it unset (None) for a "
+            "randomly initialized model."
+        )
+
+
+def _check_same_tree(loaded: Any, expected: Any, path: str) -> None:
+    """Checks that a loaded frozen tree has the model's parameter names and shapes.
+
+    Raises:
+      ValueError: names or shapes differ (the first few differences are listed).
+    """
+    flat = lambda tree: {  # noqa: E731
+        "/".join(str(getattr(k, "key", k)) for k in p): tuple(np.shape(v))
+        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+    got, want = flat(loaded), flat(expected)
+    problems = [f"missing {k}" for k in sorted(set(want) - set(got))]
+    problems += [f"unexpected {k}" for k in sorted(set(got) - set(want))]
+    common = sorted(set(got) & set(want))
+    problems += [f"{k}: {got[k]} != {want[k]}" for k in common if got[k] != want[k]]
+    if problems:
+        raise ValueError(
+            f"The checkpoint at INITIAL_CHECKPOINT_PATH {path} does not fit MODEL: "
+            f"{'; '.join(problems[:6])}. Use the model gin file matching the checkpoint's size."
+        )
+
+
+def initial_params(
+    model: Any,
+    mesh: jax.sharding.Mesh,
+    rng: jax.Array,
+    task_feature_lengths: Mapping[str, int],
+    initial_checkpoint_path: str | None,
+    trainable_params_regex: str,
+    frozen_dtype: str | None = None,
+    prompt_file: str | None = None,
+) -> tuple[Any, Any]:
+    """The run's starting (trainable, frozen) parameters, placed on the mesh.
+
+    The frozen half comes from INITIAL_CHECKPOINT_PATH (`prompt_tuning.t5.checkpoints`) or, without
+    one, from a random initialization with `rng`. The trainable half is initialized by the modules'
+    initializers with `rng` (jit drops the unused frozen initializers), or read from `prompt_file`.
+
+    Args:
+      model: the `PromptModel`.
+      mesh: the device mesh.
+      rng: initialization key.
+      task_feature_lengths: for the initialization batch's shapes.
+      initial_checkpoint_path: frozen checkpoint, or None.
+      trainable_params_regex: TRAINABLE_PARAMS_REGEX.
+      frozen_dtype: dtype name for frozen weights (e.g. "bfloat16"); None keeps float32/stored.
+      prompt_file: `.npy` prompt [P, H] replacing `encoder/prompt/prompt`.
+
+    Returns:
+      (trainable, frozen) nested dicts of sharded `jax.Array`s.
+
+    Raises:
+      ValueError: checkpoint or prompt file shapes do not fit the model.
+    """
+    from prompt_tuning.train import optimizers, partitioning  # noqa: PLC0415
+
+    init = functools.partial(
+        model.init_boxed,
+        input_length=task_feature_lengths.get("inputs", 8),
+        target_length=task_feature_lengths.get("targets", 8),
+    )
+    boxed = jax.eval_shape(init, rng)
+    shardings = partitioning.params_shardings(boxed, mesh)
+    split = lambda tree: optimizers.split_params(tree, trainable_params_regex)  # noqa: E731
+    trainable_sh, frozen_sh = split(shardings)
+    dtype = None if frozen_dtype is None else jnp.dtype(frozen_dtype)
+    if initial_checkpoint_path is None:
+        trainable, frozen = jax.jit(
+            lambda r: split(nn.unbox(init(r))), out_shardings=(trainable_sh, frozen_sh)
+        )(rng)
+        if dtype is not None:
+            frozen = jax.tree.map(lambda x: x.astype(dtype), frozen)
+    else:
+        from prompt_tuning import t5  # noqa: PLC0415
+
+        _, loaded = t5.checkpoints.load_checkpoint(initial_checkpoint_path, model.config, dtype)
+        _check_same_tree(loaded, split(nn.unbox(boxed))[1], initial_checkpoint_path)
+        frozen = jax.device_put(loaded, frozen_sh)
+        trainable = jax.jit(lambda r: split(nn.unbox(init(r)))[0], out_shardings=trainable_sh)(rng)
+    if prompt_file is not None:
+        trainable = _with_prompt_file(trainable, prompt_file)
+    return trainable, frozen
+
+
+def _with_prompt_file(trainable: Any, prompt_file: str) -> Any:
+    """Replaces `encoder/prompt/prompt` with the PROMPT_FILE's array (shape checked).
+
+    Raises:
+      ValueError: the model has no plain prompt, or the file's shape differs.
+    """
+    current = trainable.get("encoder", {}).get("prompt", {}).get("prompt")
+    if current is None:
+        raise ValueError(
+            f"PROMPT_FILE {prompt_file} was given, but the model has no plain prompt parameter "
+            "encoder/prompt/prompt to load it into (use the plain `prompts.Prompt`)."
+        )
+    value = load_prompt_npy(prompt_file, tuple(current.shape))
+    prompt = jax.device_put(jnp.asarray(value, current.dtype), current.sharding)
+    encoder = dict(trainable["encoder"], prompt=dict(trainable["encoder"]["prompt"], prompt=prompt))
+    return dict(trainable, encoder=encoder)

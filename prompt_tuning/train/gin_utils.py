@@ -1,0 +1,172 @@
+"""Command-line gin handling shared by the entry points (`train`, `eval`, `infer`).
+
+Flags follow T5X:
+
+    --gin_file=PATH          a gin file; repeatable, parsed in order.
+    --gin.NAME=VALUE         a binding, e.g. `--gin.MODEL_DIR="'runs/demo'"` or
+                             `--gin.TRAIN_STEPS=100`; later flags override earlier ones.
+    --gin_bindings=BINDING   a raw gin binding (`NAME = VALUE`); repeatable.
+    --gin_search_paths=A,B   folders searched for gin files and `include`s (always also the
+                             working directory and the repository root, for `gin_configs/...`).
+
+This module and the entry points are the only places that import gin; the library is configured by
+the `from __gin__ import dynamic_registration` imports in `gin_configs/`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gin
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+_USAGE = (
+    "usage: python -m prompt_tuning.<train|eval|infer> --gin_file=FILE [--gin_file=FILE ...] "
+    "[--gin.NAME=VALUE ...] [--gin_bindings='NAME = VALUE' ...] [--gin_search_paths=A,B]"
+)
+_MACRO_REFERENCE = re.compile(r"%([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+def _split_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """Splits `argv` into gin files, bindings and search paths.
+
+    Args:
+      argv: command-line arguments without the program name.
+
+    Returns:
+      (gin files, gin bindings, search paths), each in command-line order.
+
+    Raises:
+      ValueError: an argument is not one of the gin flags.
+    """
+    files, bindings, paths = [], [], []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-h", "--help"):
+            print(_USAGE)
+            sys.exit(0)
+        name, has_value, value = arg.partition("=")
+        if not has_value and name in ("--gin_file", "--gin_bindings", "--gin_search_paths"):
+            if not args:
+                raise ValueError(f"Flag {name} needs a value.\n{_USAGE}")
+            value = args.pop(0)
+        if name == "--gin_file":
+            files.append(value)
+        elif name == "--gin_bindings":
+            bindings.append(value)
+        elif name == "--gin_search_paths":
+            paths.extend(p for p in value.split(",") if p)
+        elif name.startswith("--gin.") and has_value:
+            bindings.append(f"{name[len('--gin.') :]} = {value}")
+        else:
+            raise ValueError(f"Unknown argument {arg!r}.\n{_USAGE}")
+    return files, bindings, paths
+
+
+def parse_gin_flags(argv: Sequence[str]) -> None:
+    """Parses gin files and bindings given on the command line into gin's global config.
+
+    Args:
+      argv: command-line arguments without the program name (e.g. `sys.argv[1:]`).
+
+    Raises:
+      ValueError: an unknown flag, or no `--gin_file` at all.
+      IOError: a gin file or include was not found (gin's message names it).
+    """
+    files, bindings, paths = _split_flags(argv)
+    if not files:
+        raise ValueError(
+            f"Give at least one --gin_file (e.g. gin_configs/runs/smoke.gin).\n{_USAGE}"
+        )
+    for path in [*paths, os.getcwd(), str(REPO_ROOT)]:
+        gin.add_config_file_search_path(path)
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+
+
+def _is_required(value: Any) -> bool:
+    """Whether a gin value is the `%gin.REQUIRED` placeholder."""
+    # A macro bound to `%gin.REQUIRED` evaluates to a reference that prints as that literal.
+    return value is gin.REQUIRED or repr(value) == "%gin.REQUIRED"
+
+
+def check_macros(required: Sequence[str] = ()) -> None:
+    """Checks that every macro the config refers to, and every `required` one, has a value.
+
+    Args:
+      required: macro names that must be bound to a real value (e.g. "MODEL_DIR").
+
+    Raises:
+      ValueError: naming the first macro that is unbound or `%gin.REQUIRED`, and how to set it.
+    """
+    referenced = [m for m in _MACRO_REFERENCE.findall(gin.config_str()) if m != "gin.REQUIRED"]
+    for name in dict.fromkeys([*required, *referenced]):
+        try:
+            value = gin.query_parameter(f"%{name}")
+        except ValueError:
+            value = gin.REQUIRED
+        if _is_required(value):
+            raise ValueError(
+                f"Gin macro {name} is required but has no value. Set it in a gin file "
+                f"(`{name} = ...`) or on the command line (`--gin.{name}=...`; strings need inner "
+                f"quotes, e.g. --gin.MODEL_DIR=\"'runs/x'\")."
+            )
+
+
+def write_config(model_dir: str | None, filename: str) -> None:
+    """Writes the parsed gin config to `model_dir/filename` (no-op without a model_dir)."""
+    if not model_dir or not isinstance(model_dir, str):
+        return
+    path = pathlib.Path(model_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / filename).write_text(gin.config_str())
+
+
+def run_main(
+    fn: Callable[..., Any],
+    argv: Sequence[str] | None = None,
+    required_macros: Sequence[str] = (),
+    config_filename: str | None = "config.gin",
+) -> Any:
+    """Parses gin flags, checks macros and calls the gin-configured `fn`.
+
+    `fn` must be configured by the gin files (dynamic registration); it is called with no arguments.
+
+    Args:
+      fn: the library function to run (e.g. `trainer.train`).
+      argv: command-line arguments without the program name; default `sys.argv[1:]`.
+      required_macros: macros that must have a value before anything runs.
+      config_filename: where in MODEL_DIR to write the parsed config (None: do not write).
+
+    Returns:
+      What `fn` returns.
+
+    Raises:
+      ValueError: bad flags or a missing macro (see `parse_gin_flags`, `check_macros`).
+    """
+    parse_gin_flags(sys.argv[1:] if argv is None else argv)
+    check_macros(required_macros)
+    if config_filename:
+        try:
+            model_dir = gin.query_parameter("%MODEL_DIR")
+        except ValueError:
+            model_dir = None
+        write_config(model_dir, config_filename)
+    return gin.get_configurable(fn)()
+
+
+def console_main(fn: Callable[..., Any], required_macros: Sequence[str] = ()) -> None:
+    """Runs `run_main` and turns configuration errors into a one-line message and exit code 2."""
+    try:
+        run_main(fn, required_macros=required_macros)
+    except (ValueError, KeyError, FileNotFoundError, OSError) as error:
+        traceback.print_exc()
+        print(f"\nerror: {error}", file=sys.stderr)
+        sys.exit(2)

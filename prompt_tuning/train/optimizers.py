@@ -1,0 +1,274 @@
+"""Prompt-only optimization: the trainable/frozen split of the parameters and the optimizers.
+
+Freezing is one regular expression (`TRAINABLE_PARAMS_REGEX`, default `prompt`) matched with
+`re.search` against each parameter's "/"-joined path (e.g. `encoder/prompt/prompt`). `split_params`
+turns it into two subtrees; the train step differentiates only with respect to the trainable one
+(the frozen one is closed over), so frozen weights get no gradient buffers and no optimizer state.
+
+The default optimizer is Lester et al. (2021)'s: Adafactor with a constant learning rate of 0.3,
+second-moment decay exponent 0.8, decoupled weight decay 1e-5, no parameter scaling, and T5X's
+defaults otherwise (update clipping at RMS 1.0, factoring only when the two largest dimensions are
+both >= 128, epsilon 1e-30). Their Table 6 search space adds linear warmup and step decay.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+DEFAULT_TRAINABLE_PARAMS_REGEX = "prompt"
+Params = Mapping[str, Any]
+
+
+def path_name(path: tuple[Any, ...]) -> str:
+    """Joins a jax key path (or a tuple of names) into "encoder/prompt/prompt"."""
+    return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+
+
+def trainable_mask(params: Params, regex: str = DEFAULT_TRAINABLE_PARAMS_REGEX) -> Any:
+    """Marks the parameters whose path matches `regex` (`re.search`).
+
+    Args:
+      params: nested dict of parameters (arrays or shape structs).
+      regex: the TRAINABLE_PARAMS_REGEX.
+
+    Returns:
+      A tree like `params` with a bool per leaf: True for trainable parameters.
+    """
+    pattern = re.compile(regex)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(pattern.search(path_name(path))), params
+    )
+
+
+def _select(params: Params, mask: Any, keep: bool) -> dict[str, Any]:
+    """The nested-dict subtree of `params` whose mask equals `keep` (empty branches dropped)."""
+    out = {}
+    for name, value in params.items():
+        if isinstance(value, Mapping):
+            sub = _select(value, mask[name], keep)
+            if sub:
+                out[name] = sub
+        elif mask[name] == keep:
+            out[name] = value
+    return out
+
+
+def split_params(
+    params: Params, regex: str = DEFAULT_TRAINABLE_PARAMS_REGEX
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Splits the model's parameters into (trainable, frozen) nested dicts by one regex.
+
+    Args:
+      params: the full nested parameter dict.
+      regex: the TRAINABLE_PARAMS_REGEX.
+
+    Returns:
+      (trainable, frozen): disjoint nested dicts whose union is `params`.
+
+    Raises:
+      ValueError: the regex matches no parameter.
+    """
+    mask = trainable_mask(params, regex)
+    trainable = _select(params, mask, True)
+    if not trainable:
+        names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise ValueError(
+            f"TRAINABLE_PARAMS_REGEX {regex!r} matches no parameter, so nothing would train. "
+            f"Parameter paths look like: {', '.join(names[:6])}."
+        )
+    return trainable, _select(params, mask, False)
+
+
+def merge_params(trainable: Params, frozen: Params) -> dict[str, Any]:
+    """Merges the two halves of `split_params` back into one nested dict (the full model)."""
+    out = dict(frozen)
+    for name, value in trainable.items():
+        if isinstance(value, Mapping) and isinstance(out.get(name), Mapping):
+            out[name] = merge_params(value, out[name])
+        else:
+            out[name] = value
+    return out
+
+
+def learning_rate_schedule(
+    learning_rate: float = 0.3,
+    warmup_steps: int = 0,
+    decay_factor: float | None = None,
+    steps_per_decay: int | None = None,
+) -> optax.Schedule:
+    """Lester et al.'s schedule family (Table 6): constant, optional warmup and step decay.
+
+    lr(t) = learning_rate * min(1, t / warmup_steps) * decay_factor ** floor(t / steps_per_decay),
+    with t the number of updates already applied; warmup rises linearly from zero, and decay counts
+    from step 0.
+
+    Args:
+      learning_rate: the peak (constant) rate; the paper uses 0.3.
+      warmup_steps: linear warmup length (0: off).
+      decay_factor: multiplier applied every `steps_per_decay` steps (None: off).
+      steps_per_decay: decay period (None: off).
+
+    Returns:
+      An optax schedule `step -> rate`.
+
+    Raises:
+      ValueError: only one of `decay_factor` and `steps_per_decay` was given, or a bad value.
+    """
+    if (decay_factor is None) != (steps_per_decay is None):
+        raise ValueError("Give both decay_factor and steps_per_decay for step decay, or neither.")
+    if warmup_steps < 0 or (steps_per_decay is not None and steps_per_decay <= 0):
+        raise ValueError("warmup_steps must be >= 0 and steps_per_decay > 0.")
+
+    def schedule(step: jax.Array) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        rate = jnp.asarray(learning_rate, jnp.float32)
+        if warmup_steps:
+            rate = rate * jnp.minimum(1.0, step / warmup_steps)
+        if decay_factor is not None:
+            rate = rate * decay_factor ** jnp.floor(step / steps_per_decay)
+        return rate
+
+    return schedule
+
+
+class ScheduleState(NamedTuple):
+    """State of `scale_by_logged_schedule`: updates applied so far and the rate last used."""
+
+    count: jax.Array
+    learning_rate: jax.Array
+
+
+def scale_by_logged_schedule(schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Multiplies updates by `schedule(count)` and keeps that rate in the state (for logging).
+
+    Args:
+      schedule: step -> learning rate.
+
+    Returns:
+      An optax transformation; its state's `learning_rate` field is the rate of the last update.
+    """
+
+    def init(params: Any) -> ScheduleState:
+        del params
+        return ScheduleState(jnp.zeros([], jnp.int32), jnp.asarray(schedule(0), jnp.float32))
+
+    def update(updates: Any, state: ScheduleState, params: Any = None) -> tuple[Any, ScheduleState]:
+        del params
+        rate = jnp.asarray(schedule(state.count), jnp.float32)
+        updates = jax.tree.map(lambda u: (u * rate).astype(u.dtype), updates)
+        return updates, ScheduleState(optax.safe_increment(state.count), rate)
+
+    return optax.GradientTransformation(init, update)
+
+
+def current_learning_rate(opt_state: Any) -> jax.Array | None:
+    """The rate of the last update of an optimizer built here (None if it has no schedule state)."""
+    for state in jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda x: isinstance(x, ScheduleState)
+    ):
+        if isinstance(state, ScheduleState):
+            return state.learning_rate
+    return None
+
+
+def adafactor(
+    learning_rate: float = 0.3,
+    decay_rate: float = 0.8,
+    step_offset: int = 0,
+    weight_decay_rate: float | None = 1e-5,
+    clipping_threshold: float | None = 1.0,
+    multiply_by_parameter_scale: bool = False,
+    factored: bool = True,
+    min_dim_size_to_factor: int = 128,
+    epsilon: float = 1e-30,
+    warmup_steps: int = 0,
+    decay_factor: float | None = None,
+    steps_per_decay: int | None = None,
+) -> optax.GradientTransformation:
+    """Adafactor as T5X applies it in Lester et al. (2021).
+
+    Per parameter: v_t = d_t v_{t-1} + (1 - d_t)(g^2 + epsilon) with d_t = 1 - (t + 1)^-decay_rate
+    (factored into row/column means only for matrices whose two largest dims are >= 128),
+    u = g / sqrt(v_t), u /= max(1, RMS(u) / clipping_threshold), and
+    p <- p - lr_t * u - weight_decay_rate * p (T5X's decay is not multiplied by the rate).
+
+    Args:
+      learning_rate: peak learning rate (paper: 0.3).
+      decay_rate: exponent of the second-moment decay schedule (paper: 0.8).
+      step_offset: subtracted from the step in the decay schedule (T5X's `step_offset`).
+      weight_decay_rate: decoupled weight decay (paper: 1e-5; None: off).
+      clipping_threshold: update clipping RMS (T5X default 1.0; None: off).
+      multiply_by_parameter_scale: scale updates by the parameter's RMS (paper: False).
+      factored: allow factored second moments (T5X default True).
+      min_dim_size_to_factor: smallest dimension size that is factored (T5X default 128).
+      epsilon: added to squared gradients (T5X's epsilon1).
+      warmup_steps: see `learning_rate_schedule`.
+      decay_factor: see `learning_rate_schedule`.
+      steps_per_decay: see `learning_rate_schedule`.
+
+    Returns:
+      An optax gradient transformation.
+    """
+    schedule = learning_rate_schedule(learning_rate, warmup_steps, decay_factor, steps_per_decay)
+    # optax.adafactor without rate or decay is [factored RMS scaling, block-RMS clipping, negate].
+    core = optax.adafactor(
+        learning_rate=None,
+        min_dim_size_to_factor=min_dim_size_to_factor,
+        decay_rate=decay_rate,
+        decay_offset=step_offset,
+        multiply_by_parameter_scale=False,
+        clipping_threshold=clipping_threshold,
+        weight_decay_rate=None,
+        eps=epsilon,
+        factored=factored,
+    )
+    steps = [core, scale_by_logged_schedule(schedule)]  # -lr * u
+    if multiply_by_parameter_scale:
+        steps.append(optax.scale_by_param_block_rms())
+    if weight_decay_rate:
+        steps.append(optax.add_decayed_weights(-weight_decay_rate))  # - wd * p
+    return optax.chain(*steps)
+
+
+def adamw(
+    learning_rate: float = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-5,
+    global_norm_clip: float | None = 1.0,
+    warmup_steps: int = 0,
+    decay_factor: float | None = None,
+    steps_per_decay: int | None = None,
+) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay, multiplied by the rate as in optax), optional norm clipping.
+
+    Args:
+      learning_rate: peak learning rate.
+      b1: Adam's first-moment decay.
+      b2: Adam's second-moment decay.
+      eps: Adam's epsilon.
+      weight_decay: decoupled weight decay coefficient.
+      global_norm_clip: clip gradients to this global norm first (None: off).
+      warmup_steps: see `learning_rate_schedule`.
+      decay_factor: see `learning_rate_schedule`.
+      steps_per_decay: see `learning_rate_schedule`.
+
+    Returns:
+      An optax gradient transformation.
+    """
+    schedule = learning_rate_schedule(learning_rate, warmup_steps, decay_factor, steps_per_decay)
+    steps = [] if global_norm_clip is None else [optax.clip_by_global_norm(global_norm_clip)]
+    steps += [
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.add_decayed_weights(weight_decay),
+        scale_by_logged_schedule(schedule),
+        optax.scale(-1.0),
+    ]
+    return optax.chain(*steps)

@@ -1,0 +1,487 @@
+"""The training loop: frozen T5 + trainable prompt, one jitted `train_step`, resumable.
+
+    python -m prompt_tuning.train --gin_file=gin_configs/runs/smoke.gin \
+        --gin.MODEL_DIR="'runs/demo'"
+
+`train()` (configured by gin_configs/runs/*.gin) builds the mesh, loads the frozen model from
+INITIAL_CHECKPOINT_PATH (or initializes a random one from RANDOM_SEED), splits the parameters by
+TRAINABLE_PARAMS_REGEX, restores MODEL_DIR's latest checkpoint when there is one, and runs
+`train_step` until TRAIN_STEPS, logging, saving, exporting the prompt and evaluating periodically.
+Running the same command again resumes and ends with the same prompt as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from prompt_tuning.train import checkpoints, data, optimizers, partitioning
+from prompt_tuning.train import logging as train_logging
+from prompt_tuning.train.model import PromptModel
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What changes during training (and is checkpointed).
+
+    Attributes:
+      step: updates applied so far (int32 scalar).
+      params: the trainable parameters (nested dict).
+      opt_state: the optimizer state of the trainable parameters only.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+      step: the last step reached.
+      trainable: trainable parameters at the end (numpy).
+      frozen: frozen parameters used (numpy, as loaded or initialized).
+      train_metrics: the logged training metrics, one dict per log.
+      eval_metrics: the evaluations, one dict per evaluation (with "step").
+    """
+
+    step: int
+    trainable: Any
+    frozen: Any
+    train_metrics: list[dict[str, float]]
+    eval_metrics: list[dict[str, float]]
+
+
+def train_step(
+    state: TrainState,
+    frozen: Any,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    model: PromptModel,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update of the trainable parameters (pure; jitted once by `train`).
+
+    Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
+    weights get no gradient buffers and no optimizer state.
+
+    Args:
+      state: the current `TrainState`.
+      frozen: frozen parameters (nested dict; never updated).
+      batch: a converted batch ([B, T] / [B, S] arrays).
+      rng: the run's base PRNG key; dropout uses `fold_in(rng, step)`, so a resumed run draws the
+        same dropout masks as an uninterrupted one.
+      model: the `PromptModel` (static).
+      optimizer: the optax transformation (static).
+
+    Returns:
+      (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
+      `grad_norm`, `learning_rate`.
+    """
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_of(trainable: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return model.loss_fn(optimizers.merge_params(trainable, frozen), batch, dropout_rng)
+
+    (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(aux, grad_norm=optax.global_norm(grads))
+    rate = optimizers.current_learning_rate(opt_state)
+    if rate is not None:
+        metrics["learning_rate"] = rate
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def _abstract(tree: Any) -> Any:
+    """`ShapeDtypeStruct`s (with shardings) of the arrays in `tree`, for orbax restores."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _mean_metrics(history: Sequence[Mapping[str, jax.Array]]) -> dict[str, float]:
+    """Averages per-step metrics fetched from the devices."""
+    fetched = jax.device_get(list(history))
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _prompt_diagnostics(prompt: Any, trainable: Any) -> dict[str, float]:
+    """Extra metrics of special prompts: a RankProbePrompt's positive diagonal entries."""
+    from prompt_tuning.prompts import decomposed  # noqa: PLC0415
+
+    if isinstance(prompt, decomposed.RankProbePrompt):
+        variables = {"params": jax.device_get(trainable["encoder"]["prompt"])}
+        return {"prompt_positive_diagonal": float(decomposed.num_positive(variables))}
+    return {}
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything the loop needs once set up."""
+
+    model: PromptModel
+    mesh: jax.sharding.Mesh
+    state: TrainState
+    frozen: Any
+    step_fn: Callable[..., Any]
+    rng: jax.Array
+    start_step: int
+    checkpointer: checkpoints.TrainCheckpointer
+    logger: train_logging.MetricsLogger
+    meta: dict[str, Any]
+
+
+def _setup(
+    module: nn.Module,
+    model_dir: str,
+    task_feature_lengths: Mapping[str, int],
+    train_steps: int,
+    batch_size: int,
+    optimizer: optax.GradientTransformation,
+    options: Mapping[str, Any],
+) -> _Run:
+    """Builds the mesh, parameters, optimizer state, jitted step; restores the latest checkpoint."""
+    devices = jax.devices()[: options["num_devices"]] if options["num_devices"] else None
+    mesh = partitioning.make_mesh(options["num_partitions"], devices)
+    if batch_size % mesh.shape[partitioning.DATA_AXIS] or batch_size % jax.process_count():
+        raise ValueError(
+            f"BATCH_SIZE {batch_size} must be a multiple of the data-parallel size "
+            f"{mesh.shape[partitioning.DATA_AXIS]} and of the host count {jax.process_count()}."
+        )
+    model = PromptModel(module, **options["loss"])
+    rng = jax.random.key(options["random_seed"])
+    init_rng, step_rng = jax.random.split(rng)
+    trainable, frozen = checkpoints.initial_params(
+        model,
+        mesh,
+        init_rng,
+        task_feature_lengths,
+        options["initial_checkpoint_path"],
+        options["trainable_params_regex"],
+        options["frozen_dtype"],
+        options["prompt_file"],
+    )
+    opt_sharding = partitioning.opt_state_shardings(optimizer, trainable, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
+    state = TrainState(
+        jax.device_put(jnp.zeros([], jnp.int32), partitioning.replicated(mesh)),
+        trainable,
+        opt_state,
+    )
+    state_sh = partitioning.shardings_of(state)
+    step_fn = jax.jit(
+        functools.partial(train_step, model=model, optimizer=optimizer),
+        in_shardings=(
+            state_sh,
+            partitioning.shardings_of(frozen),
+            partitioning.data_sharding(mesh),
+            partitioning.replicated(mesh),
+        ),
+        out_shardings=(state_sh, partitioning.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    checkpointer = checkpoints.TrainCheckpointer(model_dir, options["keep"])
+    meta = {"seed": options["random_seed"], "task": options["task"], "batch_size": batch_size}
+    start_step = 0
+    if checkpointer.latest_step() is not None:
+        try:
+            state, saved_meta = checkpointer.restore(_abstract(state))
+        except (ValueError, KeyError) as error:
+            raise ValueError(
+                f"The checkpoint in MODEL_DIR {model_dir} does not fit this model, prompt or "
+                f"optimizer ({error}). Use a new MODEL_DIR for a different configuration."
+            ) from error
+        start_step = int(saved_meta["step"])
+        for key, value in meta.items():
+            if saved_meta.get(key) != value:
+                raise ValueError(
+                    f"MODEL_DIR {model_dir} holds a run with {key}={saved_meta.get(key)!r}, but "
+                    f"this run has {key}={value!r}; use a new MODEL_DIR or the same settings."
+                )
+    logger = train_logging.MetricsLogger(
+        model_dir, train_steps, batch_size, enabled=jax.process_index() == 0
+    )
+    return _Run(
+        model, mesh, state, frozen, step_fn, step_rng, start_step, checkpointer, logger, meta
+    )
+
+
+def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
+    """Checkpoints the state and exports the prompt as .npy (prompts/step_<N>.npy or best.npy)."""
+    meta = dict(run.meta, step=step, data_position=step)
+    run.checkpointer.save(step, run.state, meta, best=best)
+    if jax.process_index() == 0:
+        prompt = checkpoints.prompt_for_export(run.model.prompt, jax.device_get(run.state.params))
+        if prompt is not None:
+            checkpoints.export_prompt(model_dir, "best" if best else f"step_{step}", prompt)
+
+
+def make_evaluator(
+    eval_period: int,
+    task: str,
+    task_feature_lengths: Mapping[str, int],
+    model: PromptModel,
+    batch_size: int,
+    split: str,
+    eval_steps: int | None,
+    message: Callable[[str], None],
+) -> tuple[Any, Callable[[Mapping[str, float]], float]] | None:
+    """E2's `Evaluator` and its `select_metric` (None when EVAL_PERIOD is 0 or evaluation.py is
+    not installed)."""
+    if not eval_period:
+        return None
+    try:
+        from prompt_tuning.train import evaluation  # noqa: PLC0415
+    except ModuleNotFoundError as error:
+        if error.name != "prompt_tuning.train.evaluation":
+            raise
+        message("prompt_tuning.train.evaluation is not available; evaluation is skipped.")
+        return None
+    num_examples = None if eval_steps is None else eval_steps * batch_size
+    evaluator = evaluation.Evaluator(
+        task, task_feature_lengths, model, batch_size, split=split, num_examples=num_examples
+    )
+    return evaluator, evaluation.select_metric
+
+
+def _check_finite(metrics: Mapping[str, float], step: int, run: _Run) -> None:
+    """Stops the run on a NaN/Inf loss, keeping the last good checkpoint.
+
+    Raises:
+      FloatingPointError: the loss is not finite.
+    """
+    if np.isfinite(metrics["loss"]):
+        return
+    last = run.checkpointer.latest_step()
+    kept = "no checkpoint was saved"
+    if last is not None:
+        kept = f"the last good checkpoint (step {last}) is kept"
+    message = (
+        f"Training loss is {metrics['loss']} at step {step}; stopping ({kept}). Lower the learning "
+        "rate, add warmup, or check the data."
+    )
+    run.logger.message(message)
+    raise FloatingPointError(message)
+
+
+def train(
+    *,
+    model: nn.Module,
+    model_dir: str,
+    mixture_or_task_name: str,
+    task_feature_lengths: Mapping[str, int],
+    train_steps: int,
+    batch_size: int,
+    optimizer: optax.GradientTransformation | None = None,
+    initial_checkpoint_path: str | None = None,
+    random_seed: int = 0,
+    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
+    mixture_or_task_module: str | Sequence[str] | None = "tasks",
+    save_period: int = 1000,
+    keep: int | None = 1,
+    log_period: int = 100,
+    eval_period: int = 0,
+    eval_steps: int | None = None,
+    eval_batch_size: int | None = None,
+    eval_split: str = "validation",
+    prompt_file: str | None = None,
+    frozen_dtype: str | None = None,
+    loss_normalizing_factor: float | None = None,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+    num_partitions: int = 1,
+    num_devices: int | None = None,
+    use_distributed: bool = False,
+) -> TrainResult:
+    """Trains the prompt (the TRAINABLE_PARAMS_REGEX parameters) of a frozen T5.
+
+    Args:
+      model: the `t5.EncoderDecoder` with its prompt (MODEL).
+      model_dir: where checkpoints, prompts, metrics and TensorBoard files go (MODEL_DIR).
+      mixture_or_task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
+      task_feature_lengths: {"inputs": T, "targets": S} (TASK_FEATURE_LENGTHS).
+      train_steps: total steps to reach, counting resumed ones (TRAIN_STEPS).
+      batch_size: global batch size (BATCH_SIZE).
+      optimizer: optax transformation; default Lester et al.'s Adafactor (`optimizers.adafactor`).
+      initial_checkpoint_path: frozen T5 checkpoint (HF or T5X); None initializes a random model
+        from `random_seed` (tests, smoke runs) (INITIAL_CHECKPOINT_PATH).
+      random_seed: seed of initialization, dropout and data order (RANDOM_SEED).
+      trainable_params_regex: parameters to train (TRAINABLE_PARAMS_REGEX).
+      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE).
+      save_period: checkpoint every this many steps, and at the end (SAVE_PERIOD).
+      keep: checkpoints kept (KEEP).
+      log_period: steps between progress lines.
+      eval_period: steps between evaluations (EVAL_PERIOD); 0 disables evaluation.
+      eval_steps: evaluation batches (EVAL_STEPS); None evaluates the whole split.
+      eval_batch_size: default `batch_size`.
+      eval_split: split evaluated.
+      prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
+      frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
+      loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
+      z_loss: z-loss coefficient.
+      label_smoothing: label smoothing.
+      num_partitions: devices per model replica ("model" mesh axis).
+      num_devices: use only the first N devices (default all).
+      use_distributed: call `jax.distributed.initialize()` first (multi-host runs).
+
+    Returns:
+      A `TrainResult`.
+
+    Raises:
+      ValueError, KeyError, FileNotFoundError: bad configuration, before any training.
+      FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
+    """
+    if use_distributed:
+        jax.distributed.initialize()
+    data.import_task_modules(mixture_or_task_module)
+    data.get_task_or_mixture(mixture_or_task_name)
+    checkpoints.check_initial_checkpoint(initial_checkpoint_path)
+    if prompt_file is not None:
+        checkpoints.load_prompt_npy(prompt_file)
+    optimizer = optimizers.adafactor() if optimizer is None else optimizer
+    options = dict(
+        num_devices=num_devices,
+        num_partitions=num_partitions,
+        random_seed=random_seed,
+        loss=dict(
+            loss_normalizing_factor=loss_normalizing_factor,
+            z_loss=z_loss,
+            label_smoothing=label_smoothing,
+        ),
+        initial_checkpoint_path=initial_checkpoint_path,
+        trainable_params_regex=trainable_params_regex,
+        frozen_dtype=frozen_dtype,
+        prompt_file=prompt_file,
+        keep=keep,
+        task=mixture_or_task_name,
+    )
+    os.makedirs(model_dir, exist_ok=True)
+    run = _setup(
+        model, model_dir, task_feature_lengths, train_steps, batch_size, optimizer, options
+    )
+    evaluator = make_evaluator(
+        eval_period,
+        mixture_or_task_name,
+        task_feature_lengths,
+        run.model,
+        eval_batch_size or batch_size,
+        eval_split,
+        eval_steps,
+        run.logger.message,
+    )
+    sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
+    run.logger.message(
+        f"Training {mixture_or_task_name} to step {train_steps} (batch {batch_size}, mesh "
+        f"{dict(run.mesh.shape)}): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; "
+        f"writing to {model_dir}."
+    )
+    periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
+    try:
+        return _loop(
+            run,
+            evaluator,
+            model_dir,
+            mixture_or_task_name,
+            task_feature_lengths,
+            train_steps,
+            batch_size,
+            periods,
+        )
+    finally:
+        run.checkpointer.close()
+        run.logger.close()
+
+
+def _loop(
+    run: _Run,
+    evaluator: Any,
+    model_dir: str,
+    task: str,
+    task_feature_lengths: Mapping[str, int],
+    train_steps: int,
+    batch_size: int,
+    periods: Mapping[str, int],
+) -> TrainResult:
+    """Runs steps `start_step + 1 .. train_steps` with logging, saving and evaluation."""
+    batches = None
+    if run.start_step < train_steps:
+        host_batch = batch_size // jax.process_count()
+        dataset = data.get_dataset(
+            task,
+            task_feature_lengths,
+            "train",
+            host_batch,
+            shuffle=True,
+            seed=run.meta["seed"],
+            num_epochs=None,
+            shard_id=jax.process_index(),
+            num_shards=jax.process_count(),
+        )
+        batches = data.skip_batches(dataset, run.start_step).as_numpy_iterator()
+    train_log, eval_log, pending = [], [], []
+    best = checkpoints.read_best_json(model_dir)
+    if run.start_step:
+        run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
+    for step in range(run.start_step + 1, train_steps + 1):
+        batch = partitioning.shard_batch(next(batches), run.mesh)
+        run.state, metrics = run.step_fn(run.state, run.frozen, batch, run.rng)
+        pending.append(metrics)
+        if step == run.start_step + 1:  # exclude compilation from the throughput
+            jax.block_until_ready(metrics)
+            run.logger.start(step)
+        due = {k: bool(p) and step % p == 0 for k, p in periods.items()}
+        last = step == train_steps
+        if not (due["log"] or due["save"] or due["eval"] or last):
+            continue
+        averaged = _mean_metrics(pending)
+        pending = []
+        _check_finite(averaged, step, run)
+        averaged.update(_prompt_diagnostics(run.model.prompt, run.state.params))
+        train_log.append(dict(run.logger.log_train(step, averaged), step=step))
+        if due["save"] or last:
+            _save(run, step, model_dir)
+        if due["eval"] or (last and evaluator is not None):
+            best = _evaluate(run, evaluator, step, model_dir, best, eval_log)
+        run.logger.start(step)  # throughput counts training steps only
+    final_step = int(jax.device_get(run.state.step))
+    run.logger.message(
+        f"Done at step {final_step}: checkpoints in {model_dir}/checkpoints, prompts in "
+        f"{model_dir}/prompts, metrics in {model_dir}/metrics.jsonl."
+    )
+    return TrainResult(
+        step=final_step,
+        trainable=jax.device_get(run.state.params),
+        frozen=jax.device_get(run.frozen),
+        train_metrics=train_log,
+        eval_metrics=eval_log,
+    )
+
+
+def _evaluate(
+    run: _Run, evaluator: Any, step: int, model_dir: str, best: Any, eval_log: list
+) -> dict[str, Any] | None:
+    """Evaluates the current params, logs, and saves a best checkpoint when the metric improves."""
+    params = optimizers.merge_params(run.state.params, run.frozen)
+    evaluator, select_metric = evaluator  # (Evaluator, select_metric) from make_evaluator
+    metrics = evaluator.evaluate(params, step)
+    run.logger.log_eval(step, metrics)
+    eval_log.append(dict(metrics, step=step))
+    name, value = "mean", float(select_metric(metrics))
+    if best is None or value > best["value"]:
+        _save(run, step, model_dir, best=True)
+        if jax.process_index() == 0:
+            checkpoints.write_best_json(model_dir, step, name, value)
+        best = {"step": step, "metric": name, "value": value}
+    return best

@@ -1,0 +1,144 @@
+"""Every gin file of models/ and runs/ parses and builds its model; the CLI runs smoke.gin."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from prompt_tuning.train import gin_utils
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MODELS = sorted((ROOT / "gin_configs" / "models").glob("*.gin"))
+PROMPT = "gin_configs/prompts/prompt_tuning_random_uniform.gin"
+RUN = "gin_configs/runs/prompt_finetune.gin"
+# (emb_dim, encoder layers) of the public T5 1.1 sizes; tiny is the test model.
+SIZES = {
+    "small": (512, 8),
+    "base": (768, 12),
+    "large": (1024, 24),
+    "xl": (2048, 24),
+    "xxl": (4096, 24),
+    "tiny": (32, 2),
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def _build(macro: str):
+    """Evaluates a macro bound to `@configurable()` (gin's own evaluation of the reference)."""
+    return gin.query_parameter(f"%{macro}").scoped_configurable_fn()
+
+
+def test_model_files_cover_every_size():
+    names = {p.stem for p in MODELS}
+    for size in ("small", "base", "large", "xl", "xxl"):
+        assert {f"t5_1_1_{size}", f"lm_adapted_t5_1_1_{size}"} <= names
+    assert "t5_1_1_tiny" in names
+
+
+@pytest.mark.parametrize("model_file", MODELS, ids=lambda p: p.stem)
+def test_model_file_with_run_file_builds_the_model(model_file):
+    assert model_file.read_text().startswith("# ")  # the header
+    gin_utils.parse_gin_flags(
+        [
+            f"--gin_file={model_file}",
+            f"--gin_file={PROMPT}",
+            f"--gin_file={RUN}",
+            "--gin.MODEL_DIR='/tmp/unused'",
+            "--gin.MIXTURE_OR_TASK_NAME='builtin_keyword'",
+        ]
+    )
+    gin_utils.check_macros(["MODEL", "INITIAL_CHECKPOINT_PATH", "NUM_ENCODER_LAYERS"])
+    model = _build("MODEL")
+    emb_dim, layers = SIZES[model_file.stem.rsplit("_", 1)[-1]]
+    assert (model.config.emb_dim, model.config.num_encoder_layers) == (emb_dim, layers)
+    assert gin.query_parameter("%NUM_ENCODER_LAYERS") == layers
+    assert model.config.dropout_rate == 0.1  # the run file's DROPOUT_RATE
+    assert model.prompt.length == 100
+    checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
+    if model_file.stem == "t5_1_1_tiny":
+        assert checkpoint is None
+    else:
+        lm = "lm100k_" if model_file.stem.startswith("lm_adapted") else ""
+        assert f"/t5_1_1_{lm}{model_file.stem.rsplit('_', 1)[-1]}/" in checkpoint
+
+
+def test_run_file_binds_the_paper_optimizer():
+    gin_utils.parse_gin_flags(
+        [
+            "--gin_file=gin_configs/models/t5_1_1_tiny.gin",
+            f"--gin_file={PROMPT}",
+            f"--gin_file={RUN}",
+        ]
+    )
+    assert gin.query_parameter("%LEARNING_RATE") == 0.3
+    assert gin.query_parameter("optimizers.adafactor.decay_rate") == 0.8
+    assert gin.query_parameter("optimizers.adafactor.weight_decay_rate") == 1e-5
+    assert gin.query_parameter("optimizers.adafactor.multiply_by_parameter_scale") is False
+    assert (gin.query_parameter("%TRAIN_STEPS"), gin.query_parameter("%BATCH_SIZE")) == (30000, 32)
+
+
+def test_class_label_prompt_gets_the_task_labels_from_the_run_file():
+    gin_utils.parse_gin_flags(
+        [
+            "--gin_file=gin_configs/models/t5_1_1_tiny.gin",
+            "--gin_file=gin_configs/prompts/prompt_tuning_class_labels.gin",
+            f"--gin_file={RUN}",
+            "--gin.MIXTURE_OR_TASK_NAME='builtin_keyword'",
+        ]
+    )
+    assert tuple(_build("LABELS")) == ("no", "yes")  # tasks.label_strings("builtin_keyword")
+
+
+def test_missing_macro_is_named_before_anything_runs(tmp_path):
+    argv = [
+        "--gin_file=gin_configs/models/t5_1_1_tiny.gin",
+        f"--gin_file={PROMPT}",
+        f"--gin_file={RUN}",
+        "--gin.MIXTURE_OR_TASK_NAME='builtin_keyword'",
+    ]
+    with pytest.raises(ValueError, match="Gin macro MODEL_DIR is required.*--gin.MODEL_DIR"):
+        gin_utils.run_main(lambda: pytest.fail("ran without MODEL_DIR"), argv)
+    gin.clear_config()
+    with pytest.raises(ValueError, match="Gin macro (DROPOUT_RATE|PROMPT) is required"):
+        gin_utils.run_main(lambda: None, ["--gin_file=gin_configs/models/t5_1_1_tiny.gin"])
+    with pytest.raises(ValueError, match="Unknown argument '--gin_fil=x'"):
+        gin_utils.parse_gin_flags(["--gin_fil=x"])
+
+
+def test_smoke_command_trains_evaluates_and_writes_outputs(tmp_path):
+    model_dir = tmp_path / "demo"
+    command = [
+        sys.executable,
+        "-m",
+        "prompt_tuning.train",
+        "--gin_file=gin_configs/runs/smoke.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.TRAIN_STEPS=4",
+        "--gin.EVAL_PERIOD=2",
+        "--gin.SAVE_PERIOD=2",
+        "--gin.EVAL_STEPS=1",
+        "--gin.PROMPT_LENGTH=5",
+    ]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (
+        "step 4/4 | loss" in done.stdout
+        and "eval @ step 4: builtin_keyword/accuracy" in done.stdout
+    )
+    records = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["train", "eval", "train", "eval"]
+    assert (model_dir / "prompts" / "step_4.npy").exists()
+    assert (model_dir / "config.gin").read_text().count("builtin_keyword") >= 1
+    best = json.loads((model_dir / "best.json").read_text())
+    assert best["step"] in (2, 4)

@@ -1,0 +1,194 @@
+"""The training loop on a tiny T5: frozen weights untouched, resume, meshes, bad input, NaN stop."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from prompt_tuning import prompts
+from prompt_tuning.t5 import checkpoints as t5_checkpoints
+from prompt_tuning.t5 import config as t5_config
+from prompt_tuning.t5 import network
+from prompt_tuning.train import checkpoints, optimizers, trainer
+from prompt_tuning.train.model import PromptModel
+
+TASK = "builtin_keyword"
+LENGTHS = {"inputs": 64, "targets": 4}
+
+
+def tiny_module(prompt_length: int = 4, dropout_rate: float = 0.0) -> network.EncoderDecoder:
+    config = t5_config.tiny(vocab_size=384, dropout_rate=dropout_rate)
+    return network.EncoderDecoder(config, prompt=prompts.Prompt(length=prompt_length))
+
+
+def run(model_dir, steps, **overrides) -> trainer.TrainResult:
+    kwargs = dict(
+        model=tiny_module(),
+        model_dir=str(model_dir),
+        mixture_or_task_name=TASK,
+        mixture_or_task_module="tasks.builtin",
+        task_feature_lengths=LENGTHS,
+        train_steps=steps,
+        batch_size=8,
+        log_period=1,
+        save_period=5,
+        keep=2,
+        num_devices=1,
+    )
+    kwargs.update(overrides)
+    return trainer.train(**kwargs)
+
+
+def prompt_of(result: trainer.TrainResult) -> np.ndarray:
+    return np.asarray(result.trainable["encoder"]["prompt"]["prompt"])
+
+
+@pytest.fixture(scope="module")
+def frozen_checkpoint(tmp_path_factory):
+    """A T5X checkpoint of a random tiny T5 (what INITIAL_CHECKPOINT_PATH points at)."""
+    boxed = PromptModel(tiny_module()).init_boxed(jax.random.key(7), 8, 4)
+    _, frozen = optimizers.split_params(nn.unbox(boxed))
+    path = tmp_path_factory.mktemp("frozen") / "checkpoint_0"
+    t5_checkpoints.save_t5x_checkpoint(jax.device_get(frozen), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, frozen_checkpoint):
+    """10 uninterrupted steps with dropout from the checkpoint."""
+    model_dir = tmp_path_factory.mktemp("straight")
+    result = run(
+        model_dir,
+        10,
+        model=tiny_module(dropout_rate=0.1),
+        initial_checkpoint_path=frozen_checkpoint,
+    )
+    return model_dir, result
+
+
+def test_frozen_weights_stay_bit_identical_and_prompt_trains(straight, frozen_checkpoint, tmp_path):
+    model_dir, result = straight
+    _, loaded = t5_checkpoints.load_checkpoint(frozen_checkpoint)
+    assert jax.tree.structure(result.frozen) == jax.tree.structure(loaded)
+    for got, want in zip(jax.tree.leaves(result.frozen), jax.tree.leaves(loaded)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    initial = run(tmp_path, 0, initial_checkpoint_path=frozen_checkpoint)
+    moved = np.abs(prompt_of(result) - prompt_of(initial)).max()
+    assert moved > 0.1  # Adafactor at 0.3 moves each entry ~0.3 per step
+    assert result.step == 10
+    exported = np.load(model_dir / "prompts" / "step_10.npy")
+    np.testing.assert_array_equal(exported, prompt_of(result))
+    losses = [m["loss"] for m in result.train_metrics]
+    assert len(losses) == 10 and all(np.isfinite(losses))
+    records = (model_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(records) == 10 and '"kind": "train"' in records[0]
+
+
+def test_resume_equals_uninterrupted_run(straight, frozen_checkpoint, tmp_path):
+    _, uninterrupted = straight
+    common = dict(model=tiny_module(dropout_rate=0.1), initial_checkpoint_path=frozen_checkpoint)
+    first = run(tmp_path, 5, **common)
+    assert first.step == 5
+    resumed = run(tmp_path, 10, **common)
+    assert resumed.step == 10
+    np.testing.assert_allclose(prompt_of(resumed), prompt_of(uninterrupted), atol=1e-6)
+    np.testing.assert_allclose(
+        [m["loss"] for m in resumed.train_metrics],
+        [m["loss"] for m in uninterrupted.train_metrics[5:]],
+        atol=1e-6,
+    )
+    step, saved = checkpoints.load_trained_params(tmp_path)
+    assert step == 10
+    np.testing.assert_array_equal(saved["encoder"]["prompt"]["prompt"], prompt_of(resumed))
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["10", "5"]
+
+
+def test_eight_device_mesh_matches_one_device(straight, frozen_checkpoint, tmp_path):
+    assert len(jax.devices()) == 8
+    _, one_device = straight
+    mesh = run(
+        tmp_path,
+        3,
+        model=tiny_module(dropout_rate=0.1),
+        initial_checkpoint_path=frozen_checkpoint,
+        num_devices=None,
+        num_partitions=4,
+    )  # 2 x 4 ("data" x "model") mesh
+    np.testing.assert_allclose(
+        [m["loss"] for m in mesh.train_metrics],
+        [m["loss"] for m in one_device.train_metrics[:3]],
+        atol=1e-5,
+    )
+
+
+def test_bad_input_fails_before_training(tmp_path, frozen_checkpoint):
+    with pytest.raises(ValueError, match="builtin_keywrd.*Close names: builtin_keyword"):
+        run(tmp_path / "a", 2, mixture_or_task_name="builtin_keywrd")
+    with pytest.raises(FileNotFoundError, match="INITIAL_CHECKPOINT_PATH .*no_such_checkpoint"):
+        run(tmp_path / "b", 2, initial_checkpoint_path=str(tmp_path / "no_such_checkpoint"))
+    bad_prompt = tmp_path / "prompt.npy"
+    np.save(bad_prompt, np.zeros((3, 32), np.float32))
+    with pytest.raises(
+        ValueError, match=r"prompt.npy holds a prompt of shape \(3, 32\).*\(4, 32\)"
+    ):
+        run(tmp_path / "c", 2, prompt_file=str(bad_prompt))
+    with pytest.raises(ValueError, match="BATCH_SIZE 6"):
+        run(tmp_path / "d", 2, batch_size=6, num_devices=None)
+    for name in "abcd":
+        assert not (tmp_path / name / "checkpoints").exists()
+        assert not (tmp_path / name / "metrics.jsonl").exists()
+
+
+def test_prompt_file_start_and_bfloat16_frozen_weights(tmp_path):
+    start = np.random.default_rng(0).normal(size=(4, 32)).astype(np.float32)
+    np.save(tmp_path / "start.npy", start)
+    result = run(
+        tmp_path / "run", 1, prompt_file=str(tmp_path / "start.npy"), frozen_dtype="bfloat16"
+    )
+    assert {leaf.dtype for leaf in jax.tree.leaves(result.frozen)} == {np.dtype("bfloat16")}
+    assert np.isfinite(result.train_metrics[0]["loss"])
+    # Adafactor's first step from the file: p1 = p0 - 0.3 * sign(g) - 1e-5 * p0.
+    step = prompt_of(result) - start + 1e-5 * start
+    np.testing.assert_allclose(np.abs(step), 0.3, rtol=1e-4)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # The rate is 0.3 * nan**floor(t / 4): 0.3 for the first 4 updates (nan**0 == 1), NaN for the
+    # 5th, so step 6 computes the first NaN loss.
+    exploding = optimizers.adafactor(
+        learning_rate=0.3, decay_factor=float("nan"), steps_per_decay=4
+    )
+    with pytest.raises(FloatingPointError, match="step 6.*last good checkpoint \\(step 4\\)"):
+        run(tmp_path, 8, optimizer=exploding, save_period=2, log_period=100)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
+
+
+def test_prompt_learns_the_builtin_keyword_task(tmp_path):
+    # A random frozen T5 (H=64) and a 50-token prompt: only the prompt can learn the task.
+    config = t5_config.tiny(vocab_size=384, emb_dim=64, mlp_dim=128)
+    module = network.EncoderDecoder(config, prompt=prompts.Prompt(length=50))
+    result = run(
+        tmp_path,
+        100,
+        model=module,
+        batch_size=32,
+        log_period=25,
+        save_period=100,
+        eval_period=100,
+        eval_steps=2,
+    )
+    losses = [m["loss"] for m in result.train_metrics]
+    assert losses[-1] < 0.5 * losses[0]
+    (metrics,) = result.eval_metrics
+    assert metrics["builtin_keyword/accuracy"] >= 80.0  # chance: 50 (balanced yes/no)
+    best = checkpoints.read_best_json(tmp_path)
+    assert best["step"] == 100 and best["value"] == metrics["mean"]
+    assert (tmp_path / "prompts" / "best.npy").exists()
+
+
+def test_rank_probe_logs_its_positive_diagonal_entries():
+    probe = prompts.RankProbePrompt(length=4)
+    trainable = {"encoder": {"prompt": {"sigma": np.array([0.5, -0.1, 2.0, 0.0])}}}
+    assert trainer._prompt_diagnostics(probe, trainable) == {"prompt_positive_diagonal": 2.0}
+    assert trainer._prompt_diagnostics(prompts.Prompt(length=4), trainable) == {}
