@@ -1,0 +1,42 @@
+"""`python -m prompt_tuning.eval`: evaluates a tuned prompt, a prompt ensemble or a training run.
+
+    python -m prompt_tuning.eval \
+      --gin_file=gin_configs/models/t5_1_1_tiny.gin \
+      --gin_file=gin_configs/prompts/prompt_tuning_random_uniform.gin \
+      --gin_file=gin_configs/runs/prompt_eval.gin \
+      --gin.MIXTURE_OR_TASK_NAME="'builtin_keyword'" \
+      --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 8}" \
+      --gin.MODEL_DIR="'/tmp/tiny_prompt'" --gin.CHECKPOINT="'best'"
+
+Metrics are printed and written to EVAL_OUTPUT_DIR (default MODEL_DIR/eval) as
+`metrics_<split>.json`; see `prompt_tuning.train.inference.evaluate`.
+"""
+
+import sys
+from collections.abc import Sequence
+
+from prompt_tuning.train import gin_utils, inference
+
+REQUIRED_MACROS = ("MODEL", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """Parses the gin flags and runs `inference.evaluate`; configuration errors exit with code 2.
+
+    Args:
+      argv: command-line arguments without the program name (default `sys.argv[1:]`).
+
+    Returns:
+      The metrics.
+    """
+    try:
+        return gin_utils.run_main(
+            inference.evaluate, argv, REQUIRED_MACROS, config_filename="config_eval.gin"
+        )
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""`python -m prompt_tuning.infer`: writes a tuned prompt's predictions as JSON lines.
+
+    python -m prompt_tuning.infer \
+      --gin_file=gin_configs/models/t5_1_1_tiny.gin \
+      --gin_file=gin_configs/prompts/prompt_tuning_random_uniform.gin \
+      --gin_file=gin_configs/runs/prompt_infer.gin \
+      --gin.MIXTURE_OR_TASK_NAME="'builtin_keyword'" \
+      --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 8}" \
+      --gin.PROMPT_FILE="'/tmp/tiny_prompt/prompts/best.npy'" \
+      --gin.INFER_OUTPUT_PATH="'/tmp/tiny_prompt/predictions.jsonl'"
+
+One JSON object per example: `inputs`, `prediction`, `target` (when present), `score` (when
+INFER_SCORE is "prediction" or "target"); see `prompt_tuning.train.inference.infer`.
+"""
+
+import sys
+from collections.abc import Sequence
+
+from prompt_tuning.train import gin_utils, inference
+
+REQUIRED_MACROS = ("MODEL", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "INFER_OUTPUT_PATH")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses the gin flags and runs `inference.infer`; configuration errors exit with code 2.
+
+    Args:
+      argv: command-line arguments without the program name (default `sys.argv[1:]`).
+
+    Returns:
+      The number of predictions written.
+    """
+    try:
+        return gin_utils.run_main(
+            inference.infer, argv, REQUIRED_MACROS, config_filename="config_infer.gin"
+        )
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,523 @@
+"""Evaluation of a prompt-tuned T5 on seqio tasks: decoding metrics, rank classification, best step.
+
+`Evaluator.evaluate` decodes every validation example (greedy or beam search), detokenizes, applies
+the task's postprocessor and runs its metric functions with `seqio.Evaluator`'s semantics, for each
+task of a mixture. For classification tasks it also does rank classification: every label string
+is scored as the target with the summed log-likelihood of `PromptModel.score_batch`, the best one
+is the prediction. `select_metric` and `best_step` pick the checkpoint to keep, as the early
+stopping on validation of Lester et al. (2021).
+
+Letters: B batch, T input length, S target length, C number of label strings, N prompts.
+"""
+
+import functools
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+import seqio
+import tensorflow_datasets as tfds
+
+import tasks as task_registry
+from prompt_tuning.train import data, partitioning
+
+Batch = dict[str, np.ndarray]
+MODEL_FEATURES = (
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+    "decoder_loss_weights",
+)
+DECODE_METHODS = ("greedy", "beam")
+
+
+class Predictor(Protocol):
+    """What the evaluator needs from a model: decoded tokens, scores and rank choices."""
+
+    def predict(self, params: Any, batch: Batch) -> np.ndarray:
+        """Returns decoded tokens `[B, S]`."""
+
+    def score(self, params: Any, batch: Batch) -> np.ndarray:
+        """Returns the summed target log-likelihoods `[B]`."""
+
+    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
+        """Returns the index `[B]` of the best-scoring row of `label_tokens [C, S]`."""
+
+
+def shift_right(targets: np.ndarray) -> np.ndarray:
+    """Decoder inputs of `targets [B, S]`: token 0 (the start token) then targets[:, :-1]."""
+    return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)  # [B, S]
+
+
+def tokenize_labels(
+    labels: Sequence[str], vocabulary: seqio.Vocabulary, length: int, add_eos: bool = True
+) -> np.ndarray:
+    """Tokenizes label strings as decoder targets.
+
+    Args:
+      labels: the C label strings.
+      vocabulary: the task's target vocabulary.
+      length: S, the target feature length.
+      add_eos: append EOS, as the task's `targets` feature does.
+
+    Returns:
+      `[C, S]` int32 tokens, zero padded.
+
+    Raises:
+      ValueError: a label does not fit in `length` tokens.
+    """
+    out = np.zeros((len(labels), length), np.int32)
+    for i, label in enumerate(labels):
+        ids = list(vocabulary.encode(label)) + ([vocabulary.eos_id] if add_eos else [])
+        if len(ids) > length:
+            raise ValueError(
+                f"Label {label!r} takes {len(ids)} tokens but the target length is {length}; "
+                'raise TASK_FEATURE_LENGTHS["targets"].'
+            )
+        out[i, : len(ids)] = ids
+    return out
+
+
+def label_batch(batch: Batch, label_tokens: np.ndarray) -> Batch:
+    """Pairs every example with every label: row `b * C + c` is example b with label c.
+
+    Args:
+      batch: model features with `encoder_input_tokens [B, T]`, optional `task_ids [B]`.
+      label_tokens: `[C, S]` label targets from `tokenize_labels`.
+
+    Returns:
+      A batch of B*C rows whose targets are the labels.
+    """
+    num_labels = label_tokens.shape[0]
+    batch_size = batch["encoder_input_tokens"].shape[0]
+    targets = np.tile(label_tokens, (batch_size, 1))  # [B*C, S]
+    out = {
+        "encoder_input_tokens": np.repeat(batch["encoder_input_tokens"], num_labels, 0),  # [B*C, T]
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": shift_right(targets),
+        "decoder_loss_weights": (targets > 0).astype(np.int32),
+    }
+    if "task_ids" in batch:
+        out["task_ids"] = np.repeat(batch["task_ids"], num_labels, 0)  # [B*C]
+    return out
+
+
+def place_batch(params: Any, batch: Batch) -> Batch:
+    """Splits the batch over the "data" axis of the mesh the params live on (single host).
+
+    Params placed by the trainer (`partitioning.params_shardings`) make the jitted functions run
+    on the whole mesh; without this, every data-parallel device would decode the whole batch.
+    Params on one device, or a batch the data axis does not divide, leave the batch as is.
+    """
+    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return batch
+    mesh = sharding.mesh
+    rows = batch["encoder_input_tokens"].shape[0]
+    if jax.process_count() > 1 or rows % mesh.shape[partitioning.DATA_AXIS]:
+        return batch
+    return jax.device_put(batch, partitioning.data_sharding(mesh))
+
+
+# One jitted function per model object (static, hashed by identity) and decoding options, so that
+# every evaluator and predictor of a model shares the compiled programs.
+@functools.partial(
+    jax.jit, static_argnums=(0,), static_argnames=("method", "beam_size", "max_decode_length")
+)
+def _predict(
+    model: Any, params: Any, batch: Batch, method: str, beam_size: int, max_decode_length: Any
+) -> jax.Array:
+    """`model.predict_batch`, jitted."""
+    return model.predict_batch(
+        params, batch, method=method, beam_size=beam_size, max_decode_length=max_decode_length
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _score(model: Any, params: Any, batch: Batch) -> jax.Array:
+    """`model.score_batch`, jitted."""
+    return model.score_batch(params, batch)
+
+
+class SinglePromptPredictor:
+    """Jitted decoding, scoring and rank classification with one `PromptModel`."""
+
+    def __init__(
+        self,
+        model: Any,
+        decode_method: str = "greedy",
+        beam_size: int = 4,
+        max_decode_length: int | None = None,
+    ):
+        """Binds the model and the decoding options.
+
+        Args:
+          model: a `PromptModel` (`predict_batch`, `score_batch`).
+          decode_method: "greedy" or "beam".
+          beam_size: beams for "beam".
+          max_decode_length: decode at most this many tokens (None: the target length).
+
+        Raises:
+          ValueError: unknown `decode_method`.
+        """
+        if decode_method not in DECODE_METHODS:
+            raise ValueError(
+                f"Unknown decode_method {decode_method!r}; choose one of {DECODE_METHODS}."
+            )
+        self.model = model
+        self._decode_options = dict(
+            method=decode_method, beam_size=beam_size, max_decode_length=max_decode_length
+        )
+
+    def predict(self, params: Any, batch: Batch) -> np.ndarray:
+        """Decoded tokens `[B, S]`."""
+        batch = place_batch(params, batch)
+        return np.asarray(_predict(self.model, params, batch, **self._decode_options))
+
+    def score(self, params: Any, batch: Batch) -> np.ndarray:
+        """Summed target log-likelihoods `[B]`."""
+        return np.asarray(_score(self.model, params, place_batch(params, batch)))
+
+    def label_scores(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
+        """Log-likelihood `[B, C]` of every label for every example."""
+        scores = self.score(params, label_batch(batch, label_tokens))  # [B*C]
+        return scores.reshape(batch["encoder_input_tokens"].shape[0], label_tokens.shape[0])
+
+    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
+        """Index `[B]` of each example's most likely label (the first one on ties)."""
+        return np.argmax(self.label_scores(params, batch, label_tokens), axis=1)
+
+
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
+    """Pads every feature with zero rows to `batch_size` rows (fixed shapes for `jit`)."""
+    out = {}
+    for key, value in batch.items():
+        pad = [(0, batch_size - value.shape[0])] + [(0, 0)] * (value.ndim - 1)
+        out[key] = np.pad(value, pad)
+    return out
+
+
+def iterate_batches(
+    examples: Sequence[Mapping[str, np.ndarray]], batch_size: int
+) -> Iterator[tuple[Batch, int]]:
+    """Groups converted examples into padded model batches.
+
+    Args:
+      examples: converted examples (model features, optional `task_ids` scalar).
+      batch_size: B; the last batch is padded with zero rows.
+
+    Yields:
+      `(batch, n)`: a batch of B rows of which the first n are real examples.
+    """
+    keys = [k for k in (*MODEL_FEATURES, "task_ids") if examples and k in examples[0]]
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = {k: np.stack([np.asarray(ex[k]) for ex in chunk]) for k in keys}
+        yield pad_batch(batch, batch_size), len(chunk)
+
+
+def target_text(example: Mapping[str, Any], vocabulary: seqio.Vocabulary) -> str:
+    """The target string of a task example: `targets_pretokenized`, else decoded `targets`."""
+    if "targets_pretokenized" in example:
+        value = example["targets_pretokenized"]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return vocabulary.decode([int(t) for t in example["targets"]])
+
+
+def _to_float(value: Any) -> float | None:
+    """A metric value as a float, or None when it is not a scalar (text, histogram)."""
+    value = getattr(value, "value", value)
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return float(array) if array.ndim == 0 else None
+
+
+def _rank_metrics(
+    task: seqio.Task,
+    labels: Sequence[str],
+    choices: np.ndarray,
+    task_examples: Sequence[Mapping[str, Any]],
+) -> dict[str, float]:
+    """Rank accuracy (percent) and the task's predict metrics on the rank-chosen labels."""
+    vocabulary = task.output_features["targets"].vocabulary
+    targets_text = [target_text(ex, vocabulary) for ex in task_examples]
+    chosen = [labels[int(c)] for c in choices]
+    out = {"rank_accuracy": 100.0 * float(np.mean([p == t for p, t in zip(chosen, targets_text)]))}
+    if not task.predict_metric_fns:
+        return out
+    targets = [
+        task.postprocess_fn(t, example=ex, is_target=True)
+        for t, ex in zip(targets_text, task_examples)
+    ]
+    predictions = [
+        task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(chosen, task_examples)
+    ]
+    for metric_fn in task.predict_metric_fns:
+        for key, value in metric_fn(targets, predictions).items():
+            scalar = _to_float(value)
+            if scalar is not None:
+                out[f"rank_{key}"] = scalar
+    return out
+
+
+def label_strings_or_none(task_name: str) -> tuple[str, ...] | None:
+    """`tasks.label_strings(task_name)`, or None for a task `tasks` does not know."""
+    try:
+        return task_registry.label_strings(task_name)
+    except KeyError:
+        return None
+
+
+def _auto_labels(task_name: str, rank_classification: bool | None) -> tuple[str, ...] | None:
+    """The label strings to rank for a task, or None when rank classification is off."""
+    if rank_classification is False:
+        return None
+    labels = label_strings_or_none(task_name)
+    if labels is None and rank_classification:
+        raise ValueError(
+            f"rank_classification=True but task {task_name!r} has no label strings "
+            "(tasks.label_strings returned None or does not know it); register its labels with "
+            "tasks.register_labels or set rank_classification=None."
+        )
+    return labels
+
+
+def task_examples(
+    task: seqio.Task,
+    feature_lengths: Mapping[str, int],
+    split: str,
+    num_examples: int | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, np.ndarray]]]:
+    """A task's examples, in order, as task features and as converted model features.
+
+    Args:
+      task: a registered seqio task.
+      feature_lengths: `{"inputs": T, "targets": S}`.
+      split: the split to read.
+      num_examples: only the first examples (None: all).
+
+    Returns:
+      `(task_examples, model_examples)`: numpy dicts, one of each per example; model examples
+      carry the example's `task_ids` when the task provides it.
+    """
+    lengths = {k: feature_lengths[k] for k in ("inputs", "targets")}
+    dataset = task.get_dataset(sequence_length=lengths, split=split, shuffle=False, num_epochs=1)
+    if num_examples:
+        dataset = dataset.take(num_examples)
+    dataset = dataset.cache()
+    converted = seqio.EncDecFeatureConverter(pack=False)(dataset, lengths)
+    raw = list(tfds.as_numpy(dataset))
+    model = list(tfds.as_numpy(converted))
+    for ex, task_ex in zip(model, raw):
+        if "task_ids" in task_ex:
+            ex["task_ids"] = np.asarray(task_ex["task_ids"], np.int32)
+    return raw, model
+
+
+def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
+    """The scalar entries of a metric function's output, as floats."""
+    out = {k: _to_float(v) for k, v in values.items()}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+class Evaluator:
+    """Evaluates params on every task of a mixture: seqio metrics, rank classification, a mean.
+
+    The steps of `seqio.Evaluator` (which cannot cache tasks with the scalar `task_ids` feature of
+    multi-task mixtures): decode, detokenize up to EOS, postprocess predictions and targets
+    (`targets_pretokenized` when present), run the task's `predict_metric_fns`; its
+    `score_metric_fns` get the targets' log-likelihoods.
+
+    Example:
+      evaluator = Evaluator("builtin_keyword", {"inputs": 64, "targets": 8}, model, 32)
+      metrics = evaluator.evaluate(params, step)   # {"builtin_keyword/accuracy": ..., "mean": ...}
+      value = select_metric(metrics)
+    """
+
+    def __init__(
+        self,
+        mixture_or_task_name: str,
+        feature_lengths: Mapping[str, int],
+        model: Any,
+        batch_size: int,
+        decode_method: str = "greedy",
+        beam_size: int = 4,
+        rank_classification: bool | None = None,
+        split: str = "validation",
+        num_examples: int | None = None,
+    ):
+        """Caches the evaluation data of every sub-task.
+
+        Args:
+          mixture_or_task_name: a registered seqio task or mixture.
+          feature_lengths: `{"inputs": T, "targets": S}` (TASK_FEATURE_LENGTHS).
+          model: a `PromptModel`, or a `Predictor` (e.g. `ensemble.PromptEnsemble`).
+          batch_size: B, examples per decoding batch (the last batch is padded).
+          decode_method: "greedy" or "beam" (ignored when `model` is a `Predictor`).
+          beam_size: beams for "beam".
+          rank_classification: True, False, or None to rank wherever
+            `tasks.label_strings(task)` is not None.
+          split: the split to evaluate.
+          num_examples: evaluate only the first examples of each task.
+
+        Raises:
+          ValueError: no sub-task has split `split` and metrics, or rank classification was
+            requested for a task without labels.
+        """
+        if hasattr(model, "classify") and hasattr(model, "predict"):
+            self.predictor = model
+        else:
+            self.predictor = SinglePromptPredictor(model, decode_method, beam_size)
+        self.batch_size = batch_size
+        self.feature_lengths = dict(feature_lengths)
+        subtasks = seqio.get_subtasks(data.get_task_or_mixture(mixture_or_task_name))
+        self.labels = {}
+        self.tasks = {}
+        for task in subtasks:
+            labels = _auto_labels(task.name, rank_classification)
+            if split in task.splits and (task.metric_fns or labels is not None):
+                self.tasks[task.name] = task
+                self.labels[task.name] = labels
+        if not self.tasks:
+            raise ValueError(
+                f"{mixture_or_task_name!r} has no task with a {split!r} split and metric_fns; "
+                "choose another split or add metric_fns to the task."
+            )
+        self._examples = {
+            name: task_examples(task, self.feature_lengths, split, num_examples)
+            for name, task in self.tasks.items()
+        }
+
+    @property
+    def task_names(self) -> list[str]:
+        """Names of the evaluated (sub-)tasks."""
+        return list(self.tasks)
+
+    def _run(self, fn: Any, params: Any, task_name: str) -> np.ndarray:
+        """`fn(params, batch) -> [B, ...]` over all examples of a task -> `[num_examples, ...]`."""
+        outputs = []
+        for batch, n in iterate_batches(self._examples[task_name][1], self.batch_size):
+            outputs.extend(fn(params, batch)[:n])
+        return np.asarray(outputs)
+
+    def rank_choices(self, params: Any, task_name: str) -> np.ndarray:
+        """Rank-classification choice `[num_examples]` (label index) for every task example."""
+        feature = self.tasks[task_name].output_features["targets"]
+        label_tokens = tokenize_labels(
+            self.labels[task_name],
+            feature.vocabulary,
+            self.feature_lengths["targets"],
+            feature.add_eos,
+        )
+        classify = lambda p, batch: self.predictor.classify(p, batch, label_tokens)  # noqa: E731
+        return self._run(classify, params, task_name).astype(np.int64)
+
+    def task_metrics(self, params: Any, task_name: str) -> dict[str, float]:
+        """The task's own metric functions on decoded predictions and on target scores."""
+        task = self.tasks[task_name]
+        raw = self._examples[task_name][0]
+        vocabulary = task.output_features["targets"].vocabulary
+        targets = [
+            task.postprocess_fn(target_text(ex, vocabulary), example=ex, is_target=True)
+            for ex in raw
+        ]
+        out = {}
+        if task.predict_metric_fns:
+            tokens = self._run(self.predictor.predict, params, task_name)  # [num_examples, S]
+            predictions = [
+                task.postprocess_fn(vocabulary.decode(t.tolist()), example=ex, is_target=False)
+                for t, ex in zip(tokens, raw)
+            ]
+            for metric_fn in task.predict_metric_fns:
+                out.update(_scalars(metric_fn(targets, predictions)))
+        if task.predict_with_aux_metric_fns:
+            logging.warning("Task %s: predict_with_aux metric_fns are not computed.", task_name)
+        if task.score_metric_fns:
+            scores = self._run(self.predictor.score, params, task_name)  # [num_examples]
+            for metric_fn in task.score_metric_fns:
+                out.update(_scalars(metric_fn(targets, scores)))
+        return out
+
+    def evaluate(self, params: Any, step: int | None = None) -> dict[str, float]:
+        """Decodes, scores and rank-classifies every task; returns its metrics.
+
+        Args:
+          params: the full parameter tree (frozen + prompt).
+          step: the training step (logged).
+
+        Returns:
+          `{"<task>/<metric>": value}` for the task's metric_fns, `"<task>/rank_accuracy"`
+          (percent) and `"<task>/rank_<metric>"` for classification tasks, and `"mean"`: the mean
+          over tasks of each task's mean metric (its rank accuracy if it has no metric_fns).
+        """
+        metrics, task_means = {}, []
+        for name, task in self.tasks.items():
+            scalars = self.task_metrics(params, name)
+            metrics.update({f"{name}/{k}": v for k, v in scalars.items()})
+            if self.labels[name] is not None:
+                choices = self.rank_choices(params, name)
+                ranked = _rank_metrics(task, self.labels[name], choices, self._examples[name][0])
+                metrics.update({f"{name}/{k}": v for k, v in ranked.items()})
+                scalars = scalars or {"rank_accuracy": ranked["rank_accuracy"]}
+            if scalars:
+                task_means.append(float(np.mean(list(scalars.values()))))
+        metrics["mean"] = float(np.mean(task_means)) if task_means else float("nan")
+        logging.info("Step %s eval metrics: %s", step, metrics)
+        return metrics
+
+
+def select_metric(metrics: Mapping[str, float], name: str | None = None) -> float:
+    """The value that picks the best checkpoint.
+
+    Args:
+      metrics: `Evaluator.evaluate` output.
+      name: None for `"mean"` (the task's metric, or the mean of its metrics); a full key
+        (`"glue_rte_v002/accuracy"`); or a metric name (`"accuracy"`) averaged over the tasks
+        that report it.
+
+    Returns:
+      The selected value (higher is better unless the caller says otherwise).
+
+    Raises:
+      KeyError: no metric matches `name`; the message lists the available keys.
+    """
+    if name is None:
+        name = "mean"
+    if name in metrics:
+        return float(metrics[name])
+    matches = [v for k, v in metrics.items() if k.rsplit("/", 1)[-1] == name]
+    if not matches:
+        raise KeyError(f"No eval metric named {name!r}; available: {sorted(metrics)}.")
+    return float(np.mean(matches))
+
+
+def best_step(
+    metrics_by_step: Mapping[int, Mapping[str, float]],
+    name: str | None = None,
+    mode: str = "max",
+) -> int:
+    """The step whose metrics are best (the earliest on ties), for early stopping.
+
+    Args:
+      metrics_by_step: `{step: Evaluator.evaluate output}`.
+      name: the metric, as for `select_metric`.
+      mode: "max" (accuracy, F1) or "min" (a loss).
+
+    Returns:
+      The best step.
+
+    Raises:
+      ValueError: `metrics_by_step` is empty or `mode` is unknown.
+    """
+    if not metrics_by_step:
+        raise ValueError("No evaluated checkpoints to choose from; evaluate at least one step.")
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+    sign = 1.0 if mode == "max" else -1.0
+    steps = sorted(metrics_by_step)
+    values = [sign * select_metric(metrics_by_step[s], name) for s in steps]
+    return steps[int(np.argmax(values))]
