@@ -26,11 +26,21 @@ setuptools.setup(
     version="0.1.0",
     description="Soft prompt tuning of a frozen T5 in JAX/Flax, with T5X conventions.",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]),
+    packages=setuptools.find_packages(
+        include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]
+    ),
     install_requires=CORE,
     extras_require={
         # torch is only a numerical reference; install torch==2.13.0 first (CPU build).
-        "test": ["pytest", "pytest-xdist", "ruff", "torch==2.13.0", "transformers>=4.57,<4.58", "scipy", "scikit-learn"],
+        "test": [
+            "pytest",
+            "pytest-xdist",
+            "ruff",
+            "torch==2.13.0",
+            "transformers>=4.57,<4.58",
+            "scipy",
+            "scikit-learn",
+        ],
         "bench": ["peft"],
         "gpu": ["jax[cuda12]==0.10.2"],
         "tpu": ["jax[tpu]==0.10.2"],
