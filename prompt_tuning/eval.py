@@ -38,5 +38,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """Console-script entry point (`pt-eval`): `main` on `sys.argv`, exit code 0 on success."""
     main()
+
+
+if __name__ == "__main__":
+    console_main()

@@ -39,5 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """Console-script entry point (`pt-infer`): `main` on `sys.argv`, exit code 0 on success."""
     main()
+
+
+if __name__ == "__main__":
+    console_main()

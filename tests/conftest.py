@@ -27,8 +27,15 @@ def _tiny_spm_model() -> str:
         text = out / "corpus.txt"
         text.write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(len(words))) * 50)
         spm.SentencePieceTrainer.train(
-            input=str(text), model_prefix=str(out / "spm"), vocab_size=64, model_type="unigram",
-            hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+            input=str(text),
+            model_prefix=str(out / "spm"),
+            vocab_size=64,
+            model_type="unigram",
+            hard_vocab_limit=False,
+            pad_id=0,
+            eos_id=1,
+            unk_id=2,
+            bos_id=-1,
         )
     return str(model)
 
