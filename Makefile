@@ -29,6 +29,7 @@ test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(BIN)/python -m prompt_tuning.train --gin_file=gin_configs/runs/smoke.gin --gin.MODEL_DIR="'runs/demo'"
 
 clean:

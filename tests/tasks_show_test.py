@@ -1,13 +1,18 @@
 """Tests of `python -m tasks.show`."""
 
 import ast
+import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
 import tasks.builtin as builtin
 import tasks.mixtures  # noqa: F401  (registers builtin_equal_with_task_ids)
 from tasks import show
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_prints_text_and_byte_ids_of_the_first_examples(capsys):
@@ -45,3 +50,30 @@ def test_bad_feature_lengths_are_rejected():
         show.parse_feature_lengths("inputs:128")
     with pytest.raises(SystemExit):
         show.main(["builtin_topic", "--feature_lengths", "inputs=0"])
+
+
+# Imports tasks' dependencies, times `import tasks` alone, then runs `python -m tasks.show` as the
+# interpreter's -m flag does (runpy), in a fresh interpreter: one subprocess for both checks.
+_SHOW_SCRIPT = """
+import runpy, sys, time
+import numpy, seqio, tensorflow
+start = time.perf_counter()
+import tasks
+print(f"IMPORT_SECONDS {time.perf_counter() - start} TASKS {len(seqio.TaskRegistry.names())}",
+      file=sys.stderr)
+sys.argv = ["tasks.show", "builtin_keyword", "--split", "validation", "-n", "2"]
+runpy.run_module("tasks.show", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_fresh_import_registers_fast_and_tasks_show_runs_as_main():
+    done = subprocess.run(
+        [sys.executable, "-c", _SHOW_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, count = re.search(r"IMPORT_SECONDS (\S+) TASKS (\d+)", done.stderr).groups()
+    assert float(seconds) < 5.0  # registering every task, on top of TensorFlow's own import
+    assert int(count) > 400  # GLUE, SuperGLUE, QA, sentence, built-in tasks and their variants
+    inputs, _ = builtin.generate_examples("keyword", "validation", "")
+    assert re.findall(r"inputs \(text\): '(.*)'", done.stdout) == list(inputs[:2])
+    assert done.stdout.count("example ") == 2

@@ -14,6 +14,7 @@ from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5.network import EncoderDecoder
 from prompt_tuning.train import evaluation, partitioning
 from prompt_tuning.train.model import PromptModel
+from tasks import metrics as task_metrics
 
 LENGTHS = {"inputs": 12, "targets": 4}
 INPUTS = ["alpha", "bravo", "charlie", "delta", "echo"]
@@ -92,6 +93,44 @@ def test_evaluator_metrics_match_hand_computed_from_predict_batch(model_and_para
     assert metrics["e2_planted/pred_len"] == pytest.approx(np.mean([len(p) for p in predictions]))
     assert metrics["mean"] == pytest.approx((60.0 + metrics["e2_planted/pred_len"]) / 2)
     assert "e2_planted/rank_accuracy" not in metrics  # generative: no labels registered
+
+
+def test_task_mean_ignores_invalid_counts_and_prefers_the_tasks_own_mean():
+    # T5-style metrics of a task (tasks.metrics): a score, a count of invalid predictions and the
+    # task's own mean. The count must not enter the early-stopping value.
+    assert evaluation.task_mean(
+        {"accuracy": 70.0, "invalid_predictions": 5, "mean_of_metrics": 70.0}
+    ) == pytest.approx(70.0)
+    assert evaluation.task_mean({"f1": 80.0, "accuracy": 60.0, "invalid_predictions": 2}) == (
+        pytest.approx(70.0)
+    )
+    assert np.isnan(evaluation.task_mean({"invalid_predictions": 2}))
+
+
+def test_evaluator_mean_of_a_t5_classification_task(model_and_params):
+    model, params, jitted = model_and_params
+    predictions = _hand_predictions(jitted, params)
+    labels = ("yes", "no")
+    # Targets are labels; the model's random predictions are almost surely no label (invalid).
+    targets = [labels[i % 2] for i in range(len(INPUTS))]
+    invalid = sum(p not in labels for p in predictions)
+    assert invalid > 0  # what makes the old mean (which averaged in the count) differ
+    hits = sum(p == t for p, t in zip(predictions, targets))
+
+    def to_index(text, example=None, is_target=False):
+        del example, is_target
+        return labels.index(text.strip()) if text.strip() in labels else -1
+
+    metric_fn = task_metrics.mean_of_metrics(task_metrics.accuracy)
+    _register("e2_t5_classes", targets, [metric_fn], to_index)
+    evaluator = evaluation.Evaluator(
+        "e2_t5_classes", LENGTHS, model, batch_size=4, rank_classification=False
+    )
+    metrics = evaluator.evaluate(params, step=0)
+    accuracy = 100.0 * hits / len(INPUTS)
+    assert metrics["e2_t5_classes/invalid_predictions"] == invalid
+    assert metrics["e2_t5_classes/accuracy"] == pytest.approx(accuracy)
+    assert metrics["mean"] == pytest.approx(accuracy)
 
 
 def _hand_label_scores(logits_fn, params, labels):

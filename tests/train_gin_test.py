@@ -33,6 +33,19 @@ def clean_gin():
     gin.clear_config()
 
 
+def read_scalars(logdir) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of the scalars in the TensorBoard event files under `logdir`."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    values: dict[str, dict[int, float]] = {}
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                number = float(tf.make_ndarray(value.tensor))
+                values.setdefault(value.tag, {})[event.step] = number
+    return values
+
+
 def _build(macro: str):
     """Evaluates a macro bound to `@configurable()` (gin's own evaluation of the reference)."""
     return gin.query_parameter(f"%{macro}").scoped_configurable_fn()
@@ -140,5 +153,13 @@ def test_smoke_command_trains_evaluates_and_writes_outputs(tmp_path):
     assert [r["kind"] for r in records] == ["train", "eval", "train", "eval"]
     assert (model_dir / "prompts" / "step_4.npy").exists()
     assert (model_dir / "config.gin").read_text().count("builtin_keyword") >= 1
+    evals = [r for r in records if r["kind"] == "eval"]
     best = json.loads((model_dir / "best.json").read_text())
-    assert best["step"] in (2, 4)
+    top = max(evals, key=lambda r: (r["mean"], -r["step"]))  # the earliest of the best
+    assert best == {"step": top["step"], "metric": "mean", "value": top["mean"]}
+    assert (model_dir / "prompts" / "best.npy").exists()
+    # TensorBoard event files (clu metric writers) hold the logged loss of both steps.
+    scalars = read_scalars(model_dir / "tensorboard")
+    train = [r for r in records if r["kind"] == "train"]
+    assert scalars["train/loss"] == pytest.approx({r["step"]: r["loss"] for r in train}, rel=1e-6)
+    assert set(scalars["eval/builtin_keyword/accuracy"]) == {2, 4}

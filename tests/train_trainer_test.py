@@ -84,7 +84,7 @@ def test_frozen_weights_stay_bit_identical_and_prompt_trains(straight, frozen_ch
     assert len(records) == 10 and '"kind": "train"' in records[0]
 
 
-def test_resume_equals_uninterrupted_run(straight, frozen_checkpoint, tmp_path):
+def test_resume_equals_uninterrupted_run(straight, frozen_checkpoint, tmp_path, capsys):
     _, uninterrupted = straight
     common = dict(model=tiny_module(dropout_rate=0.1), initial_checkpoint_path=frozen_checkpoint)
     first = run(tmp_path, 5, **common)
@@ -102,6 +102,11 @@ def test_resume_equals_uninterrupted_run(straight, frozen_checkpoint, tmp_path):
     np.testing.assert_array_equal(saved["encoder"]["prompt"]["prompt"], prompt_of(resumed))
     kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert kept == ["10", "5"]
+    capsys.readouterr()
+    again = run(tmp_path, 10, **common)  # the same command once more: a finished run
+    assert again.step == 10 and again.train_metrics == []
+    np.testing.assert_array_equal(prompt_of(again), prompt_of(resumed))
+    assert "already holds a run at step 10 (TRAIN_STEPS 10)" in capsys.readouterr().out
 
 
 def test_eight_device_mesh_matches_one_device(straight, frozen_checkpoint, tmp_path):
@@ -135,7 +140,9 @@ def test_bad_input_fails_before_training(tmp_path, frozen_checkpoint):
         run(tmp_path / "c", 2, prompt_file=str(bad_prompt))
     with pytest.raises(ValueError, match="BATCH_SIZE 6"):
         run(tmp_path / "d", 2, batch_size=6, num_devices=None)
-    for name in "abcd":
+    with pytest.raises(ValueError, match="eval_decode_method 'sample'.*'greedy'.*'beam'"):
+        run(tmp_path / "e", 2, eval_period=1, eval_decode_method="sample")
+    for name in "abcde":
         assert not (tmp_path / name / "checkpoints").exists()
         assert not (tmp_path / name / "metrics.jsonl").exists()
 
@@ -153,15 +160,21 @@ def test_prompt_file_start_and_bfloat16_frozen_weights(tmp_path):
     np.testing.assert_allclose(np.abs(step), 0.3, rtol=1e-4)
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_non_finite_update_stops_unsaved_and_keeps_last_good_checkpoint(tmp_path):
     # The rate is 0.3 * nan**floor(t / 4): 0.3 for the first 4 updates (nan**0 == 1), NaN for the
-    # 5th, so step 6 computes the first NaN loss.
+    # 5th. Step 5's loss (computed before that update) is finite, but its updated prompt is NaN:
+    # the run must stop at step 5 without saving it, keeping checkpoint 4.
     exploding = optimizers.adafactor(
         learning_rate=0.3, decay_factor=float("nan"), steps_per_decay=4
     )
-    with pytest.raises(FloatingPointError, match="step 6.*last good checkpoint \\(step 4\\)"):
-        run(tmp_path, 8, optimizer=exploding, save_period=2, log_period=100)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4"]
+    with pytest.raises(
+        FloatingPointError,
+        match=r"At step 5 the updated trainable parameters hold NaN.*good checkpoint \(step 4\)",
+    ):
+        run(tmp_path, 8, optimizer=exploding, save_period=1, log_period=100)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["3", "4"]
+    assert not (tmp_path / "prompts" / "step_5.npy").exists()
+    assert np.isfinite(np.load(tmp_path / "prompts" / "step_4.npy")).all()
 
 
 def test_prompt_learns_the_builtin_keyword_task(tmp_path):
@@ -177,13 +190,18 @@ def test_prompt_learns_the_builtin_keyword_task(tmp_path):
         save_period=100,
         eval_period=100,
         eval_steps=2,
+        best_metric="builtin_keyword/rank_accuracy",
     )
     losses = [m["loss"] for m in result.train_metrics]
     assert losses[-1] < 0.5 * losses[0]
     (metrics,) = result.eval_metrics
     assert metrics["builtin_keyword/accuracy"] >= 80.0  # chance: 50 (balanced yes/no)
     best = checkpoints.read_best_json(tmp_path)
-    assert best["step"] == 100 and best["value"] == metrics["mean"]
+    assert best == {
+        "step": 100,
+        "metric": "builtin_keyword/rank_accuracy",
+        "value": metrics["builtin_keyword/rank_accuracy"],
+    }
     assert (tmp_path / "prompts" / "best.npy").exists()
 
 

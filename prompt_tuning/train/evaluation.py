@@ -22,6 +22,7 @@ import tensorflow_datasets as tfds
 
 import tasks as task_registry
 from prompt_tuning.train import data, partitioning
+from tasks import metrics as task_metrics_lib
 
 Batch = dict[str, np.ndarray]
 MODEL_FEATURES = (
@@ -324,6 +325,25 @@ def _scalars(values: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def task_mean(scalars: Mapping[str, float]) -> float:
+    """One number per task for early stopping: the task's `mean_of_metrics` when its metric
+    functions report it, else the mean of its metrics.
+
+    Counts that are not scores (`invalid_predictions`) never enter the mean: more invalid
+    predictions must not raise the value that picks the best checkpoint.
+
+    Args:
+      scalars: a task's metrics (`{"accuracy": 71.0, "invalid_predictions": 3, ...}`).
+
+    Returns:
+      The task's selection value (nan when it has no score).
+    """
+    if task_metrics_lib.MEAN_KEY in scalars:
+        return float(scalars[task_metrics_lib.MEAN_KEY])
+    scores = [v for k, v in scalars.items() if k != task_metrics_lib.INVALID_KEY]
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 class Evaluator:
     """Evaluates params on every task of a mixture: seqio metrics, rank classification, a mean.
 
@@ -452,7 +472,7 @@ class Evaluator:
         Returns:
           `{"<task>/<metric>": value}` for the task's metric_fns, `"<task>/rank_accuracy"`
           (percent) and `"<task>/rank_<metric>"` for classification tasks, and `"mean"`: the mean
-          over tasks of each task's mean metric (its rank accuracy if it has no metric_fns).
+          over tasks of each task's `task_mean` (its rank accuracy if it has no metric_fns).
         """
         metrics, task_means = {}, []
         for name, task in self.tasks.items():
@@ -464,7 +484,7 @@ class Evaluator:
                 metrics.update({f"{name}/{k}": v for k, v in ranked.items()})
                 scalars = scalars or {"rank_accuracy": ranked["rank_accuracy"]}
             if scalars:
-                task_means.append(float(np.mean(list(scalars.values()))))
+                task_means.append(task_mean(scalars))
         metrics["mean"] = float(np.mean(task_means)) if task_means else float("nan")
         logging.info("Step %s eval metrics: %s", step, metrics)
         return metrics

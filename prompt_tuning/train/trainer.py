@@ -89,7 +89,7 @@ def train_step(
 
     Returns:
       (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
-      `grad_norm`, `learning_rate`.
+      `grad_norm`, `param_norm` (of the updated trainable parameters), `learning_rate`.
     """
     dropout_rng = jax.random.fold_in(rng, state.step)
 
@@ -99,7 +99,7 @@ def train_step(
     (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, grad_norm=optax.global_norm(grads))
+    metrics = dict(aux, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
     rate = optimizers.current_learning_rate(opt_state)
     if rate is not None:
         metrics["learning_rate"] = rate
@@ -237,7 +237,9 @@ def make_evaluator(
     split: str,
     eval_steps: int | None,
     message: Callable[[str], None],
-) -> tuple[Any, Callable[[Mapping[str, float]], float]] | None:
+    decode_method: str = "greedy",
+    beam_size: int = 4,
+) -> tuple[Any, Callable[..., float]] | None:
     """E2's `Evaluator` and its `select_metric` (None when EVAL_PERIOD is 0 or evaluation.py is
     not installed)."""
     if not eval_period:
@@ -251,26 +253,40 @@ def make_evaluator(
         return None
     num_examples = None if eval_steps is None else eval_steps * batch_size
     evaluator = evaluation.Evaluator(
-        task, task_feature_lengths, model, batch_size, split=split, num_examples=num_examples
+        task,
+        task_feature_lengths,
+        model,
+        batch_size,
+        decode_method=decode_method,
+        beam_size=beam_size,
+        split=split,
+        num_examples=num_examples,
     )
     return evaluator, evaluation.select_metric
 
 
 def _check_finite(metrics: Mapping[str, float], step: int, run: _Run) -> None:
-    """Stops the run on a NaN/Inf loss, keeping the last good checkpoint.
+    """Stops the run on a NaN/Inf loss or trainable parameter, keeping the last good checkpoint.
+
+    The loss of a step is computed before its update, so the updated parameters (`param_norm`)
+    are checked too: a non-finite update is caught before it is saved.
 
     Raises:
-      FloatingPointError: the loss is not finite.
+      FloatingPointError: the loss or the updated trainable parameters are not finite.
     """
-    if np.isfinite(metrics["loss"]):
+    loss, norm = metrics["loss"], metrics.get("param_norm", 0.0)
+    if np.isfinite(loss) and np.isfinite(norm):
         return
     last = run.checkpointer.latest_step()
     kept = "no checkpoint was saved"
     if last is not None:
         kept = f"the last good checkpoint (step {last}) is kept"
+    problems = [] if np.isfinite(loss) else [f"the training loss is {loss}"]
+    if not np.isfinite(norm):
+        problems.append(f"the updated trainable parameters hold NaN/Inf (norm {norm})")
     message = (
-        f"Training loss is {metrics['loss']} at step {step}; stopping ({kept}). Lower the learning "
-        "rate, add warmup, or check the data."
+        f"At step {step} {' and '.join(problems)}; stopping ({kept}). Lower the learning rate, "
+        "add warmup, or check the data."
     )
     run.logger.message(message)
     raise FloatingPointError(message)
@@ -296,6 +312,9 @@ def train(
     eval_steps: int | None = None,
     eval_batch_size: int | None = None,
     eval_split: str = "validation",
+    eval_decode_method: str = "greedy",
+    eval_beam_size: int = 4,
+    best_metric: str | None = None,
     prompt_file: str | None = None,
     frozen_dtype: str | None = None,
     loss_normalizing_factor: float | None = None,
@@ -327,6 +346,12 @@ def train(
       eval_steps: evaluation batches (EVAL_STEPS); None evaluates the whole split.
       eval_batch_size: default `batch_size`.
       eval_split: split evaluated.
+      eval_decode_method: "greedy" (default) or "beam" decoding for the decoded-prediction metrics.
+      eval_beam_size: beams when `eval_decode_method` is "beam".
+      best_metric: the evaluation metric that picks the best checkpoint (BEST_METRIC; higher is
+        better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
+        as "glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over the
+        tasks reporting it (see `evaluation.select_metric`).
       prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
       loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
@@ -350,6 +375,11 @@ def train(
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     if prompt_file is not None:
         checkpoints.load_prompt_npy(prompt_file)
+    if eval_decode_method not in ("greedy", "beam"):
+        raise ValueError(
+            f"Unknown eval_decode_method {eval_decode_method!r}; use 'greedy' (the default) or "
+            "'beam'."
+        )
     optimizer = optimizers.adafactor() if optimizer is None else optimizer
     options = dict(
         num_devices=num_devices,
@@ -380,6 +410,8 @@ def train(
         eval_split,
         eval_steps,
         run.logger.message,
+        eval_decode_method,
+        eval_beam_size,
     )
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
@@ -388,6 +420,8 @@ def train(
         f"writing to {model_dir}."
     )
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
+    if evaluator is not None:
+        evaluator = (*evaluator, best_metric)
     try:
         return _loop(
             run,
@@ -432,7 +466,13 @@ def _loop(
         batches = data.skip_batches(dataset, run.start_step).as_numpy_iterator()
     train_log, eval_log, pending = [], [], []
     best = checkpoints.read_best_json(model_dir)
-    if run.start_step:
+    if run.start_step and run.start_step >= train_steps:
+        run.logger.message(
+            f"MODEL_DIR {model_dir} already holds a run at step {run.start_step} "
+            f"(TRAIN_STEPS {train_steps}): nothing to train. Raise TRAIN_STEPS to continue it, or "
+            "use a new MODEL_DIR to start again."
+        )
+    elif run.start_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
         batch = partitioning.shard_batch(next(batches), run.mesh)
@@ -472,13 +512,24 @@ def _loop(
 def _evaluate(
     run: _Run, evaluator: Any, step: int, model_dir: str, best: Any, eval_log: list
 ) -> dict[str, Any] | None:
-    """Evaluates the current params, logs, and saves a best checkpoint when the metric improves."""
+    """Evaluates the current params, logs, and saves a best checkpoint when the metric improves.
+
+    `evaluator` is (Evaluator, select_metric, metric name or None); the best so far (`best`, from
+    MODEL_DIR/best.json on resume) counts only when it was chosen on the same metric.
+    """
     params = optimizers.merge_params(run.state.params, run.frozen)
-    evaluator, select_metric = evaluator  # (Evaluator, select_metric) from make_evaluator
+    evaluator, select_metric, metric_name = evaluator
     metrics = evaluator.evaluate(params, step)
     run.logger.log_eval(step, metrics)
     eval_log.append(dict(metrics, step=step))
-    name, value = "mean", float(select_metric(metrics))
+    name = metric_name or "mean"
+    value = float(select_metric(metrics, metric_name))
+    if best is not None and best.get("metric") != name:
+        run.logger.message(
+            f"best.json picked step {best['step']} on {best.get('metric')!r}; this run selects on "
+            f"{name!r} (BEST_METRIC), so the best checkpoint is chosen again from now on."
+        )
+        best = None
     if best is None or value > best["value"]:
         _save(run, step, model_dir, best=True)
         if jax.process_index() == 0:
