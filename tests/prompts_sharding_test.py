@@ -25,6 +25,7 @@ MODULES = {
         sharing="L", layer_input="previous",
     ),
     "deep": prompts.DeepPrompt(2, num_layers=LAYERS),
+    "bank": prompts.PromptBank(num_prompts=2, length=3),
 }  # fmt: skip
 
 

@@ -110,3 +110,21 @@ def test_decoder_attends_to_prompt_positions(name):
     base = decode(encoded)
     changed = decode(encoded.at[:, :length].add(1.0))  # perturb only the prompt positions
     assert float(jnp.abs(changed - base).max()) > 1e-3
+
+
+def test_per_layer_prompts_take_the_encoder_layer_count_from_the_model():
+    # DeepPrompt(length) and M-IDPG need L; inside the model it comes from the T5 config.
+    inputs = (INPUTS, _shift_right(TARGETS), TARGETS)
+    for module in (
+        prompts.DeepPrompt(2),
+        prompts.InstancePrompt(2, hidden_dim=4, multi_layer=True, sharing="M"),
+    ):
+        model = network.EncoderDecoder(CONFIG, prompt=module)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), *map(jnp.asarray, inputs))
+        table = nn.unbox(shapes["params"])["encoder"]["prompt"]["prompt"]
+        assert table.shape == (LAYERS, 2, CONFIG.emb_dim), type(module).__name__
+    with pytest.raises(ValueError, match="num_layers"):  # alone, L is unknown
+        prompts.DeepPrompt(2).init(jax.random.key(0), jnp.asarray(INPUTS), jnp.zeros((2, 5, 8)))
+    wrong = network.EncoderDecoder(CONFIG, prompt=prompts.DeepPrompt(2, num_layers=LAYERS + 1))
+    with pytest.raises(ValueError, match=f"encoder has {LAYERS} layers"):
+        wrong.init(jax.random.key(0), *map(jnp.asarray, inputs))

@@ -360,6 +360,37 @@ def test_needs_encoder_output_gets_the_frozen_encoder_without_prompt():
     assert all(np.all(g == 0) for g in jax.tree.leaves(frozen_grads))
 
 
+def test_frozen_encoder_pass_for_the_prompt_has_no_dropout():
+    # IDPG's frozen sentence encoder is a fixed function of the input (cacheable): training-mode
+    # dropout applies to the prompted pass only, not to the encoder output the prompt is fed.
+    config = t5_config.tiny(dropout_rate=0.5)
+    model = network.EncoderDecoder(config, prompt=EncoderOutputPrompt())
+    params = _init(model)
+    tokens = jnp.asarray(ENCODER_TOKENS)
+
+    def encode(seed):
+        (encoded, _), state = model.apply(
+            {"params": params},
+            tokens,
+            enable_dropout=True,
+            method="encode",
+            mutable=["intermediates"],
+            rngs={"dropout": jax.random.key(seed)},
+        )
+        return encoded, state["intermediates"]["encoder"]["prompt"]["encoder_output"][0]
+
+    encoded_0, seen_0 = encode(0)
+    encoded_1, seen_1 = encode(1)
+    no_prompt = network.EncoderDecoder(config)
+    frozen_params = dict(
+        params, encoder={k: v for k, v in params["encoder"].items() if k != "prompt"}
+    )
+    expected, _ = no_prompt.apply({"params": frozen_params}, tokens, method="encode")
+    np.testing.assert_allclose(seen_0, expected, atol=1e-6)
+    np.testing.assert_allclose(seen_1, expected, atol=1e-6)
+    assert np.abs(encoded_0 - encoded_1).max() > 1e-3  # dropout still acts on the prompted pass
+
+
 class TaskPrompt(nn.Module):
     """One prompt row per task, selected by `task_ids` (test-only)."""
 

@@ -13,6 +13,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `ResidualPrompt`   | Razdaibiedina et al. 2023          | P*H + 2*H*b + b + 3*H           |
 | `InstancePrompt`   | Wu et al. 2022 (IDPG, M-IDPG)      | generator + task prompt(s)      |
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
+| `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
 
 Initializers (`prompts.initializers`) are passed as `prompt_init` (not `init`, which would shadow
 `flax.linen.Module.init`).
@@ -29,9 +30,11 @@ model, so the trainer's rules replicate every one of these names (map each to No
 - `prompt_phm`, `prompt_phm_rows`, `prompt_phm_cols`: PHM rules [n, n, n];
   `prompt_flat`: the flattened P*H output of a PHM factor; `prompt_phm_in`, `prompt_phm_out`:
   the default factor axes of a stand-alone `PHMDense`.
+- `prompt_bank`: the N prompts of a `PromptBank` [N, P, H] (multi-task batches, ensembles).
 """
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.decomposed import DecomposedPrompt, RankProbePrompt, num_positive
 from prompt_tuning.prompts.deep import DeepPrompt
 from prompt_tuning.prompts.instance import Generator, InstancePrompt
@@ -56,6 +59,7 @@ PROMPT_LOGICAL_AXES = (
     "prompt_phm_in",
     "prompt_phm_out",
     "prompt_flat",
+    "prompt_bank",
 )
 
 __all__ = [
@@ -66,6 +70,7 @@ __all__ = [
     "InstancePrompt",
     "PHMDense",
     "Prompt",
+    "PromptBank",
     "RankProbePrompt",
     "ResidualPrompt",
     "StructuredPrompt",

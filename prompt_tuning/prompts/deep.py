@@ -25,13 +25,14 @@ class DeepPrompt(nn.Module):
 
     Attributes:
       length: P.
-      num_layers: L, the number of encoder layers.
+      num_layers: L, the number of encoder layers; None inside `t5.EncoderDecoder` takes the
+        model's `num_encoder_layers` (required when the module is applied on its own).
       prompt_init: initializer of one layer's prompt [P, H] (applied per layer, own rng).
       dtype: dtype of the returned prompts.
     """
 
     length: int
-    num_layers: int
+    num_layers: int | None = None
     prompt_init: Callable[..., jax.Array] = initializers.random_uniform(0.5)
     dtype: Any = jnp.float32
 
@@ -77,6 +78,11 @@ class DeepPrompt(nn.Module):
     @nn.compact
     def _layer(self, layer_index: int, batch_size: int, width: int) -> jax.Array:
         """Layer `layer_index`'s prompt broadcast to the batch -> [B, P, H]."""
+        if self.num_layers is None:
+            raise ValueError(
+                "DeepPrompt.num_layers is None: set it to the encoder's number of layers "
+                "(NUM_ENCODER_LAYERS), or use the prompt inside t5.EncoderDecoder, which sets it."
+            )
         if not 0 <= layer_index < self.num_layers:
             raise ValueError(
                 f"Layer {layer_index} has no prompt: DeepPrompt has num_layers={self.num_layers}; "

@@ -152,34 +152,15 @@ def read_checkpoint_variable(path: str, variable: str) -> np.ndarray:
       The array.
 
     Raises:
-      KeyError: the checkpoint has no such variable.
+      KeyError: the checkpoint has no such variable (`t5.checkpoints.MissingParameterError`).
+      ValueError: the path is missing or not a checkpoint (`t5.checkpoints.CheckpointError`).
     """
     if path.endswith(".npy"):
         return np.load(path)
     from prompt_tuning.t5 import checkpoints  # Lazy: only checkpoint paths need it.
 
-    reader = getattr(checkpoints, "read_variable", None)
-    if reader is not None:
-        return np.asarray(reader(path, variable))
-    flat = _load_flat(path)
-    if variable not in flat:
-        raise KeyError(
-            f"Checkpoint {path} has no variable {variable!r}; it has e.g. {sorted(flat)[:5]}. "
-            "Check the checkpoint path and the variable name."
-        )
-    return np.asarray(flat[variable])
-
-
-def _load_flat(path: str) -> dict[str, np.ndarray]:
-    """Reads every parameter of a checkpoint as `{"a/b/c": array}` (T5X, orbax or HF)."""
-    from prompt_tuning.t5 import checkpoints, hf_format, t5x_format
-
-    kind = checkpoints.detect_format(path)
-    if kind == "hf":
-        return hf_format.load_hf(path)[1]
-    if kind == "t5x":
-        return t5x_format.load_legacy_t5x(path)
-    return t5x_format.load_orbax(path)
+    # A legacy T5X checkpoint opens only this array (never the whole model or optimizer state).
+    return np.asarray(checkpoints.read_variable(path, variable))
 
 
 def _embedding_table(embedding: Any, shape: Sequence[int]) -> jax.Array:

@@ -111,7 +111,8 @@ class InstancePrompt(nn.Module):
       sentence_dim: D, the sentence-representation width; None means H. Only a callable
         sentence encoder can produce D != H (GloVe: 300).
       multi_layer: M-IDPG: a prompt before every encoder layer (`per_layer`).
-      num_layers: L, number of encoder layers (required with multi_layer).
+      num_layers: L, number of encoder layers (multi_layer only); None inside
+        `t5.EncoderDecoder` takes the model's `num_encoder_layers`.
       sharing: "S", "M" or "L" (multi-layer only).
       layer_input: "first" (M(x) at every layer) or "previous" (pooled previous layer output).
       share_phm_rules: one set of PHM rules for both generator layers; None means the paper's
@@ -272,7 +273,10 @@ class InstancePrompt(nn.Module):
         if not self.multi_layer:
             return
         if not self.num_layers:
-            raise ValueError("multi_layer=True needs num_layers (bind NUM_ENCODER_LAYERS).")
+            raise ValueError(
+                "multi_layer=True needs num_layers: bind it to NUM_ENCODER_LAYERS, or use the "
+                "prompt inside t5.EncoderDecoder, which sets it from the model's config."
+            )
         if self.sharing not in ("S", "M", "L"):
             raise ValueError(f"Unknown sharing {self.sharing!r}; use 'S', 'M' or 'L'.")
         if self.layer_input not in ("first", "previous"):

@@ -12,7 +12,8 @@ The prompt is a field of the encoder. A prompt module is called as
 output is prepended to the embedded inputs; prompt positions are always valid. Optional attributes:
 `per_layer` (then `prompt.layer_prompt(i, input_tokens, hidden, task_ids) -> [B, P, H]` replaces
 `hidden[:, :P]` before every layer i >= 1) and `needs_encoder_output` (then the encoder first runs
-without the prompt and passes the stop-gradient result as `encoder_output=[B, T, H]`).
+without the prompt and without dropout, and passes the stop-gradient result as
+`encoder_output=[B, T, H]`).
 """
 
 from typing import Any
@@ -174,7 +175,9 @@ class Encoder(nn.Module):
 
         kwargs = {}
         if getattr(self.prompt, "needs_encoder_output", False):
-            frozen = self._stack(embedded, mask, enable_dropout)
+            # The frozen sentence encoder runs without dropout, so its output is a fixed function
+            # of the input (cacheable, and equal in training and evaluation).
+            frozen = self._stack(embedded, mask, enable_dropout=False)
             kwargs["encoder_output"] = jax.lax.stop_gradient(frozen)  # [B, T, H]
         prompt = self.prompt(input_tokens, embedded, task_ids, **kwargs)  # [B, P, H]
         b, _, h = embedded.shape
@@ -298,6 +301,29 @@ class Decoder(nn.Module):
         return cache["cached_key"].shape[1]
 
 
+def _fit_prompt(prompt: nn.Module, config: T5Config) -> nn.Module:
+    """An unbound copy of `prompt`; a per-layer prompt gets the encoder's layer count.
+
+    A per-layer prompt (`per_layer`) with a `num_layers` field left as None is given
+    `config.num_encoder_layers`, so `DeepPrompt(length)` needs no layer count of its own.
+
+    Raises:
+      ValueError: a per-layer prompt was built for another number of encoder layers.
+    """
+    overrides = {}
+    if getattr(prompt, "per_layer", False) and hasattr(prompt, "num_layers"):
+        layers_needed = config.num_encoder_layers
+        if prompt.num_layers is None:
+            overrides["num_layers"] = layers_needed
+        elif prompt.num_layers != layers_needed:
+            raise ValueError(
+                f"The per-layer prompt {type(prompt).__name__} has num_layers="
+                f"{prompt.num_layers} but the encoder has {layers_needed} layers; set num_layers "
+                f"to {layers_needed} (NUM_ENCODER_LAYERS) or leave it None to take the model's."
+            )
+    return prompt.clone(parent=None, name=None, **overrides)
+
+
 class EncoderDecoder(nn.Module):
     """T5 encoder-decoder over a shared token embedding, with an optional encoder prompt.
 
@@ -314,7 +340,7 @@ class EncoderDecoder(nn.Module):
         self.token_embedder = layers.Embed(
             cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="token_embedder"
         )
-        prompt = None if self.prompt is None else self.prompt.clone(parent=None, name=None)
+        prompt = None if self.prompt is None else _fit_prompt(self.prompt, cfg)
         self.encoder = Encoder(cfg, self.token_embedder, prompt, name="encoder")
         self.decoder = Decoder(cfg, self.token_embedder, name="decoder")
 
