@@ -452,3 +452,55 @@ def test_jit_and_no_jit_agree():
     )
     apply = lambda p, *a: model.apply({"params": p}, *a, enable_dropout=False)
     np.testing.assert_allclose(jax.jit(apply)(params, *args), apply(params, *args), atol=1e-5)
+
+
+def test_attention_dropout_mask_is_shared_by_all_queries():
+    # T5X drops whole key positions (one mask per key, broadcast over queries): identical queries
+    # therefore give identical outputs even with dropout on, though different from no dropout.
+    attention = layers.MultiHeadAttention(num_heads=2, head_dim=4, dropout_rate=0.5)
+    rng = np.random.default_rng(0)
+    queries = jnp.asarray(np.repeat(rng.standard_normal((2, 1, 8)), 5, axis=1), jnp.float32)
+    keys = jnp.asarray(rng.standard_normal((2, 7, 8)), jnp.float32)
+    variables = attention.init(jax.random.key(0), queries, keys)
+    dropped = attention.apply(
+        variables, queries, keys, enable_dropout=True, rngs={"dropout": jax.random.key(1)}
+    )
+    plain = attention.apply(variables, queries, keys)
+    np.testing.assert_allclose(dropped, jnp.broadcast_to(dropped[:, :1], dropped.shape), atol=1e-6)
+    assert not np.allclose(dropped, plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_rematerialised_layers_keep_names_and_numerics(policy):
+    config = t5_config.tiny(dropout_rate=0.2)
+    plain_model = network.EncoderDecoder(config)
+    remat_model = network.EncoderDecoder(config.replace(remat_policy=policy))
+    params = _init(plain_model)
+    assert jax.tree.structure(_init(remat_model)) == jax.tree.structure(params)
+    decoder_inputs = jnp.asarray(shift_right(TARGET_TOKENS))
+
+    def loss(model, params):
+        logits = model.apply(
+            {"params": params},
+            jnp.asarray(ENCODER_TOKENS),
+            decoder_inputs,
+            jnp.asarray(TARGET_TOKENS),
+            enable_dropout=True,
+            rngs={"dropout": jax.random.key(3)},
+        )
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    value, grads = jax.jit(jax.value_and_grad(functools.partial(loss, plain_model)))(params)
+    remat_value, remat_grads = jax.jit(jax.value_and_grad(functools.partial(loss, remat_model)))(
+        params
+    )
+    np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), remat_grads, grads
+    )
+
+
+def test_unknown_remat_policy_is_an_error():
+    model = network.EncoderDecoder(t5_config.tiny(remat_policy="sometimes"))
+    with pytest.raises(ValueError, match="remat_policy 'sometimes'"):
+        _init(model)

@@ -50,6 +50,9 @@ class T5Config:
       layer_norm_epsilon: RMS norm epsilon.
       dtype: activation dtype (float32 or bfloat16); logits are always float32.
       param_dtype: dtype parameters are created and stored in.
+      remat_policy: rematerialise each layer's activations in the backward pass to save memory:
+        "none", "full" (recompute everything) or "dots" (keep matmul outputs without batch
+        dimensions, recompute the rest). Parameters and results are unchanged.
     """
 
     vocab_size: int = 32128
@@ -68,6 +71,7 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_policy: str = "none"
 
     def replace(self, **changes) -> "T5Config":
         """Returns a copy with `changes` applied."""

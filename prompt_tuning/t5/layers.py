@@ -287,7 +287,10 @@ class MultiHeadAttention(nn.Module):
         if mask is not None:
             logits = jnp.where(mask, logits, _MASK_BIAS)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        weights = nn.Dropout(self.dropout_rate)(weights, deterministic=not enable_dropout)
+        # One mask per key position, shared by all queries (T5X's `dropout_shape[-2] = 1`).
+        weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+            weights, deterministic=not enable_dropout
+        )
         out = jnp.einsum("bnst,btnk->bsnk", weights, value)  # [B, S, N, K]
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
         return self._dense("out", h, out_axes, base)(out)

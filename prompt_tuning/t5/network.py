@@ -132,6 +132,24 @@ class DecoderLayer(nn.Module):
         return x + dropout(y, deterministic=deterministic)
 
 
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _layer_class(cls: type[nn.Module], config: T5Config, static_argnums: tuple[int, ...]):
+    """`cls`, or `cls` rematerialised per `config.remat_policy` (same parameter names)."""
+    if config.remat_policy == "none":
+        return cls
+    if config.remat_policy not in _REMAT_POLICIES:
+        raise ValueError(
+            f"Unknown remat_policy {config.remat_policy!r}; use 'none', 'full' or 'dots'."
+        )
+    policy = _REMAT_POLICIES[config.remat_policy]
+    return nn.remat(cls, static_argnums=static_argnums, policy=policy)
+
+
 class Encoder(nn.Module):
     """The T5 encoder stack with an optional prompt (a field: its params live under `prompt/`).
 
@@ -147,7 +165,9 @@ class Encoder(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.layers = [EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
+        # static: enable_dropout (self is argument 0).
+        layer_cls = _layer_class(EncoderLayer, cfg, static_argnums=(4,))
+        self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
         self.encoder_norm = _norm(cfg, "encoder_norm")
         self.relpos_bias = _relpos(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
@@ -274,8 +294,10 @@ class Decoder(nn.Module):
 
         x = self.shared_embedding(decoder_input_tokens)  # [B, S, H]
         x = dropout(x, deterministic=deterministic)
+        # static: enable_dropout, decode (self is argument 0).
+        layer_cls = _layer_class(DecoderLayer, cfg, static_argnums=(6, 7))
         for i in range(cfg.num_decoder_layers):
-            x = DecoderLayer(cfg, name=f"layers_{i}")(
+            x = layer_cls(cfg, name=f"layers_{i}")(
                 x, encoded, self_mask, cross_mask, bias, enable_dropout, decode, position
             )
         x = _norm(cfg, "decoder_norm")(x)

@@ -1,0 +1,119 @@
+"""This machine's square-matmul throughput (the peak a training step is compared against).
+
+    python tools/benchmark_matmul.py --n 2048 --repeats 8 --dtype float32 bfloat16 \
+        --backend jax torch
+
+Times `C = A @ B` for random `[n, n]` matrices, `2 n^3` FLOPs per product, and prints the best
+(fastest) of `repeats` timed products as GFLOP/s, one JSON object per (backend, dtype). JAX reads
+XLA_FLAGS when it is first imported, so run this in a fresh process per flag setting (as
+`tools/benchmark_train.py` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+
+
+def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Fastest wall time of `repeats` calls of `run` (which must block until done), after one."""
+    run()  # compile / warm caches
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def jax_matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 8) -> float:
+    """Best-of-`repeats` GFLOP/s of a jitted `[n, n] @ [n, n]` on JAX's default device.
+
+    Args:
+      n: matrix size.
+      dtype: "float32" or "bfloat16" (inputs and output).
+      repeats: timed products; the fastest counts.
+
+    Returns:
+      `2 n^3 / seconds / 1e9`.
+    """
+    import jax  # noqa: PLC0415 (imported late so callers can set XLA_FLAGS first)
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype)
+    matmul = jax.jit(jnp.matmul)
+    seconds = _best_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def torch_matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 8) -> float:
+    """Best-of-`repeats` GFLOP/s of `torch.mm` on the CPU (oneDNN; AMX/AVX-512 for bfloat16).
+
+    Args:
+      n: matrix size.
+      dtype: "float32" or "bfloat16".
+      repeats: timed products; the fastest counts.
+
+    Returns:
+      `2 n^3 / seconds / 1e9`.
+    """
+    import torch  # noqa: PLC0415
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
+    b = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
+    with torch.inference_mode():
+        seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+BACKENDS = {"jax": jax_matmul_gflops, "torch": torch_matmul_gflops}
+
+
+def measure(
+    backends: Sequence[str], dtypes: Sequence[str], n: int = 2048, repeats: int = 8
+) -> list[dict[str, object]]:
+    """Measures every (backend, dtype) pair.
+
+    Args:
+      backends: names in `BACKENDS`.
+      dtypes: "float32" and/or "bfloat16".
+      n: matrix size.
+      repeats: timed products per pair.
+
+    Returns:
+      One dict per pair: backend, dtype, n, repeats, gflops.
+
+    Raises:
+      ValueError: an unknown backend.
+    """
+    results = []
+    for backend in backends:
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown matmul backend {backend!r}; use one of {sorted(BACKENDS)}.")
+        for dtype in dtypes:
+            gflops = BACKENDS[backend](n, dtype, repeats)
+            results.append(
+                {"backend": backend, "dtype": dtype, "n": n, "repeats": repeats, "gflops": gflops}
+            )
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parses the command line and prints one JSON object per (backend, dtype)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=2048, help="matrix size")
+    parser.add_argument("--repeats", type=int, default=8, help="timed products (best counts)")
+    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--backend", nargs="+", default=["jax", "torch"], choices=sorted(BACKENDS))
+    args = parser.parse_args(argv)
+    for result in measure(args.backend, args.dtype, args.n, args.repeats):
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
