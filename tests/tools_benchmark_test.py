@@ -145,3 +145,14 @@ def test_cli_tiny_two_steps_prints_valid_json():
     assert summary["matmul_peaks_gflops"][0]["n"] == 64
     assert summary["setting"]["prompt_length"] == 100
     assert summary["comparisons"] == []
+
+
+def test_peft_side_trains_only_a_prompt_of_the_same_width():
+    from prompt_tuning.t5 import config as t5_config
+
+    spec = {"size": "tiny", "batch": 2, "input_length": 16, "prompt_length": 4}
+    spec |= {"target_length": 4, "dropout": 0.1, "seed": 0, "warmup": 1, "steps": 2}
+    result = benchmark_train.run_peft_step(spec)
+    # PEFT's prompt embedding is [P, H] of the same model: the only trainable tensor.
+    assert result["trainable_params"] == 4 * t5_config.tiny().emb_dim
+    assert len(result["losses"]) == 2 and all(np.isfinite(result["losses"]))

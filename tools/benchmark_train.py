@@ -313,29 +313,20 @@ def run_peft_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     import torch  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 
+    from prompt_tuning.t5 import hf_format  # noqa: PLC0415
+
     import_rss = _peak_rss_bytes()
     config = model_config(spec["size"], spec["dropout"])
     torch.manual_seed(spec["seed"])
-    hf_config = transformers.T5Config(
-        vocab_size=config.vocab_size,
-        d_model=config.emb_dim,
-        d_kv=config.head_dim,
-        d_ff=config.mlp_dim,
-        num_layers=config.num_encoder_layers,
-        num_decoder_layers=config.num_decoder_layers,
-        num_heads=config.num_heads,
-        relative_attention_num_buckets=config.relative_attention_num_buckets,
-        relative_attention_max_distance=config.relative_attention_max_distance,
-        dropout_rate=spec["dropout"],
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+    # The same architecture as ours, written as the config.json our HF exporter writes.
+    hf_config = transformers.T5Config.from_dict(hf_format.config_to_hf(config))
     model = transformers.T5ForConditionalGeneration(hf_config)
+    # Encoder-only prompt, as Lester et al. and ANCHORS.md (PEFT's seq2seq default of 2 submodules
+    # would also prepend a prompt to the decoder).
     prompt_config = peft.PromptTuningConfig(
-        task_type=peft.TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=spec["prompt_length"]
+        task_type=peft.TaskType.SEQ_2_SEQ_LM,
+        num_virtual_tokens=spec["prompt_length"],
+        num_transformer_submodules=1,
     )
     model = peft.get_peft_model(model, prompt_config)
     model.train()
