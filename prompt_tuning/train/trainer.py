@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import checkpoints, data, optimizers, partitioning
+from prompt_tuning.train import checkpoints, data, evaluation, optimizers, partitioning
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
 
@@ -236,20 +236,11 @@ def make_evaluator(
     batch_size: int,
     split: str,
     eval_steps: int | None,
-    message: Callable[[str], None],
     decode_method: str = "greedy",
     beam_size: int = 4,
 ) -> tuple[Any, Callable[..., float]] | None:
-    """E2's `Evaluator` and its `select_metric` (None when EVAL_PERIOD is 0 or evaluation.py is
-    not installed)."""
+    """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
     if not eval_period:
-        return None
-    try:
-        from prompt_tuning.train import evaluation  # noqa: PLC0415
-    except ModuleNotFoundError as error:
-        if error.name != "prompt_tuning.train.evaluation":
-            raise
-        message("prompt_tuning.train.evaluation is not available; evaluation is skipped.")
         return None
     num_examples = None if eval_steps is None else eval_steps * batch_size
     evaluator = evaluation.Evaluator(
@@ -409,7 +400,6 @@ def train(
         eval_batch_size or batch_size,
         eval_split,
         eval_steps,
-        run.logger.message,
         eval_decode_method,
         eval_beam_size,
     )
