@@ -20,13 +20,13 @@ Each also has a `_prefixed` variant whose inputs start with a text prefix that n
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import splits
+from tasks import metrics, postprocessors, splits
 from tasks.labels import register_labels
 
 SPLIT_SIZES = {"train": 20_000, "validation": 500, "test": 500}
@@ -151,14 +151,6 @@ def byte_output_features() -> dict[str, seqio.Feature]:
     }
 
 
-def accuracy(targets: Sequence, predictions: Sequence) -> dict[str, float]:
-    """Exact-match accuracy ×100 of predicted label strings (bytes and str compare equal)."""
-    if len(targets) != len(predictions):
-        raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions.")
-    hits = [tf.compat.as_text(t) == tf.compat.as_text(p) for t, p in zip(targets, predictions)]
-    return {"accuracy": 100.0 * float(np.mean(hits)) if hits else 0.0}
-
-
 def _register(name: str, kind: str, prefix: str) -> None:
     """Registers one built-in task and its label strings."""
     seqio.TaskRegistry.add(
@@ -174,7 +166,10 @@ def _register(name: str, kind: str, prefix: str) -> None:
             seqio.preprocessors.append_eos_after_trim,
         ],
         output_features=byte_output_features(),
-        metric_fns=[accuracy],
+        postprocess_fn=functools.partial(
+            postprocessors.string_label_to_class_id, label_classes=LABELS[kind]
+        ),
+        metric_fns=[metrics.accuracy],
     )
     register_labels(name, LABELS[kind])
 

@@ -28,8 +28,7 @@ import pathlib
 import seqio
 import tensorflow as tf
 
-from tasks import splits
-from tasks.builtin import accuracy
+from tasks import metrics, postprocessors, splits
 from tasks.labels import register_labels
 from tasks.vocabularies import t5_output_features
 
@@ -152,7 +151,10 @@ def _register(name: str, task: str, prefix: str) -> None:
             seqio.preprocessors.append_eos_after_trim,
         ],
         output_features=t5_output_features(),
-        metric_fns=[accuracy],
+        postprocess_fn=functools.partial(
+            postprocessors.string_label_to_class_id, label_classes=LABELS[task]
+        ),
+        metric_fns=[metrics.accuracy],
     )
     register_labels(name, LABELS[task])
 

@@ -27,8 +27,12 @@ def test_classes_are_exactly_balanced_so_a_constant_answer_scores_chance(kind):
         counts = collections.Counter(targets)
         assert set(counts) == set(labels)
         assert set(counts.values()) == {size // len(labels)}
+        task = seqio.get_mixture_or_task(f"builtin_{kind}")
+        ids = [task.postprocess_fn(t, is_target=True) for t in targets]
         for label in labels:  # a model ignoring its input is at chance
-            score = builtin.accuracy(list(targets), [label] * size)["accuracy"]
+            prediction = task.postprocess_fn(label.encode(), is_target=False)
+            (metric_fn,) = task.metric_fns
+            score = metric_fn(ids, [prediction] * size)["accuracy"]
             assert score == pytest.approx(100.0 / len(labels))
 
 
@@ -94,9 +98,9 @@ def test_registered_tasks_yield_byte_tokens_and_short_inputs(name):
     assert np.all([len(e["inputs_pretokenized"]) <= 100 for e in prefixed])
 
 
-def test_accuracy_metric_hand_computed():
-    assert builtin.accuracy([b"yes", "no", "no", "yes"], ["yes", "no", "yes", "no"]) == {
-        "accuracy": 50.0
-    }
-    with pytest.raises(ValueError, match="predictions"):
-        builtin.accuracy(["yes"], [])
+def test_predictions_are_scored_as_t5_labels_with_invalid_ones_counted():
+    task = seqio.get_mixture_or_task("builtin_keyword")
+    targets = [task.postprocess_fn(t, is_target=True) for t in [b"yes", b"no", b"no", b"yes"]]
+    predictions = [task.postprocess_fn(p) for p in [b"yes", b"no", b"maybe", b"no"]]
+    (metric_fn,) = task.metric_fns
+    assert metric_fn(targets, predictions) == {"accuracy": 50.0, "invalid_predictions": 1}
