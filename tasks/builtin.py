@@ -26,7 +26,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import metrics, postprocessors, splits
+from tasks import metrics, postprocessors, preprocessors, splits
 from tasks.labels import register_labels
 
 SPLIT_SIZES = {"train": 20_000, "validation": 500, "test": 500}
@@ -161,9 +161,7 @@ def _register(name: str, kind: str, prefix: str) -> None:
             num_input_examples=dict(SPLIT_SIZES),
         ),
         preprocessors=[
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim,
+            *preprocessors.tokenize_steps(),
         ],
         output_features=byte_output_features(),
         postprocess_fn=functools.partial(

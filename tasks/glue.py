@@ -75,16 +75,53 @@ _ACCURACY = (metrics.accuracy,)
 _F1_ACCURACY = (metrics.f1_score_with_invalid, metrics.accuracy)
 
 
-def _token_preprocessors() -> list:
-    return [
-        seqio.preprocessors.tokenize,
-        seqio.CacheDatasetPlaceholder(),
-        seqio.preprocessors.append_eos_after_trim,
-    ]
-
-
 def _metric_fns(fns: Sequence[Callable]) -> list:
     return [metrics.mean_of_metrics(*fns)] if fns else []
+
+
+def text_classification(
+    source_name: str,
+    source: seqio.DataSource,
+    labels: Sequence[str],
+    feature_names: Sequence[str],
+    metric_fns: Sequence[Callable],
+    prefix: str | None,
+    rename: Mapping[str, str] | None = None,
+    keep_unlabeled: bool = False,
+) -> dict:
+    """seqio.TaskRegistry.add keyword arguments of a GLUE-style classification task.
+
+    Args:
+      source_name: names the TFDS source in the drop counts (`glue/rte`).
+      source: where the records come from.
+      labels: the label strings of the targets, indexed by class id.
+      feature_names: the record's text fields, in T5's order.
+      metric_fns: T5's metrics for the task, joined with `mean_of_metrics`.
+      prefix: T5's task name at the start of the inputs, or None (prompt tuning's default).
+      rename: output feature name -> record key.
+      keep_unlabeled: keep label -1 records with target `<unk>`.
+
+    Returns:
+      `source`, `preprocessors`, `output_features`, `postprocess_fn` and `metric_fns`.
+    """
+    text = functools.partial(
+        preprocessors.glue_text,
+        source=source_name,
+        label_names=tuple(labels),
+        feature_names=feature_names,
+        prefix=prefix,
+        rename=rename,
+        keep_unlabeled=keep_unlabeled,
+    )
+    return dict(
+        source=source,
+        preprocessors=[text, *preprocessors.tokenize_steps()],
+        output_features=_OUTPUT_FEATURES,
+        postprocess_fn=functools.partial(
+            postprocessors.string_label_to_class_id, label_classes=tuple(labels)
+        ),
+        metric_fns=_metric_fns(metric_fns),
+    )
 
 
 def _classification(
@@ -97,39 +134,15 @@ def _classification(
     splits: Sequence[str] | Mapping[str, str] | None = None,
     keep_unlabeled: bool = False,
 ) -> dict:
-    """seqio.TaskRegistry.add keyword arguments of a GLUE classification task.
-
-    Args:
-      config: the TFDS `glue` config whose records are read.
-      labels: the label strings of the targets, indexed by class id.
-      metric_fns: T5's metrics for the task, joined with `mean_of_metrics`.
-      prefixed: start the inputs with `benchmark`, as T5.
-      benchmark: T5's task name in the inputs (default `config`).
-      splits: seqio split names, or a map to TFDS split names (default all TFDS splits).
-      keep_unlabeled: keep label -1 records with target `<unk>`.
-
-    Returns:
-      `source`, `preprocessors`, `output_features`, `postprocess_fn` and `metric_fns`.
-    """
-    text = functools.partial(
-        preprocessors.glue_text,
-        source=f"glue/{config}",
-        label_names=tuple(labels),
-        feature_names=_FEATURES[config],
-        prefix=(benchmark or config) if prefixed else None,
+    """`text_classification` of a TFDS `glue` config (prefix `benchmark`, default `config`)."""
+    source = seqio.TfdsDataSource(
+        tfds_name=f"glue/{config}:{GLUE_VERSION}", splits=splits or STANDARD_SPLITS
+    )
+    prefix = (benchmark or config) if prefixed else None
+    return text_classification(
+        f"glue/{config}", source, labels, _FEATURES[config], metric_fns, prefix,
         keep_unlabeled=keep_unlabeled,
-    )
-    return dict(
-        source=seqio.TfdsDataSource(
-            tfds_name=f"glue/{config}:{GLUE_VERSION}", splits=splits or STANDARD_SPLITS
-        ),
-        preprocessors=[text, *_token_preprocessors()],
-        output_features=_OUTPUT_FEATURES,
-        postprocess_fn=functools.partial(
-            postprocessors.string_label_to_class_id, label_classes=tuple(labels)
-        ),
-        metric_fns=_metric_fns(metric_fns),
-    )
+    )  # fmt: skip
 
 
 def _stsb(prefixed: bool) -> dict:
@@ -137,7 +150,7 @@ def _stsb(prefixed: bool) -> dict:
     text = functools.partial(preprocessors.stsb_text, prefix="stsb" if prefixed else None)
     return dict(
         source=seqio.TfdsDataSource(tfds_name=f"glue/stsb:{GLUE_VERSION}", splits=STANDARD_SPLITS),
-        preprocessors=[text, *_token_preprocessors()],
+        preprocessors=[text, *preprocessors.tokenize_steps()],
         output_features=_OUTPUT_FEATURES,
         postprocess_fn=postprocessors.string_to_float,
         metric_fns=_metric_fns((metrics.pearson_corrcoef, metrics.spearman_corrcoef)),

@@ -20,6 +20,7 @@ import collections
 import threading
 from collections.abc import Mapping, Sequence
 
+import seqio
 import tensorflow as tf
 from absl import logging
 
@@ -370,3 +371,12 @@ def wsc_simple_text(
         return example, reason
 
     return _cast_and_filter(dataset, source, cast)
+
+
+def tokenize_steps() -> list:
+    """What every task runs after its text cast: tokenize, a cache point, EOS after trimming."""
+    return [
+        seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
+        seqio.preprocessors.append_eos_after_trim,
+    ]

@@ -27,7 +27,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from tasks import qa_metrics
+from tasks import preprocessors, qa_metrics
 from tasks.labels import register_labels
 from tasks.vocabularies import t5_output_features
 
@@ -123,9 +123,7 @@ def _register(name: str, source: seqio.DataSource, preprocessor, prefix: str) ->
         source=source,
         preprocessors=[
             functools.partial(preprocessor, prefix=prefix),
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim,
+            *preprocessors.tokenize_steps(),
         ],
         output_features=t5_output_features(),
         postprocess_fn=qa_postprocessor,

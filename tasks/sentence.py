@@ -28,7 +28,7 @@ import pathlib
 import seqio
 import tensorflow as tf
 
-from tasks import metrics, postprocessors, splits
+from tasks import metrics, postprocessors, preprocessors, splits
 from tasks.labels import register_labels
 from tasks.vocabularies import t5_output_features
 
@@ -146,9 +146,7 @@ def _register(name: str, task: str, prefix: str) -> None:
         source=seqio.FunctionDataSource(functools.partial(_dataset_fn, task=task), splits=SPLITS),
         preprocessors=[
             functools.partial(to_text, prefix=prefix),
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim,
+            *preprocessors.tokenize_steps(),
         ],
         output_features=t5_output_features(),
         postprocess_fn=functools.partial(

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import seqio
 
-from tasks import metrics, postprocessors, preprocessors
+from tasks import glue, metrics, postprocessors, preprocessors
 from tasks.labels import register_labels
 from tasks.vocabularies import t5_output_features
 
@@ -47,14 +47,6 @@ _AXB_AS_RTE = {"premise": "sentence1", "hypothesis": "sentence2"}
 _OUTPUT_FEATURES = t5_output_features()
 
 
-def _token_preprocessors() -> list:
-    return [
-        seqio.preprocessors.tokenize,
-        seqio.CacheDatasetPlaceholder(),
-        seqio.preprocessors.append_eos_after_trim,
-    ]
-
-
 def _source(config: str, splits: Sequence[str] | None = None) -> seqio.TfdsDataSource:
     return seqio.TfdsDataSource(
         tfds_name=f"super_glue/{config}:{SUPER_GLUE_VERSION}",
@@ -72,37 +64,12 @@ def _classification(
     splits: Sequence[str] | None = None,
     rename: Mapping[str, str] | None = None,
 ) -> dict:
-    """seqio.TaskRegistry.add keyword arguments of a SuperGLUE classification task.
-
-    Args:
-      config: the TFDS `super_glue` config whose records are read.
-      labels: the label strings of the targets, indexed by class id.
-      metric_fns: the task's metrics, joined with `mean_of_metrics`.
-      prefixed: start the inputs with `benchmark`, as T5.
-      benchmark: T5's task name in the inputs (default `config`).
-      splits: seqio split names (default all TFDS splits).
-      rename: output feature name -> record key.
-
-    Returns:
-      `source`, `preprocessors`, `output_features`, `postprocess_fn` and `metric_fns`.
-    """
-    text = functools.partial(
-        preprocessors.glue_text,
-        source=f"super_glue/{config}",
-        label_names=tuple(labels),
-        feature_names=_FEATURES[config],
-        prefix=(benchmark or config) if prefixed else None,
-        rename=rename,
-    )
-    return dict(
-        source=_source(config, splits),
-        preprocessors=[text, *_token_preprocessors()],
-        output_features=_OUTPUT_FEATURES,
-        postprocess_fn=functools.partial(
-            postprocessors.string_label_to_class_id, label_classes=tuple(labels)
-        ),
-        metric_fns=[metrics.mean_of_metrics(*metric_fns)],
-    )
+    """`glue.text_classification` of a TFDS `super_glue` config (prefix `benchmark` or `config`)."""
+    prefix = (benchmark or config) if prefixed else None
+    return glue.text_classification(
+        f"super_glue/{config}", _source(config, splits), labels, _FEATURES[config], metric_fns,
+        prefix, rename=rename,
+    )  # fmt: skip
 
 
 def _multirc(prefixed: bool) -> dict:
@@ -110,7 +77,7 @@ def _multirc(prefixed: bool) -> dict:
     text = functools.partial(preprocessors.multirc_text, prefix="multirc" if prefixed else None)
     return dict(
         source=_source("multirc"),
-        preprocessors=[text, *_token_preprocessors()],
+        preprocessors=[text, *preprocessors.tokenize_steps()],
         output_features=_OUTPUT_FEATURES,
         postprocess_fn=postprocessors.multirc,
         metric_fns=[
@@ -126,7 +93,7 @@ def _record(prefixed: bool) -> dict:
     text = functools.partial(preprocessors.record_text, prefix="record" if prefixed else None)
     return dict(
         source=_source("record"),
-        preprocessors=[text, *_token_preprocessors()],
+        preprocessors=[text, *preprocessors.tokenize_steps()],
         output_features=_OUTPUT_FEATURES,
         postprocess_fn=postprocessors.record,
         metric_fns=[metrics.mean_of_metrics(metrics.record_em_f1)],
@@ -142,7 +109,7 @@ def _wsc_simple(train: bool, prefixed: bool) -> dict:
     )
     task = dict(
         source=_source("wsc.fixed", ["train"] if train else ["validation", "test"]),
-        preprocessors=[text, *_token_preprocessors()],
+        preprocessors=[text, *preprocessors.tokenize_steps()],
         output_features=_OUTPUT_FEATURES,
         metric_fns=[],
     )
