@@ -30,7 +30,7 @@ test: lint
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(BIN)/python -m prompt_tuning.train --gin_file=gin_configs/runs/smoke.gin --gin.MODEL_DIR="'runs/demo'"
+	$(BIN)/python tools/demo.py --model_dir runs/demo
 
 clean:
 	rm -rf $(VENV) runs

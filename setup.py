@@ -29,6 +29,8 @@ setuptools.setup(
     packages=setuptools.find_packages(
         include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]
     ),
+    # The embedded tiny pretrained T5 (checkpoint, vocabulary, card) ships with the package.
+    package_data={"prompt_tuning.pretrained": ["t5_tiny/*", "t5_tiny/*/*", "t5_tiny/*/*/*"]},
     install_requires=CORE,
     extras_require={
         # torch is only a numerical reference; install torch==2.13.0 first (CPU build).

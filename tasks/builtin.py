@@ -1,7 +1,9 @@
-"""Built-in learnable tasks: generated from a seed, no download, `seqio.ByteVocabulary()`.
+"""Built-in learnable tasks: generated from a seed, no download, the tiny T5's vocabulary.
 
-They exist for smoke runs, the demo and tests. Each is a text-to-text classification task whose
-inputs are short (at most ~100 bytes) and whose classes are exactly balanced, so a frozen model with
+They exist for the demo, `tools/compare_methods.py`, smoke runs and tests. Their vocabulary is the
+embedded tiny T5's SentencePiece model (`tasks.vocabularies.tiny_vocabulary`); that model was
+pretrained on these families only *with* their prefixes (`tasks.pretraining`). Each is a
+text-to-text classification task whose inputs are short (at most ~100 bytes) and whose classes are exactly balanced, so a frozen model with
 no conditioning scores chance (1 / number of labels).
 
 - `builtin_sentiment`: 6-12 words mixing neutral filler words with positive and negative words;
@@ -9,7 +11,7 @@ no conditioning scores chance (1 / number of labels).
 - `builtin_topic`: 6-10 words, filler plus one to three keywords of one topic; the target is
   `sports`, `science`, `music` or `food`.
 - `builtin_keyword`: 4-10 filler words; the target is `yes` when the marker word `zzz` is among
-  them and `no` otherwise. The letter `z` occurs in no other word, so the label is one byte's
+  them and `no` otherwise. `zzz` is a single vocabulary piece, so the label is one token's
   presence: a prompt learns it even on a randomly initialised frozen model.
 
 Each also has a `_prefixed` variant whose inputs start with a text prefix that names the task
@@ -26,7 +28,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from tasks import metrics, postprocessors, preprocessors, splits
+from tasks import metrics, postprocessors, preprocessors, splits, vocabularies
 from tasks.labels import register_labels
 
 SPLIT_SIZES = {"train": 20_000, "validation": 500, "test": 500}
@@ -106,6 +108,16 @@ LABELS = {
 }
 
 
+def task_seed(kind: str) -> int:
+    """The numpy seed of a built-in task family's generator streams."""
+    return _TASK_SEEDS[kind]
+
+
+def generate_one(kind: str, rng: np.random.Generator, index: int) -> tuple[str, str]:
+    """One `(text, label)` example of a built-in family from `rng` (labels cycle with `index`)."""
+    return _GENERATORS[kind](rng, index)
+
+
 @functools.lru_cache(maxsize=32)
 def generate_examples(kind: str, split: str, prefix: str = "") -> tuple[tuple[str, ...], ...]:
     """Generates the examples of one split of a built-in task, deterministically.
@@ -142,15 +154,6 @@ def _dataset_fn(
     return tf.data.Dataset.from_tensor_slices({"inputs": list(inputs), "targets": list(targets)})
 
 
-def byte_output_features() -> dict[str, seqio.Feature]:
-    """`inputs`/`targets` features with `seqio.ByteVocabulary()` (EOS appended)."""
-    vocabulary = seqio.ByteVocabulary()
-    return {
-        "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
-        "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
-    }
-
-
 def _register(name: str, kind: str, prefix: str) -> None:
     """Registers one built-in task and its label strings."""
     seqio.TaskRegistry.add(
@@ -163,7 +166,7 @@ def _register(name: str, kind: str, prefix: str) -> None:
         preprocessors=[
             *preprocessors.tokenize_steps(),
         ],
-        output_features=byte_output_features(),
+        output_features=vocabularies.tiny_output_features(),
         postprocess_fn=functools.partial(
             postprocessors.string_label_to_class_id, label_classes=LABELS[kind]
         ),

@@ -1,17 +1,29 @@
 """Default vocabularies of the registered tasks.
 
+The built-in tasks use the embedded tiny T5's SentencePiece model
+(`prompt_tuning/pretrained/t5_tiny/sentencepiece.model`, made by `tools/pretrain_tiny.py`: 512 BPE
+pieces, pad 0, EOS 1, UNK 2, no extra ids).
+
 T5's public SentencePiece model is read from its standard path unless the environment variable
 `PROMPT_TUNING_SPM_PATH` names another copy (a local file, or any path `tf.io.gfile` reads). The
 vocabulary is resolved when a task is registered; seqio reads the file only when it first tokenizes.
 """
 
 import os
+import pathlib
 
 import seqio
 
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 T5_EXTRA_IDS = 100
 SPM_PATH_ENV = "PROMPT_TUNING_SPM_PATH"
+TINY_SPM_PATH = str(
+    pathlib.Path(__file__).resolve().parents[1]
+    / "prompt_tuning"
+    / "pretrained"
+    / "t5_tiny"
+    / "sentencepiece.model"
+)
 
 
 def t5_spm_path() -> str:
@@ -30,4 +42,18 @@ def t5_output_features(add_eos: bool = True) -> dict[str, seqio.Feature]:
     return {
         "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos, required=False),
         "targets": seqio.Feature(vocabulary=vocabulary, add_eos=add_eos),
+    }
+
+
+def tiny_vocabulary() -> seqio.SentencePieceVocabulary:
+    """The embedded tiny T5's vocabulary (`TINY_SPM_PATH`, no extra ids)."""
+    return seqio.SentencePieceVocabulary(TINY_SPM_PATH, extra_ids=0)
+
+
+def tiny_output_features() -> dict[str, seqio.Feature]:
+    """`inputs`/`targets` features with the tiny T5's vocabulary (EOS appended)."""
+    vocabulary = tiny_vocabulary()
+    return {
+        "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=False),
+        "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
     }

@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -16,7 +17,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from prompt_tuning.t5 import checkpoints, hf_format, t5x_format
+from prompt_tuning.t5 import checkpoints, hf_format, network, t5x_format
 from prompt_tuning.t5 import config as configs
 
 # transformers otherwise imports TensorFlow too (about 8 s on a busy 2-core machine).
@@ -539,3 +540,18 @@ def test_read_variable_from_hf_folder(tmp_path):
     model.save_pretrained(tmp_path)
     embedding = checkpoints.read_variable(tmp_path, "token_embedder/embedding")
     np.testing.assert_array_equal(embedding, _hf_state(model)["shared.weight"])
+
+
+def test_writers_unbox_flax_boxes_and_reject_non_arrays(tmp_path):
+    boxed = network.EncoderDecoder(configs.tiny()).init(
+        jax.random.key(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 2), jnp.int32),
+        jnp.ones((1, 2), jnp.int32), enable_dropout=False,
+    )["params"]  # fmt: skip
+    assert any(isinstance(x, nn.Partitioned) for x in jax.tree.leaves(
+        boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)))  # fmt: skip
+    checkpoints.save_t5x_checkpoint(boxed, tmp_path / "checkpoint_0")
+    _, loaded = checkpoints.load_checkpoint(tmp_path / "checkpoint_0")
+    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(nn.unbox(boxed)), strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(checkpoints.CheckpointError, match="encoder/x is a object, not an array"):
+        checkpoints.save_t5x_checkpoint({"encoder": {"x": object()}}, tmp_path / "bad")

@@ -4,9 +4,11 @@ import collections
 
 import numpy as np
 import pytest
+import sentencepiece
 import seqio
 
 import tasks.builtin as builtin
+from tasks import vocabularies
 from tasks.labels import label_strings
 
 LENGTHS = {"inputs": 128, "targets": 16}
@@ -78,7 +80,8 @@ def test_generation_is_deterministic_and_splits_differ():
 
 
 @pytest.mark.parametrize("name", ["builtin_sentiment", "builtin_topic", "builtin_keyword"])
-def test_registered_tasks_yield_byte_tokens_and_short_inputs(name):
+def test_registered_tasks_yield_sentencepiece_tokens_and_short_inputs(name):
+    processor = sentencepiece.SentencePieceProcessor(model_file=vocabularies.TINY_SPM_PATH)
     prefixed = _examples(f"{name}_prefixed", "validation")
     plain = _examples(name, "validation")
     labels = label_strings(name)
@@ -87,9 +90,10 @@ def test_registered_tasks_yield_byte_tokens_and_short_inputs(name):
     for ex, ex_prefixed in zip(plain, prefixed):
         text = ex["inputs_pretokenized"]
         assert len(text) <= 100
-        # ByteVocabulary: id = byte + 3, EOS = 1.
-        assert ex["inputs"].tolist() == [b + 3 for b in text] + [1]
-        assert ex["targets"].tolist() == [b + 3 for b in ex["targets_pretokenized"]] + [1]
+        # The tiny T5's SentencePiece ids, EOS = 1 appended; every label is one piece.
+        assert ex["inputs"].tolist() == processor.encode(text.decode()) + [1]
+        assert ex["targets"].tolist() == processor.encode(ex["targets_pretokenized"].decode()) + [1]
+        assert len(ex["targets"]) == 2
         assert ex["targets_pretokenized"].decode() in labels
         prefix = {"builtin_sentiment": b"sentiment: ", "builtin_topic": b"topic: "}.get(
             name, b"keyword: "

@@ -7,10 +7,11 @@ import subprocess
 import sys
 
 import pytest
+import sentencepiece
 
 import tasks.builtin as builtin
 import tasks.mixtures  # noqa: F401  (registers builtin_equal_with_task_ids)
-from tasks import show
+from tasks import show, vocabularies
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,10 @@ def test_prints_text_and_byte_ids_of_the_first_examples(capsys):
     texts = re.findall(r"inputs \(text\): '(.*)'", out)
     assert texts == list(inputs[:2])
     ids = [ast.literal_eval(m) for m in re.findall(r"inputs \(ids, \d+\): (\[.*\])", out)]
-    assert ids[0] == [b + 3 for b in inputs[0].encode()] + [1]  # ByteVocabulary + EOS
-    # Targets are trimmed to 4 tokens, EOS included.
-    target_ids = [ast.literal_eval(m) for m in re.findall(r"targets \(ids, 4\): (\[.*\])", out)]
-    assert target_ids[0] == [b + 3 for b in targets[0][:3].encode()] + [1]
+    processor = sentencepiece.SentencePieceProcessor(model_file=vocabularies.TINY_SPM_PATH)
+    assert ids[0] == processor.encode(inputs[0]) + [1]  # the tiny T5's pieces + EOS
+    target_ids = [ast.literal_eval(m) for m in re.findall(r"targets \(ids, \d+\): (\[.*\])", out)]
+    assert target_ids[0] == processor.encode(targets[0]) + [1]
     assert out.count("example ") == 2
 
 

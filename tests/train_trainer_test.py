@@ -17,7 +17,7 @@ LENGTHS = {"inputs": 64, "targets": 4}
 
 
 def tiny_module(prompt_length: int = 4, dropout_rate: float = 0.0) -> network.EncoderDecoder:
-    config = t5_config.tiny(vocab_size=384, dropout_rate=dropout_rate)
+    config = t5_config.tiny(vocab_size=512, dropout_rate=dropout_rate)
     return network.EncoderDecoder(config, prompt=prompts.Prompt(length=prompt_length))
 
 
@@ -179,7 +179,7 @@ def test_non_finite_update_stops_unsaved_and_keeps_last_good_checkpoint(tmp_path
 
 def test_prompt_learns_the_builtin_keyword_task(tmp_path):
     # A random frozen T5 (H=64) and a 50-token prompt: only the prompt can learn the task.
-    config = t5_config.tiny(vocab_size=384, emb_dim=64, mlp_dim=128)
+    config = t5_config.tiny(vocab_size=512, emb_dim=64, mlp_dim=128)
     module = network.EncoderDecoder(config, prompt=prompts.Prompt(length=50))
     result = run(
         tmp_path,

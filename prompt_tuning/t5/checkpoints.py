@@ -116,6 +116,26 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def plain_arrays(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Flattens parameters for writing: flax boxes unboxed, every leaf a numeric numpy array.
+
+    Raises:
+      CheckpointError: a leaf is not an array of numbers (names it).
+    """
+    from flax.core import meta  # noqa: PLC0415
+
+    flat = {}
+    for name, value in flatten(meta.unbox(params)).items():
+        array = np.asarray(value)
+        if array.dtype == object:
+            raise CheckpointError(
+                f"Parameter {name} is a {type(value).__name__}, not an array; pass plain arrays "
+                "(e.g. `flax.linen.unbox(params)`)."
+            )
+        flat[name] = array
+    return flat
+
+
 def unflatten(flat: Mapping[str, Any]) -> Params:
     """Inverse of `flatten`: `{"a/b": x}` -> `{"a": {"b": x}}` (plain dicts)."""
     tree: Params = {}

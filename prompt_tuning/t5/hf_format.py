@@ -391,7 +391,7 @@ def params_to_hf_state_dict(
     Raises:
       CheckpointError: the tree does not fit `config`.
     """
-    flat = checkpoints.flatten(params.get("target", params))
+    flat = checkpoints.plain_arrays(params.get("target", params))
     flat = {name: np.asarray(value) for name, value in flat.items()}
     checkpoints.check_shapes({n: v.shape for n, v in flat.items()}, config)
     state = {}

@@ -340,7 +340,7 @@ def save_t5x_checkpoint(params: Mapping[str, Any], path: str | os.PathLike, step
       CheckpointError: `path` already exists.
     """
     path = os.fspath(path)
-    flat = checkpoints.flatten(params.get("target", params))
+    flat = checkpoints.plain_arrays(params.get("target", params))
     if _is_gcs(path):
         if exists(path):
             raise checkpoints.CheckpointError(f"{path} already exists; choose a new folder.")

@@ -193,23 +193,26 @@ def load_params(
       task_feature_lengths: TASK_FEATURE_LENGTHS (shapes of the initialization batch).
       initial_checkpoint_path: the frozen T5 (INITIAL_CHECKPOINT_PATH); None: RANDOM_SEED init.
       prompt_file: a prompt `.npy` (PROMPT_FILE); wins over `model_dir`.
-      model_dir: a training run's MODEL_DIR.
+      model_dir: a training run's MODEL_DIR. Without it and without `prompt_file`, a model with no
+        prompt (PROMPT=None) is the frozen checkpoint alone.
       checkpoint: "latest" or "best" checkpoint of `model_dir`.
       random_seed: RANDOM_SEED.
       trainable_params_regex: TRAINABLE_PARAMS_REGEX (what MODEL_DIR checkpoints hold).
       frozen_dtype: FROZEN_DTYPE, e.g. "bfloat16" (None: as stored), as in training.
 
     Returns:
-      (params, step): step is the restored checkpoint's step, or None for a PROMPT_FILE.
+      (params, step): step is the restored checkpoint's step, or None for a PROMPT_FILE or the
+      frozen model alone.
 
     Raises:
-      ValueError: neither PROMPT_FILE nor MODEL_DIR is given, `checkpoint` is unknown, or the
-        PROMPT_FILE's shape does not fit the model (both shapes are named).
+      ValueError: a model with a prompt gets neither PROMPT_FILE nor MODEL_DIR, `checkpoint` is
+        unknown, or the PROMPT_FILE's shape does not fit the model (both shapes are named).
       FileNotFoundError: a missing checkpoint, run or prompt file.
     """
-    if not prompt_file and not model_dir:
+    if not prompt_file and not model_dir and model.prompt is not None:
         raise ValueError(
-            "Nothing to evaluate: set PROMPT_FILE (a .npy prompt) or MODEL_DIR (a training run)."
+            "Nothing to evaluate: set PROMPT_FILE (a .npy prompt) or MODEL_DIR (a training run), "
+            "or PROMPT=None to evaluate the frozen model alone."
         )
     if checkpoint not in ("latest", "best"):
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
@@ -229,7 +232,7 @@ def load_params(
         prompt_file=prompt_file or None,
     )
     params = optimizers.merge_params(trainable, frozen)
-    if prompt_file:
+    if prompt_file or not model_dir:
         return params, None
     step, trained = checkpoints.load_trained_params(model_dir, best=checkpoint == "best")
     return optimizers.merge_params(trained, params), step
