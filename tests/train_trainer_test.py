@@ -208,5 +208,18 @@ def test_prompt_learns_the_builtin_keyword_task(tmp_path):
 def test_rank_probe_logs_its_positive_diagonal_entries():
     probe = prompts.RankProbePrompt(length=4)
     trainable = {"encoder": {"prompt": {"sigma": np.array([0.5, -0.1, 2.0, 0.0])}}}
-    assert trainer._prompt_diagnostics(probe, trainable) == {"prompt_positive_diagonal": 2.0}
+    assert trainer._prompt_diagnostics(probe, trainable) == {
+        "prompt_positive_diagonal": 2.0,
+        "prompt_negative_diagonal": 1.0,
+        "prompt_rank": 4.0,
+    }
     assert trainer._prompt_diagnostics(prompts.Prompt(length=4), trainable) == {}
+
+
+def test_rank_probe_run_exports_its_folded_prompt(tmp_path):
+    probe = prompts.RankProbePrompt(length=4)
+    config = t5_config.tiny(vocab_size=512)
+    result = run(tmp_path, 2, model=network.EncoderDecoder(config, prompt=probe), save_period=2)
+    variables = {"params": result.trainable["encoder"]["prompt"]}
+    exported = np.load(tmp_path / "prompts" / "step_2.npy")
+    np.testing.assert_allclose(exported, probe.fold(variables, width=config.emb_dim), atol=1e-6)

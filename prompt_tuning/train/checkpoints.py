@@ -16,6 +16,7 @@ renames it when complete, so an interrupted save never leaves a half-written che
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import pathlib
@@ -174,15 +175,19 @@ def export_prompt(model_dir: str | os.PathLike, name: str, prompt: np.ndarray) -
     return path
 
 
-def prompt_for_export(prompt_module: Any, params: Mapping[str, Any]) -> np.ndarray | None:
+def prompt_for_export(
+    prompt_module: Any, params: Mapping[str, Any], width: int | None = None
+) -> np.ndarray | None:
     """The plain prompt [P, H] equivalent to the trained parameters, or None if there is none.
 
     Uses the prompt module's `fold(variables)` when it has one (variables of the prompt module,
-    `{"params": params["encoder"]["prompt"]}`), else the plain prompt `encoder/prompt/prompt`.
+    `{"params": params["encoder"]["prompt"]}`; `width` is passed to folds that take it, such as
+    the rank probe's with fixed bases), else the plain prompt `encoder/prompt/prompt`.
 
     Args:
       prompt_module: the model's prompt module (or None).
       params: trainable (or full) params holding `encoder/prompt/...`.
+      width: the model dim H.
 
     Returns:
       [P, H] numpy array, or None when the prompt has no single-matrix form.
@@ -192,9 +197,11 @@ def prompt_for_export(prompt_module: Any, params: Mapping[str, Any]) -> np.ndarr
         return None
     fold = getattr(prompt_module, "fold", None)
     if fold is not None:
+        variables = {"params": jax.device_get(prompt_params)}
+        takes_width = "width" in inspect.signature(fold).parameters
         try:
-            folded = np.asarray(fold({"params": jax.device_get(prompt_params)}))
-        except (NotImplementedError, KeyError, TypeError):
+            folded = np.asarray(fold(variables, width=width) if takes_width else fold(variables))
+        except (NotImplementedError, KeyError, TypeError, ValueError):
             folded = None
         if folded is not None and folded.ndim == 2:
             return folded

@@ -118,12 +118,22 @@ def _mean_metrics(history: Sequence[Mapping[str, jax.Array]]) -> dict[str, float
 
 
 def _prompt_diagnostics(prompt: Any, trainable: Any) -> dict[str, float]:
-    """Extra metrics of special prompts: a RankProbePrompt's positive diagonal entries."""
+    """Extra metrics of special prompts.
+
+    A RankProbePrompt logs the number of positive (`prompt_positive_diagonal`) and negative
+    (`prompt_negative_diagonal`) diagonal entries of Sigma (zeros count as neither) and
+    r = min(P, H) (`prompt_rank`), DPT's Figure 3 (tools/rank_probe.py plots them).
+    """
     from prompt_tuning.prompts import decomposed  # noqa: PLC0415
 
     if isinstance(prompt, decomposed.RankProbePrompt):
         variables = {"params": jax.device_get(trainable["encoder"]["prompt"])}
-        return {"prompt_positive_diagonal": float(decomposed.num_positive(variables))}
+        sigma = np.asarray(variables["params"]["sigma"])  # [r]
+        return {
+            "prompt_positive_diagonal": float(decomposed.num_positive(variables)),
+            "prompt_negative_diagonal": float(np.sum(sigma < 0)),
+            "prompt_rank": float(sigma.size),
+        }
     return {}
 
 
@@ -223,7 +233,9 @@ def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
     meta = dict(run.meta, step=step, data_position=step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if jax.process_index() == 0:
-        prompt = checkpoints.prompt_for_export(run.model.prompt, jax.device_get(run.state.params))
+        prompt = checkpoints.prompt_for_export(
+            run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
+        )
         if prompt is not None:
             checkpoints.export_prompt(model_dir, "best" if best else f"step_{step}", prompt)
 

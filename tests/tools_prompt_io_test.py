@@ -1,0 +1,141 @@
+"""tools/prompt_io.py: export equals the run's prompts, folding, export -> import -> evaluate."""
+
+import numpy as np
+import pytest
+
+from prompt_tuning import eval as eval_main
+from prompt_tuning import infer, prompts
+from prompt_tuning.train import inference
+from tests import tools_fixtures
+from tests.tools_fixtures import frozen_checkpoint, tiny_run  # noqa: F401 (pytest fixtures)
+from tools import _common, prompt_io
+
+
+def test_export_copies_latest_step_and_best_prompts(tiny_run, tmp_path):  # noqa: F811
+    latest = prompt_io.main(
+        ["export", f"--model_dir={tiny_run}", f"--output={tmp_path / 'latest.npy'}"]
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "latest.npy"), latest.prompt)
+    np.testing.assert_array_equal(latest.prompt, np.load(tiny_run / "prompts" / "step_6.npy"))
+    best = prompt_io.main(
+        ["export", f"--model_dir={tiny_run}", "--best", f"--output={tmp_path / 'best.npy'}"]
+    )
+    np.testing.assert_array_equal(best.prompt, np.load(tiny_run / "prompts" / "best.npy"))
+
+
+def test_export_from_checkpoint_folds_the_saved_params(tiny_run, tmp_path):  # noqa: F811
+    result = prompt_io.main(
+        [
+            "export",
+            f"--model_dir={tiny_run}",
+            "--step=4",
+            "--from_checkpoint",
+            f"--output={tmp_path / 'p4.npy'}",
+        ]
+    )
+    np.testing.assert_array_equal(result.prompt, np.load(tiny_run / "prompts" / "step_4.npy"))
+    assert not np.array_equal(result.prompt, np.load(tiny_run / "prompts" / "step_6.npy"))
+    with pytest.raises(_common.ToolError, match=r"no checkpoint of step 5 \(kept: \[2, 4, 6\]"):
+        prompt_io.main(
+            ["export", f"--model_dir={tiny_run}", "--step=5", "--from_checkpoint", "--output=x"]
+        )
+
+
+def test_fold_of_dpt_and_rank_probe_parameters():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 2)), rng.normal(size=(2, 3))  # A [H, b], B [b, P]
+    dpt = prompts.DecomposedPrompt(length=3, bottleneck=2)
+    folded = prompt_io.fold_prompt(dpt, {"encoder": {"prompt": {"a": a, "b": b}}}, width=6)
+    np.testing.assert_allclose(folded, (a @ b).T, rtol=1e-6)
+    probe = prompts.RankProbePrompt(length=3)
+    sigma = np.array([1.0, -2.0, 0.5])
+    folded = prompt_io.fold_prompt(probe, {"encoder": {"prompt": {"sigma": sigma}}}, width=6)
+    u, v = (np.asarray(x) for x in probe.bases(6))  # U [H, r], V [r, P]
+    np.testing.assert_allclose(folded, ((u * np.maximum(sigma, 0)) @ v).T, rtol=1e-5, atol=1e-6)
+    assert np.linalg.matrix_rank(folded) == 2  # the negative entry drops a direction
+
+
+def _eval_and_scores(model_dir, checkpoint, out, with_metrics=True):
+    """Metrics (python -m prompt_tuning.eval) and per-example target scores (infer) of a run."""
+    common = [
+        f"--gin_file={tools_fixtures.MODEL_GIN}",
+        f"--gin_file={tools_fixtures.PLAIN_PROMPT_GIN}",
+        f"--gin.MIXTURE_OR_TASK_NAME='{tools_fixtures.TASK}'",
+        f"--gin.TASK_FEATURE_LENGTHS={tools_fixtures.LENGTHS!r}",
+        f"--gin.PROMPT_LENGTH={tools_fixtures.PROMPT_LENGTH}",
+        f"--gin.INITIAL_CHECKPOINT_PATH='{checkpoint}'",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.BATCH_SIZE=16",
+    ]
+    metrics = None
+    if with_metrics:
+        with _common.fresh_gin():
+            metrics = eval_main.main(
+                [
+                    *common,
+                    "--gin_file=gin_configs/runs/prompt_eval.gin",
+                    "--gin.inference.evaluate.num_examples=16",
+                    f"--gin.EVAL_OUTPUT_DIR='{out.parent / out.stem}'",
+                ]
+            )
+    with _common.fresh_gin():
+        infer.main(
+            [
+                *common,
+                "--gin_file=gin_configs/runs/prompt_infer.gin",
+                f"--gin.INFER_OUTPUT_PATH='{out}'",
+                "--gin.INFER_SCORE='target'",
+                "--gin.inference.infer.num_examples=16",
+            ]
+        )
+    return metrics, [r["score"] for r in inference.read_jsonl(out)]
+
+
+def test_export_import_evaluate_round_trip(tiny_run, frozen_checkpoint, tmp_path):  # noqa: F811
+    exported = tmp_path / "p.npy"
+    prompt_io.main(["export", f"--model_dir={tiny_run}", f"--output={exported}"])
+    imported = tmp_path / "imported"
+    prompt_io.main(
+        ["import", f"--prompt={exported}", f"--model_dir={imported}", f"--config={tiny_run}"]
+    )
+    np.testing.assert_array_equal(np.load(imported / "prompts" / "step_0.npy"), np.load(exported))
+    run = _common.read_run_config(imported)
+    assert run.model_dir == imported
+    assert type(run.model.prompt) is prompts.Prompt and run.model.prompt.length == 4
+    assert run.initial_checkpoint_path == frozen_checkpoint
+    original = _eval_and_scores(tiny_run, frozen_checkpoint, tmp_path / "a.jsonl")
+    again = _eval_and_scores(imported, frozen_checkpoint, tmp_path / "b.jsonl")
+    assert again[0] == original[0]
+    np.testing.assert_allclose(again[1], original[1], rtol=1e-6)
+    # The scores see the prompt: an earlier step's prompt scores differently.
+    other = tmp_path / "other"
+    prompt_io.main(
+        [
+            "import",
+            f"--prompt={tiny_run / 'prompts' / 'step_2.npy'}",
+            f"--model_dir={other}",
+            f"--config={tiny_run}",
+        ]
+    )
+    _, scores = _eval_and_scores(other, frozen_checkpoint, tmp_path / "c.jsonl", False)
+    assert np.max(np.abs(np.asarray(scores) - original[1])) > 1e-3
+
+
+def test_import_checks_the_shape_and_refuses_an_existing_run(tiny_run, tmp_path):  # noqa: F811
+    prompt = tiny_run / "prompts" / "step_6.npy"
+    target = tmp_path / "new"
+    with pytest.raises(_common.ToolError, match=r"shape \(4, 32\) but .* = \(5, 32\)"):
+        prompt_io.main(
+            [
+                "import",
+                f"--prompt={prompt}",
+                f"--model_dir={target}",
+                f"--config={tiny_run}",
+                "--gin.PROMPT_LENGTH=5",
+            ]
+        )
+    assert not target.exists()
+    with pytest.raises(_common.ToolError, match="not empty"):
+        prompt_io.main(["import", f"--prompt={prompt}", f"--model_dir={tiny_run}"])
+    with pytest.raises(_common.ToolError, match="import needs the model"):
+        prompt_io.main(["import", f"--prompt={prompt}", f"--model_dir={target}"])

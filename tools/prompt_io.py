@@ -1,0 +1,286 @@
+"""Export a run's prompt as `.npy`, and import a `.npy` prompt as a run the project evaluates.
+
+    python tools/prompt_io.py export --model_dir runs/demo --best --output /tmp/demo_prompt.npy
+    python tools/prompt_io.py import --prompt /tmp/demo_prompt.npy --model_dir /tmp/imported \
+        --config runs/demo
+
+`export` writes the prompt [P, H] of a run: its `prompts/step_<N>.npy` (latest, `--step N`) or
+`prompts/best.npy` (`--best`), which the trainer exported already folded for DPT, rank-probe and
+residual prompts (`train.checkpoints.prompt_for_export`). `--from_checkpoint` folds it again from
+the orbax checkpoint with the run's prompt module instead (for a step whose `.npy` is missing; the
+checkpoint must have been kept).
+
+`import` checks the prompt against a gin config and writes a new MODEL_DIR holding it as a plain
+prompt (`prompts.Prompt`) of that model:
+- `config.gin`: the config (`--config`: a run's MODEL_DIR or a `.gin` file, plus any `--gin_file`
+  and `--gin.NAME=VALUE` flags) with PROMPT = @prompts.Prompt(), PROMPT_LENGTH = P and
+  MODEL_DIR = the new folder;
+- `checkpoints/0/`: an orbax checkpoint whose trainable params are `encoder/prompt/prompt`;
+- `prompts/step_0.npy`: the prompt.
+`python -m prompt_tuning.eval` and `infer` evaluate it like a training run (with the plain-prompt
+gin file, `--gin.MODEL_DIR=<new folder>` and `--gin.PROMPT_LENGTH=P`), and the tools here read it.
+P must equal the config's PROMPT_LENGTH and H its model dim; otherwise nothing is written and
+the error names both. (Without importing, `--gin.PROMPT_FILE="'p.npy'"` evaluates a `.npy` prompt
+directly, and starts a new training run from it.) The imported folder has no optimizer state: to
+train further, start a new MODEL_DIR with PROMPT_FILE.
+
+Letters: P prompt length, H model dim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import pathlib
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as `python tools/prompt_io.py`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from tools import _common  # noqa: E402
+
+PLAIN_PROMPT_BINDINGS = """
+from prompt_tuning import prompts
+PROMPT = @prompts.Prompt()
+prompts.Prompt.length = %PROMPT_LENGTH
+"""
+
+
+@dataclasses.dataclass
+class PromptIOResult:
+    """What `main` returns.
+
+    Attributes:
+      prompt: the exported or imported prompt [P, H].
+      path: the written `.npy` (export) or the new MODEL_DIR (import).
+      source: what the prompt came from (a file, or a run's step).
+    """
+
+    prompt: np.ndarray
+    path: pathlib.Path
+    source: str
+
+
+def fold_prompt(prompt_module: Any, trainable: Any, width: int) -> np.ndarray:
+    """The plain prompt [P, H] of trained parameters (`checkpoints.prompt_for_export`).
+
+    Modules whose `fold` takes the model dim (`RankProbePrompt` with fixed bases) get `width`.
+
+    Raises:
+      ToolError: the prompt has no single-matrix form (e.g. `DeepPrompt`, `InstancePrompt`).
+    """
+    from prompt_tuning.train import checkpoints  # noqa: PLC0415
+
+    fold = getattr(prompt_module, "fold", None)
+    params = trainable.get("encoder", {}).get("prompt")
+    if fold is not None and params is not None and "width" in inspect.signature(fold).parameters:
+        return np.asarray(fold({"params": params}, width=width))
+    prompt = checkpoints.prompt_for_export(prompt_module, trainable)
+    if prompt is None:
+        raise _common.ToolError(
+            f"The run's prompt {type(prompt_module).__name__} has no plain [P, H] form to export "
+            "(per-layer and per-example prompts have none)."
+        )
+    return prompt
+
+
+def export(
+    model_dir: str, output: str, step: int | None, best: bool, from_checkpoint: bool
+) -> PromptIOResult:
+    """Writes a run's prompt [P, H] to `output` (see the module docstring).
+
+    Raises:
+      ToolError: no such prompt or checkpoint (the available steps are named).
+    """
+    if from_checkpoint:
+        run = _common.read_run_config(model_dir)
+        step, trainable = _common.restore_trainable(model_dir, step, best)
+        prompt = fold_prompt(run.model.prompt, trainable, run.model.config.emb_dim)
+        source = f"{model_dir} checkpoint {'best/' if best else ''}{step}"
+    else:
+        path = _common.resolve_prompt_path(model_dir=model_dir, step=step, best=best)
+        prompt, source = np.load(path), str(path)
+    if prompt.ndim != 2:
+        raise _common.ToolError(f"{source} holds shape {prompt.shape}; a prompt is [P, H].")
+    output = pathlib.Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.save(output, prompt)
+    print(f"Exported the prompt {prompt.shape} of {source} to {output}")
+    return PromptIOResult(prompt, output, source)
+
+
+def _config_files(config: str | None, gin_files: Sequence[str]) -> list[pathlib.Path]:
+    """The gin files to parse: `config` (a run's config.gin or a .gin file), then `gin_files`.
+
+    Raises:
+      ToolError: no config at all, or `config` is neither a run folder nor a file.
+    """
+    files = []
+    if config is not None:
+        path = pathlib.Path(config)
+        path = path / _common.CONFIG_GIN if path.is_dir() else path
+        if not path.is_file():
+            raise _common.ToolError(
+                f"--config {config} is neither a run's MODEL_DIR with config.gin nor a gin file."
+            )
+        files.append(path)
+    files += [pathlib.Path(f) for f in gin_files]
+    if not files:
+        raise _common.ToolError(
+            "import needs the model the prompt is for: --config RUN_DIR (or a .gin file), or "
+            "--gin_file=gin_configs/models/...gin --gin_file=gin_configs/prompts/...gin ..."
+        )
+    return files
+
+
+def check_fits(prompt: np.ndarray, prompt_length: int, emb_dim: int, where: str) -> None:
+    """Checks a prompt [P, H] against a config's PROMPT_LENGTH and model dim.
+
+    Raises:
+      ToolError: naming both shapes and the fix.
+    """
+    if prompt.shape != (prompt_length, emb_dim):
+        raise _common.ToolError(
+            f"The prompt has shape {prompt.shape} but {where} expects (PROMPT_LENGTH, model dim) "
+            f"= {(prompt_length, emb_dim)}. Use the config of the model the prompt was trained "
+            "for, with PROMPT_LENGTH set to the prompt's length (--gin.PROMPT_LENGTH=...)."
+        )
+
+
+def import_prompt(
+    prompt_path: str,
+    model_dir: str,
+    config: str | None,
+    gin_files: Sequence[str] = (),
+    bindings: Sequence[str] = (),
+) -> PromptIOResult:
+    """Writes a new MODEL_DIR holding `prompt_path` as a plain prompt (see the module docstring).
+
+    Raises:
+      ToolError: the prompt does not fit the config, or `model_dir` already holds a run.
+    """
+
+    prompt = _common.load_prompt(prompt_path)
+    target = pathlib.Path(model_dir).resolve()
+    if target.exists() and any(target.iterdir()):
+        raise _common.ToolError(f"{target} exists and is not empty; import into a new folder.")
+    files = _config_files(config, gin_files)
+    with _common.fresh_gin() as gin:
+        _common.parse_gin_files(files, bindings)
+        model = _common.gin_macro(gin, "MODEL")
+        length = _common.gin_macro(gin, "PROMPT_LENGTH", getattr(model.prompt, "length", None))
+        check_fits(prompt, length, model.config.emb_dim, " + ".join(map(str, files)))
+        gin.parse_config(PLAIN_PROMPT_BINDINGS)
+        gin.parse_config(f"PROMPT_LENGTH = {prompt.shape[0]}\nMODEL_DIR = {str(target)!r}")
+        run = _common.run_config_from_gin(gin, target)
+        config_text = gin.config_str()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        _write_run(staging, prompt, run, config_text, prompt_path)
+        if target.exists():
+            target.rmdir()  # empty (checked above)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(
+        f"Imported {prompt_path} {prompt.shape} into {target} (config.gin, checkpoints/0, "
+        f"prompts/step_0.npy). Evaluate it with python -m prompt_tuning.eval and the plain-prompt "
+        f"gin file, --gin.MODEL_DIR=\"'{target}'\" --gin.PROMPT_LENGTH={prompt.shape[0]}."
+    )
+    return PromptIOResult(prompt, target, str(prompt_path))
+
+
+def _write_run(
+    folder: pathlib.Path,
+    prompt: np.ndarray,
+    run: _common.RunConfig,
+    config_text: str,
+    prompt_path: str,
+) -> None:
+    """Writes config.gin, checkpoints/0 (trainable params = the prompt) and prompts/step_0.npy."""
+    from prompt_tuning.train import checkpoints  # noqa: PLC0415
+
+    state = {"step": np.int32(0), "params": {"encoder": {"prompt": {"prompt": prompt}}}}
+    meta = {
+        "step": 0,
+        "data_position": 0,
+        "seed": run.random_seed,
+        "task": run.task,
+        "batch_size": run.batch_size,
+        "imported_from": str(pathlib.Path(prompt_path).resolve()),
+    }
+    checkpointer = checkpoints.TrainCheckpointer(folder, keep=1)
+    try:
+        checkpointer.save(0, state, meta)
+    finally:
+        checkpointer.close()
+    checkpoints.export_prompt(folder, "step_0", prompt)
+    (folder / _common.CONFIG_GIN).write_text(config_text)
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """The command line; returns (args, gin files, gin bindings) (`--gin.NAME=VALUE` flags)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    out = sub.add_parser("export", help="write a run's prompt [P, H] as .npy")
+    out.add_argument("--model_dir", required=True, help="the training run")
+    out.add_argument("--step", type=int, help="prompt of this step (default: the latest)")
+    out.add_argument("--best", action="store_true", help="the best prompt (early stopping)")
+    out.add_argument("--output", required=True, help="the .npy file to write")
+    out.add_argument(
+        "--from_checkpoint", action="store_true", help="fold from the orbax checkpoint"
+    )
+    imp = sub.add_parser(
+        "import",
+        help="write a MODEL_DIR holding a .npy prompt",
+        description="Extra --gin_file=F and --gin.NAME=VALUE flags amend the config.",
+    )
+    imp.add_argument("--prompt", required=True, help="the .npy prompt [P, H]")
+    imp.add_argument("--model_dir", required=True, help="the new MODEL_DIR to write")
+    imp.add_argument("--config", help="a run's MODEL_DIR (its config.gin) or a .gin file")
+    args, rest = parser.parse_known_args(argv)
+    gin_files, bindings = [], []
+    for arg in rest:
+        name, _, value = arg.partition("=")
+        if args.command == "import" and name == "--gin_file" and value:
+            gin_files.append(value)
+        elif args.command == "import" and name.startswith("--gin.") and value:
+            bindings.append(f"{name[len('--gin.') :]} = {value}")
+        else:
+            parser.error(f"unrecognized argument {arg!r}")
+    if args.command == "export" and args.step is not None and args.best:
+        parser.error("give at most one of --step and --best")
+    return args, gin_files, bindings
+
+
+def main(argv: Sequence[str] | None = None) -> PromptIOResult:
+    """Runs the tool.
+
+    Args:
+      argv: command-line arguments without the program name (default `sys.argv[1:]`).
+
+    Returns:
+      The `PromptIOResult`.
+
+    Raises:
+      ToolError: missing inputs, or a prompt that does not fit the config.
+    """
+    args, gin_files, bindings = parse_args(argv)
+    if args.command == "export":
+        return export(args.model_dir, args.output, args.step, args.best, args.from_checkpoint)
+    return import_prompt(args.prompt, args.model_dir, args.config, gin_files, bindings)
+
+
+if __name__ == "__main__":
+    _common.cli(main)
