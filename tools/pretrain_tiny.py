@@ -50,13 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (see --help)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="prompt_tuning/pretrained/t5_tiny")
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--input-length", type=int, default=32)
     parser.add_argument("--target-length", type=int, default=16)
-    parser.add_argument("--optimizer", choices=("adafactor", "adamw"), default="adafactor")
-    parser.add_argument("--learning-rate", type=float, default=0.01)
-    parser.add_argument("--warmup-steps", type=int, default=300)
+    parser.add_argument("--optimizer", choices=("adafactor", "adamw"), default="adamw")
+    parser.add_argument(
+        "--learning-rate", type=float, default=3e-3, help="Peak rate (Adafactor: try 0.01-0.02)."
+    )
+    parser.add_argument("--warmup-steps", type=int, default=200)
     parser.add_argument("--vocab-size", type=int, default=512, help="SentencePiece pieces.")
     parser.add_argument("--vocab-examples", type=int, default=20_000)
     parser.add_argument("--emb-dim", type=int, default=128)

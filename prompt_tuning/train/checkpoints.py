@@ -287,6 +287,7 @@ def initial_params(
     trainable_params_regex: str,
     frozen_dtype: str | None = None,
     prompt_file: str | None = None,
+    allow_no_trainable: bool = False,
 ) -> tuple[Any, Any]:
     """The run's starting (trainable, frozen) parameters, placed on the mesh.
 
@@ -303,6 +304,7 @@ def initial_params(
       trainable_params_regex: TRAINABLE_PARAMS_REGEX.
       frozen_dtype: dtype name for frozen weights (e.g. "bfloat16"); None keeps float32/stored.
       prompt_file: `.npy` prompt [P, H] replacing `encoder/prompt/prompt`.
+      allow_no_trainable: an empty trainable half is fine (evaluating a model without prompt).
 
     Returns:
       (trainable, frozen) nested dicts of sharded `jax.Array`s.
@@ -319,7 +321,9 @@ def initial_params(
     )
     boxed = jax.eval_shape(init, rng)
     shardings = partitioning.params_shardings(boxed, mesh)
-    split = lambda tree: optimizers.split_params(tree, trainable_params_regex)  # noqa: E731
+    split = lambda tree: optimizers.split_params(  # noqa: E731
+        tree, trainable_params_regex, allow_empty=allow_no_trainable
+    )
     trainable_sh, frozen_sh = split(shardings)
     dtype = None if frozen_dtype is None else jnp.dtype(frozen_dtype)
     if initial_checkpoint_path is None:

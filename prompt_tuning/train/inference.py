@@ -230,6 +230,7 @@ def load_params(
         trainable_params_regex,
         frozen_dtype,
         prompt_file=prompt_file or None,
+        allow_no_trainable=model.prompt is None,
     )
     params = optimizers.merge_params(trainable, frozen)
     if prompt_file or not model_dir:

@@ -60,23 +60,24 @@ def _select(params: Params, mask: Any, keep: bool) -> dict[str, Any]:
 
 
 def split_params(
-    params: Params, regex: str = DEFAULT_TRAINABLE_PARAMS_REGEX
+    params: Params, regex: str = DEFAULT_TRAINABLE_PARAMS_REGEX, allow_empty: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Splits the model's parameters into (trainable, frozen) nested dicts by one regex.
 
     Args:
       params: the full nested parameter dict.
       regex: the TRAINABLE_PARAMS_REGEX.
+      allow_empty: accept a regex that matches nothing (evaluating a model without a prompt).
 
     Returns:
       (trainable, frozen): disjoint nested dicts whose union is `params`.
 
     Raises:
-      ValueError: the regex matches no parameter.
+      ValueError: the regex matches no parameter (unless `allow_empty`).
     """
     mask = trainable_mask(params, regex)
     trainable = _select(params, mask, True)
-    if not trainable:
+    if not trainable and not allow_empty:
         names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         raise ValueError(
             f"TRAINABLE_PARAMS_REGEX {regex!r} matches no parameter, so nothing would train. "
