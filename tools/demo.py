@@ -1,7 +1,8 @@
 r"""The demo: a prompt makes a frozen tiny T5 do a task it never saw without its text prefix.
 
-Trains `gin_configs/runs/demo.gin` (Lester et al. 2021's recipe: class-label init, Adafactor at a
-constant 0.3) on `builtin_sentiment` with the embedded tiny pretrained T5 frozen, then evaluates
+Trains `gin_configs/runs/demo.gin` (Lester et al. 2021's recipe: class-label init, their Adafactor
+at a constant rate, 0.03 for this tiny model; see the gin file) on `builtin_sentiment` with the
+embedded tiny pretrained T5 frozen, then evaluates
 the validation split three ways and prints a before/after table:
 
 1. the frozen model with no prompt on the unprefixed inputs (what the prompt starts from),
@@ -42,7 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model_dir", default="runs/demo", help="Where the run is written.")
-    parser.add_argument("--train_steps", type=int, default=None, help="Default: demo.gin's 300.")
+    parser.add_argument("--train_steps", type=int, default=None, help="Default: demo.gin's 1,000.")
     parser.add_argument(
         "--num_examples", type=int, default=None, help="Validation examples (default: all 500)."
     )
