@@ -2,9 +2,9 @@
 
 They exist for the demo, `tools/compare_methods.py`, smoke runs and tests. Their vocabulary is the
 embedded tiny T5's SentencePiece model (`tasks.vocabularies.tiny_vocabulary`); that model was
-pretrained on these families only *with* their prefixes (`tasks.pretraining`). Each is a
-text-to-text classification task whose inputs are short (at most ~100 bytes) and whose classes are exactly balanced, so a frozen model with
-no conditioning scores chance (1 / number of labels).
+pretrained on these families only *with* their prefixes (`tasks.pretraining`). Each is a text-to-
+text classification task whose inputs are short (at most ~100 bytes) and whose classes are exactly
+balanced, so a frozen model with no conditioning scores chance (1 / number of labels).
 
 - `builtin_sentiment`: 6-12 words mixing neutral filler words with positive and negative words;
   the target is `positive` or `negative`, whichever kind of word is in the majority (never a tie).

@@ -23,6 +23,7 @@ SIZES = {
     "xl": (2048, 24),
     "xxl": (4096, 24),
     "tiny": (32, 2),
+    "pretrained": (128, 3),  # the embedded tiny T5 (README's model card)
 }
 
 
@@ -80,6 +81,10 @@ def test_model_file_with_run_file_builds_the_model(model_file):
     checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH")
     if model_file.stem == "t5_1_1_tiny":
         assert checkpoint is None
+    elif model_file.stem == "t5_1_1_tiny_pretrained":
+        path = _build("INITIAL_CHECKPOINT_PATH")
+        assert path.endswith("prompt_tuning/pretrained/t5_tiny/checkpoint_2500")
+        assert os.path.exists(os.path.join(path, "checkpoint"))
     else:
         lm = "lm100k_" if model_file.stem.startswith("lm_adapted") else ""
         assert f"/t5_1_1_{lm}{model_file.stem.rsplit('_', 1)[-1]}/" in checkpoint
