@@ -12,7 +12,7 @@ from prompt_tuning import pretrained
 from prompt_tuning.t5 import checkpoints, decoding
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5.network import EncoderDecoder
-from tasks import builtin, vocabularies
+from tasks import builtin, pretraining, vocabularies
 from tools import pretrain_tiny
 
 
@@ -54,7 +54,7 @@ def test_model_solves_the_prefixed_built_in_tasks(loaded, kind):
     """The card's claim, on the built-in validation split (held out from pretraining)."""
     config, params = loaded
     processor = sentencepiece.SentencePieceProcessor(model_file=vocabularies.TINY_SPM_PATH)
-    prefix = pretraining_prefix(kind)
+    prefix = pretraining.FAMILIES[kind][0]
     texts, labels = builtin.generate_examples(kind, "validation", prefix)
     inputs = np.array([pretrain_tiny.encode(processor, t, 32) for t in texts[:200]], np.int32)
     model = EncoderDecoder(config)
@@ -62,12 +62,6 @@ def test_model_solves_the_prefixed_built_in_tasks(loaded, kind):
     predictions = [processor.decode([int(t) for t in row if t > 1]) for row in decoded]
     accuracy = np.mean([p == y for p, y in zip(predictions, labels[:200], strict=True)])
     assert accuracy >= 0.9  # card.json: keyword 1.0, topic 1.0, sentiment 0.94
-
-
-def pretraining_prefix(kind: str) -> str:
-    from tasks import pretraining  # noqa: PLC0415
-
-    return pretraining.FAMILIES[kind][0]
 
 
 def test_vocabulary_training_reproduces_the_committed_model(tmp_path, card):

@@ -35,7 +35,7 @@ def test_export_from_checkpoint_folds_the_saved_params(tiny_run, tmp_path):  # n
     )
     np.testing.assert_array_equal(result.prompt, np.load(tiny_run / "prompts" / "step_4.npy"))
     assert not np.array_equal(result.prompt, np.load(tiny_run / "prompts" / "step_6.npy"))
-    with pytest.raises(_common.ToolError, match=r"no checkpoint of step 5 \(kept: \[2, 4, 6\]"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5 \(kept: \[2, 4, 6\]"):
         prompt_io.main(
             ["export", f"--model_dir={tiny_run}", "--step=5", "--from_checkpoint", "--output=x"]
         )

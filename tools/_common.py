@@ -108,18 +108,6 @@ def resolve_prompt_path(
     return steps[step]
 
 
-def load_prompt(path: str | pathlib.Path) -> np.ndarray:
-    """Loads a `.npy` prompt [P, H] as float32.
-
-    Raises:
-      ToolError: the file does not hold a 2-D array.
-    """
-    prompt = np.load(path)
-    if prompt.ndim != 2:
-        raise ToolError(f"{path} holds an array of shape {prompt.shape}; a prompt is [P, H].")
-    return prompt.astype(np.float32)
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """What the tools need from a run's config.gin.
@@ -339,48 +327,6 @@ def checkpoint_steps(model_dir: str | pathlib.Path, best: bool = False) -> list[
         return sorted(int(s) for s in manager.all_steps())
     finally:
         manager.close()
-
-
-def restore_trainable(
-    model_dir: str | pathlib.Path, step: int | None = None, best: bool = False
-) -> tuple[int, dict[str, Any]]:
-    """The trainable parameters of one orbax checkpoint of a run, as numpy arrays.
-
-    Args:
-      model_dir: the run's MODEL_DIR.
-      step: the checkpoint's step (default: the latest kept).
-      best: read best/ (the early-stopping pick) instead of checkpoints/.
-
-    Returns:
-      `(step, params)`, e.g. `params["encoder"]["prompt"]["prompt"]`.
-
-    Raises:
-      ToolError: no checkpoint, or none at `step` (the kept steps are listed).
-    """
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    manager = _checkpoint_manager(model_dir, best)
-    try:
-        steps = sorted(int(s) for s in manager.all_steps())
-        if not steps:
-            raise ToolError(f"MODEL_DIR {model_dir} holds no complete checkpoint.")
-        step = steps[-1] if step is None else step
-        if step not in steps:
-            raise ToolError(
-                f"MODEL_DIR {model_dir} kept no checkpoint of step {step} (kept: {steps}; KEEP "
-                "limits how many are kept)."
-            )
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    finally:
-        manager.close()
-    return step, _to_numpy(restored.state["params"])
-
-
-def _to_numpy(tree: Any) -> Any:
-    """A nested dict with every leaf as a numpy array."""
-    if isinstance(tree, Mapping):
-        return {k: _to_numpy(v) for k, v in tree.items()}
-    return np.asarray(tree)
 
 
 def read_metrics(model_dir: str | pathlib.Path) -> list[dict[str, Any]]:

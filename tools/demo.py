@@ -22,10 +22,12 @@ rank classification over the label strings (chance = 1 / number of labels). The 
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
 
 import gin
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -53,25 +55,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train(args: argparse.Namespace) -> None:
-    """Runs the demo's training through the normal gin entry point (resumes if interrupted)."""
+def train(args: argparse.Namespace) -> dict[str, object]:
+    """Runs the demo's training through the normal gin entry point (resumes if interrupted).
+
+    Returns:
+      The run's PROMPT_LENGTH and TASK_FEATURE_LENGTHS, for the evaluations.
+    """
     argv = ["--gin_file=gin_configs/runs/demo.gin", f"--gin.MODEL_DIR='{args.model_dir}'"]
     if args.train_steps is not None:
         argv.append(f"--gin.TRAIN_STEPS={args.train_steps}")
     argv += [f"--gin.{binding}" for binding in args.gin]
     gin.clear_config()
     gin_utils.run_main(trainer.train, argv, ("MODEL_DIR",))
+    names = ("PROMPT_LENGTH", "TASK_FEATURE_LENGTHS")
+    return {name: gin.query_parameter(f"%{name}") for name in names}
 
 
-def evaluate(task: str, with_prompt: bool, args: argparse.Namespace) -> dict[str, float]:
+def evaluate(
+    task: str, with_prompt: bool, args: argparse.Namespace, run: dict[str, object]
+) -> dict[str, float]:
     """Metrics of the frozen model on `task`'s validation split, with or without the prompt."""
     argv = [
         f"--gin_file={MODEL_GIN}",
         f"--gin_file={PROMPT_GIN}",
         f"--gin_file={EVAL_GIN}",
         f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
-        "--gin.TASK_FEATURE_LENGTHS={'inputs': 32, 'targets': 4}",
-        "--gin.PROMPT_LENGTH=20",
+        f"--gin.TASK_FEATURE_LENGTHS={run['TASK_FEATURE_LENGTHS']!r}",
+        f"--gin.PROMPT_LENGTH={run['PROMPT_LENGTH']}",
         "--gin.RANK_CLASSIFICATION=True",
         "--gin.BATCH_SIZE=100",
     ]
@@ -83,6 +93,13 @@ def evaluate(task: str, with_prompt: bool, args: argparse.Namespace) -> dict[str
         argv.append(f"--gin.inference.evaluate.num_examples={args.num_examples}")
     gin.clear_config()
     return gin_utils.run_main(inference.evaluate, argv, config_filename=None)
+
+
+def _latest_prompt_shape(model_dir: str) -> tuple[int, ...]:
+    """(P, H) of the run's last exported prompt, prompts/step_<N>.npy."""
+    prompts = pathlib.Path(model_dir, "prompts").glob("step_*.npy")
+    latest = max(prompts, key=lambda path: int(path.stem.split("_")[1]))
+    return np.load(latest, mmap_mode="r").shape
 
 
 def table(rows: list[tuple[str, dict[str, float], str]]) -> str:
@@ -104,18 +121,20 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     """Trains, evaluates the three settings and prints the table; returns their metrics."""
     args = parse_args(argv)
     start = time.time()
-    print(f"== training a 20-token prompt on {TASK} (no prefix) into {args.model_dir}", flush=True)
-    train(args)
+    print(f"== training a prompt on {TASK} (no prefix) into {args.model_dir}", flush=True)
+    run = train(args)
     trained_at = time.time()
     print("== evaluating: no prompt / trained prompt / text prefix", flush=True)
     results = {
-        "no_prompt": evaluate(TASK, False, args),
-        "trained_prompt": evaluate(TASK, True, args),
-        "text_prefix": evaluate(f"{TASK}_prefixed", False, args),
+        "no_prompt": evaluate(TASK, False, args, run),
+        "trained_prompt": evaluate(TASK, True, args, run),
+        "text_prefix": evaluate(f"{TASK}_prefixed", False, args, run),
     }
+    length, width = _latest_prompt_shape(args.model_dir)
+    trained = f"trained prompt, {length} tokens = {length * width:,} parameters (after)"
     rows = [
         ("no prompt (before)", results["no_prompt"], TASK),
-        ("trained prompt, 20 tokens = 2,560 parameters (after)", results["trained_prompt"], TASK),
+        (trained, results["trained_prompt"], TASK),
         ("text prefix `sentiment: ` instead (ceiling)", results["text_prefix"], f"{TASK}_prefixed"),
     ]
     text = table(rows)

@@ -210,11 +210,13 @@ def main(argv: Sequence[str] | None = None) -> NeighborsResult:
     Raises:
       ToolError: missing or inconsistent inputs (the message names the flag to fix).
     """
+    from prompt_tuning.train import checkpoints  # noqa: PLC0415
+
     args = parse_args(argv)
     if args.top_k < 1:
         raise _common.ToolError(f"--top_k must be at least 1, got {args.top_k}.")
     path = _common.resolve_prompt_path(args.model_dir, args.prompt, args.step, args.best)
-    prompt = _common.load_prompt(path)
+    prompt = checkpoints.load_prompt_npy(path)
     run = (
         _common.read_run_config(args.model_dir) if _common.has_run_config(args.model_dir) else None
     )

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     optimizer = make_optimizer(args)
     opt_state = optimizer.init(params)
-    print(f"model: {checkpoints_num_params(params):,} parameters, {config}", flush=True)
+    print(f"model: {t5_config.num_params(config):,} parameters, {config}", flush=True)
 
     @jax.jit
     def train_step(params, opt_state, batch):
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
             "num_encoder_layers": config.num_encoder_layers,
             "num_decoder_layers": config.num_decoder_layers,
         },
-        "parameters": checkpoints_num_params(params),
+        "parameters": t5_config.num_params(config),
         "corpus": {
             name: {"prefix": prefix, "share": share}
             for name, (prefix, share) in pretraining.FAMILIES.items()
@@ -268,11 +268,6 @@ def main(argv: list[str] | None = None) -> dict:
         f.write("\n")
     print(f"wrote {checkpoint} and card.json in {card['seconds']:.0f}s", flush=True)
     return card
-
-
-def checkpoints_num_params(params) -> int:
-    """Number of scalars in a parameter tree."""
-    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
 
 
 if __name__ == "__main__":

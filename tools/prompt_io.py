@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import pathlib
 import shutil
 import sys
@@ -71,18 +70,12 @@ class PromptIOResult:
 def fold_prompt(prompt_module: Any, trainable: Any, width: int) -> np.ndarray:
     """The plain prompt [P, H] of trained parameters (`checkpoints.prompt_for_export`).
 
-    Modules whose `fold` takes the model dim (`RankProbePrompt` with fixed bases) get `width`.
-
     Raises:
       ToolError: the prompt has no single-matrix form (e.g. `DeepPrompt`, `InstancePrompt`).
     """
     from prompt_tuning.train import checkpoints  # noqa: PLC0415
 
-    fold = getattr(prompt_module, "fold", None)
-    params = trainable.get("encoder", {}).get("prompt")
-    if fold is not None and params is not None and "width" in inspect.signature(fold).parameters:
-        return np.asarray(fold({"params": params}, width=width))
-    prompt = checkpoints.prompt_for_export(prompt_module, trainable)
+    prompt = checkpoints.prompt_for_export(prompt_module, trainable, width=width)
     if prompt is None:
         raise _common.ToolError(
             f"The run's prompt {type(prompt_module).__name__} has no plain [P, H] form to export "
@@ -100,8 +93,10 @@ def export(
       ToolError: no such prompt or checkpoint (the available steps are named).
     """
     if from_checkpoint:
+        from prompt_tuning.train import checkpoints  # noqa: PLC0415
+
         run = _common.read_run_config(model_dir)
-        step, trainable = _common.restore_trainable(model_dir, step, best)
+        step, trainable = checkpoints.load_trained_params(model_dir, best, step)
         prompt = fold_prompt(run.model.prompt, trainable, run.model.config.emb_dim)
         source = f"{model_dir} checkpoint {'best/' if best else ''}{step}"
     else:
@@ -167,7 +162,9 @@ def import_prompt(
       ToolError: the prompt does not fit the config, or `model_dir` already holds a run.
     """
 
-    prompt = _common.load_prompt(prompt_path)
+    from prompt_tuning.train import checkpoints  # noqa: PLC0415
+
+    prompt = checkpoints.load_prompt_npy(prompt_path)
     target = pathlib.Path(model_dir).resolve()
     if target.exists() and any(target.iterdir()):
         raise _common.ToolError(f"{target} exists and is not empty; import into a new folder.")

@@ -90,12 +90,14 @@ def sigma_by_step(model_dir: str | pathlib.Path) -> dict[int, np.ndarray]:
     Raises:
       ToolError: a checkpoint holds no `encoder/prompt/sigma` (not a rank-probe run).
     """
+    from prompt_tuning.train import checkpoints  # noqa: PLC0415
+
     found = {}
     for best in (True, False):
         if not (pathlib.Path(model_dir) / ("best" if best else "checkpoints")).is_dir():
             continue
         for step in _common.checkpoint_steps(model_dir, best):
-            _, params = _common.restore_trainable(model_dir, step, best)
+            _, params = checkpoints.load_trained_params(model_dir, best, step)
             sigma = params.get("encoder", {}).get("prompt", {}).get("sigma")
             if sigma is None:
                 raise _common.ToolError(

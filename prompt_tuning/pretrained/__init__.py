@@ -1,8 +1,9 @@
 """The embedded tiny pretrained T5: where it lives and the config that fits it.
 
 `t5_tiny/` holds what `tools/pretrain_tiny.py` wrote: `sentencepiece.model` (the vocabulary of the
-built-in tasks), `checkpoint_<steps>/` (a legacy T5X checkpoint) and `card.json` (sizes, corpus,
-training, losses). Gin files use these functions (`gin_configs/models/t5_1_1_tiny_pretrained.gin`).
+built-in tasks, `tasks.vocabularies.TINY_SPM_PATH`), `checkpoint_<steps>/` (a legacy T5X checkpoint)
+and `card.json` (sizes, corpus, training, losses). Gin files use these functions
+(`gin_configs/models/t5_1_1_tiny_pretrained.gin`).
 """
 
 import glob
@@ -41,8 +42,3 @@ def tiny_t5_config(directory: str = TINY_T5_DIR, **overrides) -> t5_config.T5Con
     sizes = _card(directory)["config"]
     fields = {k: v for k, v in sizes.items() if k != "sentencepiece_pieces"}
     return t5_config.t5_1_1("small", **fields).replace(**overrides)
-
-
-def tiny_t5_spm_path(directory: str = TINY_T5_DIR) -> str:
-    """Path of the tiny T5's SentencePiece model."""
-    return os.path.join(directory, "sentencepiece.model")

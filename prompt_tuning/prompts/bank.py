@@ -91,6 +91,7 @@ class PromptBank(nn.Module):
         return jnp.take(prompts, task_ids, axis=0).astype(self.dtype)  # [B, P, H]
 
     @staticmethod
-    def fold(variables: Any) -> np.ndarray:
-        """Returns the prompt table `[N, P, H]` from `{"params": {"prompt": ...}}`."""
+    def fold(variables: Any, width: int | None = None) -> np.ndarray:
+        """Returns the prompt table `[N, P, H]` from `{"params": {"prompt": ...}}` (no width)."""
+        del width
         return np.asarray(nn.unbox(variables)["params"]["prompt"])

@@ -74,8 +74,9 @@ class DecomposedPrompt(nn.Module):
         prompt = (a @ b).T  # [H, P] -> [P, H]
         return expand_to_batch(prompt.astype(self.dtype), input_tokens.shape[0])
 
-    def fold(self, variables: Any) -> np.ndarray:
+    def fold(self, variables: Any, width: int | None = None) -> np.ndarray:
         """Returns the equivalent plain prompt (A B)^T [P, H] from this module's variables."""
+        del width  # A holds it
         params = nn.unbox(variables)["params"]
         return np.asarray(params["a"] @ params["b"]).T
 

@@ -73,6 +73,7 @@ class Prompt(nn.Module):
         )
         return expand_to_batch(jnp.asarray(prompt, self.dtype), input_tokens.shape[0])
 
-    def fold(self, variables: Any) -> np.ndarray:
+    def fold(self, variables: Any, width: int | None = None) -> np.ndarray:
         """Returns the prompt [P, H] from this module's variables `{"params": {"prompt": ...}}`."""
+        del width  # the prompt holds it
         return np.asarray(nn.unbox(variables)["params"]["prompt"])

@@ -85,9 +85,9 @@ class ResidualPrompt(nn.Module):
         )(hidden)
         return hidden + prompt  # [P, H]
 
-    def fold(self, variables: Any) -> np.ndarray:
+    def fold(self, variables: Any, width: int | None = None) -> np.ndarray:
         """Returns the equivalent plain prompt [P, H] from this module's variables."""
-        width = nn.unbox(variables)["params"]["prompt"].shape[-1]
+        width = nn.unbox(variables)["params"]["prompt"].shape[-1]  # what `width` would say
         return np.asarray(self.apply(variables, width, method=self.reparameterize))
 
 

@@ -138,9 +138,9 @@ class StructuredPrompt(nn.Module):
             (fan_in, *out_shape),
         )
 
-    def fold(self, variables: Any, task_id: int = 0) -> np.ndarray:
+    def fold(self, variables: Any, width: int | None = None, task_id: int = 0) -> np.ndarray:
         """Returns task `task_id`'s generated prompt [P, H] from this module's variables."""
-        width = nn.unbox(variables)["params"]["bias"].shape[-1]
+        width = nn.unbox(variables)["params"]["bias"].shape[-1]  # what `width` would say
         tokens = jnp.ones((1, 1), jnp.int32)
         prompt = self.apply(variables, tokens, jnp.zeros((1, 1, width)), jnp.array([task_id]))
         return np.asarray(prompt[0])

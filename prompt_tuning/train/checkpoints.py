@@ -16,7 +16,6 @@ renames it when complete, so an interrupted save never leaves a half-written che
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import os
 import pathlib
@@ -106,19 +105,23 @@ class TrainCheckpointer:
         self._best.close()
 
 
-def load_trained_params(model_dir: str | os.PathLike, best: bool = False) -> tuple[int, Any]:
-    """Reads the trainable params of a run's latest (or best) checkpoint, as numpy arrays.
+def load_trained_params(
+    model_dir: str | os.PathLike, best: bool = False, step: int | None = None
+) -> tuple[int, Any]:
+    """Reads the trainable params of a run's latest (or best, or `step`) checkpoint, as numpy.
 
     Args:
       model_dir: the run's MODEL_DIR.
       best: read the best checkpoint (tracked by evaluation) instead of the latest.
+      step: read this kept checkpoint instead of the latest.
 
     Returns:
       (step, trainable params nested dict); merge with the frozen model via
       `optimizers.merge_params`.
 
     Raises:
-      FileNotFoundError: the run has no (best) checkpoint.
+      FileNotFoundError: the run has no (best) checkpoint, or none of `step` (the kept steps
+        are listed).
     """
     directory = pathlib.Path(model_dir) / (BEST if best else CHECKPOINTS)
     if not directory.exists():
@@ -127,13 +130,22 @@ def load_trained_params(model_dir: str | os.PathLike, best: bool = False) -> tup
             f"{directory}). Train first, or pass a frozen checkpoint and PROMPT_FILE instead."
         )
     manager = _manager(directory, None)
-    step = manager.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-    )
-    manager.close()
+    try:
+        kept = sorted(int(s) for s in manager.all_steps())
+        if not kept:
+            raise FileNotFoundError(f"{directory} holds no complete checkpoint.")
+        step = kept[-1] if step is None else step
+        if step not in kept:
+            raise FileNotFoundError(
+                f"MODEL_DIR {model_dir} kept no checkpoint of step {step} (kept: {kept}; KEEP "
+                "limits how many are kept)."
+            )
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+    finally:
+        manager.close()
     params = jax.tree.map(np.asarray, restored.state["params"])
     return step, params
 
@@ -181,8 +193,8 @@ def prompt_for_export(
     """The plain prompt [P, H] equivalent to the trained parameters, or None if there is none.
 
     Uses the prompt module's `fold(variables)` when it has one (variables of the prompt module,
-    `{"params": params["encoder"]["prompt"]}`; `width` is passed to folds that take it, such as
-    the rank probe's with fixed bases), else the plain prompt `encoder/prompt/prompt`.
+    `{"params": params["encoder"]["prompt"]}`, and `width`, which the rank probe with fixed bases
+    needs), else the plain prompt `encoder/prompt/prompt`.
 
     Args:
       prompt_module: the model's prompt module (or None).
@@ -198,9 +210,8 @@ def prompt_for_export(
     fold = getattr(prompt_module, "fold", None)
     if fold is not None:
         variables = {"params": jax.device_get(prompt_params)}
-        takes_width = "width" in inspect.signature(fold).parameters
         try:
-            folded = np.asarray(fold(variables, width=width) if takes_width else fold(variables))
+            folded = np.asarray(fold(variables, width=width))
         except (NotImplementedError, KeyError, TypeError, ValueError):
             folded = None
         if folded is not None and folded.ndim == 2:
