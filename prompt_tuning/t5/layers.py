@@ -6,8 +6,16 @@ relpos_buckets`) so `prompt_tuning/train/partitioning.py` can shard it.
 
 Letters: B batch, T key length, S query length, H model dim, N heads, K head dim, F MLP dim,
 V vocabulary.
+
+Mixed precision (`dtype=bfloat16`, T5X's `ACTIVATION_DTYPE`): every matmul and einsum takes
+operands in `dtype` and accumulates in float32 (`contract`), also in the backward pass, whose
+cotangents are cast to `dtype` before their matmuls; hidden states between layers are stored in
+`dtype`; layer-norm statistics, attention logits, relative-position biases, the softmax and the
+output logits are float32. Parameters keep their storage dtype (`param_dtype`, or FROZEN_DTYPE
+for frozen weights) and are cast to `dtype` where they are used.
 """
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +24,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import os
+_HOLD = jnp.float32 if os.environ.get('PT_STREAM') == 'f32' else None
+_MLP = os.environ.get('PT_MLP', 'f32')
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -32,6 +43,95 @@ _ACTIVATIONS = {
 }
 
 
+def _batched_matmul(spec: str, a: Array, b: Array) -> Array:
+    """`einsum(spec, a, b)` in float32 as one row-major batched matmul `[G, M, K] @ [G, K, N]`.
+
+    The operands are transposed to (batch, free, contracted) and (batch, contracted, free) order
+    and flattened to 3-D. XLA:CPU runs a bfloat16 x bfloat16 -> float32 dot fast only in its
+    YNNPACK fusions, which take exactly this canonical row-major form; any other dot it converts to
+    float32 (slow) or, for some layouts, fails on ("Unsupported element type for DotThunk").
+    """
+    inputs, out = spec.split("->")
+    spec_a, spec_b = inputs.split(",")
+    batch = [c for c in spec_a if c in spec_b and c in out]
+    contracted = [c for c in spec_a if c in spec_b and c not in out]
+    free_a = [c for c in spec_a if c not in spec_b]
+    free_b = [c for c in spec_b if c not in spec_a]
+    size = dict(zip(spec_a, a.shape, strict=True)) | dict(zip(spec_b, b.shape, strict=True))
+    extent = lambda axes: math.prod(size[c] for c in axes)  # noqa: E731
+    order_a = [spec_a.index(c) for c in batch + free_a + contracted]
+    a = jnp.transpose(a, order_a)
+    if order_a != sorted(order_a):
+        # Materialise the transposed `a`: XLA would otherwise fold the transpose back into the
+        # dot's dimension numbers, leaving it outside the fast kernels.
+        a = jax.lax.optimization_barrier(a)
+    b = jnp.transpose(b, [spec_b.index(c) for c in batch + contracted + free_b])
+    a = a.reshape(extent(batch), extent(free_a), extent(contracted))  # [G, M, K]
+    b = b.reshape(extent(batch), extent(contracted), extent(free_b))  # [G, K, N]
+    y = jax.lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
+    produced = batch + free_a + free_b  # the axes of y, once unflattened
+    y = y.reshape([size[c] for c in produced])
+    return jnp.transpose(y, [produced.index(c) for c in out])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _contract_f32(spec: str, a: Array, b: Array) -> Array:
+    """`einsum(spec, a, b)` accumulated in float32, with a backward pass in the operands' dtype."""
+    return _batched_matmul(spec, a, b)
+
+
+def _contract_f32_fwd(spec: str, a: Array, b: Array) -> tuple[Array, tuple[Array, Array]]:
+    return _contract_f32(spec, a, b), (a, b)
+
+
+def _contract_f32_bwd(spec: str, residuals: tuple[Array, Array], g: Array):
+    """Gradients `dA = g·B`, `dB = g·A`: `g` cast to the operands' dtype, float32 accumulation.
+
+    Without this, autodiff would contract the float32 cotangent with a bfloat16 operand, which
+    XLA runs as a float32 matmul after converting the operand.
+    """
+    a, b = residuals
+    inputs, out = spec.split("->")
+    spec_a, spec_b = inputs.split(",")
+    g = g.astype(a.dtype)
+    grad_a = _batched_matmul(f"{out},{spec_b}->{spec_a}", g, b)
+    grad_b = _batched_matmul(f"{out},{spec_a}->{spec_b}", g, a)
+    return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+
+
+_contract_f32.defvjp(_contract_f32_fwd, _contract_f32_bwd)
+
+
+def contract(spec: str, a: Array, b: Array, dtype: Any) -> Array:
+    """`jnp.einsum(spec, a, b)` on operands cast to `dtype`, accumulated and returned in float32.
+
+    In float32 this is a plain einsum. In a narrower dtype (bfloat16) the product accumulates in
+    float32 (`preferred_element_type`), the speed and precision of T5X on TPU and of XLA:CPU's
+    fast bfloat16 matmuls, and the backward matmuls take `dtype` operands and accumulate in float32
+    too. `spec` names every axis with one letter (no `...`), and every axis of an operand appears
+    in the other operand or in the output.
+
+    Args:
+      spec: einsum equation of two operands, e.g. "bsnk,btnk->bnst".
+      a: first operand.
+      b: second operand.
+      dtype: operand dtype (float32 or bfloat16).
+
+    Returns:
+      The float32 result.
+    """
+    a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    if jnp.dtype(dtype) == jnp.float32:
+        return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+    return _contract_f32(spec, a, b)
+
+
+def _dense_spec(ndim: int) -> str:
+    """The einsum of a kernel `[D_in, D_out]` applied to the last axis of an `ndim` array."""
+    batch = "abcdefgh"[: ndim - 1]
+    return f"{batch}y,yz->{batch}z"
+
+
 def _param(module: nn.Module, name: str, init: Initializer, shape, axes, dtype) -> Array:
     """Declares a parameter with logical axis names; returns the plain (unboxed) array."""
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
@@ -42,7 +142,7 @@ class RMSNorm(nn.Module):
 
     Attributes:
       epsilon: added to the mean square before the square root.
-      dtype: output dtype; statistics are computed in float32.
+      dtype: output dtype; the statistics and the scaling are computed in float32.
       param_dtype: dtype of the `scale` parameter `[H]` (initialised to ones).
     """
 
@@ -57,8 +157,8 @@ class RMSNorm(nn.Module):
         scale = _param(self, "scale", nn.initializers.ones, (h,), ("embed",), self.param_dtype)
         x = jnp.asarray(x, jnp.float32)
         mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-        y = (x * jax.lax.rsqrt(mean_square + self.epsilon)).astype(self.dtype)
-        return y * scale.astype(self.dtype)
+        y = x * jax.lax.rsqrt(mean_square + self.epsilon) * scale.astype(jnp.float32)
+        return y.astype(_HOLD or self.dtype)
 
 
 class Dense(nn.Module):
@@ -68,9 +168,9 @@ class Dense(nn.Module):
       features: output dimension D_out.
       axes: logical axis names of the kernel, e.g. `("embed", "joined_kv")`.
       kernel_init: initializer of the kernel.
-      dtype: computation dtype (the kernel is cast to it at use).
+      dtype: operand dtype (input and kernel are cast to it); accumulation is float32.
       param_dtype: storage dtype of the kernel.
-      output_dtype: accumulation/output dtype (None: `dtype`); float32 for logits.
+      output_dtype: output dtype (None: `dtype`); float32 for the logits.
     """
 
     features: int
@@ -85,8 +185,8 @@ class Dense(nn.Module):
         """Applies the kernel to `x` `[..., D_in]`; returns `[..., D_out]`."""
         shape = (x.shape[-1], self.features)
         kernel = _param(self, "kernel", self.kernel_init, shape, self.axes, self.param_dtype)
-        x = jnp.asarray(x, self.dtype)
-        return jnp.dot(x, kernel.astype(self.dtype), preferred_element_type=self.output_dtype)
+        y = contract(_dense_spec(x.ndim), x, kernel, self.dtype)  # [..., D_out] float32
+        return y.astype(self.output_dtype or _HOLD or self.dtype)
 
 
 class Embed(nn.Module):
@@ -124,12 +224,13 @@ class Embed(nn.Module):
             raise TypeError(
                 f"Token ids must be integers, got {tokens.dtype}; cast with .astype(int)."
             )
-        return jnp.take(self.embedding.astype(self.dtype), tokens, axis=0)
+        # Gather, then cast: casting the whole [V, H] table first would cost a pass over it.
+        return jnp.take(self.embedding, tokens, axis=0).astype(_HOLD or self.dtype)
 
     def attend(self, x: Array) -> Array:
         """Float32 logits `[..., V]` of hidden states `x` `[..., H]` against the table."""
-        table = self.embedding.astype(self.dtype)
-        return jnp.dot(x.astype(self.dtype), table.T, preferred_element_type=jnp.float32)
+        batch = "abcdefgh"[: x.ndim - 1]
+        return contract(f"{batch}y,vy->{batch}v", x, self.embedding, self.dtype)
 
 
 def relative_position_bucket(
@@ -177,7 +278,8 @@ class RelativePositionBiases(nn.Module):
       num_buckets: relative position buckets.
       max_distance: distance from which positions share the last bucket.
       num_heads: attention heads N.
-      dtype: dtype of the returned bias.
+      dtype: the model's activation dtype (unused: the bias is added to float32 logits, so it is
+        always float32).
       param_dtype: storage dtype of the table.
     """
 
@@ -189,7 +291,7 @@ class RelativePositionBiases(nn.Module):
 
     @nn.compact
     def __call__(self, query_positions: Array, key_positions: Array, bidirectional: bool) -> Array:
-        """Attention bias `[1, N, S, T]` for query positions `[S]` and key positions `[T]`."""
+        """Float32 attention bias `[1, N, S, T]` for query positions `[S]` and keys `[T]`."""
         table = _param(
             self,
             "rel_embedding",
@@ -202,7 +304,7 @@ class RelativePositionBiases(nn.Module):
         buckets = relative_position_bucket(
             relative, bidirectional, self.num_buckets, self.max_distance
         )
-        bias = jnp.take(table.astype(self.dtype), buckets, axis=1)  # [N, S, T]
+        bias = jnp.take(table.astype(jnp.float32), buckets, axis=1)  # [N, S, T]
         return bias[None]  # [1, N, S, T]
 
 
@@ -225,7 +327,8 @@ class MultiHeadAttention(nn.Module):
       head_dim: K.
       dropout_rate: dropout on attention weights.
       cross_attention: keys/values come from the encoder (changes what decode mode caches).
-      dtype: computation dtype; softmax runs in float32.
+      dtype: operand dtype of the projections and both attention einsums (float32
+        accumulation); the logits, bias, mask and softmax are float32.
       param_dtype: storage dtype of the kernels.
     """
 
@@ -280,10 +383,9 @@ class MultiHeadAttention(nn.Module):
             if decode:
                 key, value = self._update_cache(key, value, decode_position)
 
-        logits = jnp.einsum("bsnk,btnk->bnst", query, key)  # [B, N, S, T]
+        logits = contract("bsnk,btnk->bnst", query, key, self.dtype)  # [B, N, S, T] float32
         if bias is not None:
-            logits = logits + bias.astype(logits.dtype)
-        logits = logits.astype(jnp.float32)
+            logits = logits + bias.astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, _MASK_BIAS)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
@@ -291,7 +393,8 @@ class MultiHeadAttention(nn.Module):
         weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             weights, deterministic=not enable_dropout
         )
-        out = jnp.einsum("bnst,btnk->bsnk", weights, value)  # [B, S, N, K]
+        out = contract("bnst,btnk->bsnk", weights, value, self.dtype)  # [B, S, N, K]
+        out = out.astype(_HOLD or self.dtype)
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
         return self._dense("out", h, out_axes, base)(out)
 
@@ -359,10 +462,12 @@ class MlpBlock(nn.Module):
                 )
             dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
             wi = Dense(
-                self.mlp_dim, ("embed", "mlp"), init, self.dtype, self.param_dtype, name=dense_name
+                self.mlp_dim, ("embed", "mlp"), init, self.dtype, self.param_dtype,
+                output_dtype=jnp.float32 if _MLP == "f32" else None, name=dense_name
             )
             y = _ACTIVATIONS[name](wi(x))  # [B, L, F]
             hidden = y if hidden is None else hidden * y
+        hidden = hidden.astype(_HOLD or self.dtype)
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=not enable_dropout
         )
