@@ -92,8 +92,7 @@ def _tiny_step(dtype: str, frozen_dtype: str | None, remat: str = "none"):
     model = PromptModel(t5.EncoderDecoder(config, prompts.Prompt(3)))
     params = nn.unbox(model.init_boxed(jax.random.key(0), 5, 4))
     trainable, frozen = optimizers.split_params(params, "prompt")
-    if frozen_dtype:
-        frozen = jax.tree.map(lambda x: x.astype(frozen_dtype), frozen)
+    frozen = layers.cast_matmul_weights(frozen, frozen_dtype)  # FROZEN_DTYPE
     optimizer = optimizers.adafactor()
     state = trainer.TrainState(jnp.zeros([], jnp.int32), trainable, optimizer.init(trainable))
     rng = np.random.default_rng(0)
@@ -231,10 +230,34 @@ def test_bfloat16_logits_match_float32_within_bfloat16_tolerance(name):
         )
     expected = _logits(config, params, encoder_tokens, targets)
     config16 = config.replace(dtype="bfloat16")
-    params16 = jax.tree.map(lambda x: x.astype(BF16), params)  # FROZEN_DTYPE=bfloat16 too
+    params16 = layers.cast_matmul_weights(params, BF16)  # FROZEN_DTYPE=bfloat16 too
     for weights in (params, params16):
         got = _logits(config16, weights, encoder_tokens, targets)
         error = np.sqrt(np.mean((got - expected) ** 2)) / np.sqrt(np.mean(expected**2))
         assert error < REL_RMS_TOLERANCE, (name, error)
         log_p = jax.nn.log_softmax(got, -1) - jax.nn.log_softmax(expected, -1)
         assert np.abs(np.asarray(log_p)).max() < 0.25
+
+
+def test_frozen_dtype_casts_only_the_matmul_weights():
+    params = {
+        "encoder": {
+            "layers_0": {"mlp": {"wi": {"kernel": np.ones((2, 3), np.float32)}}},
+            "relpos_bias": {"rel_embedding": np.ones((4, 32), np.float32)},
+            "encoder_norm": {"scale": np.ones(2, np.float32)},
+        },
+        "token_embedder": {"embedding": np.ones((5, 2), np.float32)},
+    }
+    kept = layers.cast_matmul_weights(params, BF16)
+    flat = {
+        jax.tree_util.keystr(p): leaf.dtype
+        for p, leaf in jax.tree_util.tree_flatten_with_path(kept)[0]
+    }
+    assert {k for k, d in flat.items() if d == BF16} == {
+        "['encoder']['layers_0']['mlp']['wi']['kernel']",
+        "['token_embedder']['embedding']",
+    }
+    assert params["encoder"]["encoder_norm"]  # not consumed by default
+    consumed = layers.cast_matmul_weights(params, BF16, consume=True)
+    assert jax.tree.structure(consumed) == jax.tree.structure(kept)
+    assert params == {}

@@ -51,6 +51,17 @@ def _random_batch(spec: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
     }
 
 
+# Libraries a worker should not load unless it is their system (memory counts in its RSS).
+HEAVY_MODULES = ("tensorflow", "seqio", "torch", "jax", "transformers")
+
+
+def _heavy_modules() -> list[str]:
+    """Which of `HEAVY_MODULES` this process has imported."""
+    import sys  # noqa: PLC0415
+
+    return [name for name in HEAVY_MODULES if name in sys.modules]
+
+
 def _peak_rss_gib() -> float:
     """This process's peak resident set size (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -138,6 +149,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
         "weight_gradient_examples": weight_ops[:3],
         "import_rss_gib": import_rss,
         "peak_rss_gib": _peak_rss_gib(),
+        "imported": _heavy_modules(),
     }
     if spec.get("profile"):
         result["profile"] = profiling.profile_compiled(run_step, hlo, steps=1, top=12)
@@ -199,6 +211,7 @@ def run_peft_step(spec: Mapping[str, Any]) -> dict[str, Any]:
         },
         "import_rss_gib": import_rss,
         "peak_rss_gib": _peak_rss_gib(),
+        "imported": _heavy_modules(),
     }
 
 

@@ -92,8 +92,8 @@ class T5Config:
                 ) from error
             if dtype not in _FLOAT_DTYPES:
                 raise ValueError(
-                    f"T5Config.{field}={value!r} is not supported; use 'float32', 'bfloat16' or 'float16' "
-                    "(the gin macro ACTIVATION_DTYPE sets `dtype`)."
+                    f"T5Config.{field}={value!r} is not supported; use 'float32', 'bfloat16' or "
+                    "'float16' (the gin macro ACTIVATION_DTYPE sets `dtype`)."
                 )
             object.__setattr__(self, field, dtype)
 

@@ -24,9 +24,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import os
-_HOLD = jnp.float32 if os.environ.get('PT_STREAM') == 'f32' else None
-_MLP = os.environ.get('PT_MLP', 'f32')
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -74,62 +71,96 @@ def _batched_matmul(spec: str, a: Array, b: Array) -> Array:
     return jnp.transpose(y, [produced.index(c) for c in out])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _contract_f32(spec: str, a: Array, b: Array) -> Array:
-    """`einsum(spec, a, b)` accumulated in float32, with a backward pass in the operands' dtype."""
-    return _batched_matmul(spec, a, b)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _contract_mixed(spec: str, dtype: Any, a: Array, b: Array) -> Array:
+    """`einsum(spec, a, b)` on `dtype` operands accumulated in float32 (see `contract`)."""
+    return _batched_matmul(spec, a.astype(dtype), b.astype(dtype))
 
 
-def _contract_f32_fwd(spec: str, a: Array, b: Array) -> tuple[Array, tuple[Array, Array]]:
-    return _contract_f32(spec, a, b), (a, b)
+def _contract_mixed_fwd(spec: str, dtype: Any, a: Array, b: Array):
+    a_low, b_low = a.astype(dtype), b.astype(dtype)
+    # Residuals in `dtype` (half the memory of float32 inputs); zero-size arrays carry the
+    # operands' own dtypes to the backward pass.
+    dtypes = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
+    return _batched_matmul(spec, a_low, b_low), (a_low, b_low, dtypes)
 
 
-def _contract_f32_bwd(spec: str, residuals: tuple[Array, Array], g: Array):
-    """Gradients `dA = g·B`, `dB = g·A`: `g` cast to the operands' dtype, float32 accumulation.
+def _contract_mixed_bwd(spec: str, dtype: Any, residuals, g: Array):
+    """`dA = g·B` and `dB = g·A` with `g` cast to `dtype`, accumulated in float32.
 
-    Without this, autodiff would contract the float32 cotangent with a bfloat16 operand, which
-    XLA runs as a float32 matmul after converting the operand.
+    Each gradient is returned in its operand's own dtype: a float32 operand (the softmax output,
+    the MLP's activations) gets a float32 gradient, so the softmax backward, which subtracts
+    nearly equal terms, never sees a gradient rounded to bfloat16. Without this rule, autodiff
+    would contract the float32 cotangent with a bfloat16 operand, which XLA runs as a float32
+    matmul after converting the operand.
     """
-    a, b = residuals
+    a, b, (a_dtype, b_dtype) = residuals
     inputs, out = spec.split("->")
     spec_a, spec_b = inputs.split(",")
-    g = g.astype(a.dtype)
+    g = g.astype(dtype)
     grad_a = _batched_matmul(f"{out},{spec_b}->{spec_a}", g, b)
     grad_b = _batched_matmul(f"{out},{spec_a}->{spec_b}", g, a)
-    return grad_a.astype(a.dtype), grad_b.astype(b.dtype)
+    return grad_a.astype(a_dtype.dtype), grad_b.astype(b_dtype.dtype)
 
 
-_contract_f32.defvjp(_contract_f32_fwd, _contract_f32_bwd)
+_contract_mixed.defvjp(_contract_mixed_fwd, _contract_mixed_bwd)
 
 
 def contract(spec: str, a: Array, b: Array, dtype: Any) -> Array:
     """`jnp.einsum(spec, a, b)` on operands cast to `dtype`, accumulated and returned in float32.
 
     In float32 this is a plain einsum. In a narrower dtype (bfloat16) the product accumulates in
-    float32 (`preferred_element_type`), the speed and precision of T5X on TPU and of XLA:CPU's
-    fast bfloat16 matmuls, and the backward matmuls take `dtype` operands and accumulate in float32
-    too. `spec` names every axis with one letter (no `...`), and every axis of an operand appears
-    in the other operand or in the output.
+    float32 (`preferred_element_type`): the precision and speed of T5X on TPU and of XLA:CPU's
+    fast bfloat16 matmuls. The backward matmuls also take `dtype` operands (the cotangent is cast)
+    and accumulate in float32; each gradient comes back in its operand's dtype. `spec` names
+    every axis with one letter (no `...`), and every axis of an operand appears in the other
+    operand or in the output.
 
     Args:
       spec: einsum equation of two operands, e.g. "bsnk,btnk->bnst".
-      a: first operand.
-      b: second operand.
-      dtype: operand dtype (float32 or bfloat16).
+      a: first operand (any float dtype).
+      b: second operand (any float dtype).
+      dtype: the operands' matmul dtype (float32 or bfloat16).
 
     Returns:
       The float32 result.
     """
-    a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     if jnp.dtype(dtype) == jnp.float32:
+        a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-    return _contract_f32(spec, a, b)
+    return _contract_mixed(spec, jnp.dtype(dtype), a, b)
 
 
 def _dense_spec(ndim: int) -> str:
     """The einsum of a kernel `[D_in, D_out]` applied to the last axis of an `ndim` array."""
     batch = "abcdefgh"[: ndim - 1]
     return f"{batch}y,yz->{batch}z"
+
+
+# Parameters used only as matmul operands (cast to the activation dtype at use). FROZEN_DTYPE
+# stores these in bfloat16; RMS-norm `scale`s and relative-position `rel_embedding` tables are used
+# in float32 and stay float32 (they are tiny, and rounding them changes what the model computes).
+MATMUL_WEIGHTS = frozenset({"kernel", "embedding"})
+
+
+def cast_matmul_weights(params: dict, dtype: Any, consume: bool = False) -> dict:
+    """`params` (a nested dict) with its `MATMUL_WEIGHTS` leaves cast to `dtype` (None: as is).
+
+    With `consume=True` the dicts of `params` are emptied as their leaves move to the result, so
+    each float32 leaf can be freed as soon as its cast exists (loading a checkpoint never holds
+    two copies of the model).
+    """
+    if dtype is None:
+        return params
+    out = {}
+    for name in list(params):
+        value = params.pop(name) if consume else params[name]
+        if isinstance(value, dict):
+            out[name] = cast_matmul_weights(value, dtype, consume)
+        else:
+            out[name] = value.astype(dtype) if name in MATMUL_WEIGHTS else value
+        del value
+    return out
 
 
 def _param(module: nn.Module, name: str, init: Initializer, shape, axes, dtype) -> Array:
@@ -158,7 +189,7 @@ class RMSNorm(nn.Module):
         x = jnp.asarray(x, jnp.float32)
         mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
         y = x * jax.lax.rsqrt(mean_square + self.epsilon) * scale.astype(jnp.float32)
-        return y.astype(_HOLD or self.dtype)
+        return y.astype(self.dtype)
 
 
 class Dense(nn.Module):
@@ -186,7 +217,7 @@ class Dense(nn.Module):
         shape = (x.shape[-1], self.features)
         kernel = _param(self, "kernel", self.kernel_init, shape, self.axes, self.param_dtype)
         y = contract(_dense_spec(x.ndim), x, kernel, self.dtype)  # [..., D_out] float32
-        return y.astype(self.output_dtype or _HOLD or self.dtype)
+        return y.astype(self.output_dtype or self.dtype)
 
 
 class Embed(nn.Module):
@@ -225,7 +256,7 @@ class Embed(nn.Module):
                 f"Token ids must be integers, got {tokens.dtype}; cast with .astype(int)."
             )
         # Gather, then cast: casting the whole [V, H] table first would cost a pass over it.
-        return jnp.take(self.embedding, tokens, axis=0).astype(_HOLD or self.dtype)
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
     def attend(self, x: Array) -> Array:
         """Float32 logits `[..., V]` of hidden states `x` `[..., H]` against the table."""
@@ -300,10 +331,14 @@ class RelativePositionBiases(nn.Module):
             ("heads", "relpos_buckets"),
             self.param_dtype,
         )
-        relative = key_positions[None, :] - query_positions[:, None]  # [S, T]
-        buckets = relative_position_bucket(
-            relative, bidirectional, self.num_buckets, self.max_distance
-        )
+        # With concrete positions (training, scoring) the buckets are computed once while tracing
+        # and become a constant; otherwise XLA fuses the bucket arithmetic (with its log) into
+        # every layer's attention, once per element of [B, N, S, T]. Decoding traces them.
+        with jax.ensure_compile_time_eval():
+            relative = key_positions[None, :] - query_positions[:, None]  # [S, T]
+            buckets = relative_position_bucket(
+                relative, bidirectional, self.num_buckets, self.max_distance
+            )
         bias = jnp.take(table.astype(jnp.float32), buckets, axis=1)  # [N, S, T]
         return bias[None]  # [1, N, S, T]
 
@@ -388,13 +423,13 @@ class MultiHeadAttention(nn.Module):
             logits = logits + bias.astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, _MASK_BIAS)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        weights = jax.nn.softmax(logits, axis=-1)  # [B, N, S, T] float32
         # One mask per key position, shared by all queries (T5X's `dropout_shape[-2] = 1`).
+        # float32 into `contract`: the gradient of the weights stays float32 (see there).
         weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             weights, deterministic=not enable_dropout
         )
-        out = contract("bnst,btnk->bsnk", weights, value, self.dtype)  # [B, S, N, K]
-        out = out.astype(_HOLD or self.dtype)
+        out = contract("bnst,btnk->bsnk", weights, value, self.dtype)  # [B, S, N, K] float32
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
         return self._dense("out", h, out_axes, base)(out)
 
@@ -461,13 +496,20 @@ class MlpBlock(nn.Module):
                     f"Unknown MLP activation {name!r}; use one of {sorted(_ACTIVATIONS)}."
                 )
             dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+            # float32 out of the accumulator: the activation runs in float32 (XLA:CPU's bfloat16
+            # transcendentals are several times slower), the product is cast once.
             wi = Dense(
-                self.mlp_dim, ("embed", "mlp"), init, self.dtype, self.param_dtype,
-                output_dtype=jnp.float32 if _MLP == "f32" else None, name=dense_name
+                self.mlp_dim,
+                ("embed", "mlp"),
+                init,
+                self.dtype,
+                self.param_dtype,
+                output_dtype=jnp.float32,
+                name=dense_name,
             )
-            y = _ACTIVATIONS[name](wi(x))  # [B, L, F]
+            y = _ACTIVATIONS[name](wi(x))  # [B, L, F] float32
             hidden = y if hidden is None else hidden * y
-        hidden = hidden.astype(_HOLD or self.dtype)
+        # Stays float32 into `wo`, whose matmul casts it (and returns a float32 gradient).
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=not enable_dropout
         )

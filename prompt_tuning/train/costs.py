@@ -6,9 +6,10 @@ encoder length with the prompt), L_d = S (targets), T_e = B L_e and T_d = B L_d 
 multiply-add is 2 FLOPs.
 
 `step_flops` counts the matmuls of a prompt-tuning step by hand; `dot_flops` counts the dots XLA
-actually compiled (from the optimized HLO), so the two can be checked against each other (tests do,
-on the tiny T5). `weight_gradient_ops` finds weight-shaped gradient ops in a compiled step: a prompt-
-tuning step must have none (gradients only with respect to the prompt), full fine-tuning has many.
+actually compiled (from the optimized HLO), so the two can be checked against each other (tests
+do, on tiny T5s). `weight_gradient_ops` finds weight-shaped gradient ops in a compiled step: a
+prompt-tuning step must have none (gradients only with respect to the prompt), full fine-tuning
+has many.
 """
 
 from __future__ import annotations
