@@ -225,7 +225,7 @@ def test_bfloat16_logits_match_float32_within_bfloat16_tolerance(name):
     targets = rng.integers(2, config.vocab_size, (2, 5), dtype=np.int32)
     if params is None:
         init = network.EncoderDecoder(config).init
-        params = jax.jit(lambda r: init(r, encoder_tokens, targets, targets)["params"])(
+        params = jax.jit(lambda r: nn.unbox(init(r, encoder_tokens, targets, targets)["params"]))(
             jax.random.key(0)
         )
     expected = _logits(config, params, encoder_tokens, targets)

@@ -24,7 +24,7 @@ metadata={{op_name="{BWD}/mlp/wo/dot_general"}}
 metadata={{op_name="{ENC}/attention/exp"}}
 }}
 
-ENTRY %main.1 (a: bf16[16,32], b: bf16[32,8], c: f32[2,4,8,8]) -> f32[16,8] {{
+ENTRY %main.1 (a: bf16[16,32], b: bf16[32,8], c: f32[2,4,8,8]) -> bf16[16,32] {{
   %a = bf16[16,32]{{1,0}} parameter(0)
   %b = bf16[32,8]{{1,0}} parameter(1)
   %c = f32[2,4,8,8]{{3,2,1,0}} parameter(2)
@@ -34,7 +34,8 @@ metadata={{op_name="{ENC}/attention/exp"}}
   %rng = u32[64]{{0}} rng-bit-generator(%c), metadata={{op_name="{ENC}/Dropout_0/random_bits"}}
   %norm = f32[16,8]{{1,0}} rsqrt(%ynn_fusion), \
 metadata={{op_name="{ENC}/pre_mlp_layer_norm/rsqrt"}}
-  ROOT %copy.1 = f32[16,8]{{1,0}} copy(%norm)
+  %copy.2 = f32[16,8]{{1,0}} copy(%norm)
+  ROOT %copy.1 = bf16[16,32]{{1,0}} copy(%a)
 }}
 """
 
@@ -50,6 +51,8 @@ def test_instructions_take_their_fusions_ops_and_names():
     assert categories["softmax_fusion"] == "attention softmax, mask, bias"
     assert categories["rng"] == "dropout (random bits, masks)"
     assert categories["norm"] == "layer norm"
+    # No name of its own: its operand's; nothing named at all: unattributed.
+    assert categories["copy.2"] == "layer norm"
     assert categories["copy.1"] == "unattributed (copies, loop control)"
 
 

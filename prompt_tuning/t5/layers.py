@@ -57,12 +57,14 @@ def _batched_matmul(spec: str, a: Array, b: Array) -> Array:
     size = dict(zip(spec_a, a.shape, strict=True)) | dict(zip(spec_b, b.shape, strict=True))
     extent = lambda axes: math.prod(size[c] for c in axes)  # noqa: E731
     order_a = [spec_a.index(c) for c in batch + free_a + contracted]
-    a = jnp.transpose(a, order_a)
+    order_b = [spec_b.index(c) for c in batch + contracted + free_b]
+    # Materialise a transposed `a`: XLA would otherwise fold the transpose back into the dot's
+    # dimension numbers, and a transposed left operand keeps the dot out of the fast kernels.
     if order_a != sorted(order_a):
-        # Materialise the transposed `a`: XLA would otherwise fold the transpose back into the
-        # dot's dimension numbers, leaving it outside the fast kernels.
-        a = jax.lax.optimization_barrier(a)
-    b = jnp.transpose(b, [spec_b.index(c) for c in batch + contracted + free_b])
+        a = jax.lax.optimization_barrier(jnp.transpose(a, order_a))
+    b = jnp.transpose(b, order_b)
+    # Also without batch axes (G = 1): XLA:CPU then keeps the dot in YNNPACK, where a plain 2-D
+    # backward dot was converted to float32 (checked on T5 1.1 small).
     a = a.reshape(extent(batch), extent(free_a), extent(contracted))  # [G, M, K]
     b = b.reshape(extent(batch), extent(contracted), extent(free_b))  # [G, K, N]
     y = jax.lax.dot_general(a, b, (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
@@ -71,21 +73,26 @@ def _batched_matmul(spec: str, a: Array, b: Array) -> Array:
     return jnp.transpose(y, [produced.index(c) for c in out])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _contract_mixed(spec: str, dtype: Any, a: Array, b: Array) -> Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _contract_mixed(spec: str, dtype: Any, name: str, a: Array, b: Array) -> Array:
     """`einsum(spec, a, b)` on `dtype` operands accumulated in float32 (see `contract`)."""
-    return _batched_matmul(spec, a.astype(dtype), b.astype(dtype))
+    with jax.named_scope(name):
+        return _batched_matmul(spec, a.astype(dtype), b.astype(dtype))
 
 
-def _contract_mixed_fwd(spec: str, dtype: Any, a: Array, b: Array):
-    a_low, b_low = a.astype(dtype), b.astype(dtype)
+def _contract_mixed_fwd(spec: str, dtype: Any, name: str, a: Array, b: Array):
+    # Custom-VJP rules lose the caller's name stack: `name` puts it back into the HLO's op_name
+    # metadata, so profiles attribute these dots (prompt_tuning.train.profiling).
+    with jax.named_scope(name):
+        a_low, b_low = a.astype(dtype), b.astype(dtype)
+        out = _batched_matmul(spec, a_low, b_low)
     # Residuals in `dtype` (half the memory of float32 inputs); zero-size arrays carry the
     # operands' own dtypes to the backward pass.
     dtypes = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
-    return _batched_matmul(spec, a_low, b_low), (a_low, b_low, dtypes)
+    return out, (a_low, b_low, dtypes)
 
 
-def _contract_mixed_bwd(spec: str, dtype: Any, residuals, g: Array):
+def _contract_mixed_bwd(spec: str, dtype: Any, name: str, residuals, g: Array):
     """`dA = g·B` and `dB = g·A` with `g` cast to `dtype`, accumulated in float32.
 
     Each gradient is returned in its operand's own dtype: a float32 operand (the softmax output,
@@ -97,16 +104,17 @@ def _contract_mixed_bwd(spec: str, dtype: Any, residuals, g: Array):
     a, b, (a_dtype, b_dtype) = residuals
     inputs, out = spec.split("->")
     spec_a, spec_b = inputs.split(",")
-    g = g.astype(dtype)
-    grad_a = _batched_matmul(f"{out},{spec_b}->{spec_a}", g, b)
-    grad_b = _batched_matmul(f"{out},{spec_a}->{spec_b}", g, a)
-    return grad_a.astype(a_dtype.dtype), grad_b.astype(b_dtype.dtype)
+    with jax.named_scope(f"transpose({name})"):
+        g = g.astype(dtype)
+        grad_a = _batched_matmul(f"{out},{spec_b}->{spec_a}", g, b)
+        grad_b = _batched_matmul(f"{out},{spec_a}->{spec_b}", g, a)
+        return grad_a.astype(a_dtype.dtype), grad_b.astype(b_dtype.dtype)
 
 
 _contract_mixed.defvjp(_contract_mixed_fwd, _contract_mixed_bwd)
 
 
-def contract(spec: str, a: Array, b: Array, dtype: Any) -> Array:
+def contract(spec: str, a: Array, b: Array, dtype: Any, name: str = "contract") -> Array:
     """`jnp.einsum(spec, a, b)` on operands cast to `dtype`, accumulated and returned in float32.
 
     In float32 this is a plain einsum. In a narrower dtype (bfloat16) the product accumulates in
@@ -121,6 +129,7 @@ def contract(spec: str, a: Array, b: Array, dtype: Any) -> Array:
       a: first operand (any float dtype).
       b: second operand (any float dtype).
       dtype: the operands' matmul dtype (float32 or bfloat16).
+      name: where it is (e.g. the Flax module path), for the op names in profiles.
 
     Returns:
       The float32 result.
@@ -128,7 +137,7 @@ def contract(spec: str, a: Array, b: Array, dtype: Any) -> Array:
     if jnp.dtype(dtype) == jnp.float32:
         a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
         return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
-    return _contract_mixed(spec, jnp.dtype(dtype), a, b)
+    return _contract_mixed(spec, jnp.dtype(dtype), name, a, b)
 
 
 def _dense_spec(ndim: int) -> str:
@@ -161,6 +170,11 @@ def cast_matmul_weights(params: dict, dtype: Any, consume: bool = False) -> dict
             out[name] = value.astype(dtype) if name in MATMUL_WEIGHTS else value
         del value
     return out
+
+
+def _path(module: nn.Module) -> str:
+    """The module's "/"-joined Flax path (its parameters' path), e.g. "encoder/layers_0/mlp"."""
+    return "/".join(str(part) for part in getattr(module.scope, "path", ())) or "contract"
 
 
 def _param(module: nn.Module, name: str, init: Initializer, shape, axes, dtype) -> Array:
@@ -216,7 +230,7 @@ class Dense(nn.Module):
         """Applies the kernel to `x` `[..., D_in]`; returns `[..., D_out]`."""
         shape = (x.shape[-1], self.features)
         kernel = _param(self, "kernel", self.kernel_init, shape, self.axes, self.param_dtype)
-        y = contract(_dense_spec(x.ndim), x, kernel, self.dtype)  # [..., D_out] float32
+        y = contract(_dense_spec(x.ndim), x, kernel, self.dtype, _path(self))  # [..., D_out] f32
         return y.astype(self.output_dtype or self.dtype)
 
 
@@ -261,7 +275,7 @@ class Embed(nn.Module):
     def attend(self, x: Array) -> Array:
         """Float32 logits `[..., V]` of hidden states `x` `[..., H]` against the table."""
         batch = "abcdefgh"[: x.ndim - 1]
-        return contract(f"{batch}y,vy->{batch}v", x, self.embedding, self.dtype)
+        return contract(f"{batch}y,vy->{batch}v", x, self.embedding, self.dtype, _path(self))
 
 
 def relative_position_bucket(
@@ -418,7 +432,8 @@ class MultiHeadAttention(nn.Module):
             if decode:
                 key, value = self._update_cache(key, value, decode_position)
 
-        logits = contract("bsnk,btnk->bnst", query, key, self.dtype)  # [B, N, S, T] float32
+        logits = contract("bsnk,btnk->bnst", query, key, self.dtype, f"{_path(self)}/scores")
+        # logits: [B, N, S, T] float32
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
         if mask is not None:
@@ -429,7 +444,8 @@ class MultiHeadAttention(nn.Module):
         weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             weights, deterministic=not enable_dropout
         )
-        out = contract("bnst,btnk->bsnk", weights, value, self.dtype)  # [B, S, N, K] float32
+        out = contract("bnst,btnk->bsnk", weights, value, self.dtype, f"{_path(self)}/values")
+        # out: [B, S, N, K] float32
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
         return self._dense("out", h, out_axes, base)(out)
 

@@ -56,11 +56,12 @@ _LINE = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+)\s+([\w\-]+)\(")
 def hlo_instructions(hlo_text: str) -> dict[str, Instruction]:
     """Every instruction of an optimized HLO module, by name, with the ops its fusion calls.
 
-    A fusion without `op_name` of its own takes that of its dot, or else of its first fused
-    instruction that has one.
+    An instruction without `op_name` of its own takes that of its fusion's dot, or else of its
+    first fused instruction that has one, or else of its first operand that has one (XLA's
+    library fusions of a dot often carry no metadata; the casts feeding them do).
     """
     computations: dict[str, list[tuple[str, str]]] = {}  # name -> [(opcode, op_name)]
-    raw: list[tuple[str, str, str, str, str | None]] = []
+    raw: list[tuple[str, str, str, str, str | None, list[str]]] = []
     current = None
     for line in hlo_text.splitlines():
         if line and not line.startswith(" "):
@@ -76,13 +77,16 @@ def hlo_instructions(hlo_text: str) -> dict[str, Instruction]:
         calls = re.search(r"calls=%?([\w.\-]+)", line)
         op_name = re.search(r'op_name="([^"]*)"', line)
         op_name = op_name.group(1) if op_name else ""
+        operands = re.findall(r"%([\w.\-]+)", line[match.end() :].split("), ")[0])
         computations[current].append((opcode, op_name))
-        raw.append((name, opcode, shape, op_name, calls and calls.group(1)))
+        raw.append((name, opcode, shape, op_name, calls and calls.group(1), operands))
+    names = {entry[0]: entry[3] for entry in raw}
     out = {}
-    for name, opcode, shape, op_name, calls in raw:
+    for name, opcode, shape, op_name, calls, operands in raw:
         fused = computations.get(calls, [(opcode, op_name)]) if calls else [(opcode, op_name)]
         if not op_name:
             named = [n for op, n in fused if n and op == "dot"] + [n for _, n in fused if n]
+            named += [names[o] for o in operands if names.get(o)]
             op_name = named[0] if named else ""
         out[name] = Instruction(name, opcode, shape, op_name, frozenset(op for op, _ in fused))
     return out
