@@ -4,6 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+T5_REFERENCE := t5 babel rouge-score nltk sacrebleu tabulate colorama lxml portalocker
 
 .PHONY: install test lint format demo clean
 
@@ -13,6 +14,9 @@ $(STAMP): setup.py constraints.txt
 	# The CPU build of torch first, so nothing pulls a CUDA torch (torch is a test-only reference).
 	$(BIN)/pip install -q -c constraints.txt torch
 	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench]"
+	# The original T5 package, a test-only reference (tests/tasks_t5_compat_test.py), with --no-deps:
+	# its declared requirements (mesh-tensorflow, seqio-nightly, ...) would replace the pinned stack.
+	$(BIN)/pip install -q --no-deps -c constraints.txt $(T5_REFERENCE)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -353,8 +353,8 @@ def train(
       eval_beam_size: beams when `eval_decode_method` is "beam".
       best_metric: the evaluation metric that picks the best checkpoint (BEST_METRIC; higher is
         better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
-        as "glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over the
-        tasks reporting it (see `evaluation.select_metric`).
+        as "taskless_glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over
+        the tasks reporting it (see `evaluation.select_metric`).
       prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
       loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
