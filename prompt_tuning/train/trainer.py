@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import checkpoints, data, evaluation, optimizers, partitioning
+from prompt_tuning.train import checkpoints, data, evaluation, optimizers, partitioning, steps
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
 
@@ -151,6 +151,7 @@ class _Run:
     checkpointer: checkpoints.TrainCheckpointer
     logger: train_logging.MetricsLogger
     meta: dict[str, Any]
+    first_step: int = 0  # the initial checkpoint's step, where TRAIN_STEPS counts from
 
 
 def _setup(
@@ -184,9 +185,11 @@ def _setup(
         options["prompt_file"],
     )
     opt_sharding = partitioning.opt_state_shardings(optimizer, trainable, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
+    first_step = options["first_step"]
+    init_opt = lambda p: optimizers.start_at_step(optimizer.init(p), first_step)  # noqa: E731
+    opt_state = jax.jit(init_opt, out_shardings=opt_sharding)(trainable)
     state = TrainState(
-        jax.device_put(jnp.zeros([], jnp.int32), partitioning.replicated(mesh)),
+        jax.device_put(jnp.asarray(first_step, jnp.int32), partitioning.replicated(mesh)),
         trainable,
         opt_state,
     )
@@ -204,7 +207,7 @@ def _setup(
     )
     checkpointer = checkpoints.TrainCheckpointer(model_dir, options["keep"])
     meta = {"seed": options["random_seed"], "task": options["task"], "batch_size": batch_size}
-    start_step = 0
+    start_step = first_step
     if checkpointer.latest_step() is not None:
         try:
             state, saved_meta = checkpointer.restore(_abstract(state))
@@ -224,13 +227,14 @@ def _setup(
         model_dir, train_steps, batch_size, enabled=jax.process_index() == 0
     )
     return _Run(
-        model, mesh, state, frozen, step_fn, step_rng, start_step, checkpointer, logger, meta
-    )
+        model, mesh, state, frozen, step_fn, step_rng, start_step, checkpointer, logger, meta,
+        first_step,
+    )  # fmt: skip
 
 
 def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
     """Checkpoints the state and exports the prompt as .npy (prompts/step_<N>.npy or best.npy)."""
-    meta = dict(run.meta, step=step, data_position=step)
+    meta = dict(run.meta, step=step, data_position=step - run.first_step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if jax.process_index() == 0:
         prompt = checkpoints.prompt_for_export(
@@ -320,7 +324,7 @@ def train(
     best_metric: str | None = None,
     prompt_file: str | None = None,
     frozen_dtype: str | None = None,
-    loss_normalizing_factor: float | None = None,
+    loss_normalizing_factor: float | str | None = None,
     z_loss: float = 1e-4,
     label_smoothing: float = 0.0,
     num_partitions: int = 1,
@@ -334,7 +338,8 @@ def train(
       model_dir: where checkpoints, prompts, metrics and TensorBoard files go (MODEL_DIR).
       mixture_or_task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
       task_feature_lengths: {"inputs": T, "targets": S} (TASK_FEATURE_LENGTHS).
-      train_steps: total steps to reach, counting resumed ones (TRAIN_STEPS).
+      train_steps: the step to reach, counted as in T5X from the initial checkpoint's step
+        (`steps`; TRAIN_STEPS): 1_130_000 trains 30,000 steps from `checkpoint_1100000`.
       batch_size: global batch size (BATCH_SIZE).
       optimizer: optax transformation; default Lester et al.'s Adafactor (`optimizers.adafactor`).
       initial_checkpoint_path: frozen T5 checkpoint (HF or T5X); None initializes a random model
@@ -357,7 +362,9 @@ def train(
         the tasks reporting it (see `evaluation.select_metric`).
       prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
-      loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
+      loss_normalizing_factor: T5X's: None sums the token losses, a number divides the sum,
+        "NUM_REAL_TARGET_TOKENS" / "NUM_TOTAL_TARGET_TOKENS" / "AVERAGE_PER_SEQUENCE" as T5X's
+        `SpecialLossNormalizingFactor` (see `losses`; LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
       label_smoothing: label smoothing.
       num_partitions: devices per model replica ("model" mesh axis).
@@ -376,6 +383,8 @@ def train(
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
+    first_step = steps.initial_step(initial_checkpoint_path)
+    steps.check_train_steps(train_steps, first_step, initial_checkpoint_path)
     if prompt_file is not None:
         checkpoints.load_prompt_npy(prompt_file)
     if eval_decode_method not in ("greedy", "beam"):
@@ -399,6 +408,7 @@ def train(
         prompt_file=prompt_file,
         keep=keep,
         task=mixture_or_task_name,
+        first_step=first_step,
     )
     os.makedirs(model_dir, exist_ok=True)
     run = _setup(
@@ -465,16 +475,17 @@ def _loop(
             shard_id=jax.process_index(),
             num_shards=jax.process_count(),
         )
-        batches = data.skip_batches(dataset, run.start_step).as_numpy_iterator()
+        batches = data.skip_batches(dataset, run.start_step - run.first_step)
+        batches = batches.as_numpy_iterator()
     train_log, eval_log, pending = [], [], []
     best = checkpoints.read_best_json(model_dir)
-    if run.start_step and run.start_step >= train_steps:
+    if run.start_step > run.first_step and run.start_step >= train_steps:
         run.logger.message(
             f"MODEL_DIR {model_dir} already holds a run at step {run.start_step} "
             f"(TRAIN_STEPS {train_steps}): nothing to train. Raise TRAIN_STEPS to continue it, or "
             "use a new MODEL_DIR to start again."
         )
-    elif run.start_step:
+    elif run.start_step > run.first_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
         batch = partitioning.shard_batch(next(batches), run.mesh)
