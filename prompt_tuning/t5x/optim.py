@@ -1,0 +1,73 @@
+"""Prompt-only training under T5X: which parameters train, and how the prompt axes are treated.
+
+Used from gin (`gin_configs/t5x/models/prompt.gin`):
+
+- `trainable_filter(regex)` is the `filter_fn` of the `flax.traverse_util.ModelParamTraversal`
+  that T5X's `optimizers.MultiOptimizer` pairs with Adafactor: parameters whose "/"-joined path
+  matches TRAINABLE_PARAMS_REGEX (`re.search`, as our trainer) are optimized, all others get no
+  optimizer state (`None`) and keep their values;
+- `logical_axis_rules()` adds the prompt axes (`prompts.PROMPT_LOGICAL_AXES`) to T5X's
+  `standard_logical_axis_rules(additional_rules=...)`, replicated as in
+  `prompt_tuning.train.partitioning`: prompts are small, and every model shard needs all of them;
+- `factor_rules()` extends T5X's Adafactor `standard_logical_factor_rules` with the prompt axes:
+  a leading layer, task or bank axis is a batch of prompts (each slice its own statistics), the
+  others are not factored. T5X ignores factor rules for parameters of rank <= 2 and factors them
+  as our `optimizers.adafactor` does (the two largest dims, when both are >= 128).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from prompt_tuning.prompts import PROMPT_LOGICAL_AXES
+from prompt_tuning.train.optimizers import DEFAULT_TRAINABLE_PARAMS_REGEX
+
+# Prompt axes that index separate prompts rather than positions or features.
+BATCHED_PROMPT_AXES = ("prompt_layers", "prompt_tasks", "prompt_bank")
+
+
+def trainable_filter(
+    regex: str = DEFAULT_TRAINABLE_PARAMS_REGEX,
+) -> Callable[[str, Any], bool]:
+    """A `ModelParamTraversal` filter: True for parameters whose path matches `regex`.
+
+    Args:
+      regex: TRAINABLE_PARAMS_REGEX, searched in paths such as `encoder/prompt/prompt` (T5X's
+        traversal passes `/encoder/prompt/prompt`; the leading "/" is dropped).
+
+    Returns:
+      `filter_fn(path, value) -> bool`.
+    """
+    pattern = re.compile(regex)
+
+    def filter_fn(path: str, value: Any) -> bool:
+        del value
+        return bool(pattern.search(path.lstrip("/")))
+
+    return filter_fn
+
+
+def logical_axis_rules() -> tuple[tuple[str, None], ...]:
+    """Rules mapping every prompt axis to no mesh axis (replicated), for T5X's partitioner."""
+    return tuple((axis, None) for axis in PROMPT_LOGICAL_AXES)
+
+
+def factor_rules(rules: Any = None) -> Any:
+    """T5X's Adafactor `logical_factor_rules` plus the prompt axes (needs T5X).
+
+    Args:
+      rules: the rules to extend; default `t5x.adafactor.standard_logical_factor_rules()`.
+
+    Returns:
+      A frozen dict `axis name -> FactorDim`.
+    """
+    from flax.core import frozen_dict  # noqa: PLC0415
+    from t5x import adafactor  # noqa: PLC0415
+
+    rules = dict(adafactor.standard_logical_factor_rules() if rules is None else rules)
+    for axis in PROMPT_LOGICAL_AXES:
+        batched = axis in BATCHED_PROMPT_AXES
+        rules[axis] = adafactor.FactorDim.BATCH if batched else adafactor.FactorDim.NONE
+    return frozen_dict.freeze(rules)
