@@ -302,7 +302,7 @@ _NAMES_SCRIPT = textwrap.dedent("""
     import json, os, seqio, tensorflow_datasets as tfds
     def other_team(split, shuffle_files, seed=None):
         import tensorflow as tf
-        return tf.data.Dataset.from_tensor_slices({"inputs": ["a b"], "targets": ["c"]})
+        return tf.data.Dataset.from_tensor_slices({"inputs": [[4, 5]], "targets": [[6]]})
     vocab = seqio.PassThroughVocabulary(8)
     seqio.TaskRegistry.add(
         "other_team_task",
@@ -310,20 +310,21 @@ _NAMES_SCRIPT = textwrap.dedent("""
         preprocessors=[],
         output_features={"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)},
     )
-    before = dict(
-        env=dict(os.environ), data_dir=tfds.core.constants.get_default_data_dir(),
-        other=repr(seqio.get_mixture_or_task("other_team_task").output_features),
-        cache_dirs=list(seqio.get_global_cache_dirs()),
-    )
-    import tasks, prompt_tuning.train, prompt_tuning.t5, prompt_tuning.prompts  # noqa
-    after = dict(
-        env=dict(os.environ), data_dir=tfds.core.constants.get_default_data_dir(),
-        other=repr(seqio.get_mixture_or_task("other_team_task").output_features),
-        cache_dirs=list(seqio.get_global_cache_dirs()),
-    )
+    def state():
+        task = seqio.get_mixture_or_task("other_team_task")
+        data = task.get_dataset(None, split="train", shuffle=False, try_in_mem_cache=False)
+        return dict(
+            env=dict(os.environ), data_dir=tfds.core.constants.get_default_data_dir(),
+            other=repr(task.output_features), cache_dirs=list(seqio.get_global_cache_dirs()),
+            examples=repr([{k: v.tolist() for k, v in e.items()} for e in data.as_numpy_iterator()]),
+        )
+    before = state()
+    import tasks, prompt_tuning.prompts, prompt_tuning.t5x.network  # noqa
+    from prompt_tuning.train import evaluation, inference, trainer  # noqa
+    after = state()
     print(json.dumps(dict(
         tasks=sorted(seqio.TaskRegistry.names()), mixtures=sorted(seqio.MixtureRegistry.names()),
-        unchanged={k: before[k] == after[k] for k in before},
+        unchanged={k: before[k] == after[k] for k in before}, examples=after["examples"],
     )))
 """)
 
@@ -354,6 +355,7 @@ def test_no_registered_name_is_one_of_t5s(fresh_registry):
 def test_importing_us_changes_no_global_of_other_teams(fresh_registry):
     # Environment, TFDS data dir, seqio cache dirs and another team's task are untouched.
     assert fresh_registry["unchanged"] == dict.fromkeys(fresh_registry["unchanged"], True)
+    assert fresh_registry["examples"] == repr([{"inputs": [4, 5], "targets": [6]}])
 
 
 @pytest.mark.skipif(not HAS_T5, reason="the original t5 package is not installed")
