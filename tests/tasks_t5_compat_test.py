@@ -313,10 +313,11 @@ _NAMES_SCRIPT = textwrap.dedent("""
     def state():
         task = seqio.get_mixture_or_task("other_team_task")
         data = task.get_dataset(None, split="train", shuffle=False, try_in_mem_cache=False)
+        rows = [{k: v.tolist() for k, v in e.items()} for e in data.as_numpy_iterator()]
         return dict(
             env=dict(os.environ), data_dir=tfds.core.constants.get_default_data_dir(),
             other=repr(task.output_features), cache_dirs=list(seqio.get_global_cache_dirs()),
-            examples=repr([{k: v.tolist() for k, v in e.items()} for e in data.as_numpy_iterator()]),
+            examples=repr(rows),
         )
     before = state()
     import tasks, prompt_tuning.prompts, prompt_tuning.t5x.network  # noqa
