@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
@@ -435,3 +436,50 @@ def test_t5format_equals_t5_on_mock_records(t5_registry, t5_name):
     if not t5_name.startswith("squad"):
         expected = [(_remove_task_word(i), t) for i, t in theirs]
         assert _texts(naming.taskless(t5_name), dataset()) == expected
+
+
+def _postprocessed(task: seqio.Task, texts: list[str], is_target: bool) -> list:
+    return [task.postprocess_fn(text, example={}, is_target=is_target) for text in texts]
+
+
+def _metrics(task: seqio.Task, targets: list, predictions: list) -> dict[str, float]:
+    out = {}
+    for metric_fn in task.predict_metric_fns:
+        out.update(metric_fn(targets, predictions))
+    return out
+
+
+# T5 tasks whose metrics read postprocessed labels or scores (T5 gives the AX sets none).
+SCORED = sorted(
+    name
+    for name in GOLDEN
+    if not any(k in name for k in ("_ax", "_wsc_", "multirc", "record", "squad"))
+)
+
+
+@pytest.mark.parametrize("t5_name", SCORED)
+def test_postprocessing_and_metrics_equal_t5s_on_random_predictions(t5_registry, t5_name):
+    theirs, ours = seqio.TaskRegistry.get(t5_name), seqio.TaskRegistry.get(naming.t5format(t5_name))
+    rng = np.random.default_rng(len(t5_name))
+    labels = list(tasks.label_strings(naming.t5format(t5_name)))
+    targets = list(rng.choice(labels, 40))
+    predictions = list(rng.choice(labels + ["maybe"], 40))  # "maybe": an invalid prediction
+    for is_target, texts in ((True, targets), (False, predictions)):
+        assert _postprocessed(ours, texts, is_target) == _postprocessed(theirs, texts, is_target)
+    args = [
+        _postprocessed(theirs, texts, t) for t, texts in ((True, targets), (False, predictions))
+    ]
+    expected, got = _metrics(theirs, *args), _metrics(ours, *args)
+    assert expected and set(expected) <= set(got)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-6, err_msg=key)
+
+
+def test_squad_metric_equals_t5s(t5_registry):
+    theirs = seqio.TaskRegistry.get("squad_v010_allanswers")
+    ours = seqio.TaskRegistry.get("squad_v010_allanswers_t5format")
+    targets = [["the cat", "a cat"], ["Paris , France"], ["1990"], ["blue sky"]]
+    predictions = ["cat", "Paris", "in 1990", "green"]
+    assert _metrics(ours, targets, predictions) == pytest.approx(
+        _metrics(theirs, targets, predictions)
+    )
