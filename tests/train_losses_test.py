@@ -125,3 +125,15 @@ def test_equals_t5x_losses(factor):
     )
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
     np.testing.assert_allclose(float(aux["z_loss"]), float(expected_z), rtol=1e-5)
+
+
+def test_unknown_normalizing_factor_stops_training_before_any_work(tmp_path):
+    from prompt_tuning.train import trainer  # noqa: PLC0415
+
+    with pytest.raises(ValueError, match="LOSS_NORMALIZING_FACTOR 'tokens'"):
+        trainer.train(
+            model=None, model_dir=str(tmp_path / "run"), mixture_or_task_name="builtin_keyword",
+            mixture_or_task_module="tasks.builtin", task_feature_lengths={}, train_steps=1,
+            batch_size=1, loss_normalizing_factor="tokens",
+        )  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -114,12 +114,16 @@ class T5XEncoderDecoder(nn.Module):
 
     network: nn.Module
 
+    def _network(self) -> nn.Module:
+        """The network, unbound: applied as a pure function, never adopted as a child."""
+        return self.network.clone(parent=None)
+
     def _params(self, encoder_input_tokens: Array, decoder_input_tokens: Array) -> Any:
         """The network's parameters; on `init`, created by the network's own `init`."""
         if self.is_initializing() and not self.has_variable("params", "token_embedder"):
             rng = self.make_rng("params")
             ones = lambda x: jnp.ones(x.shape, jnp.int32)  # noqa: E731
-            boxed = self.network.init(
+            boxed = self._network().init(
                 {"params": rng, "dropout": rng},
                 ones(encoder_input_tokens),
                 ones(decoder_input_tokens),
@@ -145,8 +149,7 @@ class T5XEncoderDecoder(nn.Module):
         if decode and self.has_variable("cache", "decoder"):
             variables["cache"] = _from_t5x_cache({"decoder": self.get_variable("cache", "decoder")})
         rngs = {"dropout": self.make_rng("dropout")} if enable_dropout else None
-        network = self.network.clone(parent=None)  # unbound: applied, never adopted as a child
-        out = network.apply(
+        out = self._network().apply(
             variables,
             *args,
             method=method,

@@ -115,6 +115,11 @@ def normalizing_factor_and_weights(
     )
 
 
+def check_normalizing_factor(loss_normalizing_factor: float | str | None) -> None:
+    """Raises the `normalizing_factor_and_weights` error for a bad value, before any work."""
+    normalizing_factor_and_weights(loss_normalizing_factor, jnp.ones((1, 1), jnp.float32))
+
+
 def weighted_loss(
     logits: jax.Array,
     targets: jax.Array,

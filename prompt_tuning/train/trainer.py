@@ -25,7 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import checkpoints, data, evaluation, optimizers, partitioning, steps
+from prompt_tuning.train import (
+    checkpoints,
+    data,
+    evaluation,
+    losses,
+    optimizers,
+    partitioning,
+    steps,
+)
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
 
@@ -385,6 +393,7 @@ def train(
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     first_step = steps.initial_step(initial_checkpoint_path)
     steps.check_train_steps(train_steps, first_step, initial_checkpoint_path)
+    losses.check_normalizing_factor(loss_normalizing_factor)
     if prompt_file is not None:
         checkpoints.load_prompt_npy(prompt_file)
     if eval_decode_method not in ("greedy", "beam"):
