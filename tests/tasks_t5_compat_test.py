@@ -27,7 +27,17 @@ import tasks  # noqa: F401  (registers our tasks)
 from tasks import naming
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-HAS_T5 = importlib.util.find_spec("t5") is not None
+
+
+def _t5_importable() -> bool:
+    try:
+        importlib.import_module("t5.data")
+    except ImportError:
+        return False
+    return True
+
+
+HAS_T5 = _t5_importable()
 
 # `seqio.TaskRegistry.names()` / `MixtureRegistry.names()` after `import t5.data.tasks,
 # t5.data.mixtures` (t5 0.9.4).
