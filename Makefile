@@ -12,7 +12,7 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q --upgrade "pip==25.3"
 	# The CPU build of torch first, so nothing pulls a CUDA torch (torch is a test-only reference).
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,7 @@
 """The HTTP API of the prompt server (FastAPI; OpenAPI page at `/docs`, schema at `/openapi.json`).
 
-    POST   /v1/generate          {"prompt", "inputs", "max_length", "method", "beam_size", "truncate"}
+    POST   /v1/generate          {"prompt", "inputs", "max_length", "method", "beam_size",
+                                  "truncate"}
     POST   /v1/classify          {"prompt", "inputs", "labels", "truncate"}
     GET    /v1/prompts           served prompts, the bank's size, prompts not served and why
     GET    /v1/prompts/{name}
@@ -16,11 +17,13 @@ fields, over-long inputs, a prompt of the wrong shape or dtype, a corrupt .npy),
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from typing import Any, Literal
 
 import fastapi
+import numpy as np
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -116,8 +119,6 @@ async def _read_prompt(request: Request, name: str, limit: int) -> tuple[Any, st
                 400, 'A JSON upload must be {"prompt": [[...], ...]} (P rows of H floats).'
             ) from None
         try:
-            import numpy as np  # noqa: PLC0415
-
             return np.asarray(value, dtype=np.float32), "upload (JSON)"
         except (ValueError, TypeError):
             raise ApiError(400, "The JSON prompt is not a rectangular array of numbers.") from None
@@ -227,7 +228,8 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
     )
     async def put_prompt(name: str, request: Request) -> JSONResponse:
         prompt, source = await _read_prompt(request, name, service.config.limits.max_upload_bytes)
-        result = await _to_thread(service.put_prompt, name, prompt, source)
+        # A resized bank compiles here: off the event loop, so other requests keep being served.
+        result = await asyncio.to_thread(service.put_prompt, name, prompt, source)
         body = {
             **_info(result.info),
             "replaced": result.replaced,
@@ -250,9 +252,3 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
 
     return app
-
-
-async def _to_thread(fn, *args):
-    import asyncio  # noqa: PLC0415
-
-    return await asyncio.to_thread(fn, *args)

@@ -19,12 +19,14 @@ H model dim, W beams.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -50,9 +52,9 @@ class Buckets:
       label_length: label lengths S of `classify` (the largest is the longest label).
     """
 
-    batch: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    input_length: tuple[int, ...] = (32, 128, 512)
-    decode_length: tuple[int, ...] = (8, 32, 128)
+    batch: tuple[int, ...] = (1, 4, 16, 32)
+    input_length: tuple[int, ...] = (64, 256)
+    decode_length: tuple[int, ...] = (16, 64)
     label_length: tuple[int, ...] = (8,)
 
     def __post_init__(self):
@@ -135,6 +137,7 @@ class Engine:
       buckets: the padded shapes.
       beam_sizes: the beam sizes served.
       compiles: programs compiled so far, by reason ("warmup", "new_shape", "bank_resize").
+      compile_threads: programs compiled at once by `warm_up` (default: the CPU count).
     """
 
     def __init__(
@@ -144,7 +147,9 @@ class Engine:
         buckets: Buckets,
         beam_sizes: Sequence[int] = (4,),
         on_compile: Callable[[ProgramKey, str, float], None] | None = None,
+        compile_threads: int | None = None,
     ):
+        self.compile_threads = compile_threads or os.cpu_count() or 1
         self.module = module.clone(prompt=None)
         self.params = params
         self.buckets = buckets
@@ -153,6 +158,7 @@ class Engine:
         self.compiles: dict[str, int] = {}
         self._on_compile = on_compile
         self._programs: dict[ProgramKey, Any] = {}
+        self._modules: dict[tuple[int, int], Any] = {}
         self._pending: dict[ProgramKey, threading.Lock] = {}
         self._lock = threading.Lock()
         sharding = jax.tree.leaves(params)[0].sharding
@@ -172,10 +178,14 @@ class Engine:
         return NamedSharding(self._mesh, P("data") if rows % data == 0 else P())
 
     # Programs ------------------------------------------------------------------------------------
-    @functools.lru_cache(maxsize=None)  # noqa: B019 (one engine per server; keys are small)
     def bank_module(self, capacity: int, length: int) -> Any:
-        """The frozen model with a `ServingPromptBank(capacity, length)`."""
-        return self.module.clone(prompt=ServingPromptBank(capacity, length, self.embed_dim))
+        """The frozen model with a `ServingPromptBank(capacity, length)` (one object per shape)."""
+        with self._lock:
+            key = (capacity, length)
+            if key not in self._modules:
+                bank = ServingPromptBank(capacity, length, self.embed_dim)
+                self._modules[key] = self.module.clone(prompt=bank)
+            return self._modules[key]
 
     def _lower(self, key: ProgramKey) -> Any:
         """Lowers and compiles one program for its shapes and shardings."""
@@ -239,8 +249,9 @@ class Engine:
     ) -> int:
         """Compiles every program of `kinds` for the bank shape; returns how many were new."""
         keys = [k for k in self.warm_keys(kinds, capacity, length) if k not in self._programs]
-        for key in keys:
-            self.program(key, reason)
+        # XLA compiles mostly on one thread: compiling several programs at once uses the cores.
+        with concurrent.futures.ThreadPoolExecutor(self.compile_threads) as pool:
+            list(pool.map(lambda key: self.program(key, reason), keys))
         return len(keys)
 
     def num_programs(self) -> int:
@@ -248,7 +259,7 @@ class Engine:
         return len(self._programs)
 
     # Running -------------------------------------------------------------------------------------
-    def _pad(self, tokens: Sequence[np.ndarray], rows: Sequence[int], kind: str, extra=()):
+    def _pad(self, tokens: Sequence[np.ndarray], rows: Sequence[int], extra=()):
         """Pads n rows to the batch and input-length buckets.
 
         Padding rows repeat row 0, so a decoding loop stops when the real rows are done.
@@ -293,7 +304,7 @@ class Engine:
         s = bucket(self.buckets.decode_length, max(max_lengths))
         kind = "beam" if method == "beam" else "greedy"
         limits = np.asarray(max_lengths, np.int32)[:, None]  # [n, 1]
-        b, t, batch, ids, (limits,) = self._pad(tokens, rows, kind, (limits,))
+        b, t, batch, ids, (limits,) = self._pad(tokens, rows, (limits,))
         key = ProgramKey(kind, b, t, s, beam_size if kind == "beam" else 0, *bank.shape)
         program = self.program(key)
         args = self._put(b, batch, ids)
@@ -319,17 +330,7 @@ class Engine:
         padded = np.zeros((len(targets), s), np.int32)  # [n, S]
         for i, x in enumerate(targets):
             padded[i, : len(x)] = x
-        b, t, batch, ids, (padded,) = self._pad(tokens, rows, "score", (padded,))
+        b, t, batch, ids, (padded,) = self._pad(tokens, rows, (padded,))
         program = self.program(ProgramKey("score", b, t, s, 0, *bank.shape))
         out = program(self.params, bank.table, bank.lengths, *self._put(b, batch, ids, padded))
         return np.asarray(jax.device_get(out))[: len(tokens)]
-
-
-def bank_shape_of(table: Any) -> tuple[int, int]:
-    """(C, P) of a bank table `[C, P, H]`."""
-    return int(table.shape[0]), int(table.shape[1])
-
-
-def describe(key: ProgramKey) -> Mapping[str, Any]:
-    """A JSON-able view of a program key (for logs and /healthz)."""
-    return dataclasses.asdict(key)

@@ -134,9 +134,9 @@ def serve(
     prompt_dir: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    batch_buckets: Sequence[int] = (1, 2, 4, 8, 16, 32),
-    input_length_buckets: Sequence[int] = (32, 128, 512),
-    decode_length_buckets: Sequence[int] = (8, 32, 128),
+    batch_buckets: Sequence[int] = (1, 4, 16, 32),
+    input_length_buckets: Sequence[int] = (64, 256),
+    decode_length_buckets: Sequence[int] = (16, 64),
     label_length_buckets: Sequence[int] = (8,),
     beam_sizes: Sequence[int] = (4,),
     warmup: Sequence[str] = engine_lib.KINDS,
@@ -153,6 +153,7 @@ def serve(
     frozen_dtype: str | None = None,
     label_lookup: Callable[[str], Sequence[str] | None] | None = None,
     mixture_or_task_module: str | None = "tasks",
+    compilation_cache_dir: str | None = None,
 ) -> None:
     """Serves prompts over HTTP until interrupted: `python -m prompt_tuning.serve` (serve.gin).
 
@@ -161,8 +162,13 @@ def serve(
     BEAM_SIZES, WARMUP, BATCHING ("mixed" or "per_prompt"), BATCH_WAIT_MS, MAX_QUEUE_ROWS,
     BANK_CAPACITY, BANK_PROMPT_LENGTH, BANK_MAX_CAPACITY, MAX_PROMPT_LENGTH, LIMITS (fields of
     `service.Limits`), DRAIN_TIMEOUT, RANDOM_SEED, FROZEN_DTYPE, the label lookup and
-    MIXTURE_OR_TASK_MODULE (imported so that task label strings are known).
+    MIXTURE_OR_TASK_MODULE (imported so that task label strings are known) and
+    COMPILATION_CACHE_DIR (JAX's persistent compilation cache: a restart loads the programs
+    instead of compiling them; None: off).
     """
+    if compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     data.import_task_modules(mixture_or_task_module)
     config = ServiceConfig(
         buckets=engine_lib.Buckets(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -190,7 +191,7 @@ class Service:
                 live.append(i)
             else:
                 results[i] = batcher_lib.UnknownPrompt(item.prompt)
-            self.metrics.queue_seconds.observe(max(0.0, _now() - item.enqueued))
+            self.metrics.queue_seconds.observe(max(0.0, time.perf_counter() - item.enqueued))
         if not live:
             return results
         chosen = [items[i] for i in live]
@@ -231,7 +232,7 @@ class Service:
         reason = self.skipped.get(name)
         message = f"Unknown prompt {name!r}; served prompts: {known}."
         if reason:
-            message = f"Prompt {name!r} is not served: {reason}. Served prompts: {known}."
+            message = f"Prompt {name!r} is not served: {reason.rstrip('.')}. Served: {known}."
         raise ApiError(404, message, known=known)
 
     def tokenize(self, texts: str | Sequence[str], truncate: bool) -> list[np.ndarray]:
@@ -318,8 +319,15 @@ class Service:
 
         Raises:
           ApiError: 429 when the queue is full, 503 while draining, 404 when the prompt was
-            removed before its batch ran.
+            removed before its batch ran, 400 when the request alone exceeds the queue.
         """
+        rows = sum(item.rows for item in items)
+        if rows > self.config.max_queue_rows:
+            raise ApiError(
+                400,
+                f"This request needs {rows} batch rows (inputs x labels); the queue holds at most "
+                f"{self.config.max_queue_rows} (MAX_QUEUE_ROWS). Split it into smaller requests.",
+            )
         try:
             self.batcher.submit(items)
         except batcher_lib.QueueFull as error:
@@ -396,9 +404,3 @@ class Service:
         done = self.batcher.stop(timeout)
         self.metrics.close()
         return done
-
-
-def _now() -> float:
-    import time  # noqa: PLC0415
-
-    return time.perf_counter()
