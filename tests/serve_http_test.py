@@ -6,9 +6,7 @@ the same task examples.
 """
 
 import concurrent.futures
-import http.client
 import io
-import json
 import threading
 import time
 
@@ -22,6 +20,7 @@ from prompt_tuning.serve import engine, loading, server, service
 from prompt_tuning.t5.network import EncoderDecoder
 from prompt_tuning.train import inference
 from tasks import vocabularies
+from tests.serve_fixtures import call
 
 LENGTHS = {"inputs": 32, "targets": 8}
 PROMPT_LENGTHS = {"builtin_sentiment": 4, "builtin_topic": 9}
@@ -89,21 +88,6 @@ def setup(tmp_path_factory):
     running = server.BackgroundServer(svc)
     yield running, svc, refs
     running.stop()
-
-
-def call(url, method, path, body=None, headers=None):
-    """One HTTP request; returns (status, parsed JSON or text, headers)."""
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=120)
-    if isinstance(body, dict):
-        body, headers = json.dumps(body), {"Content-Type": "application/json", **(headers or {})}
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    kind = response.getheader("Content-Type", "")
-    value = json.loads(data) if kind.startswith("application/json") else data.decode()
-    return response.status, value, dict(response.getheaders())
 
 
 def _concurrently(url, requests):

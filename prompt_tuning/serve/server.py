@@ -68,6 +68,7 @@ def build_service(
     if getattr(module, "prompt", None) is not None:
         logging.info("MODEL has a prompt module; the server replaces it with its prompt bank.")
         module = module.clone(prompt=None)
+    found = loading.scan_prompt_dir(prompt_dir) if prompt_dir else []  # a bad folder fails fast
     buckets = config.buckets
     lengths = {"inputs": buckets.input_length[0], "targets": buckets.decode_length[0]}
     params, _ = inference.load_params(
@@ -77,7 +78,6 @@ def build_service(
         random_seed=random_seed,
         frozen_dtype=frozen_dtype,
     )
-    found = loading.scan_prompt_dir(prompt_dir) if prompt_dir else []
     return Service(module, params, vocabulary, config, found, label_lookup)
 
 
