@@ -44,8 +44,15 @@ setuptools.setup(
             "scikit-learn",
         ],
         "bench": ["peft"],
-        # pt-serve: the HTTP server (FastAPI on uvicorn, Prometheus metrics).
-        "serve": ["fastapi==0.163.2", "uvicorn==0.54.0", "prometheus-client==0.26.0"],
+        # pt-serve: the HTTP server (FastAPI on uvicorn with its C HTTP parser and event loop,
+        # Prometheus metrics).
+        "serve": [
+            "fastapi==0.163.2",
+            "uvicorn==0.54.0",
+            "httptools==0.9.0",
+            "uvloop==0.23.0",
+            "prometheus-client==0.26.0",
+        ],
         "gpu": ["jax[cuda12]==0.10.2"],
         "tpu": ["jax[tpu]==0.10.2"],
     },

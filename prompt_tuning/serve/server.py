@@ -92,11 +92,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(service: Service, drain_timeout: float = 30.0, log_level: str = "warning"):
+def make_server(
+    service: Service,
+    drain_timeout: float = 30.0,
+    log_level: str = "warning",
+    access_log: bool = False,
+):
     """A uvicorn server for the service's app (graceful shutdown waits `drain_timeout` s)."""
     config = uvicorn.Config(
         create_app(service, drain_timeout),
         log_level=log_level,
+        access_log=access_log,
         timeout_graceful_shutdown=drain_timeout,
         lifespan="on",
     )
@@ -154,6 +160,7 @@ def serve(
     label_lookup: Callable[[str], Sequence[str] | None] | None = None,
     mixture_or_task_module: str | None = "tasks",
     compilation_cache_dir: str | None = None,
+    access_log: bool = False,
 ) -> None:
     """Serves prompts over HTTP until interrupted: `python -m prompt_tuning.serve` (serve.gin).
 
@@ -164,7 +171,8 @@ def serve(
     `service.Limits`), DRAIN_TIMEOUT, RANDOM_SEED, FROZEN_DTYPE, the label lookup and
     MIXTURE_OR_TASK_MODULE (imported so that task label strings are known) and
     COMPILATION_CACHE_DIR (JAX's persistent compilation cache: a restart loads the programs
-    instead of compiling them; None: off).
+    instead of compiling them; None: off) and ACCESS_LOG (log every request; the counts are in
+    /metrics either way).
     """
     if compilation_cache_dir:
         jax.config.update("jax_compilation_cache_dir", compilation_cache_dir)
@@ -205,5 +213,5 @@ def serve(
         f"(API docs: /docs; {service.engine.num_programs()} programs compiled)",
         flush=True,
     )
-    make_server(service, drain_timeout, log_level="info").run(sockets=[sock])
+    make_server(service, drain_timeout, "info", access_log).run(sockets=[sock])
     print("Server stopped.", flush=True)
