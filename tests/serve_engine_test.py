@@ -4,6 +4,7 @@ Equality is checked against the plain `Prompt` model run alone (the independent 
 prompt prepended as in training), never against the serving code itself.
 """
 
+import logging
 import threading
 import time
 
@@ -16,7 +17,7 @@ from prompt_tuning.prompts import Prompt, ServingPromptBank
 from prompt_tuning.prompts.serving_bank import right_align
 from prompt_tuning.serve import batcher as batcher_lib
 from prompt_tuning.serve import engine as engine_lib
-from prompt_tuning.serve import loading, registry
+from prompt_tuning.serve import loading, registry, service
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import decoding
 from prompt_tuning.t5.network import EncoderDecoder
@@ -228,3 +229,33 @@ def test_batcher_groups_by_policy_bounds_the_queue_and_drains(policy):
     if policy == "per_prompt":
         expected = [["a"], ["a", "a"], ["b", "b"], ["c"]]
     assert batches == expected
+
+
+def test_growing_the_bank_is_one_logged_recompilation(frozen, prompts, inputs, caplog):
+    config = service.ServiceConfig(
+        buckets=engine_lib.Buckets((2,), (16,), (8,), (4,)), bank_capacity=1, warmup=("greedy",)
+    )
+    first = loading.Found("p0", "test", prompts[0])
+    svc = service.Service(EncoderDecoder(CONFIG), frozen, None, config, [first])
+    tokens = [row[row > 0] for row in inputs]
+
+    def greedy(name, i):
+        bank = svc.registry.snapshot()
+        return svc.engine.generate(bank, [tokens[i]], [bank.slots[name]], [6])[0][0]
+
+    try:
+        assert svc.engine.compiles == {"warmup": 1} and svc.registry.shape == (1, LENGTHS[0])
+        before = greedy("p0", 0)
+        with caplog.at_level(logging.WARNING):
+            grown = svc.put_prompt("p1", prompts[1], "test")  # a 2nd row, and longer than P
+        assert grown.resized and grown.shape == (2, LENGTHS[1])
+        assert svc.engine.compiles == {"warmup": 1, "bank_resize": 1}
+        assert "resized the bank from (C, P) = (1, 3) to (2, 7)" in caplog.text
+        np.testing.assert_array_equal(greedy("p0", 0), before)  # still right-aligned
+        alone, alone_params = _alone(frozen, prompts[1])
+        ref = greedy_decode(alone, alone_params, inputs[1:2], 6)[0]
+        np.testing.assert_array_equal(greedy("p1", 1), ref)
+        assert not svc.put_prompt("p1", 2 * prompts[1], "again").resized  # replace: same shape
+        assert svc.engine.compiles == {"warmup": 1, "bank_resize": 1}
+    finally:
+        svc.close()

@@ -44,16 +44,17 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 POLICIES = ("mixed", "per_prompt")
-MODELS = {
-    "tiny": (["--gin_file=gin_configs/models/t5_1_1_tiny_pretrained.gin"], 128),
-    "small": (
-        [
-            "--gin_file=gin_configs/models/t5_1_1_small.gin",
-            "--gin.INITIAL_CHECKPOINT_PATH=None",
-            "--gin.VOCABULARY=@vocabularies.tiny_vocabulary()",
-        ],
-        512,
-    ),
+# Random T5 1.1 small with the tiny vocabulary: nothing to download (its 512 ids fit in 32,128).
+SMALL_RANDOM_GIN = """
+from __gin__ import dynamic_registration
+from tasks import vocabularies
+include 'gin_configs/models/t5_1_1_small.gin'
+INITIAL_CHECKPOINT_PATH = None
+VOCABULARY = @vocabularies.tiny_vocabulary()
+"""
+MODELS = {  # gin file (None: written from SMALL_RANDOM_GIN), model dim H
+    "tiny": ("gin_configs/models/t5_1_1_tiny_pretrained.gin", 128),
+    "small": (None, 512),
 }
 SPM = REPO / "prompt_tuning" / "pretrained" / "t5_tiny" / "sentencepiece.model"
 
@@ -89,8 +90,12 @@ def write_prompts(folder: pathlib.Path, count: int, length: int, width: int) -> 
 
 def start_server(model: str, policy: str, folder: pathlib.Path, args, log) -> tuple[Any, str]:
     """Starts pt-serve for one policy; returns (process, url) once it serves."""
+    gin_file = MODELS[model][0]
+    if gin_file is None:
+        gin_file = folder.parent / f"{model}.gin"
+        gin_file.write_text(SMALL_RANDOM_GIN)
     flags = [
-        *MODELS[model][0],
+        f"--gin_file={gin_file}",
         "--gin_file=gin_configs/runs/serve.gin",
         f"--gin.HOST='{args.host}'",
         "--gin.PORT=0",
