@@ -26,7 +26,7 @@ LENGTHS = {"inputs": 32, "targets": 8}
 PROMPT_LENGTHS = {"builtin_sentiment": 4, "builtin_topic": 9}
 NUM_EXAMPLES = 6
 CONFIG = service.ServiceConfig(
-    buckets=engine.Buckets((1, 8), (32,), (8,), (8,)),
+    buckets=engine.Buckets((8,), (32,), (8,), (8,)),
     bank_capacity=4,
     policy="mixed",
     max_wait_s=0.3,  # long enough for a burst of concurrent requests to share a batch
@@ -144,7 +144,7 @@ def _npy(array):
 def test_no_compilation_after_warm_up_even_when_prompts_change(setup):
     running, _, _ = setup
     before = _compile_counts(running.url)
-    assert before[0] == {"warmup": 6}  # (greedy, beam, score) x batch buckets (1, 8)
+    assert before[0] == {"warmup": 3}  # greedy, beam, score at the one bucket
     url, texts = running.url, ["the movie was great", "a dull , long film", "cats"]
     new = np.random.default_rng(3).normal(size=(5, 128)).astype(np.float32)
     assert call(url, "PUT", "/v1/prompts/fresh", _npy(new))[0] == 201
@@ -247,6 +247,6 @@ def test_openapi_page_and_metrics(setup):
     _, metrics, _ = call(running.url, "GET", "/metrics")
     for name in ("pt_serve_requests_total", "pt_serve_batch_rows_bucket",
                  "pt_serve_queue_seconds_sum", "pt_serve_compute_seconds_count",
-                 'pt_serve_compiles_total{reason="warmup"} 6.0'):  # fmt: skip
+                 'pt_serve_compiles_total{reason="warmup"} 3.0'):  # fmt: skip
         assert name in metrics
     assert loading.NAME_PATTERN.match("builtin_sentiment")
