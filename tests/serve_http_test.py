@@ -237,6 +237,21 @@ def test_a_full_queue_answers_429_while_other_requests_are_served(setup):
     assert "MAX_QUEUE_ROWS" in refused[1]["error"] and refused[2]["retry-after"] == "1"
 
 
+def test_a_failing_batch_fails_its_requests_only(setup):
+    running, svc, _ = setup
+    original = svc.engine.generate
+
+    def broken(*args, **kwargs):
+        svc.engine.generate = original  # only this batch fails
+        raise RuntimeError("simulated device failure")
+
+    svc.engine.generate = broken
+    body = {"prompt": "builtin_topic", "inputs": "a match"}
+    status, answer, _ = call(running.url, "POST", "/v1/generate", body)
+    assert status == 500 and "simulated device failure" in answer["error"]
+    assert call(running.url, "POST", "/v1/generate", body)[0] == 200
+
+
 def test_openapi_page_and_metrics(setup):
     running, _, _ = setup
     status, schema, _ = call(running.url, "GET", "/openapi.json")

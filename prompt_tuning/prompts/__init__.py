@@ -14,7 +14,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `InstancePrompt`   | Wu et al. 2022 (IDPG, M-IDPG)      | generator + task prompt(s)      |
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
-| `ServingPromptBank`| serving: prompts of any length <= P| C*P*H + C (right-aligned, masked)|
+| `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
 
 Initializers (`prompts.initializers`) are passed as `prompt_init` (not `init`, which would shadow
 `flax.linen.Module.init`).

@@ -375,11 +375,10 @@ class Service:
         Raises:
           ApiError: 404 when it is not served.
         """
-        self.prompt_or_404(name)
         try:
             info = self.registry.remove(name)
         except KeyError:
-            self.prompt_or_404(name)
+            self.prompt_or_404(name)  # raises the 404
             raise
         self._update_gauges()
         return info
