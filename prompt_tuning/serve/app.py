@@ -143,6 +143,13 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
     )
     app.state.service = service
     _install_handlers(app)
+    _add_inference_routes(app, service)
+    _add_prompt_routes(app, service)
+    return app
+
+
+def _add_inference_routes(app: fastapi.FastAPI, service: Service) -> None:
+    """POST /v1/generate and /v1/classify."""
 
     @app.post("/v1/generate")
     async def generate(request: GenerateRequest) -> dict[str, Any]:
@@ -197,14 +204,19 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
             )
         return {"prompt": request.prompt, "labels": labels, "outputs": outputs}
 
-    def _info(info: registry.PromptInfo) -> dict[str, Any]:
-        return {"name": info.name, "length": info.length, "source": info.source}
+
+def _prompt_json(info: registry.PromptInfo) -> dict[str, Any]:
+    return {"name": info.name, "length": info.length, "source": info.source}
+
+
+def _add_prompt_routes(app: fastapi.FastAPI, service: Service) -> None:
+    """The prompt routes, /healthz and /metrics."""
 
     @app.get("/v1/prompts")
     async def list_prompts() -> dict[str, Any]:
         capacity, length = service.registry.shape
         return {
-            "prompts": [_info(i) for i in service.registry.infos()],
+            "prompts": [_prompt_json(i) for i in service.registry.infos()],
             "bank": {"capacity": capacity, "prompt_length": length},
             "model_dim": service.engine.embed_dim,
             "not_served": [{"name": n, "reason": r} for n, r in sorted(service.skipped.items())],
@@ -212,7 +224,7 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
 
     @app.get("/v1/prompts/{name}")
     async def get_prompt(name: str) -> dict[str, Any]:
-        return _info(service.prompt_or_404(name))
+        return _prompt_json(service.prompt_or_404(name))
 
     @app.put(
         "/v1/prompts/{name}",
@@ -231,7 +243,7 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
         # A resized bank compiles here: off the event loop, so other requests keep being served.
         result = await asyncio.to_thread(service.put_prompt, name, prompt, source)
         body = {
-            **_info(result.info),
+            **_prompt_json(result.info),
             "replaced": result.replaced,
             "bank": {"capacity": result.shape[0], "prompt_length": result.shape[1]},
             "recompiled": result.resized,
@@ -240,7 +252,7 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
 
     @app.delete("/v1/prompts/{name}")
     async def delete_prompt(name: str) -> dict[str, Any]:
-        return {"removed": _info(service.remove_prompt(name))}
+        return {"removed": _prompt_json(service.remove_prompt(name))}
 
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
@@ -250,5 +262,3 @@ def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.
     async def metrics() -> Response:
         service.metrics.queue_rows.set(service.batcher.queued_rows)
         return Response(service.metrics.exposition(), media_type=CONTENT_TYPE)
-
-    return app
