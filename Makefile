@@ -13,7 +13,7 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install -q --upgrade "pip==25.3"
 	# The CPU build of torch first, so nothing pulls a CUDA torch (torch is a test-only reference).
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench,serve]"
 	# The original T5 package, a test-only reference (tests/tasks_t5_compat_test.py), with --no-deps:
 	# its declared requirements (mesh-tensorflow, seqio-nightly, ...) would replace the pinned stack.
 	$(BIN)/pip install -q --no-deps -c constraints.txt $(T5_REFERENCE)
