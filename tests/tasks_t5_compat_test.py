@@ -308,9 +308,10 @@ def test_t5format_and_taskless_variants_match_t5_golden_strings(t5_name):
     assert _texts(naming.taskless(t5_name), _dataset(record)) == [(taskless, targets)]
 
 
-# The import check runs in fresh interpreters: imports happen once per process.
-_NAMES_SCRIPT = textwrap.dedent("""
-    import json, os, seqio, tensorflow_datasets as tfds
+# The import checks run in a fresh interpreter: imports happen once per process. It registers
+# another team's task, imports T5's tasks and mixtures first when `t5` is importable, then ours.
+_FRESH_SCRIPT = textwrap.dedent("""
+    import json, os, sys, seqio, tensorflow_datasets as tfds
     def other_team(split, shuffle_files, seed=None):
         import tensorflow as tf
         return tf.data.Dataset.from_tensor_slices({"inputs": [[4, 5]], "targets": [[6]]})
@@ -321,6 +322,11 @@ _NAMES_SCRIPT = textwrap.dedent("""
         preprocessors=[],
         output_features={"inputs": seqio.Feature(vocab), "targets": seqio.Feature(vocab)},
     )
+    theirs = {}
+    if sys.argv[1] == "t5":
+        import t5.data, t5.data.tasks, t5.data.mixtures
+        theirs = {n: seqio.get_mixture_or_task(n) for n in ("glue_rte_v002",
+                  "squad_v010_allanswers", "glue_v002_proportional")}
     def state():
         task = seqio.get_mixture_or_task("other_team_task")
         data = task.get_dataset(None, split="train", shuffle=False, try_in_mem_cache=False)
@@ -329,64 +335,62 @@ _NAMES_SCRIPT = textwrap.dedent("""
             env=dict(os.environ), data_dir=tfds.core.constants.get_default_data_dir(),
             other=repr(task.output_features), cache_dirs=list(seqio.get_global_cache_dirs()),
             examples=repr(rows),
+            t5_vocab=[repr(p.output_features["targets"].vocabulary.sentencepiece_model_file)
+                      for n, p in theirs.items() if hasattr(p, "output_features")],
         )
-    before = state()
+    names = lambda: set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+    before, registered = state(), names()
     import tasks, prompt_tuning.prompts, prompt_tuning.t5x.network  # noqa
     from prompt_tuning.train import evaluation, inference, trainer  # noqa
     after = state()
+    unchanged = {k: before[k] == after[k] for k in before}
+    unchanged["t5_providers"] = all(seqio.get_mixture_or_task(n) is p for n, p in theirs.items())
     print(json.dumps(dict(
-        tasks=sorted(seqio.TaskRegistry.names()), mixtures=sorted(seqio.MixtureRegistry.names()),
-        unchanged={k: before[k] == after[k] for k in before}, examples=after["examples"],
+        ours=sorted(names() - registered), unchanged=unchanged, examples=after["examples"],
+        t5_vocab=after["t5_vocab"], mixture_tasks=len(
+            seqio.get_mixture_or_task("taskless_glue_v002_proportional").tasks),
     )))
 """)
 
 
-def _python(script: str) -> subprocess.CompletedProcess:
+def _python(script: str, *args: str) -> subprocess.CompletedProcess:
     """Runs `script` in a fresh interpreter that imports this checkout's packages."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=path)
     return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO, env=env
     )
 
 
 @pytest.fixture(scope="module")
 def fresh_registry() -> dict:
     """What a fresh `import tasks` (and `prompt_tuning`) registers, and whether globals moved."""
-    out = _python(_NAMES_SCRIPT)
+    out = _python(_FRESH_SCRIPT, "t5" if HAS_T5 else "no_t5")
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_no_registered_name_is_one_of_t5s(fresh_registry):
-    ours = set(fresh_registry["tasks"]) | set(fresh_registry["mixtures"])
-    assert "taskless_glue_rte_v002" in ours and "other_team_task" in ours
+    ours = set(fresh_registry["ours"])
+    assert "taskless_glue_rte_v002" in ours and "other_team_task" not in ours
     assert not ours & (T5_TASKS | T5_MIXTURES)
 
 
 def test_importing_us_changes_no_global_of_other_teams(fresh_registry):
-    # Environment, TFDS data dir, seqio cache dirs and another team's task are untouched.
+    # Environment, TFDS data dir, seqio cache dirs, another team's task and (with `t5`) T5's
+    # tasks, mixtures and vocabulary are untouched.
     assert fresh_registry["unchanged"] == dict.fromkeys(fresh_registry["unchanged"], True)
     assert fresh_registry["examples"] == repr([{"inputs": [4, 5], "targets": [6]}])
+    assert fresh_registry["mixture_tasks"] == 8
 
 
 @pytest.mark.skipif(not HAS_T5, reason="the original t5 package is not installed")
-def test_t5_then_us_import_in_one_process():
-    script = textwrap.dedent("""
-        import seqio, t5.data.tasks, t5.data.mixtures
-        theirs = {n: seqio.get_mixture_or_task(n) for n in ("glue_rte_v002",
-                  "squad_v010_allanswers", "glue_v002_proportional")}
-        vocab = theirs["glue_rte_v002"].output_features["inputs"].vocabulary
-        import tasks, tasks.mixtures
-        assert all(seqio.get_mixture_or_task(n) is p for n, p in theirs.items())
-        assert theirs["glue_rte_v002"].output_features["inputs"].vocabulary is vocab
-        assert seqio.get_mixture_or_task("taskless_glue_v002_proportional").tasks
-        assert vocab.sentencepiece_model_file == t5.data.DEFAULT_SPM_PATH  # not ours
-        print("ok")
-    """)
-    out = _python(script)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == ["ok"]
+def test_t5_then_us_import_in_one_process(fresh_registry):
+    import t5.data  # noqa: PLC0415
+
+    # T5's tasks imported first; ours after them; T5's keep T5's vocabulary, not ours.
+    assert fresh_registry["t5_vocab"] == [repr(t5.data.DEFAULT_SPM_PATH)] * 3  # 2 tasks, 1 mixture
+    assert fresh_registry["unchanged"]["t5_providers"] is True
 
 
 @pytest.fixture(scope="module")
