@@ -129,7 +129,7 @@ def test_bad_prompt_file_shape_names_both_shapes(tmp_path):
     with pytest.raises(ValueError, match=r"\(5, 32\).*\(3, 32\)"):
         inference.load_params(model, LENGTHS, prompt_file=str(path))
     bank = PromptModel(EncoderDecoder(GIN_CONFIG, prompt=PromptBank(num_prompts=2, length=3)))
-    with pytest.raises(ValueError, match="no plain prompt"):
+    with pytest.raises(ValueError, match=r"one prompt \(5, 32\) .* holds 2 prompts \(2, 3, 32\)"):
         inference.read_prompt_file(path, bank)
     with pytest.raises(ValueError, match="PROMPT_FILE .* or MODEL_DIR"):
         inference.load_params(model, LENGTHS)
@@ -142,13 +142,12 @@ def test_load_params_reads_prompt_file_and_run_checkpoints(tmp_path):
     params, step = inference.load_params(model, LENGTHS, prompt_file=str(tmp_path / "a.npy"))
     assert step is None
     np.testing.assert_array_equal(params["encoder"]["prompt"]["prompt"], prompts["a"])
+    checkpoints.save_trained_params(
+        tmp_path / "run", 10, {"encoder": {"prompt": {"prompt": prompts["a"]}}}, {}
+    )
     run = checkpoints.TrainCheckpointer(tmp_path / "run", keep=1)
-    for step, name, best in [(10, "a", False), (5, "b", True)]:
-        state = {
-            "step": np.int32(step),
-            "params": {"encoder": {"prompt": {"prompt": prompts[name]}}},
-        }
-        run.save(step, state, {"step": step}, best=best)
+    state = {"step": np.int32(5), "params": {"encoder": {"prompt": {"prompt": prompts["b"]}}}}
+    run.save(5, state, {"step": 5}, best=True)
     run.close()
     for checkpoint, name, expected_step in [("latest", "a", 10), ("best", "b", 5)]:
         params, step = inference.load_params(

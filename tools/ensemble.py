@@ -203,10 +203,10 @@ def build(
       ValueError: the prompts do not fit the model or differ in shape (shapes named).
     """
     from prompt_tuning import prompts  # noqa: PLC0415
-    from prompt_tuning.train import checkpoints, inference  # noqa: PLC0415
+    from prompt_tuning.train import inference, prompt_files  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
-    length = checkpoints.load_prompt_npy(prompt_paths[0]).shape[0]
+    length = prompt_files.load_prompt_npy(prompt_paths[0]).shape[0]
     module = config_run.model.clone(prompt=prompts.Prompt(length=length))
     model = PromptModel(module)
     params, _ = inference.load_params(
@@ -218,7 +218,7 @@ def build(
         trainable_params_regex=config_run.trainable_params_regex,
         frozen_dtype=config_run.frozen_dtype,
     )
-    table = [inference.read_prompt_file(path, model) for path in prompt_paths]
+    table = [inference.read_prompt_file(path, model)["prompt"] for path in prompt_paths]
     bank_model = PromptModel(module.clone(prompt=ensemble.bank_prompt(len(table), length)))
     predictor = RecordingEnsemble(bank_model, len(table), decode_method)
     return predictor, ensemble.bank_params(params, table)

@@ -23,7 +23,15 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_tuning.train import checkpoints, data, ensemble, evaluation, optimizers, partitioning
+from prompt_tuning.train import (
+    checkpoints,
+    data,
+    ensemble,
+    evaluation,
+    optimizers,
+    partitioning,
+    prompt_files,
+)
 from prompt_tuning.train.model import PromptModel
 
 SCORE_KINDS = (None, "prediction", "target")
@@ -146,29 +154,85 @@ def as_prompt_model(model: Any) -> PromptModel:
     return model if isinstance(model, PromptModel) else PromptModel(model)
 
 
-def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> np.ndarray:
-    """Reads a PROMPT_FILE and checks it fits the model's plain prompt `encoder/prompt/prompt`.
+def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> dict[str, np.ndarray]:
+    """Reads a PROMPT_FILE and checks that it fits the model's prompt (`prompt_files`).
 
     Args:
-      path: a `.npy` prompt `[P, H]`.
-      model: the model whose prompt it replaces.
+      path: a `[P, H]` or `[N, P, H]` `.npy`, or a parameters `.npz`.
+      model: the model whose prompt parameters it replaces.
 
     Returns:
-      The prompt `[P, H]`.
+      `{path under encoder/prompt: array}`, e.g. `{"prompt": [P, H]}`.
 
     Raises:
-      ValueError: the model has no plain `[P, H]` prompt, or the shapes differ (both are named).
       FileNotFoundError: no such file.
+      PromptFileError (a ValueError): not a prompt file, or one of another form or shape than the
+        model's prompt (both are named, with the gin file to use).
     """
     abstract = jax.eval_shape(lambda: nn.unbox(model.init_boxed(jax.random.key(0), 1, 1)))
-    current = abstract.get("encoder", {}).get("prompt", {}).get("prompt")
-    if current is None or len(current.shape) != 2:
-        raise ValueError(
-            f"PROMPT_FILE {path} holds a plain prompt [P, H], but the model has no plain prompt "
-            "parameter encoder/prompt/prompt [P, H]; evaluate it with the plain prompt "
-            "(gin_configs/prompts/prompt_tuning_random_uniform.gin) and the file's PROMPT_LENGTH."
-        )
-    return checkpoints.load_prompt_npy(path, tuple(current.shape))
+    content = prompt_files.read_prompt_file(path)
+    shapes = prompt_files.parameter_shapes(abstract)
+    return prompt_files.values_for(content, shapes, model.prompt, path)
+
+
+def _initial_params(
+    model: PromptModel,
+    task_feature_lengths: Mapping[str, int],
+    initial_checkpoint_path: str | None,
+    random_seed: int,
+    trainable_params_regex: str,
+    frozen_dtype: str | None,
+    prompt_file: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainable, frozen) on the first device, with the trainer's RANDOM_SEED init key."""
+    mesh = partitioning.make_mesh(1, jax.devices()[:1])
+    init_rng, _ = jax.random.split(jax.random.key(random_seed))
+    return checkpoints.initial_params(
+        model,
+        mesh,
+        init_rng,
+        task_feature_lengths,
+        initial_checkpoint_path,
+        trainable_params_regex,
+        frozen_dtype,
+        prompt_file=prompt_file,
+        allow_no_trainable=model.prompt is None,
+    )
+
+
+def load_frozen_params(
+    model: PromptModel,
+    task_feature_lengths: Mapping[str, int],
+    initial_checkpoint_path: str | None = None,
+    random_seed: int = 0,
+    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
+    frozen_dtype: str | None = None,
+) -> dict[str, Any]:
+    """The frozen parameters of a run alone, as `load_params` builds them (no prompt needed).
+
+    Args:
+      model: the run's `PromptModel`.
+      task_feature_lengths: TASK_FEATURE_LENGTHS.
+      initial_checkpoint_path: the frozen T5; None: the random model of RANDOM_SEED.
+      random_seed: RANDOM_SEED.
+      trainable_params_regex: TRAINABLE_PARAMS_REGEX (what is not frozen).
+      frozen_dtype: FROZEN_DTYPE.
+
+    Returns:
+      The frozen parameter tree (arrays on the first device).
+
+    Raises:
+      FileNotFoundError: INITIAL_CHECKPOINT_PATH does not exist.
+    """
+    checkpoints.check_initial_checkpoint(initial_checkpoint_path)
+    return _initial_params(
+        model,
+        task_feature_lengths,
+        initial_checkpoint_path,
+        random_seed,
+        trainable_params_regex,
+        frozen_dtype,
+    )[1]
 
 
 def load_params(
@@ -218,19 +282,15 @@ def load_params(
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     if prompt_file:
-        read_prompt_file(prompt_file, model)  # Names both shapes when they differ.
-    mesh = partitioning.make_mesh(1, jax.devices()[:1])
-    init_rng, _ = jax.random.split(jax.random.key(random_seed))
-    trainable, frozen = checkpoints.initial_params(
+        read_prompt_file(prompt_file, model)  # Names both forms or shapes when they differ.
+    trainable, frozen = _initial_params(
         model,
-        mesh,
-        init_rng,
         task_feature_lengths,
         initial_checkpoint_path,
+        random_seed,
         trainable_params_regex,
         frozen_dtype,
-        prompt_file=prompt_file or None,
-        allow_no_trainable=model.prompt is None,
+        prompt_file or None,
     )
     params = optimizers.merge_params(trainable, frozen)
     if prompt_file or not model_dir:
@@ -242,7 +302,7 @@ def load_params(
 def make_predictor(
     model: PromptModel,
     params: dict[str, Any],
-    prompt_files: Sequence[str] = (),
+    prompt_paths: Sequence[str] = (),
     decode_method: str = "greedy",
     beam_size: int = 4,
 ) -> tuple[evaluation.Predictor, dict[str, Any]]:
@@ -251,16 +311,16 @@ def make_predictor(
     Args:
       model: the plain-prompt `PromptModel`.
       params: its full parameters (the frozen weights are reused for the ensemble).
-      prompt_files: two or more `.npy` prompts make an ensemble over one frozen model.
+      prompt_paths: two or more `.npy` prompts `[P, H]` make an ensemble over one frozen model.
       decode_method: "greedy" or "beam".
       beam_size: beams for "beam".
 
     Returns:
       (predictor, params to call it with).
     """
-    if len(prompt_files) < 2:
+    if len(prompt_paths) < 2:
         return evaluation.SinglePromptPredictor(model, decode_method, beam_size), params
-    prompts = [read_prompt_file(path, model) for path in prompt_files]
+    prompts = [read_prompt_file(path, model)["prompt"] for path in prompt_paths]
     bank = ensemble.bank_prompt(len(prompts), prompts[0].shape[0])
     bank_model = PromptModel(model.module.clone(prompt=bank))
     predictor = ensemble.PromptEnsemble(bank_model, len(prompts), decode_method, beam_size)

@@ -25,7 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import checkpoints, data, evaluation, optimizers, partitioning
+from prompt_tuning.train import (
+    checkpoints,
+    data,
+    evaluation,
+    optimizers,
+    partitioning,
+    prompt_files,
+)
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
 
@@ -229,15 +236,15 @@ def _setup(
 
 
 def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
-    """Checkpoints the state and exports the prompt as .npy (prompts/step_<N>.npy or best.npy)."""
+    """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
     meta = dict(run.meta, step=step, data_position=step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if jax.process_index() == 0:
-        prompt = checkpoints.prompt_for_export(
+        export = prompt_files.export_form(
             run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
         )
-        if prompt is not None:
-            checkpoints.export_prompt(model_dir, "best" if best else f"step_{step}", prompt)
+        if export is not None:
+            prompt_files.write_export(model_dir, "best" if best else f"step_{step}", export)
 
 
 def make_evaluator(
@@ -355,7 +362,8 @@ def train(
         better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
         as "glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over the
         tasks reporting it (see `evaluation.select_metric`).
-      prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
+      prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
+        `[N, P, H]` `.npy`, or a parameters `.npz`).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
       loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
@@ -377,7 +385,7 @@ def train(
     data.get_task_or_mixture(mixture_or_task_name)
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     if prompt_file is not None:
-        checkpoints.load_prompt_npy(prompt_file)
+        prompt_files.read_prompt_file(prompt_file)
     if eval_decode_method not in ("greedy", "beam"):
         raise ValueError(
             f"Unknown eval_decode_method {eval_decode_method!r}; use 'greedy' (the default) or "
@@ -421,6 +429,11 @@ def train(
         f"{dict(run.mesh.shape)}): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; "
         f"writing to {model_dir}."
     )
+    export = prompt_files.export_form(
+        run.model.prompt, run.state.params, width=run.model.config.emb_dim
+    )
+    if export is not None:
+        run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
@@ -477,7 +490,9 @@ def _loop(
     elif run.start_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
-        batch = partitioning.shard_batch(next(batches), run.mesh)
+        numpy_batch = next(batches)
+        run.model.check_task_ids(numpy_batch, f"MIXTURE_OR_TASK_NAME {task!r}")
+        batch = partitioning.shard_batch(numpy_batch, run.mesh)
         run.state, metrics = run.step_fn(run.state, run.frozen, batch, run.rng)
         pending.append(metrics)
         if step == run.start_step + 1:  # exclude compilation from the throughput
