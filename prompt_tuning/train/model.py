@@ -20,7 +20,7 @@ import numpy as np
 
 from prompt_tuning.prompts import prompt as prompt_lib
 from prompt_tuning.t5 import decoding
-from prompt_tuning.train import losses
+from prompt_tuning.train import losses, optimizers
 
 Batch = Mapping[str, Any]
 Params = Mapping[str, Any]
@@ -113,6 +113,12 @@ class PromptModel:
             enable_dropout=False,
         )
         return variables["params"]
+
+    def param_logical_axes(self) -> dict[str, tuple[str | None, ...] | None]:
+        """Every parameter's logical axis names by "/"-joined path, e.g.
+        `{"encoder/prompt/prompt": ("prompt", "prompt_embed"), ...}` (shapes only, no compute)."""
+        boxed = jax.eval_shape(lambda rng: self.init_boxed(rng, 1, 1), jax.random.key(0))
+        return optimizers.logical_axes(boxed)
 
     def logits(
         self, params: Params, batch: Batch, dropout_rng: jax.Array | None = None

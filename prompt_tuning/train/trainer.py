@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,21 +34,7 @@ from prompt_tuning.train import (
 )
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
-
-
-@flax.struct.dataclass
-class TrainState:
-    """What changes during training (and is checkpointed).
-
-    Attributes:
-      step: updates applied so far (int32 scalar).
-      params: the trainable parameters (nested dict).
-      opt_state: the optimizer state of the trainable parameters only.
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
+from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (public here too)
 
 
 @dataclasses.dataclass
@@ -69,48 +54,6 @@ class TrainResult:
     frozen: Any
     train_metrics: list[dict[str, float]]
     eval_metrics: list[dict[str, float]]
-
-
-def train_step(
-    state: TrainState,
-    frozen: Any,
-    batch: Mapping[str, jax.Array],
-    rng: jax.Array,
-    *,
-    model: PromptModel,
-    optimizer: optax.GradientTransformation,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update of the trainable parameters (pure; jitted once by `train`).
-
-    Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
-    weights get no gradient buffers and no optimizer state.
-
-    Args:
-      state: the current `TrainState`.
-      frozen: frozen parameters (nested dict; never updated).
-      batch: a converted batch ([B, T] / [B, S] arrays).
-      rng: the run's base PRNG key; dropout uses `fold_in(rng, step)`, so a resumed run draws the
-        same dropout masks as an uninterrupted one.
-      model: the `PromptModel` (static).
-      optimizer: the optax transformation (static).
-
-    Returns:
-      (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
-      `grad_norm`, `param_norm` (of the updated trainable parameters), `learning_rate`.
-    """
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_of(trainable: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return model.loss_fn(optimizers.merge_params(trainable, frozen), batch, dropout_rng)
-
-    (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
-    rate = optimizers.current_learning_rate(opt_state)
-    if rate is not None:
-        metrics["learning_rate"] = rate
-    return TrainState(state.step + 1, params, opt_state), metrics
 
 
 def _abstract(tree: Any) -> Any:
@@ -178,6 +121,9 @@ def _setup(
             f"{mesh.shape[partitioning.DATA_AXIS]} and of the host count {jax.process_count()}."
         )
     model = PromptModel(module, **options["loss"])
+    # Adafactor factors each second moment as the parameter's logical axes say (T5X's
+    # `set_param_axes`): never for prompt axes.
+    optimizer = optimizers.with_param_axes(optimizer, model.param_logical_axes())
     rng = jax.random.key(options["random_seed"])
     init_rng, step_rng = jax.random.split(rng)
     trainable, frozen = checkpoints.initial_params(
