@@ -32,6 +32,7 @@ from prompt_tuning.train import (
     partitioning,
     prompt_files,
 )
+from prompt_tuning.train import rank_classification as ranking
 from prompt_tuning.train.model import PromptModel
 
 SCORE_KINDS = (None, "prediction", "target")
@@ -107,6 +108,7 @@ def predict_task(
         )
     start = 0
     for batch, n in evaluation.iterate_batches(model, batch_size):
+        evaluation.check_task_ids(predictor, batch, f"task {task.name!r}")
         if labels is not None:
             tokens = label_tokens[predictor.classify(params, batch, label_tokens)]  # [B, S]
         else:
@@ -367,7 +369,8 @@ def evaluate(
     rank_classification: bool | None = None,
     random_seed: int = 0,
     frozen_dtype: str | None = None,
-    mixture_or_task_module: str | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
+    labels: ranking.Labels = None,
 ) -> dict[str, float]:
     """Evaluates a prompt (or a prompt ensemble) on a split: `python -m prompt_tuning.eval`.
 
@@ -388,7 +391,10 @@ def evaluate(
       rank_classification: see `evaluation.Evaluator`.
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
-      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first (None: the tasks are
+        registered already).
+      labels: label strings to rank (one list, or `{task: list}`); default the labels each task
+        binds into its postprocessor (`rank_classification.labels_for`).
 
     Returns:
       The metrics of `evaluation.Evaluator.evaluate`.
@@ -405,6 +411,7 @@ def evaluate(
         rank_classification=rank_classification,
         split=split,
         num_examples=num_examples,
+        labels=labels,
     )
     metrics = evaluator.evaluate(params, step)
     for name, value in sorted(metrics.items()):
@@ -436,7 +443,8 @@ def infer(
     rank_classification: bool = False,
     random_seed: int = 0,
     frozen_dtype: str | None = None,
-    mixture_or_task_module: str | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
+    labels: ranking.Labels = None,
 ) -> int:
     """Writes predictions as JSON lines: `python -m prompt_tuning.infer`.
 
@@ -459,7 +467,10 @@ def infer(
         decoding.
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
-      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first (None: the tasks are
+        registered already).
+      labels: label strings for `rank_classification` (one list, or `{task: list}`); default the
+        labels each task binds into its postprocessor.
 
     Returns:
       The number of examples written.
@@ -471,7 +482,7 @@ def infer(
 
     def records() -> Iterator[dict[str, Any]]:
         for task in seqio.get_subtasks(provider):
-            labels = evaluation.label_strings_or_none(task.name) if rank_classification else None
+            ranked = ranking.labels_for(task, labels) if rank_classification else None
             yield from predict_task(
                 predictor,
                 params,
@@ -481,7 +492,7 @@ def infer(
                 split,
                 num_examples,
                 score,
-                labels,
+                ranked,
             )
 
     count = write_jsonl(records(), output_path)

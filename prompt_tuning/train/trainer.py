@@ -203,6 +203,7 @@ def make_evaluator(
     eval_steps: int | None,
     decode_method: str = "greedy",
     beam_size: int = 4,
+    labels: Any = None,
 ) -> tuple[Any, Callable[..., float]] | None:
     """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
     if not eval_period:
@@ -217,6 +218,7 @@ def make_evaluator(
         beam_size=beam_size,
         split=split,
         num_examples=num_examples,
+        labels=labels,
     )
     return evaluator, evaluation.select_metric
 
@@ -260,7 +262,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     random_seed: int = 0,
     trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-    mixture_or_task_module: str | Sequence[str] | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
     save_period: int = 1000,
     keep: int | None = 1,
     log_period: int = 100,
@@ -271,6 +273,7 @@ def train(
     eval_decode_method: str = "greedy",
     eval_beam_size: int = 4,
     best_metric: str | None = None,
+    eval_labels: Any = None,
     prompt_file: str | None = None,
     frozen_dtype: str | None = None,
     loss_normalizing_factor: float | None = None,
@@ -294,7 +297,8 @@ def train(
         from `random_seed` (tests, smoke runs) (INITIAL_CHECKPOINT_PATH).
       random_seed: seed of initialization, dropout and data order (RANDOM_SEED).
       trainable_params_regex: parameters to train (TRAINABLE_PARAMS_REGEX).
-      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE).
+      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE; the
+        gin files default to "tasks"); None: the tasks are registered already.
       save_period: checkpoint every this many steps, and at the end (SAVE_PERIOD).
       keep: checkpoints kept (KEEP).
       log_period: steps between progress lines.
@@ -308,6 +312,8 @@ def train(
         better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
         as "glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over the
         tasks reporting it (see `evaluation.select_metric`).
+      eval_labels: label strings rank classification scores (one list, or `{task: list}`);
+        default the labels each task binds into its postprocessor (`rank_classification`).
       prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
         `[N, P, H]` `.npy`, or a parameters `.npz`).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
@@ -368,6 +374,7 @@ def train(
         eval_steps,
         eval_decode_method,
         eval_beam_size,
+        eval_labels,
     )
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
