@@ -179,7 +179,7 @@ def parse_gin_files(paths: Sequence[str | pathlib.Path], bindings: Sequence[str]
 
     from prompt_tuning.train import gin_utils  # noqa: PLC0415
 
-    for folder in (str(pathlib.Path.cwd()), str(gin_utils.REPO_ROOT)):
+    for folder in (str(pathlib.Path.cwd()), gin_utils.gin_search_root()):
         gin.add_config_file_search_path(folder)
     gin.parse_config_files_and_bindings(
         [str(p) for p in paths], list(bindings), finalize_config=False
