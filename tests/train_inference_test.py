@@ -16,6 +16,7 @@ from prompt_tuning import infer as infer_main
 from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
+from prompt_tuning.t5 import decoding
 from prompt_tuning.t5.network import EncoderDecoder
 from prompt_tuning.train import checkpoints, evaluation, inference
 from prompt_tuning.train.model import PromptModel
@@ -95,7 +96,7 @@ def test_jsonl_holds_inputs_predictions_targets_and_scores(setup, tmp_path):
         "encoder_input_tokens": _hand_tokens(INPUTS, LENGTHS["inputs"]),
         "decoder_target_tokens": np.ones((len(INPUTS), LENGTHS["targets"]), np.int32),
     }
-    tokens = inference.zero_after_eos(np.asarray(jitted["predict"](params, batch)), 1)
+    tokens = np.asarray(decoding.pad_after_eos(np.asarray(jitted["predict"](params, batch)), 1))
     expected_scores = _hand_log_likelihood(jitted, params, tokens)
     for i, line in enumerate(lines):
         assert set(line) == {"task", "inputs", "prediction", "target", "score"}

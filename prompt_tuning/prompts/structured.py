@@ -20,15 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task
 
 HYPERNETWORKS = ("linear", "low_rank", "mlp")
 TASK_AXES = ("prompt_tasks", "prompt_task_dim")
-
-
-def normal_fan_in(rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    """N(0, 1/shape[0]): unit-variance outputs for unit-variance inputs (input axis first)."""
-    return jax.random.normal(rng, shape, dtype) / jnp.sqrt(jnp.asarray(shape[0], dtype))
 
 
 class StructuredPrompt(nn.Module):
@@ -59,7 +55,7 @@ class StructuredPrompt(nn.Module):
     rank: int = 8
     hidden_dim: int = 128
     embedding_init: Callable[..., jax.Array] = nn.initializers.normal(1.0)
-    kernel_init: Callable[..., jax.Array] = normal_fan_in
+    kernel_init: Callable[..., jax.Array] = initializers.normal_fan_in
     dtype: Any = jnp.float32
 
     @property

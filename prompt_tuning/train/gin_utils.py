@@ -178,11 +178,23 @@ def run_main(
     return gin.get_configurable(fn)()
 
 
-def console_main(fn: Callable[..., Any], required_macros: Sequence[str] = ()) -> None:
-    """Runs `run_main` and turns configuration errors into a one-line message and exit code 2."""
+def main(
+    fn: Callable[..., Any],
+    argv: Sequence[str] | None = None,
+    required_macros: Sequence[str] = (),
+    config_filename: str | None = "config.gin",
+) -> Any:
+    """`run_main`, with configuration errors printed as `error: ...` and exit code 2.
+
+    The body of every entry point (`prompt_tuning.train`, `.eval`, `.infer`).
+
+    Returns:
+      What `fn` returns.
+    """
     try:
-        run_main(fn, required_macros=required_macros)
+        return run_main(fn, argv, required_macros, config_filename)
     except (ValueError, KeyError, FileNotFoundError, OSError) as error:
         traceback.print_exc()
-        print(f"\nerror: {error}", file=sys.stderr)
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"\nerror: {message}", file=sys.stderr)
         sys.exit(2)

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import seqio
 
+from prompt_tuning.t5 import decoding
 from prompt_tuning.train import (
     checkpoints,
     data,
@@ -44,13 +45,6 @@ def _text(example: Mapping[str, Any], feature: str, vocabulary: seqio.Vocabulary
     if raw is not None:
         return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     return vocabulary.decode([int(t) for t in example[feature]])
-
-
-def zero_after_eos(tokens: np.ndarray, eos_id: int) -> np.ndarray:
-    """Copies `tokens [B, S]` with every position after the first EOS set to padding (0)."""
-    is_eos = tokens == eos_id
-    after = np.cumsum(is_eos, axis=1) - is_eos  # [B, S]; > 0 strictly after the first EOS
-    return np.where(after > 0, 0, tokens)
 
 
 def _prediction_scores(
@@ -112,7 +106,8 @@ def predict_task(
         if labels is not None:
             tokens = label_tokens[predictor.classify(params, batch, label_tokens)]  # [B, S]
         else:
-            tokens = zero_after_eos(predictor.predict(params, batch), out_vocab.eos_id)  # [B, S]
+            tokens = predictor.predict(params, batch)  # [B, S]
+            tokens = np.asarray(decoding.pad_after_eos(tokens, out_vocab.eos_id))
         scores = None
         if score == "prediction":
             scores = _prediction_scores(predictor, params, batch, tokens)
