@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.prompts import files
+
 Initializer = Callable[..., jax.Array]
 EMBEDDING_VARIABLE = "token_embedder/embedding"
 PROMPT_VARIABLE = "encoder/prompt/prompt"
@@ -116,7 +118,7 @@ def from_npy(path: str) -> Initializer:
 
     def init(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         del rng
-        value = np.load(path)
+        value = files.read_npy(path, "The prompt initialization file (from_npy)")
         _check_shape(value.shape, shape, f"the prompt in {path}")
         return jnp.asarray(value, dtype)
 
@@ -158,7 +160,7 @@ def read_checkpoint_variable(path: str, variable: str) -> np.ndarray:
       ValueError: the path is missing or not a checkpoint (`t5.checkpoints.CheckpointError`).
     """
     if path.endswith(".npy"):
-        return np.load(path)
+        return files.read_npy(path, f"The {variable} file")
     from prompt_tuning.t5 import checkpoints  # Lazy: only checkpoint paths need it.
 
     # A legacy T5X checkpoint opens only this array (never the whole model or optimizer state).
