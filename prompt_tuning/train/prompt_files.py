@@ -35,6 +35,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from prompt_tuning.prompts import files
 from prompt_tuning.prompts.files import PromptFileError
@@ -95,27 +96,14 @@ class PromptExport:
         )
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
     """`{"a": {"b": x}}` -> `{"a/b": x}`."""
-    out = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{name}/"))
-        else:
-            out[f"{prefix}{name}"] = value
-    return out
+    return traverse_util.flatten_dict(dict(tree), sep="/")
 
 
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     """Inverse of `_flatten`."""
-    out: dict[str, Any] = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = out
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return out
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
 def parameter_shapes(params: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
