@@ -14,6 +14,7 @@ import tensorflow as tf
 from prompt_tuning import eval as eval_main
 from prompt_tuning import infer as infer_main
 from prompt_tuning.prompts.bank import PromptBank
+from prompt_tuning.prompts.instance import InstancePrompt
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import decoding
@@ -203,3 +204,22 @@ def test_missing_task_name_stops_before_any_work(clean_gin, capsys):
         eval_main.main(_gin_args("prompt_eval.gin")[:3])
     assert exit_info.value.code == 2
     assert "MIXTURE_OR_TASK_NAME" in capsys.readouterr().err
+
+
+def test_load_params_reads_an_instance_dependent_prompt_export(tmp_path):
+    # An IDPG run exports its generator and bias as .npz (prompt_files); PROMPT_FILE loads them.
+    model = PromptModel(EncoderDecoder(GIN_CONFIG, prompt=InstancePrompt(3, hidden_dim=4)))
+    shapes = jax.eval_shape(lambda: nn.unbox(model.init_boxed(jax.random.key(0), 1, 1)))
+    rng = np.random.default_rng(0)
+    exported = {
+        "/".join(str(k.key) for k in path): rng.normal(size=x.shape).astype(np.float32)
+        for path, x in jax.tree_util.tree_leaves_with_path(shapes["encoder"]["prompt"])
+    }
+    np.savez(tmp_path / "idpg.npz", **exported)
+    params, _ = inference.load_params(model, LENGTHS, prompt_file=str(tmp_path / "idpg.npz"))
+    prompt = params["encoder"]["prompt"]
+    np.testing.assert_array_equal(prompt["generator"]["up_kernel"], exported["generator/up_kernel"])
+    np.testing.assert_array_equal(prompt["prompt"], exported["prompt"])
+    np.save(tmp_path / "bias.npy", exported["prompt"])  # the bias alone is not a prompt file
+    with pytest.raises(ValueError, match="not a prompt table"):
+        inference.load_params(model, LENGTHS, prompt_file=str(tmp_path / "bias.npy"))

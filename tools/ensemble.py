@@ -218,7 +218,7 @@ def build(
         trainable_params_regex=config_run.trainable_params_regex,
         frozen_dtype=config_run.frozen_dtype,
     )
-    table = [inference.read_prompt_file(path, model)["prompt"] for path in prompt_paths]
+    table = [inference.read_prompt_file(path, model) for path in prompt_paths]
     bank_model = PromptModel(module.clone(prompt=ensemble.bank_prompt(len(table), length)))
     predictor = RecordingEnsemble(bank_model, len(table), decode_method)
     return predictor, ensemble.bank_params(params, table)

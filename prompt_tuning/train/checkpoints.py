@@ -31,6 +31,7 @@ import orbax.checkpoint as ocp
 
 from prompt_tuning.prompts import files
 from prompt_tuning.train import prompt_files
+from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"

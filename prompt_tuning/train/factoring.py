@@ -62,11 +62,11 @@ def factor_dims(
     """The (row dims, column dims) a parameter's second moment is factored over, or None.
 
     Decided by the parameter's logical axes, as T5X's Adafactor with `logical_factor_rules`:
-    - any `prompt*` axis: never factored (Lester et al.'s rules; T5X itself would fall back to
-      its size heuristic for a 2-D prompt and factor a [P, H] prompt with P, H >= 128);
-    - both ROW and COLUMN axes: factored over them (rank <= 2 without BATCH axes: only when T5X's
-      size heuristic agrees, i.e. both dims >= `min_dim_size_to_factor`, as T5X falls back to it);
-    - otherwise (only ROW, only COLUMN, NONE): not factored;
+    - any `prompt*` axis: never factored (Lester et al.'s rule `prompt: NONE`; today's T5X would
+      send a 2-D prompt to its size heuristic like any rank <= 2 parameter, and factor a [P, H]
+      prompt with P, H >= 128);
+    - rank <= 2 without BATCH axes: T5X's size heuristic (T5X ignores the rule for these);
+    - otherwise factored over the ROW and COLUMN axes when it has both, else not factored;
     - no axes (an unannotated parameter): the size heuristic.
 
     Args:
@@ -91,21 +91,19 @@ def factor_dims(
     if unknown:
         raise ValueError(
             f"Parameter {path} has logical axis {unknown[0]!r}, which has no Adafactor factor "
-            "rule; add it to optimizers.FACTOR_RULES (ROW, COLUMN, BATCH or NONE)."
+            "rule; add it to factoring.FACTOR_RULES (ROW, COLUMN, BATCH or NONE)."
         )
     kinds = [NONE if axis is None else rules[axis] for axis in axes]
     rows = tuple(i for i, kind in enumerate(kinds) if kind == ROW)
     cols = tuple(i for i, kind in enumerate(kinds) if kind == COLUMN)
-    if not (rows and cols):
-        return None
-    if NONE in kinds:
+    if rows and cols and NONE in kinds:
         raise ValueError(
             f"Incomplete Adafactor factor rule {tuple(kinds)} for parameter {path} {axes}: ROW "
             "and COLUMN axes beside unfactored ones."
         )
     if len(shape) <= 2 and BATCH not in kinds:
         return _size_heuristic(shape, min_dim_size_to_factor)
-    return rows, cols
+    return (rows, cols) if rows and cols else None
 
 
 class _Stats(NamedTuple):

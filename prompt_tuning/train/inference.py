@@ -151,7 +151,9 @@ def as_prompt_model(model: Any) -> PromptModel:
     return model if isinstance(model, PromptModel) else PromptModel(model)
 
 
-def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> dict[str, np.ndarray]:
+def read_prompt_file(
+    path: str | os.PathLike, model: PromptModel
+) -> np.ndarray | dict[str, np.ndarray]:
     """Reads a PROMPT_FILE and checks that it fits the model's prompt (`prompt_files`).
 
     Args:
@@ -159,7 +161,8 @@ def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> dict[str, n
       model: the model whose prompt parameters it replaces.
 
     Returns:
-      `{path under encoder/prompt: array}`, e.g. `{"prompt": [P, H]}`.
+      The prompt array (`[P, H]`, or `[N, P, H]` for a bank) for an array file, else the
+      parameters `{path under encoder/prompt: array}` of a `.npz`.
 
     Raises:
       FileNotFoundError: no such file.
@@ -169,7 +172,8 @@ def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> dict[str, n
     abstract = jax.eval_shape(lambda: nn.unbox(model.init_boxed(jax.random.key(0), 1, 1)))
     content = prompt_files.read_prompt_file(path)
     shapes = prompt_files.parameter_shapes(abstract)
-    return prompt_files.values_for(content, shapes, model.prompt, path)
+    values = prompt_files.values_for(content, shapes, model.prompt, path)
+    return values["prompt"] if isinstance(content, np.ndarray) else values
 
 
 def _initial_params(
@@ -317,7 +321,7 @@ def make_predictor(
     """
     if len(prompt_paths) < 2:
         return evaluation.SinglePromptPredictor(model, decode_method, beam_size), params
-    prompts = [read_prompt_file(path, model)["prompt"] for path in prompt_paths]
+    prompts = [read_prompt_file(path, model) for path in prompt_paths]
     bank = ensemble.bank_prompt(len(prompts), prompts[0].shape[0])
     bank_model = PromptModel(model.module.clone(prompt=bank))
     predictor = ensemble.PromptEnsemble(bank_model, len(prompts), decode_method, beam_size)
