@@ -223,3 +223,10 @@ def test_load_params_reads_an_instance_dependent_prompt_export(tmp_path):
     np.save(tmp_path / "bias.npy", exported["prompt"])  # the bias alone is not a prompt file
     with pytest.raises(ValueError, match="not a prompt table"):
         inference.load_params(model, LENGTHS, prompt_file=str(tmp_path / "bias.npy"))
+
+
+def test_read_jsonl_names_the_file_and_line_that_is_not_json(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "loss": 0.\n')  # cut off mid-record
+    with pytest.raises(ValueError, match=rf"{path}, line 2 is not a JSON object"):
+        inference.read_jsonl(path)

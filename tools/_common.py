@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import pathlib
 import re
 import sys
@@ -329,12 +328,14 @@ def read_metrics(model_dir: str | pathlib.Path) -> list[dict[str, Any]]:
 
     Raises:
       ToolError: the file is missing.
+      ValueError: a line is not JSON (named).
     """
+    from prompt_tuning.train import inference  # noqa: PLC0415
+
     path = pathlib.Path(model_dir) / METRICS_JSONL
     if not path.is_file():
         raise ToolError(f"{path} does not exist; is {model_dir} a training run's MODEL_DIR?")
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return inference.read_jsonl(path)
 
 
 def last_per_step(records: Sequence[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:

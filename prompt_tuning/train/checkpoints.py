@@ -186,9 +186,20 @@ def write_best_json(model_dir: str | os.PathLike, step: int, metric: str, value:
 
 
 def read_best_json(model_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The content of MODEL_DIR/best.json, or None before the first evaluation."""
+    """The content of MODEL_DIR/best.json, or None before the first evaluation.
+
+    Raises:
+      ValueError: the file is not JSON (it is written atomically, so it was edited by hand).
+    """
     path = pathlib.Path(model_dir) / BEST_JSON
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path} is not JSON ({error.msg}); delete it to choose the best checkpoint anew."
+        ) from None
 
 
 def check_initial_checkpoint(path: str | None) -> None:

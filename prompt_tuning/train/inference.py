@@ -141,9 +141,24 @@ def write_jsonl(records: Iterator[Mapping[str, Any]], path: str | os.PathLike) -
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a file written by `write_jsonl`."""
+    """Reads a file of one JSON object per line (`write_jsonl`'s, or a run's metrics.jsonl).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a line is not JSON (the file and line are named).
+    """
+    records = []
     with pathlib.Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number} is not a JSON object ({error.msg}): {line[:80]!r}."
+                ) from None
+    return records
 
 
 def as_prompt_model(model: Any) -> PromptModel:
