@@ -382,11 +382,12 @@ def train(
         f"{dict(run.mesh.shape)}): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; "
         f"writing to {model_dir}."
     )
-    export = prompt_files.export_form(
-        run.model.prompt, run.state.params, width=run.model.config.emb_dim
-    )
-    if export is not None:
-        run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
+    if jax.process_index() == 0:  # says what prompts/step_<N> will hold (prompt_files)
+        export = prompt_files.export_form(
+            run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
+        )
+        if export is not None:
+            run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
