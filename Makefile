@@ -1,6 +1,6 @@
 # Quickstart: `make demo` runs the main job on the embedded default; `make test` runs lint and tests.
 # Both create .venv and install into it when needed: the demo only the runtime, the tests also the
-# test and benchmark extras (torch, transformers, PEFT: numerical references and peers).
+# test, benchmark and serving extras (torch, transformers, PEFT: numerical references and peers).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,7 +18,7 @@ $(RUNTIME): setup.py constraints.txt
 $(EXTRAS): $(RUNTIME)
 	# The CPU build of torch first, so nothing pulls a CUDA torch (torch is a test-only reference).
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench,serve]"
 	touch $(EXTRAS)
 
 install-runtime: $(RUNTIME)

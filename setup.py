@@ -51,6 +51,15 @@ setuptools.setup(
             "scikit-learn",
         ],
         "bench": ["peft"],
+        # pt-serve: the HTTP server (FastAPI on uvicorn with its C HTTP parser and event loop,
+        # Prometheus metrics).
+        "serve": [
+            "fastapi==0.163.2",
+            "uvicorn==0.54.0",
+            "httptools==0.9.0",
+            "uvloop==0.23.0",
+            "prometheus-client==0.26.0",
+        ],
         "gpu": ["jax[cuda12]==0.10.2"],
         "tpu": ["jax[tpu]==0.10.2"],
     },
@@ -59,6 +68,7 @@ setuptools.setup(
             "pt-train=prompt_tuning.train.__main__:console_main",
             "pt-eval=prompt_tuning.eval:console_main",
             "pt-infer=prompt_tuning.infer:console_main",
+            "pt-serve=prompt_tuning.serve.__main__:console_main",
         ]
     },
 )
