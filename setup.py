@@ -17,6 +17,9 @@ CORE = [
     "clu==0.0.12",
     "tensorboard==2.21.0",
     "numpy>=2.0",
+    "ml_dtypes==0.6.0",
+    "msgpack==1.2.4",
+    "tensorstore==0.1.86",
     "safetensors",
     "matplotlib",
 ]
@@ -27,10 +30,17 @@ setuptools.setup(
     description="Soft prompt tuning of a frozen T5 in JAX/Flax, with T5X conventions.",
     python_requires=">=3.11",
     packages=setuptools.find_packages(
-        include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*"]
+        include=["prompt_tuning", "prompt_tuning.*", "tasks", "tasks.*", "gin_configs*"]
     ),
-    # The embedded tiny pretrained T5 (checkpoint, vocabulary, card) ships with the package.
-    package_data={"prompt_tuning.pretrained": ["t5_tiny/*", "t5_tiny/*/*", "t5_tiny/*/*/*"]},
+    package_data={
+        # The embedded tiny pretrained T5 (checkpoint, vocabulary, card) ships with the package,
+        # and so do the gin files (found on gin's search path from any working directory).
+        "prompt_tuning.pretrained": ["t5_tiny/*", "t5_tiny/*/*", "t5_tiny/*/*/*"],
+        **{
+            f"gin_configs.{kind}": ["*.gin"]
+            for kind in ("models", "prompts", "runs", "t5x.models", "t5x.runs")
+        },
+    },
     install_requires=CORE,
     extras_require={
         # torch is only a numerical reference; install torch==2.13.0 first (CPU build).

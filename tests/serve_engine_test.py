@@ -185,16 +185,20 @@ def test_scan_prompt_dir_reads_files_and_runs_and_refuses_idpg(tmp_path):
     (tmp_path / "run_c" / "prompts").mkdir(parents=True)
     np.save(tmp_path / "run_c" / "prompts" / "best.npy", 2 * np.ones((3, 4), np.float32))
     np.save(tmp_path / "run_c" / "prompts" / "step_300.npy", np.ones((3, 4), np.float32))
-    (tmp_path / "idpg").mkdir()
+    (tmp_path / "idpg" / "prompts").mkdir(parents=True)  # an IDPG run exports parameters
     (tmp_path / "idpg" / "config.gin").write_text("PROMPT = @prompts.InstancePrompt()\n")
+    np.savez(tmp_path / "idpg" / "prompts" / "best.npz", prompt=np.ones((3, 4), np.float32))
+    (tmp_path / "tasks3" / "prompts").mkdir(parents=True)  # a multi-task export [N, P, H]
+    np.save(tmp_path / "tasks3" / "prompts" / "best.npy", np.ones((3, 2, 4), np.float32))
     (tmp_path / "corrupt.npy").write_bytes(b"not numpy")
     (tmp_path / "notes.txt").write_text("ignored")
     found = {f.name: f for f in loading.scan_prompt_dir(tmp_path)}
-    assert sorted(found) == ["corrupt", "idpg", "run_b", "run_c", "task_a"]
+    assert sorted(found) == ["corrupt", "idpg", "run_b", "run_c", "task_a", "tasks3"]
     assert found["run_b"].source.endswith("step_200.npy") and found["run_b"].prompt[0, 0] == 1
     assert found["run_c"].source.endswith("best.npy") and found["run_c"].prompt[0, 0] == 2
     assert "instance-dependent" in found["idpg"].reason and found["idpg"].prompt is None
     assert "not a readable .npy" in found["corrupt"].reason
+    assert "3 task prompts" in found["tasks3"].reason and "--task_id" in found["tasks3"].reason
     with pytest.raises(FileNotFoundError, match="PROMPT_DIR"):
         loading.scan_prompt_dir(tmp_path / "missing")
 

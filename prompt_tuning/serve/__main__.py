@@ -10,7 +10,6 @@ its name. See gin_configs/runs/serve.gin for every macro and README.md ("Serving
 """
 
 import logging
-import sys
 from collections.abc import Sequence
 
 from prompt_tuning.serve import server
@@ -26,11 +25,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       argv: command-line arguments without the program name (default `sys.argv[1:]`).
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        gin_utils.run_main(server.serve, argv, REQUIRED_MACROS, config_filename=None)
-    except (ValueError, KeyError, FileNotFoundError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    gin_utils.main(server.serve, argv, REQUIRED_MACROS, config_filename=None)
 
 
 def console_main() -> None:

@@ -5,11 +5,13 @@
       builtin_topic/               -> a MODEL_DIR: prompts/best.npy, else the latest step_<N>.npy
       idpg_run/                    -> skipped: an IDPG run has no plain prompt (reason reported)
 
-A training run exports its prompt as a plain `[P, H]` `.npy` at every save, folded for the
-parameterizations that have a plain form (Lester's prompt, structured prompts, DPT, the rank probe,
-residual prompts; `train.checkpoints.prompt_for_export`). Those are served as plain prompts.
-Instance-dependent prompts (IDPG's `InstancePrompt`) and per-layer prompts (`DeepPrompt`) have no
-such form: a run of them exports nothing, and it is skipped with a reason that says so.
+A training run exports its prompt at every save (`train.prompt_files`): a plain `[P, H]` `.npy`,
+folded for the parameterizations that have a plain form (Lester's prompt, single-task structured
+prompts, DPT, the rank probe, residual prompts), which is served as a plain prompt. A multi-task
+export `[N, P, H]` (one prompt per task id) is skipped with a reason naming how to export one
+task's prompt. Instance-dependent prompts (IDPG's `InstancePrompt`) and per-layer prompts
+(`DeepPrompt`) have no plain form: their runs export a parameters `.npz`, and they are skipped with
+a reason that says so.
 
 Letters: P prompt length, H model dim.
 """
@@ -90,6 +92,15 @@ def _no_prompt_reason(folder: pathlib.Path) -> str:
     )
 
 
+def _multi_task_reason(path: pathlib.Path, prompt: np.ndarray) -> str:
+    """Why a multi-task export `[N, P, H]` is not served as one prompt."""
+    return (
+        f"{path} holds {prompt.shape[0]} task prompts {list(prompt.shape)} [N, P, H] (a multi-task "
+        "export); serve each under its task's name: python tools/prompt_io.py export --model_dir "
+        "RUN --task_id T --output PROMPT_DIR/<task>.npy"
+    )
+
+
 def _read(path: pathlib.Path) -> np.ndarray:
     try:
         data = path.read_bytes()
@@ -127,7 +138,11 @@ def scan_prompt_dir(directory: str | pathlib.Path) -> list[Found]:
             if source is None:
                 found.append(Found(name, str(path), reason=_no_prompt_reason(path)))
                 continue
-            found.append(Found(name, str(source), _read(source)))
+            prompt = _read(source)
+            if prompt.ndim == 3:
+                found.append(Found(name, str(source), reason=_multi_task_reason(source, prompt)))
+                continue
+            found.append(Found(name, str(source), prompt))
         except PromptError as error:
             found.append(Found(name, str(path), reason=str(error)))
     return found

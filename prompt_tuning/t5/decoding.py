@@ -97,7 +97,7 @@ def decode_step(
     return logits[:, 0], state["cache"]
 
 
-def _pad_after_eos(tokens: Array, eos_id: int) -> Array:
+def pad_after_eos(tokens: Array, eos_id: int) -> Array:
     """Zeroes every position after the first EOS of each row of `tokens` `[..., S]`."""
     is_eos = (tokens == eos_id).astype(jnp.int32)
     eos_before = jnp.cumsum(is_eos, axis=-1) - is_eos  # EOS strictly before each position.
@@ -137,7 +137,7 @@ def _sample_loop(
 
     state = (jnp.asarray(0), tokens, cache, done, rng)
     _, tokens, _, _, _ = jax.lax.while_loop(cond, body, state)
-    return _pad_after_eos(tokens, eos_id)
+    return pad_after_eos(tokens, eos_id)
 
 
 def greedy_decode(
@@ -372,4 +372,4 @@ def beam_search(
 
     _, state = jax.lax.while_loop(cond, body, (jnp.asarray(0), state))
     _, _, fin_seqs, fin_scores, _, _ = state
-    return _pad_after_eos(fin_seqs, eos_id), fin_scores
+    return pad_after_eos(fin_seqs, eos_id), fin_scores

@@ -9,10 +9,12 @@ Used from gin (`gin_configs/t5x/models/prompt.gin`):
 - `logical_axis_rules()` adds the prompt axes (`prompts.PROMPT_LOGICAL_AXES`) to T5X's
   `standard_logical_axis_rules(additional_rules=...)`, replicated as in
   `prompt_tuning.train.partitioning`: prompts are small, and every model shard needs all of them;
-- `factor_rules()` extends T5X's Adafactor `standard_logical_factor_rules` with the prompt axes:
-  a leading layer, task or bank axis is a batch of prompts (each slice its own statistics), the
-  others are not factored. T5X ignores factor rules for parameters of rank <= 2 and factors them
-  as our `optimizers.adafactor` does (the two largest dims, when both are >= 128).
+- `factor_rules()` extends T5X's Adafactor `standard_logical_factor_rules` with the prompt axes,
+  all NONE (Lester et al.'s rule `prompt: NONE`): a prompt's second moment is not factored and its
+  update is clipped by the RMS of the whole array, as `optimizers.Adafactor` (`factoring`) does.
+  T5X ignores factor rules for parameters of rank <= 2 and applies its size heuristic instead, so
+  a [P, H] prompt with P and H >= 128 is factored under T5X and not by our trainer; the two
+  agree for shorter prompts (tested) and for every prompt of rank 3.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ from typing import Any
 
 from prompt_tuning.prompts import PROMPT_LOGICAL_AXES
 from prompt_tuning.train.optimizers import DEFAULT_TRAINABLE_PARAMS_REGEX
-
-# Prompt axes that index separate prompts rather than positions or features.
-BATCHED_PROMPT_AXES = ("prompt_layers", "prompt_tasks", "prompt_bank")
 
 
 def trainable_filter(
@@ -67,7 +66,5 @@ def factor_rules(rules: Any = None) -> Any:
     from t5x import adafactor  # noqa: PLC0415
 
     rules = dict(adafactor.standard_logical_factor_rules() if rules is None else rules)
-    for axis in PROMPT_LOGICAL_AXES:
-        batched = axis in BATCHED_PROMPT_AXES
-        rules[axis] = adafactor.FactorDim.BATCH if batched else adafactor.FactorDim.NONE
+    rules.update(dict.fromkeys(PROMPT_LOGICAL_AXES, adafactor.FactorDim.NONE))
     return frozen_dict.freeze(rules)

@@ -18,7 +18,6 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -32,25 +31,12 @@ from prompt_tuning.train import (
     losses,
     optimizers,
     partitioning,
+    prompt_files,
     steps,
 )
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
-
-
-@flax.struct.dataclass
-class TrainState:
-    """What changes during training (and is checkpointed).
-
-    Attributes:
-      step: updates applied so far (int32 scalar).
-      params: the trainable parameters (nested dict).
-      opt_state: the optimizer state of the trainable parameters only.
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
+from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (public here too)
 
 
 @dataclasses.dataclass
@@ -70,48 +56,6 @@ class TrainResult:
     frozen: Any
     train_metrics: list[dict[str, float]]
     eval_metrics: list[dict[str, float]]
-
-
-def train_step(
-    state: TrainState,
-    frozen: Any,
-    batch: Mapping[str, jax.Array],
-    rng: jax.Array,
-    *,
-    model: PromptModel,
-    optimizer: optax.GradientTransformation,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update of the trainable parameters (pure; jitted once by `train`).
-
-    Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
-    weights get no gradient buffers and no optimizer state.
-
-    Args:
-      state: the current `TrainState`.
-      frozen: frozen parameters (nested dict; never updated).
-      batch: a converted batch ([B, T] / [B, S] arrays).
-      rng: the run's base PRNG key; dropout uses `fold_in(rng, step)`, so a resumed run draws the
-        same dropout masks as an uninterrupted one.
-      model: the `PromptModel` (static).
-      optimizer: the optax transformation (static).
-
-    Returns:
-      (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
-      `grad_norm`, `param_norm` (of the updated trainable parameters), `learning_rate`.
-    """
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_of(trainable: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return model.loss_fn(optimizers.merge_params(trainable, frozen), batch, dropout_rng)
-
-    (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
-    rate = optimizers.current_learning_rate(opt_state)
-    if rate is not None:
-        metrics["learning_rate"] = rate
-    return TrainState(state.step + 1, params, opt_state), metrics
 
 
 def _abstract(tree: Any) -> Any:
@@ -180,6 +124,9 @@ def _setup(
             f"{mesh.shape[partitioning.DATA_AXIS]} and of the host count {jax.process_count()}."
         )
     model = PromptModel(module, **options["loss"])
+    # Adafactor factors each second moment as the parameter's logical axes say (T5X's
+    # `set_param_axes`): never for prompt axes.
+    optimizer = optimizers.with_param_axes(optimizer, model.param_logical_axes())
     rng = jax.random.key(options["random_seed"])
     init_rng, step_rng = jax.random.split(rng)
     trainable, frozen = checkpoints.initial_params(
@@ -241,15 +188,15 @@ def _setup(
 
 
 def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
-    """Checkpoints the state and exports the prompt as .npy (prompts/step_<N>.npy or best.npy)."""
+    """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
     meta = dict(run.meta, step=step, data_position=step - run.first_step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if jax.process_index() == 0:
-        prompt = checkpoints.prompt_for_export(
+        export = prompt_files.export_form(
             run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
         )
-        if prompt is not None:
-            checkpoints.export_prompt(model_dir, "best" if best else f"step_{step}", prompt)
+        if export is not None:
+            prompt_files.write_export(model_dir, "best" if best else f"step_{step}", export)
 
 
 def make_evaluator(
@@ -262,6 +209,7 @@ def make_evaluator(
     eval_steps: int | None,
     decode_method: str = "greedy",
     beam_size: int = 4,
+    labels: Any = None,
 ) -> tuple[Any, Callable[..., float]] | None:
     """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
     if not eval_period:
@@ -276,6 +224,7 @@ def make_evaluator(
         beam_size=beam_size,
         split=split,
         num_examples=num_examples,
+        labels=labels,
     )
     return evaluator, evaluation.select_metric
 
@@ -319,7 +268,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     random_seed: int = 0,
     trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-    mixture_or_task_module: str | Sequence[str] | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
     save_period: int = 1000,
     keep: int | None = 1,
     log_period: int = 100,
@@ -330,6 +279,7 @@ def train(
     eval_decode_method: str = "greedy",
     eval_beam_size: int = 4,
     best_metric: str | None = None,
+    eval_labels: Any = None,
     prompt_file: str | None = None,
     frozen_dtype: str | None = None,
     loss_normalizing_factor: float | str | None = None,
@@ -354,7 +304,8 @@ def train(
         from `random_seed` (tests, smoke runs) (INITIAL_CHECKPOINT_PATH).
       random_seed: seed of initialization, dropout and data order (RANDOM_SEED).
       trainable_params_regex: parameters to train (TRAINABLE_PARAMS_REGEX).
-      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE).
+      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE; the
+        gin files default to "tasks"); None: the tasks are registered already.
       save_period: checkpoint every this many steps, and at the end (SAVE_PERIOD).
       keep: checkpoints kept (KEEP).
       log_period: steps between progress lines.
@@ -368,7 +319,10 @@ def train(
         better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
         as "taskless_glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over
         the tasks reporting it (see `evaluation.select_metric`).
-      prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
+      eval_labels: label strings rank classification scores (one list, or `{task: list}`);
+        default the labels each task binds into its postprocessor (`rank_classification`).
+      prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
+        `[N, P, H]` `.npy`, or a parameters `.npz`).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
       loss_normalizing_factor: T5X's: None sums the token losses, a number divides the sum,
         "NUM_REAL_TARGET_TOKENS" / "NUM_TOTAL_TARGET_TOKENS" / "AVERAGE_PER_SEQUENCE" as T5X's
@@ -395,7 +349,7 @@ def train(
     steps.check_train_steps(train_steps, first_step, initial_checkpoint_path)
     losses.check_normalizing_factor(loss_normalizing_factor)
     if prompt_file is not None:
-        checkpoints.load_prompt_npy(prompt_file)
+        prompt_files.read_prompt_file(prompt_file)
     if eval_decode_method not in ("greedy", "beam"):
         raise ValueError(
             f"Unknown eval_decode_method {eval_decode_method!r}; use 'greedy' (the default) or "
@@ -433,6 +387,7 @@ def train(
         eval_steps,
         eval_decode_method,
         eval_beam_size,
+        eval_labels,
     )
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
@@ -440,6 +395,12 @@ def train(
         f"{dict(run.mesh.shape)}): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; "
         f"writing to {model_dir}."
     )
+    if jax.process_index() == 0:  # says what prompts/step_<N> will hold (prompt_files)
+        export = prompt_files.export_form(
+            run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
+        )
+        if export is not None:
+            run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
@@ -497,7 +458,9 @@ def _loop(
     elif run.start_step > run.first_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
-        batch = partitioning.shard_batch(next(batches), run.mesh)
+        numpy_batch = next(batches)
+        run.model.check_task_ids(numpy_batch, f"MIXTURE_OR_TASK_NAME {task!r}")
+        batch = partitioning.shard_batch(numpy_batch, run.mesh)
         run.state, metrics = run.step_fn(run.state, run.frozen, batch, run.rng)
         pending.append(metrics)
         if step == run.start_step + 1:  # exclude compilation from the throughput
