@@ -151,7 +151,7 @@ def _t5x_model(module: nn.Module):
     traversal = traverse_util.ModelParamTraversal(filter_fn=t5x_optim.trainable_filter())
     adafactor_def = adafactor.Adafactor(
         decay_rate=0.8, step_offset=0, multiply_by_parameter_scale=False,
-        weight_decay_rate=1e-5, clipping_threshold=1.0,
+        weight_decay_rate=1e-5, clipping_threshold=1.0, factored=False,
         logical_factor_rules=t5x_optim.factor_rules(),
     )  # fmt: skip
     vocabulary = seqio.PassThroughVocabulary(512)
