@@ -194,6 +194,7 @@ gin_utils.parse_gin_flags([
     "--gin_file=gin_configs/prompts/prompt_tuning_class_labels.gin",
     "--gin_file=gin_configs/runs/prompt_finetune.gin",
     "--gin.MIXTURE_OR_TASK_NAME='builtin_sentiment'", "--gin.MODEL_DIR='run'",
+    "--gin.TRAIN_STEPS=3500",
 ])
 gin_utils.check_macros(["MODEL", "MODEL_DIR", "LABELS"])
 checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH").scoped_configurable_fn()
