@@ -95,7 +95,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from prompt_tuning import prompts, t5  # noqa: PLC0415
-    from prompt_tuning.train import checkpoints, costs, optimizers, partitioning, profiling, trainer  # noqa: PLC0415  # noqa: PLC0415
+    from prompt_tuning.train import checkpoints, costs, optimizers, partitioning, profiling, trainer  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     import_rss = _peak_rss_gib()
@@ -103,7 +103,9 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
         jax.config.update("jax_default_prng_impl", spec["prng_impl"])
     config = model_config(spec["size"], spec["dropout"], spec["dtype"])
     config = config.replace(remat_policy=spec["remat_layers"])
-    model = PromptModel(t5.EncoderDecoder(config, prompts.Prompt(spec["prompt_length"])))
+    module = t5.EncoderDecoder(config, prompts.Prompt(spec["prompt_length"]))
+    # The per-token mean loss, as PEFT reports it (T5X's default LOSS_NORMALIZING_FACTOR sums).
+    model = PromptModel(module, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
     mesh = partitioning.make_mesh(1, jax.devices()[:1])
     lengths = {"inputs": spec["input_length"], "targets": spec["target_length"]}
     trainable, frozen = checkpoints.initial_params(

@@ -23,7 +23,17 @@ import jax
 import numpy as np
 import seqio
 
-from prompt_tuning.train import checkpoints, data, ensemble, evaluation, optimizers, partitioning
+from prompt_tuning.t5 import decoding
+from prompt_tuning.train import (
+    checkpoints,
+    data,
+    ensemble,
+    evaluation,
+    optimizers,
+    partitioning,
+    prompt_files,
+)
+from prompt_tuning.train import rank_classification as ranking
 from prompt_tuning.train.model import PromptModel
 
 SCORE_KINDS = (None, "prediction", "target")
@@ -35,13 +45,6 @@ def _text(example: Mapping[str, Any], feature: str, vocabulary: seqio.Vocabulary
     if raw is not None:
         return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     return vocabulary.decode([int(t) for t in example[feature]])
-
-
-def zero_after_eos(tokens: np.ndarray, eos_id: int) -> np.ndarray:
-    """Copies `tokens [B, S]` with every position after the first EOS set to padding (0)."""
-    is_eos = tokens == eos_id
-    after = np.cumsum(is_eos, axis=1) - is_eos  # [B, S]; > 0 strictly after the first EOS
-    return np.where(after > 0, 0, tokens)
 
 
 def _prediction_scores(
@@ -99,10 +102,12 @@ def predict_task(
         )
     start = 0
     for batch, n in evaluation.iterate_batches(model, batch_size):
+        evaluation.check_task_ids(predictor, batch, f"task {task.name!r}")
         if labels is not None:
             tokens = label_tokens[predictor.classify(params, batch, label_tokens)]  # [B, S]
         else:
-            tokens = zero_after_eos(predictor.predict(params, batch), out_vocab.eos_id)  # [B, S]
+            tokens = predictor.predict(params, batch)  # [B, S]
+            tokens = np.asarray(decoding.pad_after_eos(tokens, out_vocab.eos_id))
         scores = None
         if score == "prediction":
             scores = _prediction_scores(predictor, params, batch, tokens)
@@ -136,9 +141,24 @@ def write_jsonl(records: Iterator[Mapping[str, Any]], path: str | os.PathLike) -
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a file written by `write_jsonl`."""
+    """Reads a file of one JSON object per line (`write_jsonl`'s, or a run's metrics.jsonl).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a line is not JSON (the file and line are named).
+    """
+    records = []
     with pathlib.Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number} is not a JSON object ({error.msg}): {line[:80]!r}."
+                ) from None
+    return records
 
 
 def as_prompt_model(model: Any) -> PromptModel:
@@ -146,29 +166,89 @@ def as_prompt_model(model: Any) -> PromptModel:
     return model if isinstance(model, PromptModel) else PromptModel(model)
 
 
-def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> np.ndarray:
-    """Reads a PROMPT_FILE and checks it fits the model's plain prompt `encoder/prompt/prompt`.
+def read_prompt_file(
+    path: str | os.PathLike, model: PromptModel
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Reads a PROMPT_FILE and checks that it fits the model's prompt (`prompt_files`).
 
     Args:
-      path: a `.npy` prompt `[P, H]`.
-      model: the model whose prompt it replaces.
+      path: a `[P, H]` or `[N, P, H]` `.npy`, or a parameters `.npz`.
+      model: the model whose prompt parameters it replaces.
 
     Returns:
-      The prompt `[P, H]`.
+      The prompt array (`[P, H]`, or `[N, P, H]` for a bank) for an array file, else the
+      parameters `{path under encoder/prompt: array}` of a `.npz`.
 
     Raises:
-      ValueError: the model has no plain `[P, H]` prompt, or the shapes differ (both are named).
       FileNotFoundError: no such file.
+      PromptFileError (a ValueError): not a prompt file, or one of another form or shape than the
+        model's prompt (both are named, with the gin file to use).
     """
     abstract = jax.eval_shape(lambda: nn.unbox(model.init_boxed(jax.random.key(0), 1, 1)))
-    current = abstract.get("encoder", {}).get("prompt", {}).get("prompt")
-    if current is None or len(current.shape) != 2:
-        raise ValueError(
-            f"PROMPT_FILE {path} holds a plain prompt [P, H], but the model has no plain prompt "
-            "parameter encoder/prompt/prompt [P, H]; evaluate it with the plain prompt "
-            "(gin_configs/prompts/prompt_tuning_random_uniform.gin) and the file's PROMPT_LENGTH."
-        )
-    return checkpoints.load_prompt_npy(path, tuple(current.shape))
+    content = prompt_files.read_prompt_file(path)
+    shapes = prompt_files.parameter_shapes(abstract)
+    values = prompt_files.values_for(content, shapes, model.prompt, path)
+    return values["prompt"] if isinstance(content, np.ndarray) else values
+
+
+def _initial_params(
+    model: PromptModel,
+    task_feature_lengths: Mapping[str, int],
+    initial_checkpoint_path: str | None,
+    random_seed: int,
+    trainable_params_regex: str,
+    frozen_dtype: str | None,
+    prompt_file: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainable, frozen) on the first device, with the trainer's RANDOM_SEED init key."""
+    mesh = partitioning.make_mesh(1, jax.devices()[:1])
+    init_rng, _ = jax.random.split(jax.random.key(random_seed))
+    return checkpoints.initial_params(
+        model,
+        mesh,
+        init_rng,
+        task_feature_lengths,
+        initial_checkpoint_path,
+        trainable_params_regex,
+        frozen_dtype,
+        prompt_file=prompt_file,
+        allow_no_trainable=model.prompt is None,
+    )
+
+
+def load_frozen_params(
+    model: PromptModel,
+    task_feature_lengths: Mapping[str, int],
+    initial_checkpoint_path: str | None = None,
+    random_seed: int = 0,
+    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
+    frozen_dtype: str | None = None,
+) -> dict[str, Any]:
+    """The frozen parameters of a run alone, as `load_params` builds them (no prompt needed).
+
+    Args:
+      model: the run's `PromptModel`.
+      task_feature_lengths: TASK_FEATURE_LENGTHS.
+      initial_checkpoint_path: the frozen T5; None: the random model of RANDOM_SEED.
+      random_seed: RANDOM_SEED.
+      trainable_params_regex: TRAINABLE_PARAMS_REGEX (what is not frozen).
+      frozen_dtype: FROZEN_DTYPE.
+
+    Returns:
+      The frozen parameter tree (arrays on the first device).
+
+    Raises:
+      FileNotFoundError: INITIAL_CHECKPOINT_PATH does not exist.
+    """
+    checkpoints.check_initial_checkpoint(initial_checkpoint_path)
+    return _initial_params(
+        model,
+        task_feature_lengths,
+        initial_checkpoint_path,
+        random_seed,
+        trainable_params_regex,
+        frozen_dtype,
+    )[1]
 
 
 def load_params(
@@ -218,19 +298,15 @@ def load_params(
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     if prompt_file:
-        read_prompt_file(prompt_file, model)  # Names both shapes when they differ.
-    mesh = partitioning.make_mesh(1, jax.devices()[:1])
-    init_rng, _ = jax.random.split(jax.random.key(random_seed))
-    trainable, frozen = checkpoints.initial_params(
+        read_prompt_file(prompt_file, model)  # Names both forms or shapes when they differ.
+    trainable, frozen = _initial_params(
         model,
-        mesh,
-        init_rng,
         task_feature_lengths,
         initial_checkpoint_path,
+        random_seed,
         trainable_params_regex,
         frozen_dtype,
-        prompt_file=prompt_file or None,
-        allow_no_trainable=model.prompt is None,
+        prompt_file or None,
     )
     params = optimizers.merge_params(trainable, frozen)
     if prompt_file or not model_dir:
@@ -242,7 +318,7 @@ def load_params(
 def make_predictor(
     model: PromptModel,
     params: dict[str, Any],
-    prompt_files: Sequence[str] = (),
+    prompt_paths: Sequence[str] = (),
     decode_method: str = "greedy",
     beam_size: int = 4,
 ) -> tuple[evaluation.Predictor, dict[str, Any]]:
@@ -251,16 +327,16 @@ def make_predictor(
     Args:
       model: the plain-prompt `PromptModel`.
       params: its full parameters (the frozen weights are reused for the ensemble).
-      prompt_files: two or more `.npy` prompts make an ensemble over one frozen model.
+      prompt_paths: two or more `.npy` prompts `[P, H]` make an ensemble over one frozen model.
       decode_method: "greedy" or "beam".
       beam_size: beams for "beam".
 
     Returns:
       (predictor, params to call it with).
     """
-    if len(prompt_files) < 2:
+    if len(prompt_paths) < 2:
         return evaluation.SinglePromptPredictor(model, decode_method, beam_size), params
-    prompts = [read_prompt_file(path, model) for path in prompt_files]
+    prompts = [read_prompt_file(path, model) for path in prompt_paths]
     bank = ensemble.bank_prompt(len(prompts), prompts[0].shape[0])
     bank_model = PromptModel(model.module.clone(prompt=bank))
     predictor = ensemble.PromptEnsemble(bank_model, len(prompts), decode_method, beam_size)
@@ -307,7 +383,8 @@ def evaluate(
     rank_classification: bool | None = None,
     random_seed: int = 0,
     frozen_dtype: str | None = None,
-    mixture_or_task_module: str | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
+    labels: ranking.Labels = None,
 ) -> dict[str, float]:
     """Evaluates a prompt (or a prompt ensemble) on a split: `python -m prompt_tuning.eval`.
 
@@ -328,7 +405,10 @@ def evaluate(
       rank_classification: see `evaluation.Evaluator`.
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
-      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first (None: the tasks are
+        registered already).
+      labels: label strings to rank (one list, or `{task: list}`); default the labels each task
+        binds into its postprocessor (`rank_classification.labels_for`).
 
     Returns:
       The metrics of `evaluation.Evaluator.evaluate`.
@@ -345,6 +425,7 @@ def evaluate(
         rank_classification=rank_classification,
         split=split,
         num_examples=num_examples,
+        labels=labels,
     )
     metrics = evaluator.evaluate(params, step)
     for name, value in sorted(metrics.items()):
@@ -376,7 +457,8 @@ def infer(
     rank_classification: bool = False,
     random_seed: int = 0,
     frozen_dtype: str | None = None,
-    mixture_or_task_module: str | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
+    labels: ranking.Labels = None,
 ) -> int:
     """Writes predictions as JSON lines: `python -m prompt_tuning.infer`.
 
@@ -399,7 +481,10 @@ def infer(
         decoding.
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
-      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first (None: the tasks are
+        registered already).
+      labels: label strings for `rank_classification` (one list, or `{task: list}`); default the
+        labels each task binds into its postprocessor.
 
     Returns:
       The number of examples written.
@@ -411,7 +496,7 @@ def infer(
 
     def records() -> Iterator[dict[str, Any]]:
         for task in seqio.get_subtasks(provider):
-            labels = evaluation.label_strings_or_none(task.name) if rank_classification else None
+            ranked = ranking.labels_for(task, labels) if rank_classification else None
             yield from predict_task(
                 predictor,
                 params,
@@ -421,7 +506,7 @@ def infer(
                 split,
                 num_examples,
                 score,
-                labels,
+                ranked,
             )
 
     count = write_jsonl(records(), output_path)

@@ -22,31 +22,16 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import checkpoints, optimizers, partitioning
+from prompt_tuning.train import checkpoints, losses, optimizers, partitioning, prompt_files, steps
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
-
-
-@flax.struct.dataclass
-class TrainState:
-    """What changes during training (and is checkpointed).
-
-    Attributes:
-      step: updates applied so far (int32 scalar).
-      params: the trainable parameters (nested dict).
-      opt_state: the optimizer state of the trainable parameters only.
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
+from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (public here too)
 
 
 @dataclasses.dataclass
@@ -66,48 +51,6 @@ class TrainResult:
     frozen: Any
     train_metrics: list[dict[str, float]]
     eval_metrics: list[dict[str, float]]
-
-
-def train_step(
-    state: TrainState,
-    frozen: Any,
-    batch: Mapping[str, jax.Array],
-    rng: jax.Array,
-    *,
-    model: PromptModel,
-    optimizer: optax.GradientTransformation,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update of the trainable parameters (pure; jitted once by `train`).
-
-    Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
-    weights get no gradient buffers and no optimizer state.
-
-    Args:
-      state: the current `TrainState`.
-      frozen: frozen parameters (nested dict; never updated).
-      batch: a converted batch ([B, T] / [B, S] arrays).
-      rng: the run's base PRNG key; dropout uses `fold_in(rng, step)`, so a resumed run draws the
-        same dropout masks as an uninterrupted one.
-      model: the `PromptModel` (static).
-      optimizer: the optax transformation (static).
-
-    Returns:
-      (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
-      `grad_norm`, `param_norm` (of the updated trainable parameters), `learning_rate`.
-    """
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_of(trainable: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return model.loss_fn(optimizers.merge_params(trainable, frozen), batch, dropout_rng)
-
-    (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
-    rate = optimizers.current_learning_rate(opt_state)
-    if rate is not None:
-        metrics["learning_rate"] = rate
-    return TrainState(state.step + 1, params, opt_state), metrics
 
 
 def _abstract(tree: Any) -> Any:
@@ -155,6 +98,7 @@ class _Run:
     checkpointer: checkpoints.TrainCheckpointer
     logger: train_logging.MetricsLogger
     meta: dict[str, Any]
+    first_step: int = 0  # the initial checkpoint's step, where TRAIN_STEPS counts from
 
 
 def _setup(
@@ -175,6 +119,9 @@ def _setup(
             f"{mesh.shape[partitioning.DATA_AXIS]} and of the host count {jax.process_count()}."
         )
     model = PromptModel(module, **options["loss"])
+    # Adafactor factors each second moment as the parameter's logical axes say (T5X's
+    # `set_param_axes`): never for prompt axes.
+    optimizer = optimizers.with_param_axes(optimizer, model.param_logical_axes())
     rng = jax.random.key(options["random_seed"])
     init_rng, step_rng = jax.random.split(rng)
     trainable, frozen = checkpoints.initial_params(
@@ -188,9 +135,11 @@ def _setup(
         options["prompt_file"],
     )
     opt_sharding = partitioning.opt_state_shardings(optimizer, trainable, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
+    first_step = options["first_step"]
+    init_opt = lambda p: optimizers.start_at_step(optimizer.init(p), first_step)  # noqa: E731
+    opt_state = jax.jit(init_opt, out_shardings=opt_sharding)(trainable)
     state = TrainState(
-        jax.device_put(jnp.zeros([], jnp.int32), partitioning.replicated(mesh)),
+        jax.device_put(jnp.asarray(first_step, jnp.int32), partitioning.replicated(mesh)),
         trainable,
         opt_state,
     )
@@ -208,7 +157,7 @@ def _setup(
     )
     checkpointer = checkpoints.TrainCheckpointer(model_dir, options["keep"])
     meta = {"seed": options["random_seed"], "task": options["task"], "batch_size": batch_size}
-    start_step = 0
+    start_step = first_step
     if checkpointer.latest_step() is not None:
         try:
             state, saved_meta = checkpointer.restore(_abstract(state))
@@ -228,20 +177,21 @@ def _setup(
         model_dir, train_steps, batch_size, enabled=jax.process_index() == 0
     )
     return _Run(
-        model, mesh, state, frozen, step_fn, step_rng, start_step, checkpointer, logger, meta
-    )
+        model, mesh, state, frozen, step_fn, step_rng, start_step, checkpointer, logger, meta,
+        first_step,
+    )  # fmt: skip
 
 
 def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
-    """Checkpoints the state and exports the prompt as .npy (prompts/step_<N>.npy or best.npy)."""
-    meta = dict(run.meta, step=step, data_position=step)
+    """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
+    meta = dict(run.meta, step=step, data_position=step - run.first_step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if jax.process_index() == 0:
-        prompt = checkpoints.prompt_for_export(
+        export = prompt_files.export_form(
             run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
         )
-        if prompt is not None:
-            checkpoints.export_prompt(model_dir, "best" if best else f"step_{step}", prompt)
+        if export is not None:
+            prompt_files.write_export(model_dir, "best" if best else f"step_{step}", export)
 
 
 def make_evaluator(
@@ -254,6 +204,7 @@ def make_evaluator(
     eval_steps: int | None,
     decode_method: str = "greedy",
     beam_size: int = 4,
+    labels: Any = None,
 ) -> tuple[Any, Callable[..., float]] | None:
     """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
     from prompt_tuning.train import evaluation  # noqa: PLC0415 (seqio/TF: see the module docstring)
@@ -270,6 +221,7 @@ def make_evaluator(
         beam_size=beam_size,
         split=split,
         num_examples=num_examples,
+        labels=labels,
     )
     return evaluator, evaluation.select_metric
 
@@ -313,7 +265,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     random_seed: int = 0,
     trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-    mixture_or_task_module: str | Sequence[str] | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
     save_period: int = 1000,
     keep: int | None = 1,
     log_period: int = 100,
@@ -324,9 +276,10 @@ def train(
     eval_decode_method: str = "greedy",
     eval_beam_size: int = 4,
     best_metric: str | None = None,
+    eval_labels: Any = None,
     prompt_file: str | None = None,
     frozen_dtype: str | None = None,
-    loss_normalizing_factor: float | None = None,
+    loss_normalizing_factor: float | str | None = None,
     z_loss: float = 1e-4,
     label_smoothing: float = 0.0,
     num_partitions: int = 1,
@@ -340,14 +293,16 @@ def train(
       model_dir: where checkpoints, prompts, metrics and TensorBoard files go (MODEL_DIR).
       mixture_or_task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
       task_feature_lengths: {"inputs": T, "targets": S} (TASK_FEATURE_LENGTHS).
-      train_steps: total steps to reach, counting resumed ones (TRAIN_STEPS).
+      train_steps: the step to reach, counted as in T5X from the initial checkpoint's step
+        (`steps`; TRAIN_STEPS): 1_130_000 trains 30,000 steps from `checkpoint_1100000`.
       batch_size: global batch size (BATCH_SIZE).
       optimizer: optax transformation; default Lester et al.'s Adafactor (`optimizers.adafactor`).
       initial_checkpoint_path: frozen T5 checkpoint (HF or T5X); None initializes a random model
         from `random_seed` (tests, smoke runs) (INITIAL_CHECKPOINT_PATH).
       random_seed: seed of initialization, dropout and data order (RANDOM_SEED).
       trainable_params_regex: parameters to train (TRAINABLE_PARAMS_REGEX).
-      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE).
+      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE; the
+        gin files default to "tasks"); None: the tasks are registered already.
       save_period: checkpoint every this many steps, and at the end (SAVE_PERIOD).
       keep: checkpoints kept (KEEP).
       log_period: steps between progress lines.
@@ -359,11 +314,16 @@ def train(
       eval_beam_size: beams when `eval_decode_method` is "beam".
       best_metric: the evaluation metric that picks the best checkpoint (BEST_METRIC; higher is
         better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
-        as "glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over the
-        tasks reporting it (see `evaluation.select_metric`).
-      prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
+        as "taskless_glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over
+        the tasks reporting it (see `evaluation.select_metric`).
+      eval_labels: label strings rank classification scores (one list, or `{task: list}`);
+        default the labels each task binds into its postprocessor (`rank_classification`).
+      prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
+        `[N, P, H]` `.npy`, or a parameters `.npz`).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
-      loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
+      loss_normalizing_factor: T5X's: None sums the token losses, a number divides the sum,
+        "NUM_REAL_TARGET_TOKENS" / "NUM_TOTAL_TARGET_TOKENS" / "AVERAGE_PER_SEQUENCE" as T5X's
+        `SpecialLossNormalizingFactor` (see `losses`; LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
       label_smoothing: label smoothing.
       num_partitions: devices per model replica ("model" mesh axis).
@@ -384,8 +344,11 @@ def train(
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
+    first_step = steps.initial_step(initial_checkpoint_path)
+    steps.check_train_steps(train_steps, first_step, initial_checkpoint_path)
+    losses.check_normalizing_factor(loss_normalizing_factor)
     if prompt_file is not None:
-        checkpoints.load_prompt_npy(prompt_file)
+        prompt_files.read_prompt_file(prompt_file)
     if eval_decode_method not in ("greedy", "beam"):
         raise ValueError(
             f"Unknown eval_decode_method {eval_decode_method!r}; use 'greedy' (the default) or "
@@ -407,6 +370,7 @@ def train(
         prompt_file=prompt_file,
         keep=keep,
         task=mixture_or_task_name,
+        first_step=first_step,
     )
     os.makedirs(model_dir, exist_ok=True)
     run = _setup(
@@ -422,6 +386,7 @@ def train(
         eval_steps,
         eval_decode_method,
         eval_beam_size,
+        eval_labels,
     )
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
@@ -429,6 +394,12 @@ def train(
         f"{dict(run.mesh.shape)}): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; "
         f"writing to {model_dir}."
     )
+    if jax.process_index() == 0:  # says what prompts/step_<N> will hold (prompt_files)
+        export = prompt_files.export_form(
+            run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
+        )
+        if export is not None:
+            run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
@@ -475,19 +446,22 @@ def _loop(
             shard_id=jax.process_index(),
             num_shards=jax.process_count(),
         )
-        batches = data.skip_batches(dataset, run.start_step).as_numpy_iterator()
+        batches = data.skip_batches(dataset, run.start_step - run.first_step)
+        batches = batches.as_numpy_iterator()
     train_log, eval_log, pending = [], [], []
     best = checkpoints.read_best_json(model_dir)
-    if run.start_step and run.start_step >= train_steps:
+    if run.start_step > run.first_step and run.start_step >= train_steps:
         run.logger.message(
             f"MODEL_DIR {model_dir} already holds a run at step {run.start_step} "
             f"(TRAIN_STEPS {train_steps}): nothing to train. Raise TRAIN_STEPS to continue it, or "
             "use a new MODEL_DIR to start again."
         )
-    elif run.start_step:
+    elif run.start_step > run.first_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
-        batch = partitioning.shard_batch(next(batches), run.mesh)
+        numpy_batch = next(batches)
+        run.model.check_task_ids(numpy_batch, f"MIXTURE_OR_TASK_NAME {task!r}")
+        batch = partitioning.shard_batch(numpy_batch, run.mesh)
         run.state, metrics = run.step_fn(run.state, run.frozen, batch, run.rng)
         pending.append(metrics)
         if step == run.start_step + 1:  # exclude compilation from the throughput

@@ -1,0 +1,105 @@
+"""One optimizer update of the trainable parameters, and K of them scanned: the pure functions
+the trainer jits (`trainer.train`) and that tools reuse (tools/compare_methods.py jits a whole run).
+
+Gradients are taken with respect to the trainable parameters only; the frozen ones are closed
+over, so they carry no gradient buffers and no optimizer state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from prompt_tuning.train import optimizers
+from prompt_tuning.train.model import PromptModel
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What changes during training (and is checkpointed).
+
+    Attributes:
+      step: updates applied so far (int32 scalar).
+      params: the trainable parameters (nested dict).
+      opt_state: the optimizer state of the trainable parameters only.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def init_state(optimizer: optax.GradientTransformation, trainable: Any) -> TrainState:
+    """A fresh `TrainState` of `trainable`: step 0 and the optimizer's initial state."""
+    return TrainState(jnp.zeros([], jnp.int32), trainable, optimizer.init(trainable))
+
+
+def train_step(
+    state: TrainState,
+    frozen: Any,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    model: PromptModel,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update of the trainable parameters (pure; jitted once by `train`).
+
+    Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
+    weights get no gradient buffers and no optimizer state.
+
+    Args:
+      state: the current `TrainState`.
+      frozen: frozen parameters (nested dict; never updated).
+      batch: a converted batch ([B, T] / [B, S] arrays).
+      rng: the run's base PRNG key; dropout uses `fold_in(rng, step)`, so a resumed run draws the
+        same dropout masks as an uninterrupted one.
+      model: the `PromptModel` (static).
+      optimizer: the optax transformation (static).
+
+    Returns:
+      (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
+      `grad_norm`, `param_norm` (of the updated trainable parameters), `learning_rate`.
+    """
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_of(trainable: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return model.loss_fn(optimizers.merge_params(trainable, frozen), batch, dropout_rng)
+
+    (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(aux, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+    rate = optimizers.current_learning_rate(opt_state)
+    if rate is not None:
+        metrics["learning_rate"] = rate
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def run_steps(
+    state: TrainState,
+    frozen: Any,
+    batches: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    model: PromptModel,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """K `train_step`s in one `jax.lax.scan`, over batches stacked as `[K, B, ...]`.
+
+    Jitted whole (with the learning rate a traced input of the optimizer), one compilation serves
+    a whole run of any seed and rate; the K steps equal K calls of `train_step`.
+
+    Returns:
+      (state after K steps, metrics stacked as `[K]` per key).
+    """
+
+    def body(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Any]:
+        return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer)
+
+    return jax.lax.scan(body, state, batches)
