@@ -201,7 +201,9 @@ def _logits(config, params, encoder_tokens, targets):
     model = network.EncoderDecoder(config)
     inputs = np.pad(targets, ((0, 0), (1, 0)))[:, :-1]
     apply = lambda p: model.apply({"params": p}, encoder_tokens, inputs, targets)  # noqa: E731
-    return np.asarray(jax.jit(apply, static_argnums=())(params), np.float64)
+    logits = jax.jit(apply)(params)
+    assert logits.dtype == jnp.float32  # T5X's float32 logits layer, also in bfloat16
+    return np.asarray(logits, np.float64)
 
 
 # Relative RMS error of the logits allowed in bfloat16: 16 bfloat16 units (2^-9 each), i.e. a few
