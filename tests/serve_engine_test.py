@@ -268,10 +268,10 @@ def test_growing_the_bank_is_one_logged_recompilation(frozen, prompts, inputs, c
 def test_engine_serves_a_mixed_precision_model_like_each_prompt_alone(frozen, prompts, inputs):
     """ACTIVATION_DTYPE = FROZEN_DTYPE = "bfloat16" (runs/prompt_finetune.gin's precision): the
     prompt-masked bank in a bfloat16 model gives each row the outputs of its prompt alone."""
-    from prompt_tuning.t5 import layers  # noqa: PLC0415
+    from prompt_tuning.t5 import precision  # noqa: PLC0415
 
     config = CONFIG.replace(dtype="bfloat16")
-    params = layers.cast_matmul_weights(frozen, "bfloat16")  # FROZEN_DTYPE
+    params = precision.cast_matmul_weights(frozen, "bfloat16")  # FROZEN_DTYPE
     buckets = engine_lib.Buckets((4,), (16,), (8,), (4,))
     engine = engine_lib.Engine(EncoderDecoder(config), params, buckets, beam_sizes=(2,))
     reg = registry.PromptRegistry(H, C, P, lambda a: jax.device_put(a, engine.replicated()))

@@ -19,7 +19,7 @@ import pytest
 
 from prompt_tuning import pretrained, prompts, t5
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.t5 import layers, network
+from prompt_tuning.t5 import network, precision
 from prompt_tuning.train import optimizers, trainer
 from prompt_tuning.train.model import PromptModel
 
@@ -45,7 +45,7 @@ def test_contract_accumulates_in_float32(spec, shape_a, shape_b):
     rng = np.random.default_rng(0)
     a, b = _bf16_exact(rng, shape_a), _bf16_exact(rng, shape_b)
     expected = np.einsum(spec, a, b)
-    got = jax.jit(functools.partial(layers.contract, spec, dtype=BF16))(a, b)
+    got = jax.jit(functools.partial(precision.contract, spec, dtype=BF16))(a, b)
     assert got.dtype == jnp.float32
     scale = np.sqrt(np.mean(expected**2))
     # Long sums (K = 1024..4096): float32 accumulation is exact to ~1e-6 of the result's scale,
@@ -61,7 +61,9 @@ def test_contract_gradients_are_bfloat16_matmuls_accumulated_in_float32():
     a, b = _bf16_exact(rng, (2, 5, 3, 64)), _bf16_exact(rng, (2, 7, 3, 64))
     g = rng.normal(size=(2, 3, 5, 7))  # float32 cotangent of the float32 scores
 
-    _, vjp = jax.vjp(lambda x, y: layers.contract(spec, x, y, BF16), a.astype(BF16), b.astype(BF16))
+    _, vjp = jax.vjp(
+        lambda x, y: precision.contract(spec, x, y, BF16), a.astype(BF16), b.astype(BF16)
+    )
     grad_a, grad_b = jax.jit(vjp)(jnp.asarray(g, jnp.float32))
     assert grad_a.dtype == BF16 and grad_b.dtype == BF16
     # The cotangent is rounded to bfloat16 first, then contracted exactly, then rounded once.
@@ -92,7 +94,7 @@ def _tiny_step(dtype: str, frozen_dtype: str | None, remat: str = "none"):
     model = PromptModel(t5.EncoderDecoder(config, prompts.Prompt(3)))
     params = nn.unbox(model.init_boxed(jax.random.key(0), 5, 4))
     trainable, frozen = optimizers.split_params(params, "prompt")
-    frozen = layers.cast_matmul_weights(frozen, frozen_dtype)  # FROZEN_DTYPE
+    frozen = precision.cast_matmul_weights(frozen, frozen_dtype)  # FROZEN_DTYPE
     optimizer = optimizers.adafactor()
     state = trainer.TrainState(jnp.zeros([], jnp.int32), trainable, optimizer.init(trainable))
     rng = np.random.default_rng(0)
@@ -232,7 +234,7 @@ def test_bfloat16_logits_match_float32_within_bfloat16_tolerance(name):
         )
     expected = _logits(config, params, encoder_tokens, targets)
     config16 = config.replace(dtype="bfloat16")
-    params16 = layers.cast_matmul_weights(params, BF16)  # FROZEN_DTYPE=bfloat16 too
+    params16 = precision.cast_matmul_weights(params, BF16)  # FROZEN_DTYPE=bfloat16 too
     for weights in (params, params16):
         got = _logits(config16, weights, encoder_tokens, targets)
         error = np.sqrt(np.mean((got - expected) ** 2)) / np.sqrt(np.mean(expected**2))
@@ -250,7 +252,7 @@ def test_frozen_dtype_casts_only_the_matmul_weights():
         },
         "token_embedder": {"embedding": np.ones((5, 2), np.float32)},
     }
-    kept = layers.cast_matmul_weights(params, BF16)
+    kept = precision.cast_matmul_weights(params, BF16)
     flat = {
         jax.tree_util.keystr(p): leaf.dtype
         for p, leaf in jax.tree_util.tree_flatten_with_path(kept)[0]
@@ -260,6 +262,6 @@ def test_frozen_dtype_casts_only_the_matmul_weights():
         "['token_embedder']['embedding']",
     }
     assert params["encoder"]["encoder_norm"]  # not consumed by default
-    consumed = layers.cast_matmul_weights(params, BF16, consume=True)
+    consumed = precision.cast_matmul_weights(params, BF16, consume=True)
     assert jax.tree.structure(consumed) == jax.tree.structure(kept)
     assert params == {}

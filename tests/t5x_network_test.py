@@ -126,12 +126,12 @@ def test_cached_decoding_from_a_dummy_cache_equals_teacher_forcing(wrapped):
 def test_a_mixed_precision_network_behind_the_wrapper(wrapped):
     """ACTIVATION_DTYPE = "bfloat16" with bfloat16 frozen weights (FROZEN_DTYPE): float32 logits
     equal to the network's; cached decoding equals teacher forcing within bfloat16 rounding."""
-    from prompt_tuning.t5 import layers  # noqa: PLC0415
+    from prompt_tuning.t5 import precision  # noqa: PLC0415
 
     net = _network()
     net = network.EncoderDecoder(net.config.replace(dtype="bfloat16"), prompt=net.prompt)
     module = t5x_network.T5XEncoderDecoder(net)
-    params = layers.cast_matmul_weights(wrapped[1]["params"], jnp.bfloat16)
+    params = precision.cast_matmul_weights(wrapped[1]["params"], jnp.bfloat16)
     assert params["encoder"]["prompt"]["prompt"].dtype == jnp.float32  # prompts are not cast
     batch = _batch(2)
     forced = module.apply({"params": params}, **_tokens(batch), enable_dropout=False)

@@ -60,6 +60,7 @@ def test_cli_profile_and_summary(report):
     assert {r["dtype"] for r in rows} == {"float32", "bfloat16"}
     assert all("speedup" not in r for r in rows)  # no --vs-peft
     assert "| tiny b2 | bfloat16 |" in stderr
+    assert "| category | ms per step (sum of ops) | share |" in stderr  # the profile, printed
 
 
 def test_peft_worker_trains_a_prompt_of_the_same_width_under_autocast():

@@ -319,6 +319,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     Returns:
       `{"runs": [one record per run], "summary": {...}}`.
     """
+    from prompt_tuning.train import profiling  # noqa: PLC0415
+
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     log(f"matmul peaks ({args.matmul_size}^2) ...")
     peaks = _matmul_peaks(args)
@@ -336,6 +338,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     f"  {statistics.median(raw['times_s']):.3f} s/step, "
                     f"{raw['peak_rss_gib']:.2f} GiB, load {raw['load_avg_1m']}"
                 )
+                if "profile" in raw:  # --profile: where one step's time goes, by category
+                    wall = statistics.median(raw["times_s"])
+                    log("\n".join(profiling.format_profile(raw["profile"], wall)))
     log("matmul peaks again ...")
     peaks += _matmul_peaks(args)
     runs = []

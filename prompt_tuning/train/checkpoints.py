@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning.prompts import files
-from prompt_tuning.t5 import layers
+from prompt_tuning.t5 import precision
 from prompt_tuning.train import prompt_files
 from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
@@ -296,7 +296,7 @@ def initial_params(
         def random_init(r: jax.Array) -> tuple[Any, Any]:
             trainable, frozen = split(nn.unbox(init(r)))
             # Cast inside the jit: no float32 copy of the frozen weights is ever materialised.
-            return trainable, layers.cast_matmul_weights(frozen, dtype)
+            return trainable, precision.cast_matmul_weights(frozen, dtype)
 
         trainable, frozen = jax.jit(random_init, out_shardings=(trainable_sh, frozen_sh))(rng)
     else:
@@ -304,7 +304,7 @@ def initial_params(
 
         _, loaded = t5.checkpoints.load_checkpoint(initial_checkpoint_path, model.config)
         _check_same_tree(loaded, split(nn.unbox(boxed))[1], initial_checkpoint_path)
-        frozen = layers.cast_matmul_weights(loaded, dtype, consume=True)
+        frozen = precision.cast_matmul_weights(loaded, dtype, consume=True)
         frozen = jax.device_put(frozen, frozen_sh)
         trainable = jax.jit(lambda r: split(nn.unbox(init(r)))[0], out_shardings=trainable_sh)(rng)
     if prompt_file is not None:
