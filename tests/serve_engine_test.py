@@ -263,3 +263,25 @@ def test_growing_the_bank_is_one_logged_recompilation(frozen, prompts, inputs, c
         assert svc.engine.compiles == {"warmup": 1, "bank_resize": 1}
     finally:
         svc.close()
+
+
+def test_engine_serves_a_mixed_precision_model_like_each_prompt_alone(frozen, prompts, inputs):
+    """ACTIVATION_DTYPE = FROZEN_DTYPE = "bfloat16" (runs/prompt_finetune.gin's precision): the
+    prompt-masked bank in a bfloat16 model gives each row the outputs of its prompt alone."""
+    from prompt_tuning.t5 import precision  # noqa: PLC0415
+
+    config = CONFIG.replace(dtype="bfloat16")
+    params = precision.cast_matmul_weights(frozen, "bfloat16")  # FROZEN_DTYPE
+    buckets = engine_lib.Buckets((4,), (16,), (8,), (4,))
+    engine = engine_lib.Engine(EncoderDecoder(config), params, buckets, beam_sizes=(2,))
+    reg = registry.PromptRegistry(H, C, P, lambda a: jax.device_put(a, engine.replicated()))
+    for i, prompt in enumerate(prompts):
+        reg.add(f"p{i}", prompt, "test")
+    bank = reg.snapshot()
+    tokens = [row[row > 0] for row in inputs]
+    out, _ = engine.generate(bank, tokens, [bank.slots["p0"], bank.slots["p1"]], [6, 6])
+    for i, prompt in enumerate(prompts):
+        model = EncoderDecoder(config, prompt=Prompt(len(prompt)))
+        alone = dict(params, encoder=dict(params["encoder"], prompt={"prompt": prompt}))
+        ref = greedy_decode(model, alone, inputs[i : i + 1], 6)[0]
+        np.testing.assert_array_equal(out[i], np.asarray(ref))

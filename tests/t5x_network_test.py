@@ -123,6 +123,44 @@ def test_cached_decoding_from_a_dummy_cache_equals_teacher_forcing(wrapped):
     assert int(cache["decoder"]["cache_index"]) == S
 
 
+def test_a_mixed_precision_network_behind_the_wrapper(wrapped):
+    """ACTIVATION_DTYPE = "bfloat16" with bfloat16 frozen weights (FROZEN_DTYPE): float32 logits
+    equal to the network's; cached decoding equals teacher forcing within bfloat16 rounding."""
+    from prompt_tuning.t5 import precision  # noqa: PLC0415
+
+    net = _network()
+    net = network.EncoderDecoder(net.config.replace(dtype="bfloat16"), prompt=net.prompt)
+    module = t5x_network.T5XEncoderDecoder(net)
+    params = precision.cast_matmul_weights(wrapped[1]["params"], jnp.bfloat16)
+    assert params["encoder"]["prompt"]["prompt"].dtype == jnp.float32  # prompts are not cast
+    batch = _batch(2)
+    forced = module.apply({"params": params}, **_tokens(batch), enable_dropout=False)
+    assert forced.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(forced), PromptModel(net).logits(params, batch))
+    _, state = module.apply(
+        {"params": params},
+        **{k: jnp.ones_like(v) for k, v in _tokens(batch).items()},
+        decode=True,
+        enable_dropout=False,
+        mutable=["cache"],
+    )
+    cache = state["cache"]
+    encoded = module.apply(
+        {"params": params}, batch["encoder_input_tokens"], enable_dropout=False, method="encode"
+    )
+    scale = float(np.sqrt(np.mean(np.square(forced))))
+    for i in range(S):
+        tokens = batch["decoder_input_tokens"][:, i : i + 1]
+        logits, state = module.apply(
+            {"params": params, "cache": cache}, encoded, batch["encoder_input_tokens"], tokens,
+            tokens, enable_dropout=False, decode=True, method="decode", mutable=["cache"],
+        )  # fmt: skip
+        cache = state["cache"]
+        valid = batch["decoder_target_tokens"][:, i] > 0
+        # Different matmul shapes round bfloat16 hidden states differently: a few units of 2^-9.
+        np.testing.assert_allclose(logits[valid, 0], forced[valid, i], atol=0.05 * scale)
+
+
 def test_packed_batches_are_refused(wrapped):
     module, variables = wrapped
     batch = _tokens(_batch())

@@ -4,9 +4,12 @@
         --backend jax torch
 
 Times `C = A @ B` for random `[n, n]` matrices, `2 n^3` FLOPs per product, and prints the best
-(fastest) of `repeats` timed products as GFLOP/s, one JSON object per (backend, dtype). JAX reads
-XLA_FLAGS when it is first imported, so run this in a fresh process per flag setting (as
-`tools/benchmark_train.py` does).
+(fastest) of `repeats` timed products as GFLOP/s, one JSON object per (backend, dtype). "bfloat16"
+means bfloat16 operands: JAX accumulates them in float32 (`preferred_element_type`, as the model's
+mixed-precision matmuls do; `--jax-bf16-output` times the bfloat16-output dot instead, which
+XLA:CPU runs far slower), torch runs `torch.mm` in bfloat16 (oneDNN, float32 accumulation
+inside). JAX reads XLA_FLAGS when it is first imported, so run this in a fresh process per flag
+setting (as `tools/benchmark_train.py` does).
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ def _best_seconds(run: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def jax_matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 8) -> float:
+def jax_matmul_gflops(
+    n: int = 2048, dtype: str = "float32", repeats: int = 8, bf16_output: bool = False
+) -> float:
     """Best-of-`repeats` GFLOP/s of a jitted `[n, n] @ [n, n]` on JAX's default device.
 
     Args:
       n: matrix size.
-      dtype: "float32" or "bfloat16" (inputs and output).
+      dtype: operand dtype, "float32" or "bfloat16".
       repeats: timed products; the fastest counts.
+      bf16_output: with bfloat16 operands, produce (and accumulate in) bfloat16 instead of
+        float32.
 
     Returns:
       `2 n^3 / seconds / 1e9`.
@@ -45,7 +52,8 @@ def jax_matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 8) -
     key_a, key_b = jax.random.split(jax.random.key(0))
     a = jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype)
     b = jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype)
-    matmul = jax.jit(jnp.matmul)
+    accumulate = jnp.bfloat16 if bf16_output else jnp.float32
+    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=accumulate))
     seconds = _best_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
     return 2 * n**3 / seconds / 1e9
 
@@ -110,9 +118,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=8, help="timed products (best counts)")
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--backend", nargs="+", default=["jax", "torch"], choices=sorted(BACKENDS))
+    parser.add_argument(
+        "--jax-bf16-output", action="store_true", help="also time jax's bfloat16-output dot"
+    )
     args = parser.parse_args(argv)
     for result in measure(args.backend, args.dtype, args.n, args.repeats):
         print(json.dumps(result))
+    if args.jax_bf16_output:
+        gflops = jax_matmul_gflops(args.n, "bfloat16", args.repeats, bf16_output=True)
+        print(
+            json.dumps(
+                {
+                    "backend": "jax",
+                    "dtype": "bfloat16->bfloat16",
+                    "n": args.n,
+                    "repeats": args.repeats,
+                    "gflops": gflops,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     """Runs the demo's training through the normal gin entry point (resumes if interrupted).
 
     Returns:
-      The run's PROMPT_LENGTH and TASK_FEATURE_LENGTHS, for the evaluations.
+      The run's PROMPT_LENGTH, TASK_FEATURE_LENGTHS and ACTIVATION_DTYPE, for the evaluations.
     """
     argv = ["--gin_file=gin_configs/runs/demo.gin", f"--gin.MODEL_DIR='{args.model_dir}'"]
     if args.train_steps is not None:
@@ -73,7 +73,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     argv += [f"--gin.{binding}" for binding in args.gin]
     gin.clear_config()
     gin_utils.run_main(trainer.train, argv, ("MODEL_DIR",))
-    names = ("PROMPT_LENGTH", "TASK_FEATURE_LENGTHS")
+    names = ("PROMPT_LENGTH", "TASK_FEATURE_LENGTHS", "ACTIVATION_DTYPE")
     return {name: gin.query_parameter(f"%{name}") for name in names}
 
 
@@ -88,6 +88,7 @@ def evaluate(
         f"--gin.MIXTURE_OR_TASK_NAME='{task}'",
         f"--gin.TASK_FEATURE_LENGTHS={run['TASK_FEATURE_LENGTHS']!r}",
         f"--gin.PROMPT_LENGTH={run['PROMPT_LENGTH']}",
+        f"--gin.ACTIVATION_DTYPE={run['ACTIVATION_DTYPE']!r}",
         "--gin.RANK_CLASSIFICATION=True",
         "--gin.BATCH_SIZE=100",
     ]

@@ -26,6 +26,9 @@ _T5_ORIGINAL_SIZES = {
 }
 
 
+_FLOAT_DTYPES = tuple(jnp.dtype(t) for t in (jnp.float32, jnp.bfloat16, jnp.float16))
+
+
 @dataclasses.dataclass(frozen=True)
 class T5Config:
     """Hyperparameters of a T5 encoder-decoder.
@@ -48,8 +51,12 @@ class T5Config:
       relative_attention_num_buckets: relative position buckets per stack.
       relative_attention_max_distance: distance beyond which positions share the last bucket.
       layer_norm_epsilon: RMS norm epsilon.
-      dtype: activation dtype (float32 or bfloat16); logits are always float32.
-      param_dtype: dtype parameters are created and stored in.
+      dtype: activation dtype, "float32" or "bfloat16" (T5X's ACTIVATION_DTYPE; a name or a
+        dtype). bfloat16 is mixed precision: matmul and einsum operands in bfloat16 with float32
+        accumulation, hidden states stored in bfloat16, layer-norm statistics, attention logits
+        and softmax, the output logits and the loss in float32 (see `prompt_tuning.t5.layers`).
+      param_dtype: dtype parameters are created and stored in (frozen weights can be stored in
+        bfloat16 with FROZEN_DTYPE instead; prompts stay float32).
       remat_policy: rematerialise each layer's activations in the backward pass to save memory:
         "none", "full" (recompute everything) or "dots" (keep matmul outputs without batch
         dimensions, recompute the rest). Parameters and results are unchanged.
@@ -72,6 +79,23 @@ class T5Config:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat_policy: str = "none"
+
+    def __post_init__(self):
+        for field in ("dtype", "param_dtype"):
+            value = getattr(self, field)
+            try:
+                dtype = jnp.dtype(value)
+            except TypeError as error:
+                raise ValueError(
+                    f"T5Config.{field}={value!r} is not a dtype; use 'float32' or 'bfloat16' "
+                    "(the gin macro ACTIVATION_DTYPE sets `dtype`)."
+                ) from error
+            if dtype not in _FLOAT_DTYPES:
+                raise ValueError(
+                    f"T5Config.{field}={value!r} is not supported; use 'float32', 'bfloat16' or "
+                    "'float16' (the gin macro ACTIVATION_DTYPE sets `dtype`)."
+                )
+            object.__setattr__(self, field, dtype)
 
     def replace(self, **changes) -> "T5Config":
         """Returns a copy with `changes` applied."""

@@ -6,6 +6,13 @@ relpos_buckets`) so `prompt_tuning/train/partitioning.py` can shard it.
 
 Letters: B batch, T key length, S query length, H model dim, N heads, K head dim, F MLP dim,
 V vocabulary.
+
+Mixed precision (`dtype=bfloat16`, T5X's `ACTIVATION_DTYPE`): every matmul and einsum takes
+operands in `dtype` and accumulates in float32 (`contract`), also in the backward pass, whose
+cotangents are cast to `dtype` before their matmuls; hidden states between layers are stored in
+`dtype`; layer-norm statistics, attention logits, relative-position biases, the softmax and the
+output logits are float32. Parameters keep their storage dtype (`param_dtype`, or FROZEN_DTYPE
+for frozen weights) and are cast to `dtype` where they are used.
 """
 
 import math
@@ -16,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning.t5.precision import contract
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -32,6 +41,17 @@ _ACTIVATIONS = {
 }
 
 
+def _dense_spec(ndim: int) -> str:
+    """The einsum of a kernel `[D_in, D_out]` applied to the last axis of an `ndim` array."""
+    batch = "abcdefgh"[: ndim - 1]
+    return f"{batch}y,yz->{batch}z"
+
+
+def _path(module: nn.Module) -> str:
+    """The module's "/"-joined Flax path (its parameters' path), e.g. "encoder/layers_0/mlp"."""
+    return "/".join(str(part) for part in getattr(module.scope, "path", ())) or "contract"
+
+
 def _param(module: nn.Module, name: str, init: Initializer, shape, axes, dtype) -> Array:
     """Declares a parameter with logical axis names; returns the plain (unboxed) array."""
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
@@ -42,7 +62,7 @@ class RMSNorm(nn.Module):
 
     Attributes:
       epsilon: added to the mean square before the square root.
-      dtype: output dtype; statistics are computed in float32.
+      dtype: output dtype; the statistics and the scaling are computed in float32.
       param_dtype: dtype of the `scale` parameter `[H]` (initialised to ones).
     """
 
@@ -57,8 +77,8 @@ class RMSNorm(nn.Module):
         scale = _param(self, "scale", nn.initializers.ones, (h,), ("embed",), self.param_dtype)
         x = jnp.asarray(x, jnp.float32)
         mean_square = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-        y = (x * jax.lax.rsqrt(mean_square + self.epsilon)).astype(self.dtype)
-        return y * scale.astype(self.dtype)
+        y = x * jax.lax.rsqrt(mean_square + self.epsilon) * scale.astype(jnp.float32)
+        return y.astype(self.dtype)
 
 
 class Dense(nn.Module):
@@ -68,9 +88,9 @@ class Dense(nn.Module):
       features: output dimension D_out.
       axes: logical axis names of the kernel, e.g. `("embed", "joined_kv")`.
       kernel_init: initializer of the kernel.
-      dtype: computation dtype (the kernel is cast to it at use).
+      dtype: operand dtype (input and kernel are cast to it); accumulation is float32.
       param_dtype: storage dtype of the kernel.
-      output_dtype: accumulation/output dtype (None: `dtype`); float32 for logits.
+      output_dtype: output dtype (None: `dtype`); float32 for the logits.
     """
 
     features: int
@@ -85,8 +105,8 @@ class Dense(nn.Module):
         """Applies the kernel to `x` `[..., D_in]`; returns `[..., D_out]`."""
         shape = (x.shape[-1], self.features)
         kernel = _param(self, "kernel", self.kernel_init, shape, self.axes, self.param_dtype)
-        x = jnp.asarray(x, self.dtype)
-        return jnp.dot(x, kernel.astype(self.dtype), preferred_element_type=self.output_dtype)
+        y = contract(_dense_spec(x.ndim), x, kernel, self.dtype, _path(self))  # [..., D_out] f32
+        return y.astype(self.output_dtype or self.dtype)
 
 
 class Embed(nn.Module):
@@ -124,12 +144,13 @@ class Embed(nn.Module):
             raise TypeError(
                 f"Token ids must be integers, got {tokens.dtype}; cast with .astype(int)."
             )
-        return jnp.take(self.embedding.astype(self.dtype), tokens, axis=0)
+        # Gather, then cast: casting the whole [V, H] table first would cost a pass over it.
+        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
 
     def attend(self, x: Array) -> Array:
         """Float32 logits `[..., V]` of hidden states `x` `[..., H]` against the table."""
-        table = self.embedding.astype(self.dtype)
-        return jnp.dot(x.astype(self.dtype), table.T, preferred_element_type=jnp.float32)
+        batch = "abcdefgh"[: x.ndim - 1]
+        return contract(f"{batch}y,vy->{batch}v", x, self.embedding, self.dtype, _path(self))
 
 
 def relative_position_bucket(
@@ -177,7 +198,8 @@ class RelativePositionBiases(nn.Module):
       num_buckets: relative position buckets.
       max_distance: distance from which positions share the last bucket.
       num_heads: attention heads N.
-      dtype: dtype of the returned bias.
+      dtype: the model's activation dtype (unused: the bias is added to float32 logits, so it is
+        always float32).
       param_dtype: storage dtype of the table.
     """
 
@@ -189,7 +211,7 @@ class RelativePositionBiases(nn.Module):
 
     @nn.compact
     def __call__(self, query_positions: Array, key_positions: Array, bidirectional: bool) -> Array:
-        """Attention bias `[1, N, S, T]` for query positions `[S]` and key positions `[T]`."""
+        """Float32 attention bias `[1, N, S, T]` for query positions `[S]` and keys `[T]`."""
         table = _param(
             self,
             "rel_embedding",
@@ -198,11 +220,15 @@ class RelativePositionBiases(nn.Module):
             ("heads", "relpos_buckets"),
             self.param_dtype,
         )
-        relative = key_positions[None, :] - query_positions[:, None]  # [S, T]
-        buckets = relative_position_bucket(
-            relative, bidirectional, self.num_buckets, self.max_distance
-        )
-        bias = jnp.take(table.astype(self.dtype), buckets, axis=1)  # [N, S, T]
+        # With concrete positions (training, scoring) the buckets are computed once while tracing
+        # and become a constant; otherwise XLA fuses the bucket arithmetic (with its log) into
+        # every layer's attention, once per element of [B, N, S, T]. Decoding traces them.
+        with jax.ensure_compile_time_eval():
+            relative = key_positions[None, :] - query_positions[:, None]  # [S, T]
+            buckets = relative_position_bucket(
+                relative, bidirectional, self.num_buckets, self.max_distance
+            )
+        bias = jnp.take(table.astype(jnp.float32), buckets, axis=1)  # [N, S, T]
         return bias[None]  # [1, N, S, T]
 
 
@@ -225,7 +251,8 @@ class MultiHeadAttention(nn.Module):
       head_dim: K.
       dropout_rate: dropout on attention weights.
       cross_attention: keys/values come from the encoder (changes what decode mode caches).
-      dtype: computation dtype; softmax runs in float32.
+      dtype: operand dtype of the projections and both attention einsums (float32
+        accumulation); the logits, bias, mask and softmax are float32.
       param_dtype: storage dtype of the kernels.
     """
 
@@ -280,18 +307,20 @@ class MultiHeadAttention(nn.Module):
             if decode:
                 key, value = self._update_cache(key, value, decode_position)
 
-        logits = jnp.einsum("bsnk,btnk->bnst", query, key)  # [B, N, S, T]
+        logits = contract("bsnk,btnk->bnst", query, key, self.dtype, f"{_path(self)}/scores")
+        # logits: [B, N, S, T] float32
         if bias is not None:
-            logits = logits + bias.astype(logits.dtype)
-        logits = logits.astype(jnp.float32)
+            logits = logits + bias.astype(jnp.float32)
         if mask is not None:
             logits = jnp.where(mask, logits, _MASK_BIAS)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        weights = jax.nn.softmax(logits, axis=-1)  # [B, N, S, T] float32
         # One mask per key position, shared by all queries (T5X's `dropout_shape[-2] = 1`).
+        # float32 into `contract`: the gradient of the weights stays float32 (see there).
         weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             weights, deterministic=not enable_dropout
         )
-        out = jnp.einsum("bnst,btnk->bsnk", weights, value)  # [B, S, N, K]
+        out = contract("bnst,btnk->bsnk", weights, value, self.dtype, f"{_path(self)}/values")
+        # out: [B, S, N, K] float32
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
         return self._dense("out", h, out_axes, base)(out)
 
@@ -358,11 +387,20 @@ class MlpBlock(nn.Module):
                     f"Unknown MLP activation {name!r}; use one of {sorted(_ACTIVATIONS)}."
                 )
             dense_name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+            # float32 out of the accumulator: the activation runs in float32 (XLA:CPU's bfloat16
+            # transcendentals are several times slower), the product is cast once.
             wi = Dense(
-                self.mlp_dim, ("embed", "mlp"), init, self.dtype, self.param_dtype, name=dense_name
+                self.mlp_dim,
+                ("embed", "mlp"),
+                init,
+                self.dtype,
+                self.param_dtype,
+                output_dtype=jnp.float32,
+                name=dense_name,
             )
-            y = _ACTIVATIONS[name](wi(x))  # [B, L, F]
+            y = _ACTIVATIONS[name](wi(x))  # [B, L, F] float32
             hidden = y if hidden is None else hidden * y
+        # Stays float32 into `wo`, whose matmul casts it (and returns a float32 gradient).
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=not enable_dropout
         )

@@ -23,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prompt_tuning.t5 import layers
 from prompt_tuning.t5.config import T5Config
@@ -31,7 +32,9 @@ Array = jax.Array
 
 
 def _norm(config: T5Config, name: str) -> layers.RMSNorm:
-    return layers.RMSNorm(config.layer_norm_epsilon, config.dtype, config.param_dtype, name=name)
+    # float32 out, also in bfloat16 models: the next matmul casts its operand itself, so the
+    # gradient flowing back into the norm (whose backward subtracts nearly equal terms) is float32.
+    return layers.RMSNorm(config.layer_norm_epsilon, jnp.float32, config.param_dtype, name=name)
 
 
 def _attention(config: T5Config, name: str, cross: bool = False) -> layers.MultiHeadAttention:
@@ -225,7 +228,7 @@ class Encoder(nn.Module):
         """Runs dropout, the layers and the final norm over embedded inputs `x` `[B, L, H]`."""
         deterministic = not enable_dropout
         x = self.dropout(x, deterministic=deterministic)
-        positions = jnp.arange(x.shape[1])
+        positions = np.arange(x.shape[1])  # static: the relpos buckets become constants
         bias = self.relpos_bias(positions, positions, bidirectional=True)  # [1, N, L, L]
         pair_mask = layers.attention_mask(mask, mask)  # [B, 1, L, L]
         for i, layer in enumerate(self.layers):
@@ -288,7 +291,7 @@ class Decoder(nn.Module):
         else:
             if decode:  # First call: create the cache; attend over the full dummy input.
                 self.variable("cache", "position", jnp.zeros, (), jnp.int32)
-            positions = jnp.arange(s)
+            positions = np.arange(s)  # static: the relpos buckets become constants
             bias = relpos(positions, positions, bidirectional=False)  # [1, N, S, S]
             self_mask = layers.causal_mask(s)  # [1, 1, S, S]
             if decoder_target_tokens is not None:

@@ -30,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning.prompts import files
+from prompt_tuning.t5 import precision
 from prompt_tuning.train import prompt_files
 from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
@@ -264,7 +265,9 @@ def initial_params(
       task_feature_lengths: for the initialization batch's shapes.
       initial_checkpoint_path: frozen checkpoint, or None.
       trainable_params_regex: TRAINABLE_PARAMS_REGEX.
-      frozen_dtype: dtype name for frozen weights (e.g. "bfloat16"); None keeps float32/stored.
+      frozen_dtype: FROZEN_DTYPE, the dtype of the frozen matmul weights (kernels, embedding; e.g.
+        "bfloat16"); norm scales and relative-position tables keep theirs. None keeps all as
+        initialized or stored.
       prompt_file: PROMPT_FILE replacing the prompt parameters (`prompt_files.load_into`).
       allow_no_trainable: an empty trainable half is fine (evaluating a model without prompt).
 
@@ -289,17 +292,20 @@ def initial_params(
     trainable_sh, frozen_sh = split(shardings)
     dtype = None if frozen_dtype is None else jnp.dtype(frozen_dtype)
     if initial_checkpoint_path is None:
-        trainable, frozen = jax.jit(
-            lambda r: split(nn.unbox(init(r))), out_shardings=(trainable_sh, frozen_sh)
-        )(rng)
-        if dtype is not None:
-            frozen = jax.tree.map(lambda x: x.astype(dtype), frozen)
+
+        def random_init(r: jax.Array) -> tuple[Any, Any]:
+            trainable, frozen = split(nn.unbox(init(r)))
+            # Cast inside the jit: no float32 copy of the frozen weights is ever materialised.
+            return trainable, precision.cast_matmul_weights(frozen, dtype)
+
+        trainable, frozen = jax.jit(random_init, out_shardings=(trainable_sh, frozen_sh))(rng)
     else:
         from prompt_tuning import t5  # noqa: PLC0415
 
-        _, loaded = t5.checkpoints.load_checkpoint(initial_checkpoint_path, model.config, dtype)
+        _, loaded = t5.checkpoints.load_checkpoint(initial_checkpoint_path, model.config)
         _check_same_tree(loaded, split(nn.unbox(boxed))[1], initial_checkpoint_path)
-        frozen = jax.device_put(loaded, frozen_sh)
+        frozen = precision.cast_matmul_weights(loaded, dtype, consume=True)
+        frozen = jax.device_put(frozen, frozen_sh)
         trainable = jax.jit(lambda r: split(nn.unbox(init(r)))[0], out_shardings=trainable_sh)(rng)
     if prompt_file is not None:
         trainable = prompt_files.load_into(trainable, prompt_file, model.prompt)

@@ -8,6 +8,10 @@ INITIAL_CHECKPOINT_PATH (or initializes a random one from RANDOM_SEED), splits t
 TRAINABLE_PARAMS_REGEX, restores MODEL_DIR's latest checkpoint when there is one, and runs
 `train_step` until TRAIN_STEPS, logging, saving, exporting the prompt and evaluating periodically.
 Running the same command again resumes and ends with the same prompt as an uninterrupted run.
+
+`data` and `evaluation` (seqio, TensorFlow: ~0.9 GiB of memory) are imported where the loop needs
+them, so a process that only builds and runs `train_step` (tools/benchmark_train.py) does not pay
+for them.
 """
 
 from __future__ import annotations
@@ -24,16 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import (
-    checkpoints,
-    data,
-    evaluation,
-    losses,
-    optimizers,
-    partitioning,
-    prompt_files,
-    steps,
-)
+from prompt_tuning.train import checkpoints, losses, optimizers, partitioning, prompt_files, steps
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
 from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (public here too)
@@ -212,6 +207,8 @@ def make_evaluator(
     labels: Any = None,
 ) -> tuple[Any, Callable[..., float]] | None:
     """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
+    from prompt_tuning.train import evaluation  # noqa: PLC0415 (seqio/TF: see the module docstring)
+
     if not eval_period:
         return None
     num_examples = None if eval_steps is None else eval_steps * batch_size
@@ -340,6 +337,8 @@ def train(
       ValueError, KeyError, FileNotFoundError: bad configuration, before any training.
       FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
     """
+    from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring)
+
     if use_distributed:
         jax.distributed.initialize()
     data.import_task_modules(mixture_or_task_module)
@@ -431,6 +430,8 @@ def _loop(
     periods: Mapping[str, int],
 ) -> TrainResult:
     """Runs steps `start_step + 1 .. train_steps` with logging, saving and evaluation."""
+    from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring)
+
     batches = None
     if run.start_step < train_steps:
         host_batch = batch_size // jax.process_count()
