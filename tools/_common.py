@@ -251,7 +251,8 @@ def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, An
     """
     import jax  # noqa: PLC0415
 
-    from prompt_tuning.train import checkpoints, optimizers, partitioning  # noqa: PLC0415
+    from prompt_tuning.train import optimizers, partitioning  # noqa: PLC0415
+    from prompt_tuning.train import params as run_params  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     path = checkpoint or run.initial_checkpoint_path
@@ -262,7 +263,7 @@ def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, An
         return optimizers.split_params(params, run.trainable_params_regex)[1]
     mesh = partitioning.make_mesh(1, jax.devices()[:1])
     init_rng, _ = jax.random.split(jax.random.key(run.random_seed))
-    _, frozen = checkpoints.initial_params(
+    _, frozen = run_params.initial_params(
         PromptModel(run.model),
         mesh,
         init_rng,
@@ -270,6 +271,7 @@ def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, An
         None,
         run.trainable_params_regex,
         run.frozen_dtype,
+        log=None,
     )
     return jax.tree.map(np.asarray, jax.device_get(frozen))
 

@@ -245,7 +245,8 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from prompt_tuning import prompts, t5  # noqa: PLC0415
-    from prompt_tuning.train import checkpoints, optimizers, partitioning, trainer  # noqa: PLC0415
+    from prompt_tuning.train import optimizers, partitioning, trainer  # noqa: PLC0415
+    from prompt_tuning.train import params as run_params  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     import_rss = _peak_rss_bytes()
@@ -257,7 +258,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     model = PromptModel(module)
     mesh = partitioning.make_mesh(1, jax.devices()[:1])
     lengths = {"inputs": spec["input_length"], "targets": spec["target_length"]}
-    trainable, frozen = checkpoints.initial_params(
+    trainable, frozen = run_params.initial_params(
         model,
         mesh,
         jax.random.key(spec["seed"]),
@@ -265,6 +266,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
         None,
         spec["trainable_regex"],
         spec["frozen_dtype"],
+        log=None,
     )
     optimizer = optimizers.adafactor()
     state = trainer.TrainState(

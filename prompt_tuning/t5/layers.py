@@ -17,12 +17,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.t5.sharding import constrain
+
 Array = jax.Array
 Initializer = Callable[..., Array]
 
 # Additive bias for masked attention logits (as T5X): large enough to vanish after softmax,
 # small enough not to overflow float32.
 _MASK_BIAS = -1e10
+
+# Logical axes of activations (see sharding.py); constraints act only under a mesh and rules.
+HIDDEN_AXES = ("batch", "length", "embed")  # [B, L, H]
+HEADS_AXES = ("batch", "length", "heads", "kv")  # [B, L, N, K]
 
 _ACTIVATIONS = {
     # T5 1.1's gated GELU uses the tanh approximation (transformers' "gelu_new").
@@ -124,12 +130,14 @@ class Embed(nn.Module):
             raise TypeError(
                 f"Token ids must be integers, got {tokens.dtype}; cast with .astype(int)."
             )
-        return jnp.take(self.embedding.astype(self.dtype), tokens, axis=0)
+        embedded = jnp.take(self.embedding.astype(self.dtype), tokens, axis=0)  # [..., H]
+        return constrain(embedded, HIDDEN_AXES) if embedded.ndim == 3 else embedded
 
     def attend(self, x: Array) -> Array:
         """Float32 logits `[..., V]` of hidden states `x` `[..., H]` against the table."""
         table = self.embedding.astype(self.dtype)
-        return jnp.dot(x.astype(self.dtype), table.T, preferred_element_type=jnp.float32)
+        logits = jnp.dot(x.astype(self.dtype), table.T, preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "vocab")) if logits.ndim == 3 else logits
 
 
 def relative_position_bucket(
@@ -269,7 +277,11 @@ class MultiHeadAttention(nn.Module):
         base = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
         query_init = lambda key, shape, dtype: base(key, shape, dtype) / math.sqrt(self.head_dim)
         in_axes, out_axes = ("embed", "joined_kv"), ("joined_kv", "embed")
-        split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))  # [B, L, N, K]
+        split = (
+            lambda x: constrain(  # [B, L, N, K]
+                x.reshape(x.shape[:2] + (self.num_heads, self.head_dim)), HEADS_AXES
+            )
+        )
         query = split(self._dense("query", joined, in_axes, query_init)(inputs_q))
         project = lambda name: split(self._dense(name, joined, in_axes, base)(inputs_kv))
 
@@ -293,7 +305,8 @@ class MultiHeadAttention(nn.Module):
         )
         out = jnp.einsum("bnst,btnk->bsnk", weights, value)  # [B, S, N, K]
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
-        return self._dense("out", h, out_axes, base)(out)
+        out = constrain(out, ("batch", "length", "joined_kv"))
+        return constrain(self._dense("out", h, out_axes, base)(out), HIDDEN_AXES)
 
     def _cached_projections(self, project: Callable[[str], Array]) -> tuple[Array, Array]:
         """Cross-attention keys/values `[B, T, N, K]`: projected on the first call, then cached."""
@@ -322,6 +335,8 @@ class MultiHeadAttention(nn.Module):
         start = (0, position, 0, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        cached_key.value = constrain(cached_key.value, HEADS_AXES)
+        cached_value.value = constrain(cached_value.value, HEADS_AXES)
         return cached_key.value, cached_value.value
 
 
@@ -363,11 +378,12 @@ class MlpBlock(nn.Module):
             )
             y = _ACTIVATIONS[name](wi(x))  # [B, L, F]
             hidden = y if hidden is None else hidden * y
+        hidden = constrain(hidden, ("batch", "length", "mlp"))  # [B, L, F]
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=not enable_dropout
         )
         wo = Dense(h, ("mlp", "embed"), init, self.dtype, self.param_dtype, name="wo")
-        return wo(hidden)
+        return constrain(wo(hidden), HIDDEN_AXES)
 
 
 def attention_mask(query_valid: Array, key_valid: Array) -> Array:

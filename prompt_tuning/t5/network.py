@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from prompt_tuning.t5 import layers
 from prompt_tuning.t5.config import T5Config
+from prompt_tuning.t5.sharding import constrain
 
 Array = jax.Array
 
@@ -80,7 +81,7 @@ class EncoderLayer(nn.Module):
         x = x + dropout(y, deterministic=not enable_dropout)
         y = _norm(self.config, "pre_mlp_layer_norm")(x)
         y = _mlp(self.config)(y, enable_dropout)
-        return x + dropout(y, deterministic=not enable_dropout)
+        return constrain(x + dropout(y, deterministic=not enable_dropout), layers.HIDDEN_AXES)
 
 
 class DecoderLayer(nn.Module):
@@ -129,7 +130,7 @@ class DecoderLayer(nn.Module):
         x = x + dropout(y, deterministic=deterministic)
         y = _norm(self.config, "pre_mlp_layer_norm")(x)
         y = _mlp(self.config)(y, enable_dropout)
-        return x + dropout(y, deterministic=deterministic)
+        return constrain(x + dropout(y, deterministic=deterministic), layers.HIDDEN_AXES)
 
 
 _REMAT_POLICIES = {
@@ -208,6 +209,7 @@ class Encoder(nn.Module):
             )
         p = prompt.shape[1]
         x = jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)  # [B, P+T, H]
+        x = constrain(x, layers.HIDDEN_AXES)
         mask = jnp.concatenate([jnp.ones((b, p), bool), mask], axis=1)  # [B, P+T]
         layer_prompt = None
         if getattr(self.prompt, "per_layer", False):
@@ -315,7 +317,7 @@ class Decoder(nn.Module):
             output_dtype=jnp.float32,
             name="logits_dense",
         )
-        return dense(x)  # [B, S, V] float32
+        return constrain(dense(x), ("batch", "length", "vocab"))  # [B, S, V] float32
 
     def _cache_length(self) -> int:
         """The decode length S_max, read from the first self-attention cache."""

@@ -15,7 +15,6 @@ renames it when complete, so an interrupted save never leaves a half-written che
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
@@ -23,9 +22,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -106,18 +103,24 @@ class TrainCheckpointer:
 
 
 def load_trained_params(
-    model_dir: str | os.PathLike, best: bool = False, step: int | None = None
+    model_dir: str | os.PathLike,
+    best: bool = False,
+    step: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[int, Any]:
-    """Reads the trainable params of a run's latest (or best, or `step`) checkpoint, as numpy.
+    """Reads the trainable params of a run's latest (or best, or `step`) checkpoint.
+
+    Every process of a multi-host run calls it (orbax restores collectively).
 
     Args:
       model_dir: the run's MODEL_DIR.
       best: read the best checkpoint (tracked by evaluation) instead of the latest.
       step: read this kept checkpoint instead of the latest.
+      mesh: restore as replicated global arrays on this mesh (None: host numpy arrays).
 
     Returns:
-      (step, trainable params nested dict); merge with the frozen model via
-      `optimizers.merge_params`.
+      (step, trainable params nested dict: numpy, or replicated arrays on `mesh`); merge with the
+      frozen model via `optimizers.merge_params`.
 
     Raises:
       FileNotFoundError: the run has no (best) checkpoint, or none of `step` (the kept steps
@@ -140,14 +143,24 @@ def load_trained_params(
                 f"MODEL_DIR {model_dir} kept no checkpoint of step {step} (kept: {kept}; KEEP "
                 "limits how many are kept)."
             )
+        target = None
+        if mesh is not None:
+            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            metadata = manager.item_metadata(step).state
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata
+            )
         restored = manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
         )
     finally:
         manager.close()
-    params = jax.tree.map(np.asarray, restored.state["params"])
-    return step, params
+    if mesh is not None:
+        return step, restored.state["params"]
+    return step, jax.tree.map(np.asarray, restored.state["params"])
 
 
 def write_best_json(model_dir: str | os.PathLike, step: int, metric: str, value: float) -> None:
@@ -265,109 +278,3 @@ def check_initial_checkpoint(path: str | None) -> None:
             "(checkpoint_<step>) or a Hugging Face model folder, or leave it unset (None) for a "
             "randomly initialized model."
         )
-
-
-def _check_same_tree(loaded: Any, expected: Any, path: str) -> None:
-    """Checks that a loaded frozen tree has the model's parameter names and shapes.
-
-    Raises:
-      ValueError: names or shapes differ (the first few differences are listed).
-    """
-    flat = lambda tree: {  # noqa: E731
-        "/".join(str(getattr(k, "key", k)) for k in p): tuple(np.shape(v))
-        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-    got, want = flat(loaded), flat(expected)
-    problems = [f"missing {k}" for k in sorted(set(want) - set(got))]
-    problems += [f"unexpected {k}" for k in sorted(set(got) - set(want))]
-    common = sorted(set(got) & set(want))
-    problems += [f"{k}: {got[k]} != {want[k]}" for k in common if got[k] != want[k]]
-    if problems:
-        raise ValueError(
-            f"The checkpoint at INITIAL_CHECKPOINT_PATH {path} does not fit MODEL: "
-            f"{'; '.join(problems[:6])}. Use the model gin file matching the checkpoint's size."
-        )
-
-
-def initial_params(
-    model: Any,
-    mesh: jax.sharding.Mesh,
-    rng: jax.Array,
-    task_feature_lengths: Mapping[str, int],
-    initial_checkpoint_path: str | None,
-    trainable_params_regex: str,
-    frozen_dtype: str | None = None,
-    prompt_file: str | None = None,
-    allow_no_trainable: bool = False,
-) -> tuple[Any, Any]:
-    """The run's starting (trainable, frozen) parameters, placed on the mesh.
-
-    The frozen half comes from INITIAL_CHECKPOINT_PATH (`prompt_tuning.t5.checkpoints`) or, without
-    one, from a random initialization with `rng`. The trainable half is initialized by the modules'
-    initializers with `rng` (jit drops the unused frozen initializers), or read from `prompt_file`.
-
-    Args:
-      model: the `PromptModel`.
-      mesh: the device mesh.
-      rng: initialization key.
-      task_feature_lengths: for the initialization batch's shapes.
-      initial_checkpoint_path: frozen checkpoint, or None.
-      trainable_params_regex: TRAINABLE_PARAMS_REGEX.
-      frozen_dtype: dtype name for frozen weights (e.g. "bfloat16"); None keeps float32/stored.
-      prompt_file: `.npy` prompt [P, H] replacing `encoder/prompt/prompt`.
-      allow_no_trainable: an empty trainable half is fine (evaluating a model without prompt).
-
-    Returns:
-      (trainable, frozen) nested dicts of sharded `jax.Array`s.
-
-    Raises:
-      ValueError: checkpoint or prompt file shapes do not fit the model.
-    """
-    from prompt_tuning.train import optimizers, partitioning  # noqa: PLC0415
-
-    init = functools.partial(
-        model.init_boxed,
-        input_length=task_feature_lengths.get("inputs", 8),
-        target_length=task_feature_lengths.get("targets", 8),
-    )
-    boxed = jax.eval_shape(init, rng)
-    shardings = partitioning.params_shardings(boxed, mesh)
-    split = lambda tree: optimizers.split_params(  # noqa: E731
-        tree, trainable_params_regex, allow_empty=allow_no_trainable
-    )
-    trainable_sh, frozen_sh = split(shardings)
-    dtype = None if frozen_dtype is None else jnp.dtype(frozen_dtype)
-    if initial_checkpoint_path is None:
-        trainable, frozen = jax.jit(
-            lambda r: split(nn.unbox(init(r))), out_shardings=(trainable_sh, frozen_sh)
-        )(rng)
-        if dtype is not None:
-            frozen = jax.tree.map(lambda x: x.astype(dtype), frozen)
-    else:
-        from prompt_tuning import t5  # noqa: PLC0415
-
-        _, loaded = t5.checkpoints.load_checkpoint(initial_checkpoint_path, model.config, dtype)
-        _check_same_tree(loaded, split(nn.unbox(boxed))[1], initial_checkpoint_path)
-        frozen = jax.device_put(loaded, frozen_sh)
-        trainable = jax.jit(lambda r: split(nn.unbox(init(r)))[0], out_shardings=trainable_sh)(rng)
-    if prompt_file is not None:
-        trainable = _with_prompt_file(trainable, prompt_file)
-    return trainable, frozen
-
-
-def _with_prompt_file(trainable: Any, prompt_file: str) -> Any:
-    """Replaces `encoder/prompt/prompt` with the PROMPT_FILE's array (shape checked).
-
-    Raises:
-      ValueError: the model has no plain prompt, or the file's shape differs.
-    """
-    current = trainable.get("encoder", {}).get("prompt", {}).get("prompt")
-    if current is None:
-        raise ValueError(
-            f"PROMPT_FILE {prompt_file} was given, but the model has no plain prompt parameter "
-            "encoder/prompt/prompt to load it into (use the plain `prompts.Prompt`)."
-        )
-    value = load_prompt_npy(prompt_file, tuple(current.shape))
-    prompt = jax.device_put(jnp.asarray(value, current.dtype), current.sharding)
-    encoder = dict(trainable["encoder"], prompt=dict(trainable["encoder"]["prompt"], prompt=prompt))
-    return dict(trainable, encoder=encoder)

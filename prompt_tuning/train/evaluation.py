@@ -10,46 +10,33 @@ stopping on validation of Lester et al. (2021).
 Letters: B batch, T input length, S target length, C number of label strings, N prompts.
 """
 
-import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import jax
 import numpy as np
 import seqio
 import tensorflow_datasets as tfds
 
 import tasks as task_registry
-from prompt_tuning.train import data, partitioning
+from prompt_tuning.train import data
+from prompt_tuning.train.predictor import (  # noqa: F401 (re-exported)
+    DECODE_METHODS,
+    Batch,
+    Predictor,
+    SinglePromptPredictor,
+    label_batch,
+    place_batch,
+    shift_right,
+)
 from tasks import metrics as task_metrics_lib
 
-Batch = dict[str, np.ndarray]
 MODEL_FEATURES = (
     "encoder_input_tokens",
     "decoder_input_tokens",
     "decoder_target_tokens",
     "decoder_loss_weights",
 )
-DECODE_METHODS = ("greedy", "beam")
-
-
-class Predictor(Protocol):
-    """What the evaluator needs from a model: decoded tokens, scores and rank choices."""
-
-    def predict(self, params: Any, batch: Batch) -> np.ndarray:
-        """Returns decoded tokens `[B, S]`."""
-
-    def score(self, params: Any, batch: Batch) -> np.ndarray:
-        """Returns the summed target log-likelihoods `[B]`."""
-
-    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Returns the index `[B]` of the best-scoring row of `label_tokens [C, S]`."""
-
-
-def shift_right(targets: np.ndarray) -> np.ndarray:
-    """Decoder inputs of `targets [B, S]`: token 0 (the start token) then targets[:, :-1]."""
-    return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)  # [B, S]
 
 
 def tokenize_labels(
@@ -79,116 +66,6 @@ def tokenize_labels(
             )
         out[i, : len(ids)] = ids
     return out
-
-
-def label_batch(batch: Batch, label_tokens: np.ndarray) -> Batch:
-    """Pairs every example with every label: row `b * C + c` is example b with label c.
-
-    Args:
-      batch: model features with `encoder_input_tokens [B, T]`, optional `task_ids [B]`.
-      label_tokens: `[C, S]` label targets from `tokenize_labels`.
-
-    Returns:
-      A batch of B*C rows whose targets are the labels.
-    """
-    num_labels = label_tokens.shape[0]
-    batch_size = batch["encoder_input_tokens"].shape[0]
-    targets = np.tile(label_tokens, (batch_size, 1))  # [B*C, S]
-    out = {
-        "encoder_input_tokens": np.repeat(batch["encoder_input_tokens"], num_labels, 0),  # [B*C, T]
-        "decoder_target_tokens": targets,
-        "decoder_input_tokens": shift_right(targets),
-        "decoder_loss_weights": (targets > 0).astype(np.int32),
-    }
-    if "task_ids" in batch:
-        out["task_ids"] = np.repeat(batch["task_ids"], num_labels, 0)  # [B*C]
-    return out
-
-
-def place_batch(params: Any, batch: Batch) -> Batch:
-    """Splits the batch over the "data" axis of the mesh the params live on (single host).
-
-    Params placed by the trainer (`partitioning.params_shardings`) make the jitted functions run
-    on the whole mesh; without this, every data-parallel device would decode the whole batch.
-    Params on one device, or a batch the data axis does not divide, leave the batch as is.
-    """
-    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        return batch
-    mesh = sharding.mesh
-    rows = batch["encoder_input_tokens"].shape[0]
-    if jax.process_count() > 1 or rows % mesh.shape[partitioning.DATA_AXIS]:
-        return batch
-    return jax.device_put(batch, partitioning.data_sharding(mesh))
-
-
-# One jitted function per model object (static, hashed by identity) and decoding options, so that
-# every evaluator and predictor of a model shares the compiled programs.
-@functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=("method", "beam_size", "max_decode_length")
-)
-def _predict(
-    model: Any, params: Any, batch: Batch, method: str, beam_size: int, max_decode_length: Any
-) -> jax.Array:
-    """`model.predict_batch`, jitted."""
-    return model.predict_batch(
-        params, batch, method=method, beam_size=beam_size, max_decode_length=max_decode_length
-    )
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _score(model: Any, params: Any, batch: Batch) -> jax.Array:
-    """`model.score_batch`, jitted."""
-    return model.score_batch(params, batch)
-
-
-class SinglePromptPredictor:
-    """Jitted decoding, scoring and rank classification with one `PromptModel`."""
-
-    def __init__(
-        self,
-        model: Any,
-        decode_method: str = "greedy",
-        beam_size: int = 4,
-        max_decode_length: int | None = None,
-    ):
-        """Binds the model and the decoding options.
-
-        Args:
-          model: a `PromptModel` (`predict_batch`, `score_batch`).
-          decode_method: "greedy" or "beam".
-          beam_size: beams for "beam".
-          max_decode_length: decode at most this many tokens (None: the target length).
-
-        Raises:
-          ValueError: unknown `decode_method`.
-        """
-        if decode_method not in DECODE_METHODS:
-            raise ValueError(
-                f"Unknown decode_method {decode_method!r}; choose one of {DECODE_METHODS}."
-            )
-        self.model = model
-        self._decode_options = dict(
-            method=decode_method, beam_size=beam_size, max_decode_length=max_decode_length
-        )
-
-    def predict(self, params: Any, batch: Batch) -> np.ndarray:
-        """Decoded tokens `[B, S]`."""
-        batch = place_batch(params, batch)
-        return np.asarray(_predict(self.model, params, batch, **self._decode_options))
-
-    def score(self, params: Any, batch: Batch) -> np.ndarray:
-        """Summed target log-likelihoods `[B]`."""
-        return np.asarray(_score(self.model, params, place_batch(params, batch)))
-
-    def label_scores(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Log-likelihood `[B, C]` of every label for every example."""
-        scores = self.score(params, label_batch(batch, label_tokens))  # [B*C]
-        return scores.reshape(batch["encoder_input_tokens"].shape[0], label_tokens.shape[0])
-
-    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Index `[B]` of each example's most likely label (the first one on ties)."""
-        return np.argmax(self.label_scores(params, batch, label_tokens), axis=1)
 
 
 def pad_batch(batch: Batch, batch_size: int) -> Batch:

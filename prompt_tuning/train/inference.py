@@ -18,13 +18,16 @@ import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 import seqio
 
-from prompt_tuning.train import checkpoints, data, ensemble, evaluation, optimizers, partitioning
-from prompt_tuning.train.model import PromptModel
+from prompt_tuning.train import data, distributed, evaluation, serving
+from prompt_tuning.train.serving import (  # noqa: F401 (re-exported)
+    as_prompt_model,
+    load_params,
+    make_predictor,
+    read_prompt_file,
+)
 
 SCORE_KINDS = (None, "prediction", "target")
 
@@ -141,155 +144,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def as_prompt_model(model: Any) -> PromptModel:
-    """`model` itself when it is a `PromptModel`, else `PromptModel(model)` (MODEL is a module)."""
-    return model if isinstance(model, PromptModel) else PromptModel(model)
-
-
-def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> np.ndarray:
-    """Reads a PROMPT_FILE and checks it fits the model's plain prompt `encoder/prompt/prompt`.
-
-    Args:
-      path: a `.npy` prompt `[P, H]`.
-      model: the model whose prompt it replaces.
-
-    Returns:
-      The prompt `[P, H]`.
-
-    Raises:
-      ValueError: the model has no plain `[P, H]` prompt, or the shapes differ (both are named).
-      FileNotFoundError: no such file.
-    """
-    abstract = jax.eval_shape(lambda: nn.unbox(model.init_boxed(jax.random.key(0), 1, 1)))
-    current = abstract.get("encoder", {}).get("prompt", {}).get("prompt")
-    if current is None or len(current.shape) != 2:
-        raise ValueError(
-            f"PROMPT_FILE {path} holds a plain prompt [P, H], but the model has no plain prompt "
-            "parameter encoder/prompt/prompt [P, H]; evaluate it with the plain prompt "
-            "(gin_configs/prompts/prompt_tuning_random_uniform.gin) and the file's PROMPT_LENGTH."
-        )
-    return checkpoints.load_prompt_npy(path, tuple(current.shape))
-
-
-def load_params(
-    model: PromptModel,
-    task_feature_lengths: Mapping[str, int],
-    initial_checkpoint_path: str | None = None,
-    prompt_file: str | None = None,
-    model_dir: str | None = None,
-    checkpoint: str = "latest",
-    random_seed: int = 0,
-    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-    frozen_dtype: str | None = None,
-) -> tuple[dict[str, Any], int | None]:
-    """Full parameters for evaluation or inference, on the first device.
-
-    The frozen weights are built as the trainer builds them (`checkpoints.initial_params` with the
-    same RANDOM_SEED key), so a run without INITIAL_CHECKPOINT_PATH gets its random frozen model
-    back.
-
-    Args:
-      model: the `PromptModel` (its prompt module as in training).
-      task_feature_lengths: TASK_FEATURE_LENGTHS (shapes of the initialization batch).
-      initial_checkpoint_path: the frozen T5 (INITIAL_CHECKPOINT_PATH); None: RANDOM_SEED init.
-      prompt_file: a prompt `.npy` (PROMPT_FILE); wins over `model_dir`.
-      model_dir: a training run's MODEL_DIR. Without it and without `prompt_file`, a model with no
-        prompt (PROMPT=None) is the frozen checkpoint alone.
-      checkpoint: "latest" or "best" checkpoint of `model_dir`.
-      random_seed: RANDOM_SEED.
-      trainable_params_regex: TRAINABLE_PARAMS_REGEX (what MODEL_DIR checkpoints hold).
-      frozen_dtype: FROZEN_DTYPE, e.g. "bfloat16" (None: as stored), as in training.
-
-    Returns:
-      (params, step): step is the restored checkpoint's step, or None for a PROMPT_FILE or the
-      frozen model alone.
-
-    Raises:
-      ValueError: a model with a prompt gets neither PROMPT_FILE nor MODEL_DIR, `checkpoint` is
-        unknown, or the PROMPT_FILE's shape does not fit the model (both shapes are named).
-      FileNotFoundError: a missing checkpoint, run or prompt file.
-    """
-    if not prompt_file and not model_dir and model.prompt is not None:
-        raise ValueError(
-            "Nothing to evaluate: set PROMPT_FILE (a .npy prompt) or MODEL_DIR (a training run), "
-            "or PROMPT=None to evaluate the frozen model alone."
-        )
-    if checkpoint not in ("latest", "best"):
-        raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
-    checkpoints.check_initial_checkpoint(initial_checkpoint_path)
-    if prompt_file:
-        read_prompt_file(prompt_file, model)  # Names both shapes when they differ.
-    mesh = partitioning.make_mesh(1, jax.devices()[:1])
-    init_rng, _ = jax.random.split(jax.random.key(random_seed))
-    trainable, frozen = checkpoints.initial_params(
-        model,
-        mesh,
-        init_rng,
-        task_feature_lengths,
-        initial_checkpoint_path,
-        trainable_params_regex,
-        frozen_dtype,
-        prompt_file=prompt_file or None,
-        allow_no_trainable=model.prompt is None,
-    )
-    params = optimizers.merge_params(trainable, frozen)
-    if prompt_file or not model_dir:
-        return params, None
-    step, trained = checkpoints.load_trained_params(model_dir, best=checkpoint == "best")
-    return optimizers.merge_params(trained, params), step
-
-
-def make_predictor(
-    model: PromptModel,
-    params: dict[str, Any],
-    prompt_files: Sequence[str] = (),
-    decode_method: str = "greedy",
-    beam_size: int = 4,
-) -> tuple[evaluation.Predictor, dict[str, Any]]:
-    """A single-prompt predictor, or a prompt ensemble when several prompt files are given.
-
-    Args:
-      model: the plain-prompt `PromptModel`.
-      params: its full parameters (the frozen weights are reused for the ensemble).
-      prompt_files: two or more `.npy` prompts make an ensemble over one frozen model.
-      decode_method: "greedy" or "beam".
-      beam_size: beams for "beam".
-
-    Returns:
-      (predictor, params to call it with).
-    """
-    if len(prompt_files) < 2:
-        return evaluation.SinglePromptPredictor(model, decode_method, beam_size), params
-    prompts = [read_prompt_file(path, model) for path in prompt_files]
-    bank = ensemble.bank_prompt(len(prompts), prompts[0].shape[0])
-    bank_model = PromptModel(model.module.clone(prompt=bank))
-    predictor = ensemble.PromptEnsemble(bank_model, len(prompts), decode_method, beam_size)
-    return predictor, ensemble.bank_params(params, prompts)
-
-
-def _restore(
-    model: Any, task_feature_lengths: Mapping[str, int], options: Mapping[str, Any]
-) -> tuple[evaluation.Predictor, dict[str, Any], int | None]:
-    """Parameters and predictor for one PROMPT_FILE, a list of them (ensemble) or a MODEL_DIR."""
-    model = as_prompt_model(model)
-    prompt_file = options["prompt_file"]
-    files = [prompt_file] if isinstance(prompt_file, str) else list(prompt_file or ())
-    params, step = load_params(
-        model,
-        task_feature_lengths,
-        options["initial_checkpoint_path"],
-        files[0] if files else None,
-        options["model_dir"],
-        options["checkpoint"],
-        options["random_seed"],
-        frozen_dtype=options["frozen_dtype"],
-    )
-    predictor, params = make_predictor(
-        model, params, files, options["decode_method"], options["beam_size"]
-    )
-    return predictor, params, step
-
-
 def evaluate(
     model: Any,
     mixture_or_task_name: str,
@@ -308,6 +162,8 @@ def evaluate(
     random_seed: int = 0,
     frozen_dtype: str | None = None,
     mixture_or_task_module: str | None = "tasks",
+    num_partitions: int = 1,
+    model_parallel_submesh: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Evaluates a prompt (or a prompt ensemble) on a split: `python -m prompt_tuning.eval`.
 
@@ -329,14 +185,17 @@ def evaluate(
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
       mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      num_partitions: NUM_PARTITIONS ("model" mesh axis), as in training.
+      model_parallel_submesh: T5X's TPU block for the model axis instead.
 
     Returns:
-      The metrics of `evaluation.Evaluator.evaluate`.
+      The metrics of `evaluation.Evaluator.evaluate` (on every process; the primary one prints
+      and writes them).
     """
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     options = dict(locals())
-    predictor, params, step = _restore(model, task_feature_lengths, options)
+    predictor, params, step = serving.restore(model, task_feature_lengths, options)
     evaluator = evaluation.Evaluator(
         mixture_or_task_name,
         task_feature_lengths,
@@ -347,6 +206,8 @@ def evaluate(
         num_examples=num_examples,
     )
     metrics = evaluator.evaluate(params, step)
+    if not distributed.is_primary():
+        return metrics
     for name, value in sorted(metrics.items()):
         print(f"{name}: {value:.4f}")
     output_dir = output_dir or (os.path.join(model_dir, "eval") if model_dir else None)
@@ -377,6 +238,8 @@ def infer(
     random_seed: int = 0,
     frozen_dtype: str | None = None,
     mixture_or_task_module: str | None = "tasks",
+    num_partitions: int = 1,
+    model_parallel_submesh: Sequence[int] | None = None,
 ) -> int:
     """Writes predictions as JSON lines: `python -m prompt_tuning.infer`.
 
@@ -400,14 +263,17 @@ def infer(
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
       mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      num_partitions: NUM_PARTITIONS ("model" mesh axis), as in training.
+      model_parallel_submesh: T5X's TPU block for the model axis instead.
 
     Returns:
-      The number of examples written.
+      The number of examples written (by the primary process; every process runs the model on
+      every batch, and counts the same).
     """
     data.import_task_modules(mixture_or_task_module)
     provider = data.get_task_or_mixture(mixture_or_task_name)
     options = dict(locals())
-    predictor, params, _ = _restore(model, task_feature_lengths, options)
+    predictor, params, _ = serving.restore(model, task_feature_lengths, options)
 
     def records() -> Iterator[dict[str, Any]]:
         for task in seqio.get_subtasks(provider):
@@ -424,6 +290,8 @@ def infer(
                 labels,
             )
 
+    if not distributed.is_primary():
+        return sum(1 for _ in records())  # the same sharded computations, nothing written
     count = write_jsonl(records(), output_path)
     print(f"Wrote {count} predictions to {output_path}")
     return count

@@ -13,36 +13,27 @@ Running the same command again resumes and ends with the same prompt as an unint
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import checkpoints, data, evaluation, optimizers, partitioning
-from prompt_tuning.train import logging as train_logging
+from prompt_tuning.train import (
+    checkpoints,
+    data,
+    distributed,
+    evaluation,
+    optimizers,
+    partitioning,
+    setup,
+)
 from prompt_tuning.train.model import PromptModel
-
-
-@flax.struct.dataclass
-class TrainState:
-    """What changes during training (and is checkpointed).
-
-    Attributes:
-      step: updates applied so far (int32 scalar).
-      params: the trainable parameters (nested dict).
-      opt_state: the optimizer state of the trainable parameters only.
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
+from prompt_tuning.train.setup import Run
+from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass
@@ -51,8 +42,10 @@ class TrainResult:
 
     Attributes:
       step: the last step reached.
-      trainable: trainable parameters at the end (numpy).
-      frozen: frozen parameters used (numpy, as loaded or initialized).
+      trainable: trainable parameters at the end (numpy, on every process).
+      frozen: the frozen parameters used, as global `jax.Array`s on `mesh` (never gathered to a
+        host: with a model axis over several processes no host holds all of them).
+      mesh: the device mesh of the run.
       train_metrics: the logged training metrics, one dict per log.
       eval_metrics: the evaluations, one dict per evaluation (with "step").
     """
@@ -60,60 +53,20 @@ class TrainResult:
     step: int
     trainable: Any
     frozen: Any
+    mesh: jax.sharding.Mesh
     train_metrics: list[dict[str, float]]
     eval_metrics: list[dict[str, float]]
 
-
-def train_step(
-    state: TrainState,
-    frozen: Any,
-    batch: Mapping[str, jax.Array],
-    rng: jax.Array,
-    *,
-    model: PromptModel,
-    optimizer: optax.GradientTransformation,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update of the trainable parameters (pure; jitted once by `train`).
-
-    Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
-    weights get no gradient buffers and no optimizer state.
-
-    Args:
-      state: the current `TrainState`.
-      frozen: frozen parameters (nested dict; never updated).
-      batch: a converted batch ([B, T] / [B, S] arrays).
-      rng: the run's base PRNG key; dropout uses `fold_in(rng, step)`, so a resumed run draws the
-        same dropout masks as an uninterrupted one.
-      model: the `PromptModel` (static).
-      optimizer: the optax transformation (static).
-
-    Returns:
-      (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
-      `grad_norm`, `param_norm` (of the updated trainable parameters), `learning_rate`.
-    """
-    dropout_rng = jax.random.fold_in(rng, state.step)
-
-    def loss_of(trainable: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
-        return model.loss_fn(optimizers.merge_params(trainable, frozen), batch, dropout_rng)
-
-    (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
-    rate = optimizers.current_learning_rate(opt_state)
-    if rate is not None:
-        metrics["learning_rate"] = rate
-    return TrainState(state.step + 1, params, opt_state), metrics
-
-
-def _abstract(tree: Any) -> Any:
-    """`ShapeDtypeStruct`s (with shardings) of the arrays in `tree`, for orbax restores."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    def params(self) -> dict[str, Any]:
+        """The full parameters on the mesh (frozen + trained prompt), e.g. for an `Evaluator`."""
+        return optimizers.merge_params(
+            partitioning.replicate(self.trainable, self.mesh), self.frozen
+        )
 
 
 def _mean_metrics(history: Sequence[Mapping[str, jax.Array]]) -> dict[str, float]:
     """Averages per-step metrics fetched from the devices."""
-    fetched = jax.device_get(list(history))
+    fetched = partitioning.to_host(list(history))
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
@@ -127,7 +80,7 @@ def _prompt_diagnostics(prompt: Any, trainable: Any) -> dict[str, float]:
     from prompt_tuning.prompts import decomposed  # noqa: PLC0415
 
     if isinstance(prompt, decomposed.RankProbePrompt):
-        variables = {"params": jax.device_get(trainable["encoder"]["prompt"])}
+        variables = {"params": partitioning.to_host(trainable["encoder"]["prompt"])}
         sigma = np.asarray(variables["params"]["sigma"])  # [r]
         return {
             "prompt_positive_diagonal": float(decomposed.num_positive(variables)),
@@ -137,104 +90,13 @@ def _prompt_diagnostics(prompt: Any, trainable: Any) -> dict[str, float]:
     return {}
 
 
-@dataclasses.dataclass
-class _Run:
-    """Everything the loop needs once set up."""
-
-    model: PromptModel
-    mesh: jax.sharding.Mesh
-    state: TrainState
-    frozen: Any
-    step_fn: Callable[..., Any]
-    rng: jax.Array
-    start_step: int
-    checkpointer: checkpoints.TrainCheckpointer
-    logger: train_logging.MetricsLogger
-    meta: dict[str, Any]
-
-
-def _setup(
-    module: nn.Module,
-    model_dir: str,
-    task_feature_lengths: Mapping[str, int],
-    train_steps: int,
-    batch_size: int,
-    optimizer: optax.GradientTransformation,
-    options: Mapping[str, Any],
-) -> _Run:
-    """Builds the mesh, parameters, optimizer state, jitted step; restores the latest checkpoint."""
-    devices = jax.devices()[: options["num_devices"]] if options["num_devices"] else None
-    mesh = partitioning.make_mesh(options["num_partitions"], devices)
-    if batch_size % mesh.shape[partitioning.DATA_AXIS] or batch_size % jax.process_count():
-        raise ValueError(
-            f"BATCH_SIZE {batch_size} must be a multiple of the data-parallel size "
-            f"{mesh.shape[partitioning.DATA_AXIS]} and of the host count {jax.process_count()}."
-        )
-    model = PromptModel(module, **options["loss"])
-    rng = jax.random.key(options["random_seed"])
-    init_rng, step_rng = jax.random.split(rng)
-    trainable, frozen = checkpoints.initial_params(
-        model,
-        mesh,
-        init_rng,
-        task_feature_lengths,
-        options["initial_checkpoint_path"],
-        options["trainable_params_regex"],
-        options["frozen_dtype"],
-        options["prompt_file"],
-    )
-    opt_sharding = partitioning.opt_state_shardings(optimizer, trainable, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
-    state = TrainState(
-        jax.device_put(jnp.zeros([], jnp.int32), partitioning.replicated(mesh)),
-        trainable,
-        opt_state,
-    )
-    state_sh = partitioning.shardings_of(state)
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer),
-        in_shardings=(
-            state_sh,
-            partitioning.shardings_of(frozen),
-            partitioning.data_sharding(mesh),
-            partitioning.replicated(mesh),
-        ),
-        out_shardings=(state_sh, partitioning.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    checkpointer = checkpoints.TrainCheckpointer(model_dir, options["keep"])
-    meta = {"seed": options["random_seed"], "task": options["task"], "batch_size": batch_size}
-    start_step = 0
-    if checkpointer.latest_step() is not None:
-        try:
-            state, saved_meta = checkpointer.restore(_abstract(state))
-        except (ValueError, KeyError) as error:
-            raise ValueError(
-                f"The checkpoint in MODEL_DIR {model_dir} does not fit this model, prompt or "
-                f"optimizer ({error}). Use a new MODEL_DIR for a different configuration."
-            ) from error
-        start_step = int(saved_meta["step"])
-        for key, value in meta.items():
-            if saved_meta.get(key) != value:
-                raise ValueError(
-                    f"MODEL_DIR {model_dir} holds a run with {key}={saved_meta.get(key)!r}, but "
-                    f"this run has {key}={value!r}; use a new MODEL_DIR or the same settings."
-                )
-    logger = train_logging.MetricsLogger(
-        model_dir, train_steps, batch_size, enabled=jax.process_index() == 0
-    )
-    return _Run(
-        model, mesh, state, frozen, step_fn, step_rng, start_step, checkpointer, logger, meta
-    )
-
-
-def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
+def _save(run: Run, step: int, model_dir: str, best: bool = False) -> None:
     """Checkpoints the state and exports the prompt as .npy (prompts/step_<N>.npy or best.npy)."""
     meta = dict(run.meta, step=step, data_position=step)
     run.checkpointer.save(step, run.state, meta, best=best)
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         prompt = checkpoints.prompt_for_export(
-            run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
+            run.model.prompt, partitioning.to_host(run.state.params), width=run.model.config.emb_dim
         )
         if prompt is not None:
             checkpoints.export_prompt(model_dir, "best" if best else f"step_{step}", prompt)
@@ -268,7 +130,7 @@ def make_evaluator(
     return evaluator, evaluation.select_metric
 
 
-def _check_finite(metrics: Mapping[str, float], step: int, run: _Run) -> None:
+def _check_finite(metrics: Mapping[str, float], step: int, run: Run) -> None:
     """Stops the run on a NaN/Inf loss or trainable parameter, keeping the last good checkpoint.
 
     The loss of a step is computed before its update, so the updated parameters (`param_norm`)
@@ -324,6 +186,7 @@ def train(
     z_loss: float = 1e-4,
     label_smoothing: float = 0.0,
     num_partitions: int = 1,
+    model_parallel_submesh: Sequence[int] | None = None,
     num_devices: int | None = None,
     use_distributed: bool = False,
 ) -> TrainResult:
@@ -360,9 +223,11 @@ def train(
       loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
       label_smoothing: label smoothing.
-      num_partitions: devices per model replica ("model" mesh axis).
+      num_partitions: devices per model replica ("model" mesh axis; NUM_PARTITIONS), T5X's.
+      model_parallel_submesh: T5X's `(x, y, z, cores)` TPU block for the model axis instead.
       num_devices: use only the first N devices (default all).
-      use_distributed: call `jax.distributed.initialize()` first (multi-host runs).
+      use_distributed: join a multi-process run found by JAX's cluster detection (SLURM, Open
+        MPI); the entry points' `--coordinator_address` flags do the same explicitly.
 
     Returns:
       A `TrainResult`.
@@ -372,7 +237,7 @@ def train(
       FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
     """
     if use_distributed:
-        jax.distributed.initialize()
+        distributed.initialize(multiprocess_gpu=True)
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
@@ -387,6 +252,8 @@ def train(
     options = dict(
         num_devices=num_devices,
         num_partitions=num_partitions,
+        model_parallel_submesh=model_parallel_submesh,
+        eval_batch_size=(eval_batch_size or batch_size) if eval_period else None,
         random_seed=random_seed,
         loss=dict(
             loss_normalizing_factor=loss_normalizing_factor,
@@ -401,7 +268,7 @@ def train(
         task=mixture_or_task_name,
     )
     os.makedirs(model_dir, exist_ok=True)
-    run = _setup(
+    run = setup.setup_run(
         model, model_dir, task_feature_lengths, train_steps, batch_size, optimizer, options
     )
     evaluator = make_evaluator(
@@ -418,8 +285,9 @@ def train(
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
         f"Training {mixture_or_task_name} to step {train_steps} (batch {batch_size}, mesh "
-        f"{dict(run.mesh.shape)}): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; "
-        f"writing to {model_dir}."
+        f"{dict(run.mesh.shape)} over {jax.process_count()} process(es), {run.layout.num_shards} "
+        f"data shard(s)): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; writing to "
+        f"{model_dir}."
     )
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
     if evaluator is not None:
@@ -441,7 +309,7 @@ def train(
 
 
 def _loop(
-    run: _Run,
+    run: Run,
     evaluator: Any,
     model_dir: str,
     task: str,
@@ -453,18 +321,11 @@ def _loop(
     """Runs steps `start_step + 1 .. train_steps` with logging, saving and evaluation."""
     batches = None
     if run.start_step < train_steps:
-        host_batch = batch_size // jax.process_count()
         dataset = data.get_dataset(
-            task,
-            task_feature_lengths,
-            "train",
-            host_batch,
-            shuffle=True,
-            seed=run.meta["seed"],
-            num_epochs=None,
-            shard_id=jax.process_index(),
-            num_shards=jax.process_count(),
+            task, task_feature_lengths, "train", batch_size, True, run.meta["seed"], None
         )
+        rows = run.layout.shard_id * run.layout.batch_size
+        dataset = data.replica_rows(dataset, rows, rows + run.layout.batch_size)
         batches = data.skip_batches(dataset, run.start_step).as_numpy_iterator()
     train_log, eval_log, pending = [], [], []
     best = checkpoints.read_best_json(model_dir)
@@ -477,7 +338,7 @@ def _loop(
     elif run.start_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
-        batch = partitioning.shard_batch(next(batches), run.mesh)
+        batch = partitioning.shard_batch(next(batches), run.mesh, batch_size)
         run.state, metrics = run.step_fn(run.state, run.frozen, batch, run.rng)
         pending.append(metrics)
         if step == run.start_step + 1:  # exclude compilation from the throughput
@@ -497,22 +358,23 @@ def _loop(
         if due["eval"] or (last and evaluator is not None):
             best = _evaluate(run, evaluator, step, model_dir, best, eval_log)
         run.logger.start(step)  # throughput counts training steps only
-    final_step = int(jax.device_get(run.state.step))
+    final_step = int(partitioning.to_host(run.state.step))
     run.logger.message(
         f"Done at step {final_step}: checkpoints in {model_dir}/checkpoints, prompts in "
         f"{model_dir}/prompts, metrics in {model_dir}/metrics.jsonl."
     )
     return TrainResult(
         step=final_step,
-        trainable=jax.device_get(run.state.params),
-        frozen=jax.device_get(run.frozen),
+        trainable=partitioning.to_host(run.state.params),
+        frozen=run.frozen,
+        mesh=run.mesh,
         train_metrics=train_log,
         eval_metrics=eval_log,
     )
 
 
 def _evaluate(
-    run: _Run, evaluator: Any, step: int, model_dir: str, best: Any, eval_log: list
+    run: Run, evaluator: Any, step: int, model_dir: str, best: Any, eval_log: list
 ) -> dict[str, Any] | None:
     """Evaluates the current params, logs, and saves a best checkpoint when the metric improves.
 
@@ -534,7 +396,7 @@ def _evaluate(
         best = None
     if best is None or value > best["value"]:
         _save(run, step, model_dir, best=True)
-        if jax.process_index() == 0:
+        if distributed.is_primary():
             checkpoints.write_best_json(model_dir, step, name, value)
         best = {"step": step, "metric": name, "value": value}
     return best

@@ -1,0 +1,127 @@
+"""The pure training step, jitted once on the mesh (used by the trainer and the memory simulator).
+
+`train_step(state, frozen, batch, rng)` differentiates the loss with respect to the trainable
+parameters only; `jit_train_step` compiles it with explicit shardings, donated state and the
+model's logical activation constraints active (`partitioning.on_mesh`), so the program the trainer
+runs is the program `tools/aot_memory.py` measures.
+
+Letters: B batch, T input length, S target length.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import optax
+
+from prompt_tuning.train import optimizers, partitioning
+from prompt_tuning.train.model import PromptModel
+
+# XLA:CPU's default scheduler maximises concurrency: it runs the backward pass's rematerialised
+# forward computations as early as it can, so their activations are live as long as without
+# remat and `remat_policy` saves nothing. The memory-optimised scheduler keeps them where they
+# belong (what TPU/GPU schedulers do under their memory limit).
+CPU_REMAT_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What changes during training (and is checkpointed).
+
+    Attributes:
+      step: updates applied so far (int32 scalar).
+      params: the trainable parameters (nested dict).
+      opt_state: the optimizer state of the trainable parameters only.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def train_step(
+    state: TrainState,
+    frozen: Any,
+    batch: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    model: PromptModel,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update of the trainable parameters (pure; jitted once by `jit_train_step`).
+
+    Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
+    weights get no gradient buffers and no optimizer state.
+
+    Args:
+      state: the current `TrainState`.
+      frozen: frozen parameters (nested dict; never updated).
+      batch: a converted batch ([B, T] / [B, S] arrays).
+      rng: the run's base PRNG key; dropout uses `fold_in(rng, step)`, so a resumed run draws the
+        same dropout masks as an uninterrupted one.
+      model: the `PromptModel` (static).
+      optimizer: the optax transformation (static).
+
+    Returns:
+      (new state, metrics): `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`,
+      `grad_norm`, `param_norm` (of the updated trainable parameters), `learning_rate`.
+    """
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def loss_of(trainable: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return model.loss_fn(optimizers.merge_params(trainable, frozen), batch, dropout_rng)
+
+    (_, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(aux, grad_norm=optax.global_norm(grads), param_norm=optax.global_norm(params))
+    rate = optimizers.current_learning_rate(opt_state)
+    if rate is not None:
+        metrics["learning_rate"] = rate
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def compiler_options(model: PromptModel, mesh: jax.sharding.Mesh) -> dict[str, str] | None:
+    """XLA options for the step: on CPU with remat, the memory-optimised scheduler."""
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    if on_cpu and model.config.remat_policy != "none":
+        return dict(CPU_REMAT_OPTIONS)
+    return None
+
+
+def jit_train_step(
+    model: PromptModel,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    state_shardings: Any,
+    frozen_shardings: Any,
+) -> Any:
+    """`train_step` jitted on `mesh`: explicit shardings, donated state, activation constraints.
+
+    Args:
+      model: the `PromptModel`.
+      optimizer: the optax transformation.
+      mesh: the device mesh.
+      state_shardings: shardings of the `TrainState`.
+      frozen_shardings: shardings of the frozen parameters.
+
+    Returns:
+      `step(state, frozen, batch, rng) -> (state, metrics)`; metrics are replicated.
+    """
+    fn = functools.partial(train_step, model=model, optimizer=optimizer)
+    return jax.jit(
+        partitioning.on_mesh(fn, mesh),
+        in_shardings=(
+            state_shardings,
+            frozen_shardings,
+            partitioning.data_sharding(mesh),
+            partitioning.replicated(mesh),
+        ),
+        out_shardings=(state_shardings, partitioning.replicated(mesh)),
+        donate_argnums=(0,),
+        compiler_options=compiler_options(model, mesh),
+    )
