@@ -29,8 +29,6 @@ import numpy as np
 from prompt_tuning.t5 import checkpoint_tree, checkpoints, t5x_format
 from prompt_tuning.t5.config import T5Config
 
-GiB = 2**30
-
 
 def current_rss() -> int:
     """This process's resident memory in bytes (Linux `/proc`; else the peak so far)."""
@@ -99,14 +97,27 @@ class LoadStats:
 
     def summary(self) -> str:
         """One line for the log."""
-        read = "" if self.bytes_read < 0 else f"; this process read {self.bytes_read / GiB:.2f}"
-        read += "" if self.bytes_read < 0 else f" GiB in {self.slices_read} slices"
+        read = ""
+        if self.bytes_read >= 0:
+            read = (
+                f"; this process read {human_bytes(self.bytes_read)} ({self.bytes_read:,} bytes) "
+                f"in {self.slices_read} slices"
+            )
         return (
             f"Loaded the frozen model ({self.kind}, {self.num_arrays} arrays, "
-            f"{self.global_bytes / GiB:.2f} GiB over the mesh{read}) in {self.seconds:.1f} s; "
-            f"host RSS {self.rss_start / GiB:.2f} -> peak {self.rss_peak / GiB:.2f} GiB while "
+            f"{human_bytes(self.global_bytes)} over the mesh{read}) in {self.seconds:.1f} s; "
+            f"host RSS {human_bytes(self.rss_start)} -> peak {human_bytes(self.rss_peak)} while "
             "loading."
         )
+
+
+def human_bytes(count: float) -> str:
+    """`1536` -> "1.5 KiB"."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(count) < 1024 or unit == "GiB":
+            return f"{count:.1f} {unit}" if unit != "B" else f"{int(count)} B"
+        count /= 1024
+    return f"{count:.1f} GiB"
 
 
 def _index_key(index: checkpoint_tree.Index | None) -> tuple:

@@ -35,8 +35,9 @@ BEST_JSON = "best.json"
 def _manager(directory: str | os.PathLike, keep: int | None) -> ocp.CheckpointManager:
     """An orbax manager for `directory` keeping the last `keep` steps (None: all)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(
-        os.path.abspath(os.fspath(directory)), options=options, item_names=("state", "meta")
+        os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers
     )
 
 
@@ -143,13 +144,17 @@ def load_trained_params(
                 f"MODEL_DIR {model_dir} kept no checkpoint of step {step} (kept: {kept}; KEEP "
                 "limits how many are kept)."
             )
-        target = None
+        # A target with this process's shardings: the checkpoint may come from another topology
+        # (a run on more or fewer processes).
         if mesh is not None:
             sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            metadata = manager.item_metadata(step).state
-            target = jax.tree.map(
-                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata
-            )
+        else:
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        metadata = manager.item_metadata(step).state
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+            dict(getattr(metadata, "tree", metadata)),
+        )
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
