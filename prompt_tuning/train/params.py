@@ -156,35 +156,26 @@ def _embedding_inputs(
     return inputs
 
 
-def init_trainable(
-    model: Any,
-    rng: jax.Array,
-    init_fn: Any,
-    trainable_shardings: Any,
-    split: Any,
-    embeddings: Mapping[Any, jax.Array],
+def trainable_initializer(
+    init_fn: Any, trainable_shardings: Any, split: Any, keys: list[Any]
 ) -> Any:
-    """Runs the trainable parameters' initializers in one jitted call with the embeddings as args.
+    """The jitted initialization of the trainable parameters, embeddings as arguments.
 
     Args:
-      model: the `PromptModel`.
-      rng: initialization key.
       init_fn: `rng -> boxed params` (the module's init).
       trainable_shardings: output shardings.
       split: `params -> (trainable, frozen)`.
-      embeddings: `{source key: [V, H] array}` passed into the traced initializers.
+      keys: the `EmbeddingSource` keys of the embeddings passed in (in argument order).
 
     Returns:
-      The trainable tree of global arrays (jit drops the frozen initializers).
+      `f(rng, [tables]) -> trainable` (jit drops the frozen initializers).
     """
-    del model
-    keys = list(embeddings)
 
     def init(r: jax.Array, tables: list[jax.Array]) -> Any:
         with initializers.provided_embeddings(dict(zip(keys, tables))):
             return split(nn.unbox(init_fn(r)))[0]
 
-    return jax.jit(init, out_shardings=trainable_shardings)(rng, [embeddings[k] for k in keys])
+    return jax.jit(init, out_shardings=trainable_shardings)
 
 
 def initial_params(
@@ -246,7 +237,9 @@ def initial_params(
         abstract = split(nn.unbox(boxed))[1]
         frozen = load_frozen(initial_checkpoint_path, model, frozen_sh, abstract, dtype, log)
     embeddings = _embedding_inputs(model.prompt, frozen, initial_checkpoint_path, mesh)
-    trainable = init_trainable(model, rng, init, trainable_sh, split, embeddings)
+    keys = list(embeddings)
+    initialize = trainable_initializer(init, trainable_sh, split, keys)
+    trainable = initialize(rng, [embeddings[k] for k in keys])
     if prompt_file is not None:
         trainable = with_prompt_file(trainable, prompt_file, mesh)
     return trainable, frozen
