@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from prompt_tuning.t5 import layers
+from prompt_tuning.t5 import layers, remat
 from prompt_tuning.t5.config import T5Config
 from prompt_tuning.t5.sharding import constrain
 
@@ -151,6 +151,13 @@ def _layer_class(cls: type[nn.Module], config: T5Config, static_argnums: tuple[i
     return nn.remat(cls, static_argnums=static_argnums, policy=policy)
 
 
+def _call_layer(layer: nn.Module, config: T5Config, inputs, static, decode: bool = False):
+    """Calls a (possibly rematerialised) layer; remat runs ordered after its cotangent."""
+    if config.remat_policy == "none" or decode or layer.is_initializing():
+        return layer(*inputs, *static)
+    return remat.call(layer, inputs, static)
+
+
 class Encoder(nn.Module):
     """The T5 encoder stack with an optional prompt (a field: its params live under `prompt/`).
 
@@ -229,7 +236,7 @@ class Encoder(nn.Module):
             if layer_prompt is not None and i >= 1:
                 replacement = layer_prompt(i, x)  # [B, P, H]
                 x = x.at[:, : replacement.shape[1]].set(replacement.astype(x.dtype))
-            x = layer(x, pair_mask, bias, enable_dropout)
+            x = _call_layer(layer, self.config, (x, pair_mask, bias), (enable_dropout,))
         x = self.encoder_norm(x)
         return self.dropout(x, deterministic=deterministic)
 
@@ -299,8 +306,12 @@ class Decoder(nn.Module):
         # static: enable_dropout, decode (self is argument 0).
         layer_cls = _layer_class(DecoderLayer, cfg, static_argnums=(6, 7))
         for i in range(cfg.num_decoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(
-                x, encoded, self_mask, cross_mask, bias, enable_dropout, decode, position
+            x = _call_layer(
+                layer_cls(cfg, name=f"layers_{i}"),
+                cfg,
+                (x, encoded, self_mask, cross_mask, bias),
+                (enable_dropout, decode, position),
+                decode,
             )
         x = _norm(cfg, "decoder_norm")(x)
         x = dropout(x, deterministic=deterministic)

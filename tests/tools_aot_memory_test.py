@@ -1,0 +1,63 @@
+"""tools/aot_memory.py on the tiny T5 and 8 fake devices: arguments equal the shards' bytes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning import prompts
+from prompt_tuning.t5 import checkpoint_tree, network
+from prompt_tuning.t5 import config as t5_config
+from prompt_tuning.train import optimizers, params, partitioning
+from prompt_tuning.train.model import PromptModel
+from tools import aot_memory
+
+B, T, P, S = 8, 32, 4, 4
+
+
+@pytest.fixture(scope="module")
+def results():
+    argv = ["--sizes", "tiny", "--devices", "8", "--partitions", "1", "4", "--remat", "none"]
+    argv += ["full", "--batch", str(B), "--inputs", str(T), "--prompt", str(P)]
+    argv += ["--targets", str(S)]
+    return aot_memory.main(argv)
+
+
+def _expected_train_arguments(model_axis):
+    """Per-device bytes of the step's inputs, from the shardings alone."""
+    mesh = partitioning.make_mesh(model_axis)
+    model = PromptModel(network.EncoderDecoder(t5_config.tiny(), prompt=prompts.Prompt(P)))
+    boxed = params.abstract_params(model, {"inputs": T, "targets": S})
+    shardings = checkpoint_tree.flatten(partitioning.params_shardings(boxed, mesh))
+    total = 0
+    for name, leaf in checkpoint_tree.flatten(jax.tree.map(lambda x: x, boxed)).items():
+        shape = leaf.value.shape
+        if name.startswith("encoder/prompt"):
+            trainable = {"p": jax.ShapeDtypeStruct(shape, jnp.float32)}
+            state = jax.eval_shape(optimizers.adafactor().init, trainable)
+            total += sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+            total += int(np.prod(shape)) * 4  # the float32 prompt
+        else:
+            split = partitioning.MODEL_AXIS in shardings[name].spec
+            total += int(np.prod(shape)) * 2 // (model_axis if split else 1)  # bfloat16
+    total += 4 * 8 // (8 // model_axis) * (T + 3 * S)  # 4 int32 batch arrays, split over data
+    return total + 4 + 8  # the step counter and the PRNG key
+
+
+def test_train_and_decode_memory_on_a_fake_mesh(results):
+    train = {(r["mesh"]["model"], r["remat"]): r for r in results if r["program"] == "train"}
+    decode = {r["mesh"]["model"]: r for r in results if r["program"] == "decode"}
+    assert sorted(train) == [(1, "full"), (1, "none"), (4, "full"), (4, "none")]
+    assert sorted(decode) == [1, 4]
+    expected = {axis: _expected_train_arguments(axis) for axis in (1, 4)}
+    arguments = {axis: train[(axis, "none")]["argument_bytes"] for axis in (1, 4)}
+    # XLA may not count the scalar step and key buffers (12 bytes); the frozen shards are exact.
+    for model_axis in (1, 4):
+        assert 0 <= expected[model_axis] - arguments[model_axis] <= 12
+    assert arguments[1] - arguments[4] == expected[1] - expected[4] > 0
+    for model_axis in (1, 4):
+        # Rematerialisation lowers the temporaries (each layer's activations are recomputed).
+        assert train[(model_axis, "full")]["temp_bytes"] < train[(model_axis, "none")]["temp_bytes"]
+    table = aot_memory.markdown_table(results)
+    assert "| tiny | 8 | 2 × 4 | train | full | float32 |" in table
+    assert "fits 16 GiB" in table
