@@ -59,5 +59,5 @@ def test_train_and_decode_memory_on_a_fake_mesh(results):
         # Rematerialisation lowers the temporaries (each layer's activations are recomputed).
         assert train[(model_axis, "full")]["temp_bytes"] < train[(model_axis, "none")]["temp_bytes"]
     table = aot_memory.markdown_table(results)
-    assert "| tiny | 8 | 2 × 4 | train | full | float32 |" in table
+    assert "| tiny | 8 | 2 × 4 | train | full | bfloat16 | float32 |" in table
     assert "fits 16 GiB" in table

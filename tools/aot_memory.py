@@ -66,7 +66,8 @@ def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
                             prompt=args.prompt,
                             targets=args.targets,
                             dropout=args.dropout,
-                            scheduler=args.scheduler,
+                            xla=args.xla,
+                            activation_partitioning_dims=args.activation_partitioning_dims,
                         )
                     )
     return specs
@@ -79,7 +80,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
     from prompt_tuning import prompts  # noqa: PLC0415
     from prompt_tuning.t5 import network  # noqa: PLC0415
-    from prompt_tuning.train import aot, partitioning, step  # noqa: PLC0415
+    from prompt_tuning.train import aot, partitioning  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     assert jax.device_count() == spec["devices"], jax.device_count()
@@ -93,14 +94,15 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     mesh = partitioning.make_mesh(spec["partitions"])
     lengths = {"inputs": spec["inputs"], "targets": spec["targets"]}
     frozen_dtype = jnp.dtype(spec["frozen_dtype"])
-    options = step.CPU_REMAT_OPTIONS if spec["scheduler"] == "memory" else None
+    options = aot.SIMULATION_OPTIONS if spec["xla"] == "simulate" else None
+    rules = partitioning.standard_logical_axis_rules(spec["activation_partitioning_dims"])
     if spec["program"] == "train":
         report = aot.train_step_memory(
-            model, mesh, spec["batch"], lengths, frozen_dtype, compiler_options=options
+            model, mesh, spec["batch"], lengths, frozen_dtype, None, options, rules
         )
     else:
         report = aot.decode_step_memory(
-            model, mesh, spec["batch"], lengths, spec["prompt"], frozen_dtype, options
+            model, mesh, spec["batch"], lengths, spec["prompt"], frozen_dtype, options, rules
         )
     return dict(spec, **report.as_dict())
 
@@ -135,16 +137,19 @@ def _run_device_count(devices: int, specs: list[dict[str, Any]]) -> list[dict[st
 def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     """A table of the results: GiB per device and whether it fits 16 / 32 GiB."""
     lines = [
-        "| model | devices | mesh (data × model) | program | remat | activations | arguments |"
-        " temporaries | outputs | total | fits 16 GiB | fits 32 GiB | compile |",
-        "|---|---:|---|---|---|---|---:|---:|---:|---:|:-:|:-:|---:|",
+        "| model | devices | mesh (data × model) | program | remat | frozen | activations |"
+        " arguments | temporaries | outputs | total | fits 16 GiB | fits 32 GiB | compile |",
+        "|---|---:|---|---|---|---|---|---:|---:|---:|---:|:-:|:-:|---:|",
     ]
     for r in results:
         total = r["total_bytes"] / GiB
         mesh = f"{r['mesh']['data']} × {r['mesh']['model']}"
+        activations = r["activation_dtype"]
+        if r.get("activation_partitioning_dims", 2) == 1:
+            activations += " (1-D)"
         lines.append(
             f"| {r['size']} | {r['devices']} | {mesh} | {r['program']} | {r['remat']} | "
-            f"{r['activation_dtype']} | {r['argument_bytes'] / GiB:.2f} | "
+            f"{r['frozen_dtype']} | {activations} | {r['argument_bytes'] / GiB:.2f} | "
             f"{r['temp_bytes'] / GiB:.2f} | "
             f"{max(r['output_bytes'] - r['alias_bytes'], 0) / GiB:.2f} | {total:.2f} | "
             f"{'yes' if total <= 16 else 'no'} | {'yes' if total <= 32 else 'no'} | "
@@ -168,11 +173,18 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--targets", type=int, default=16)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument(
-        "--scheduler",
-        choices=["memory", "default"],
-        default="memory",
-        help="XLA:CPU scheduler: memory-optimised (what a TPU/GPU compiler does under a limit) "
-        "or XLA:CPU's concurrency-optimised default",
+        "--xla",
+        choices=["simulate", "default"],
+        default="simulate",
+        help="'simulate': XLA:CPU with the memory-optimised scheduler and without its all-reduce "
+        "combiner (prompt_tuning.train.aot.SIMULATION_OPTIONS); 'default': XLA:CPU as it is",
+    )
+    parser.add_argument(
+        "--activation-partitioning-dims",
+        type=int,
+        choices=[1, 2],
+        default=2,
+        help="T5X's: 2 also splits activations' H over the model axis (the default here)",
     )
     parser.add_argument("--output", help="also write the results as JSON here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)

@@ -274,6 +274,9 @@ class MultiHeadAttention(nn.Module):
           `[B, S, H]` in `dtype`.
         """
         h, joined = inputs_q.shape[-1], self.num_heads * self.head_dim
+        # Constrained inputs make each layer's input gradient H-sharded too (a cross-attention's
+        # gradient w.r.t. the encoder output is summed over all decoder layers).
+        inputs_q, inputs_kv = constrain(inputs_q, HIDDEN_AXES), constrain(inputs_kv, HIDDEN_AXES)
         base = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
         query_init = lambda key, shape, dtype: base(key, shape, dtype) / math.sqrt(self.head_dim)
         in_axes, out_axes = ("embed", "joined_kv"), ("joined_kv", "embed")

@@ -7,9 +7,12 @@ device needs: its arguments (frozen shard + trainable state + batch shard), temp
 outputs. The program is the trainer's (`step.jit_train_step`, with the logical activation
 constraints) and the decoder's (`decoding.decode_step` under the same rules).
 
-XLA:CPU's default scheduler maximises concurrency and lets temporaries overlap that a TPU/GPU
-scheduler (which works under a memory limit) would serialise, so the simulation compiles with the
-memory-optimised CPU scheduler (`step.CPU_REMAT_OPTIONS`) unless told otherwise.
+Two XLA:CPU habits would make the simulation report what no TPU run needs, so `SIMULATION_OPTIONS`
+turns them off (pass `compiler_options=None` for XLA:CPU's defaults): its default scheduler
+maximises concurrency and keeps temporaries alive together that a TPU/GPU scheduler (working under
+a memory limit) serialises, and its all-reduce combiner merges a step's all-reduces into one
+tuple all-reduce, holding every operand at once (on CPU the partial sums of the model axis are
+all-reduced whole; TPUs reduce-scatter them, under a byte threshold).
 
 Letters: B batch, T input length, P prompt length, S target length, H model dim, N heads, K head
 dim.
@@ -32,6 +35,10 @@ from prompt_tuning.train import optimizers, params, partitioning, step
 from prompt_tuning.train.model import PromptModel
 
 GiB = 2**30
+SIMULATION_OPTIONS = {
+    **step.CPU_REMAT_OPTIONS,
+    "xla_disable_hlo_passes": "cpu-all-reduce-combiner",
+}
 
 
 @dataclasses.dataclass
@@ -131,7 +138,8 @@ def train_step_memory(
     lengths: Mapping[str, int],
     frozen_dtype: Any = None,
     optimizer: optax.GradientTransformation | None = None,
-    compiler_options: Mapping[str, str] | None = step.CPU_REMAT_OPTIONS,
+    compiler_options: Mapping[str, str] | None = SIMULATION_OPTIONS,
+    rules: partitioning.Rules | None = None,
 ) -> MemoryReport:
     """Compiles the trainer's step for `mesh` from abstract inputs and reports its memory.
 
@@ -142,7 +150,8 @@ def train_step_memory(
       lengths: `{"inputs": T, "targets": S}`.
       frozen_dtype: dtype of the frozen weights (e.g. bfloat16).
       optimizer: default Lester et al.'s Adafactor.
-      compiler_options: XLA options (default: the memory-optimised CPU scheduler).
+      compiler_options: XLA options (default `SIMULATION_OPTIONS`).
+      rules: logical axis rules (default `partitioning.standard_logical_axis_rules()`).
 
     Returns:
       The `MemoryReport` of one device.
@@ -153,16 +162,19 @@ def train_step_memory(
         model, mesh, optimizer, batch_size, lengths, frozen_dtype
     )
     fn = step.jit_train_step(
-        model, optimizer, mesh, partitioning.shardings_of(state), partitioning.shardings_of(frozen)
+        model,
+        optimizer,
+        mesh,
+        partitioning.shardings_of(state),
+        partitioning.shardings_of(frozen),
+        rules,
     )
     options = dict(compiler_options) if compiler_options else None
     return _measure("train", mesh, fn.lower(state, frozen, batch, rng), options, start)
 
 
-def _logical_struct(shape: tuple[int, ...], dtype: Any, names: Any, mesh: Any) -> Any:
-    spec = sharding.logical_to_mesh_spec(
-        names, shape, dict(mesh.shape), partitioning.standard_logical_axis_rules(), strict=False
-    )
+def _logical_struct(shape: tuple[int, ...], dtype: Any, names: Any, mesh: Any, rules: Any) -> Any:
+    spec = sharding.logical_to_mesh_spec(names, shape, dict(mesh.shape), rules, strict=False)
     return jax.ShapeDtypeStruct(shape, dtype, sharding=jax.sharding.NamedSharding(mesh, spec))
 
 
@@ -173,7 +185,8 @@ def decode_step_memory(
     lengths: Mapping[str, int],
     prompt_length: int,
     frozen_dtype: Any = None,
-    compiler_options: Mapping[str, str] | None = step.CPU_REMAT_OPTIONS,
+    compiler_options: Mapping[str, str] | None = SIMULATION_OPTIONS,
+    rules: partitioning.Rules | None = None,
 ) -> MemoryReport:
     """Compiles one cached decoding step (`decoding.decode_step`) for `mesh` and reports memory.
 
@@ -183,21 +196,24 @@ def decode_step_memory(
     start = time.perf_counter()
     boxed = params.abstract_params(model, lengths)
     full = _struct(nn.unbox(boxed), partitioning.params_shardings(boxed, mesh), frozen_dtype)
+    rules = rules or partitioning.standard_logical_axis_rules()
     config = model.config
     b, t, s = batch_size, lengths["inputs"] + prompt_length, lengths["targets"]
     dtype = config.dtype
-    encoded = _logical_struct((b, t, config.emb_dim), dtype, ("batch", "length", "embed"), mesh)
-    mask = _logical_struct((b, t), jnp.bool_, ("batch", "length"), mesh)
+    hidden = ("batch", "length", "embed")
+    encoded = _logical_struct((b, t, config.emb_dim), dtype, hidden, mesh, rules)
+    mask = _logical_struct((b, t), jnp.bool_, ("batch", "length"), mesh, rules)
     cache = jax.eval_shape(
         lambda p, e, m: decoding.init_cache(model.module, p, e, m, s), full, encoded, mask
     )
     heads = ("batch", "length", "heads", "kv")
     cache = jax.tree.map(
-        lambda x: _logical_struct(x.shape, x.dtype, heads if x.ndim == 4 else None, mesh), cache
+        lambda x: _logical_struct(x.shape, x.dtype, heads if x.ndim == 4 else None, mesh, rules),
+        cache,
     )
-    tokens = _logical_struct((b,), jnp.int32, ("batch",), mesh)
+    tokens = _logical_struct((b,), jnp.int32, ("batch",), mesh, rules)
     fn = partitioning.on_mesh(
-        lambda p, c, e, m, x: decoding.decode_step(model.module, p, c, e, m, x), mesh
+        lambda p, c, e, m, x: decoding.decode_step(model.module, p, c, e, m, x), mesh, rules
     )
     lowered = jax.jit(fn, donate_argnums=(1,)).lower(full, cache, encoded, mask, tokens)
     options = dict(compiler_options) if compiler_options else None

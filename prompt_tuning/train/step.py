@@ -99,6 +99,7 @@ def jit_train_step(
     mesh: jax.sharding.Mesh,
     state_shardings: Any,
     frozen_shardings: Any,
+    rules: partitioning.Rules | None = None,
 ) -> Any:
     """`train_step` jitted on `mesh`: explicit shardings, donated state, activation constraints.
 
@@ -108,13 +109,14 @@ def jit_train_step(
       mesh: the device mesh.
       state_shardings: shardings of the `TrainState`.
       frozen_shardings: shardings of the frozen parameters.
+      rules: logical axis rules (default `partitioning.standard_logical_axis_rules()`).
 
     Returns:
       `step(state, frozen, batch, rng) -> (state, metrics)`; metrics are replicated.
     """
     fn = functools.partial(train_step, model=model, optimizer=optimizer)
     return jax.jit(
-        partitioning.on_mesh(fn, mesh),
+        partitioning.on_mesh(fn, mesh, rules),
         in_shardings=(
             state_shardings,
             frozen_shardings,
