@@ -3,7 +3,8 @@
 Launch (as T5X's `--multiprocess_gpu`, `--coordinator_address`, `--process_count`,
 `--process_index`; see the README's multi-host section):
 
-- TPU slices need no flag: every host runs the same command and JAX finds the others.
+- TPU slices need no flag: every host runs the same command; on a Cloud TPU VM (or GKE) JAX's
+  cluster detection finds the others (`jax.distributed.initialize()` without arguments).
 - GPUs on several nodes: `--multiprocess_gpu` with the coordinator flags (or none of them under
   SLURM/Open MPI, which JAX detects).
 - Several processes on one CPU machine: the coordinator flags and, in each process,
@@ -34,8 +35,8 @@ def initialize(
 ) -> bool:
     """Joins this process to a multi-process JAX run (T5X's launch flags); checks them first.
 
-    Nothing happens without `coordinator_address` and without `multiprocess_gpu` (one process,
-    or a TPU slice, where JAX connects the hosts itself). Calling it again is a no-op.
+    Without `coordinator_address` and `multiprocess_gpu`, only a Cloud TPU environment is joined
+    (JAX detects its hosts); elsewhere nothing happens (one process). Calling it again is a no-op.
 
     Args:
       coordinator_address: `host:port` of process 0's coordinator (`--coordinator_address`).
@@ -58,7 +59,10 @@ def initialize(
                 f"--process_count={process_count} / --process_index={process_index} need "
                 "--coordinator_address=HOST:PORT (the address of process 0)."
             )
-        return False
+        if not _cloud_tpu() or jax.distributed.is_initialized():
+            return False
+        jax.distributed.initialize()  # JAX's TPU cluster detection finds every host
+        return True
     if coordinator_address:
         if process_count is None or process_index is None:
             raise ValueError(
@@ -101,6 +105,18 @@ def initialize(
         jax.device_count(),
     )
     return True
+
+
+def _cloud_tpu() -> bool:
+    """Whether this is a Cloud TPU VM or GKE TPU host (JAX's own cluster detection)."""
+    try:
+        from jax._src.clusters import cloud_tpu_cluster  # noqa: PLC0415
+    except ImportError:
+        return False
+    if not getattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", False):
+        return False
+    clusters = (cloud_tpu_cluster.GceTpuCluster, cloud_tpu_cluster.GkeTpuCluster)
+    return any(cluster.is_env_present() for cluster in clusters)
 
 
 def is_primary() -> bool:
