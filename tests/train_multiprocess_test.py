@@ -58,6 +58,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent compilation cache for the launched processes (restarts reuse programs)."""
+    path = tmp_path_factory.mktemp("jax_cache")
+    os.environ["PROMPT_TUNING_TEST_JAX_CACHE"] = str(path)
+    yield
+    os.environ.pop("PROMPT_TUNING_TEST_JAX_CACHE", None)
+
+
 def _launch(module, args, kill_when=None, timeout=300):
     """Runs `python -m module args` as 2 processes x 4 devices; returns their stdout+stderr.
 
@@ -69,6 +78,9 @@ def _launch(module, args, kill_when=None, timeout=300):
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT),
+        JAX_COMPILATION_CACHE_DIR=os.environ.get("PROMPT_TUNING_TEST_JAX_CACHE", ""),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
     procs = [
         subprocess.Popen(
@@ -181,21 +193,14 @@ def test_model_axis_across_processes_matches_one_process(tmp_path, frozen_checkp
 
 
 def test_killed_run_resumes_across_processes_and_infer_writes_each_example_once(tmp_path):
-    steps, extra = 12, ["--gin.NUM_PARTITIONS=2", "--gin.SAVE_PERIOD=2"]
+    steps, extra = 6, ["--gin.NUM_PARTITIONS=2", "--gin.SAVE_PERIOD=2"]
     run_dir = tmp_path / "two"
     killed = _launch(
         "prompt_tuning.train",
         _train_args(run_dir, steps, *extra),
         kill_when=lambda: (run_dir / "checkpoints" / "2").exists(),
     )
-    assert "Done at step" not in killed[0]
-    resumed = _launch("prompt_tuning.train", _train_args(run_dir, steps, *extra))
-    resumed_from = int(resumed[0].split("Resuming from step ")[1].split(" ")[0])
-    assert 2 <= resumed_from < steps
-    assert "mesh {'data': 4, 'model': 2} over 2 process(es), 2 data shard(s)" in resumed[0]
-    _reference(trainer.train, _train_args(tmp_path / "one", steps, *extra))
-    _assert_same_run(run_dir, tmp_path / "one", steps)
-
+    assert "Done at step" not in killed[0]  # killed while training (the final eval compiles)
     infer_args = [
         "--gin_file=gin_configs/models/t5_1_1_tiny.gin",
         "--gin_file=gin_configs/prompts/prompt_tuning_random_uniform.gin",
@@ -208,7 +213,17 @@ def test_killed_run_resumes_across_processes_and_infer_writes_each_example_once(
         "--gin.inference.infer.num_examples=13",  # the last batch is padded
         f"--gin.MODEL_DIR='{run_dir}'",
     ]
-    _launch("prompt_tuning.infer", [*infer_args, f"--gin.INFER_OUTPUT_PATH='{tmp_path}/two.jsonl'"])
+    # The restart, then inference from its checkpoint, in the same two processes.
+    resumed = _launch(
+        "tests.multiprocess_driver",
+        ["train", *_train_args(run_dir, steps, *extra), "---", "infer", *infer_args]
+        + [f"--gin.INFER_OUTPUT_PATH='{tmp_path}/two.jsonl'"],
+    )
+    resumed_from = int(resumed[0].split("Resuming from step ")[1].split(" ")[0])
+    assert 2 <= resumed_from < steps
+    assert "mesh {'data': 4, 'model': 2} over 2 process(es), 2 data shard(s)" in resumed[0]
+    _reference(trainer.train, _train_args(tmp_path / "one", steps, *extra))
+    _assert_same_run(run_dir, tmp_path / "one", steps)
     _reference(
         inference.infer,
         [*infer_args, f"--gin.INFER_OUTPUT_PATH='{tmp_path}/one.jsonl'"],
