@@ -1,34 +1,42 @@
 # Quickstart: `make demo` runs the main job on the embedded default; `make test` runs lint and tests.
-# Both create .venv and install into it when needed.
+# Both create .venv and install into it when needed: the demo only the runtime, the tests also the
+# test, benchmark and serving extras (torch, transformers, PEFT: numerical references and peers).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+EXTRAS := $(VENV)/.installed-test
 
-.PHONY: install test lint format demo clean
+.PHONY: install install-runtime test lint format demo clean
 
-$(STAMP): setup.py constraints.txt
+$(RUNTIME): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip==25.3"
+	$(BIN)/pip install -q -c constraints.txt -e .
+	touch $(RUNTIME)
+
+$(EXTRAS): $(RUNTIME)
 	# The CPU build of torch first, so nothing pulls a CUDA torch (torch is a test-only reference).
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench]"
-	touch $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench,serve]"
+	touch $(EXTRAS)
 
-install: $(STAMP)
+install-runtime: $(RUNTIME)
 
-lint: $(STAMP)
+install: $(EXTRAS)
+
+lint: $(EXTRAS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(EXTRAS)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
 
-demo: $(STAMP)
+demo: $(RUNTIME)
 	rm -rf runs/demo
 	$(BIN)/python tools/demo.py --model_dir runs/demo
 

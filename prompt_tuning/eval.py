@@ -12,7 +12,6 @@ Metrics are printed and written to EVAL_OUTPUT_DIR (default MODEL_DIR/eval) as
 `metrics_<split>.json`; see `prompt_tuning.train.inference.evaluate`.
 """
 
-import sys
 from collections.abc import Sequence
 
 from prompt_tuning.train import gin_utils, inference
@@ -25,21 +24,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     Args:
       argv: command-line arguments without the program name (default `sys.argv[1:]`).
-
-    Returns:
-      The metrics.
     """
-    try:
-        return gin_utils.run_main(
-            inference.evaluate, argv, REQUIRED_MACROS, config_filename="config_eval.gin"
-        )
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    return gin_utils.main(
+        inference.evaluate, argv, REQUIRED_MACROS, config_filename="config_eval.gin"
+    )
 
 
 def console_main() -> None:
-    """Console-script entry point (`pt-eval`): `main` on `sys.argv`, exit code 0 on success."""
+    """Console-script entry point (`pt-eval`): `main` on `sys.argv`."""
     main()
 
 

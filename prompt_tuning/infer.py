@@ -13,7 +13,6 @@ One JSON object per example: `inputs`, `prediction`, `target` (when present), `s
 INFER_SCORE is "prediction" or "target"); see `prompt_tuning.train.inference.infer`.
 """
 
-import sys
 from collections.abc import Sequence
 
 from prompt_tuning.train import gin_utils, inference
@@ -26,21 +25,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Args:
       argv: command-line arguments without the program name (default `sys.argv[1:]`).
-
-    Returns:
-      The number of predictions written.
     """
-    try:
-        return gin_utils.run_main(
-            inference.infer, argv, REQUIRED_MACROS, config_filename="config_infer.gin"
-        )
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    return gin_utils.main(
+        inference.infer, argv, REQUIRED_MACROS, config_filename="config_infer.gin"
+    )
 
 
 def console_main() -> None:
-    """Console-script entry point (`pt-infer`): `main` on `sys.argv`, exit code 0 on success."""
+    """Console-script entry point (`pt-infer`): `main` on `sys.argv`."""
     main()
 
 

@@ -152,7 +152,8 @@ def _stsb(prefixed: bool) -> dict:
         source=seqio.TfdsDataSource(tfds_name=f"glue/stsb:{GLUE_VERSION}", splits=STANDARD_SPLITS),
         preprocessors=[text, *preprocessors.tokenize_steps()],
         output_features=_OUTPUT_FEATURES,
-        postprocess_fn=postprocessors.string_to_float,
+        # `label_classes`: the 26 target strings, read by rank classification (not by the parser).
+        postprocess_fn=functools.partial(postprocessors.string_to_float, label_classes=STSB_LABELS),
         metric_fns=_metric_fns((metrics.pearson_corrcoef, metrics.spearman_corrcoef)),
     )
 

@@ -1,4 +1,5 @@
-"""Label strings of classification tasks (for class-label prompt init, rank classification)."""
+"""Label strings of classification tasks, for class-label prompt initialization (gin's LABELS)
+and the analysis tools. Evaluation reads the labels each task binds into its postprocessor."""
 
 from collections.abc import Sequence
 

@@ -49,9 +49,14 @@ def string_to_float(
     default: float = float(INVALID),
     example: Mapping[str, Any] | None = None,
     is_target: bool = False,
+    label_classes: Sequence[str] | None = None,
 ) -> float:
-    """Parses a float (STS-B scores), or returns `default` (-1.0) when `output` is not a number."""
-    del example, is_target
+    """Parses a float (STS-B scores), or returns `default` (-1.0) when `output` is not a number.
+
+    `label_classes` (the task's target strings, bound with `functools.partial`) is not read here:
+    it tells rank classification which strings to score, as for `string_label_to_class_id`.
+    """
+    del example, is_target, label_classes
     try:
         return float(_text(output))
     except ValueError:
@@ -59,14 +64,17 @@ def string_to_float(
 
 
 def multirc(
-    output: str | bytes, example: Mapping[str, Any] | None = None, is_target: bool = False
+    output: str | bytes,
+    example: Mapping[str, Any] | None = None,
+    is_target: bool = False,
+    label_classes: Sequence[str] = ("False", "True"),
 ) -> dict[str, int]:
-    """MultiRC: `{"value": class id of "False"/"True"}`, plus `"group"` (question id) for targets.
+    """MultiRC: `{"value": class id in label_classes}`, plus `"group"` (question id) for targets.
 
     Raises:
       ValueError: a target without its example (seqio always passes it).
     """
-    result = {"value": string_label_to_class_id(output, ("False", "True"))}
+    result = {"value": string_label_to_class_id(output, label_classes)}
     if is_target:
         if example is None:
             raise ValueError("MultiRC targets need `example` (its idx/question groups answers).")

@@ -95,25 +95,36 @@ def read_examples(task: str, split: str) -> tuple[list[str], list[str]]:
     path = split_path(task, split)
     labels = LABELS[task]
     delimiter = "\t" if path.suffix == ".tsv" else ","
+    expected = (
+        f"one example a row: sentence and label separated by {delimiter!r}, label in {labels} or "
+        f"0..{len(labels) - 1}"
+    )
     sentences, targets = [], []
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = csv.reader(f, delimiter=delimiter)
-        for line, row in enumerate(rows, start=1):
-            if not row:
-                continue
-            last = _label_string(row[-1], labels) if len(row) == 2 else None
-            first = _label_string(row[0], labels) if len(row) == 2 else None
-            if last is not None:
-                sentences.append(row[0])
-                targets.append(last)
-            elif first is not None:
-                sentences.append(row[1])
-                targets.append(first)
-            elif line > 1 or len(row) != 2:
-                raise ValueError(
-                    f"{path}, line {line}: expected two fields, sentence and label separated by "
-                    f"{delimiter!r}, with label in {labels} or 0..{len(labels) - 1}; got {row!r}."
-                )
+    line = 0
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for line, row in enumerate(csv.reader(f, delimiter=delimiter), start=1):
+                if not row:
+                    continue
+                last = _label_string(row[-1], labels) if len(row) == 2 else None
+                first = _label_string(row[0], labels) if len(row) == 2 else None
+                if last is not None:
+                    sentences.append(row[0])
+                    targets.append(last)
+                elif first is not None:
+                    sentences.append(row[1])
+                    targets.append(first)
+                elif line > 1 or len(row) != 2:
+                    raise ValueError(f"{path}, line {line}: expected {expected}; got {row!r}.")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path} is not UTF-8 text ({error.reason} at byte {error.start}): the {task!r} task "
+            f"reads a {path.suffix} file, {expected}."
+        ) from None
+    except csv.Error as error:
+        raise ValueError(f"{path}, line {line + 1}: not {path.suffix} text ({error}).") from None
+    if not sentences:
+        raise ValueError(f"{path} holds no examples; the {task!r} task expects {expected}.")
     return sentences, targets
 
 

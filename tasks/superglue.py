@@ -79,7 +79,7 @@ def _multirc(prefixed: bool) -> dict:
         source=_source("multirc"),
         preprocessors=[text, *preprocessors.tokenize_steps()],
         output_features=_OUTPUT_FEATURES,
-        postprocess_fn=postprocessors.multirc,
+        postprocess_fn=functools.partial(postprocessors.multirc, label_classes=BOOL_LABELS),
         metric_fns=[
             metrics.mean_of_metrics(
                 metrics.multirc_f1_over_all_answers, metrics.multirc_exact_match

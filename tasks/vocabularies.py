@@ -13,6 +13,8 @@ import os
 import pathlib
 
 import seqio
+import tensorflow as tf
+from google.protobuf import message
 
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 T5_EXTRA_IDS = 100
@@ -26,6 +28,28 @@ TINY_SPM_PATH = str(
 )
 
 
+class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
+    """`seqio.SentencePieceVocabulary` whose load errors name the file and the fix.
+
+    seqio reads the model lazily, at the first tokenization, and a missing or damaged file then
+    surfaces as protobuf's "Error parsing message with type 'sentencepiece.ModelProto'", which
+    names neither the file nor the problem.
+    """
+
+    def _model_context(self):
+        try:
+            return super()._model_context()
+        except (message.DecodeError, tf.errors.OpError, RuntimeError, OSError) as error:
+            path = self.sentencepiece_model_file
+            missing = isinstance(error, tf.errors.NotFoundError | FileNotFoundError)
+            what = "does not exist" if missing else f"is not a SentencePiece model ({error})"
+            raise (FileNotFoundError if missing else ValueError)(
+                f"The vocabulary file {path} {what}. T5's tasks read T5's sentencepiece.model "
+                f"(cc_all.32000.100extra) from ${SPM_PATH_ENV} or {T5_SPM_PATH}; the built-in "
+                f"tasks read the embedded {TINY_SPM_PATH}."
+            ) from None
+
+
 def t5_spm_path() -> str:
     """Path of T5's SentencePiece model: `$PROMPT_TUNING_SPM_PATH` or T5's public path."""
     return os.environ.get(SPM_PATH_ENV) or T5_SPM_PATH
@@ -33,7 +57,7 @@ def t5_spm_path() -> str:
 
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
     """T5's vocabulary: 32,000 SentencePiece pieces plus 100 extra ids."""
-    return seqio.SentencePieceVocabulary(t5_spm_path(), extra_ids=T5_EXTRA_IDS)
+    return SentencePieceVocabulary(t5_spm_path(), extra_ids=T5_EXTRA_IDS)
 
 
 def t5_output_features(add_eos: bool = True) -> dict[str, seqio.Feature]:
@@ -47,7 +71,7 @@ def t5_output_features(add_eos: bool = True) -> dict[str, seqio.Feature]:
 
 def tiny_vocabulary() -> seqio.SentencePieceVocabulary:
     """The embedded tiny T5's vocabulary (`TINY_SPM_PATH`, no extra ids)."""
-    return seqio.SentencePieceVocabulary(TINY_SPM_PATH, extra_ids=0)
+    return SentencePieceVocabulary(TINY_SPM_PATH, extra_ids=0)
 
 
 def tiny_output_features() -> dict[str, seqio.Feature]:

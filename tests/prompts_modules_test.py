@@ -73,8 +73,11 @@ def test_structured_prompt_follows_equations(hypernetwork):
     default = module.apply(variables, tokens, embedded, None)  # No task ids: task 0.
     np.testing.assert_allclose(default[0], out[1], rtol=1e-6)
     np.testing.assert_allclose(module.fold(variables, task_id=2), out[0], rtol=1e-6)
-    unknown = module.apply(variables, tokens, embedded, jnp.array([0, 3, 1]))  # task 3 of 3
-    assert bool(jnp.isnan(unknown[1]).all()) and not bool(jnp.isnan(unknown[0]).any())
+    np.testing.assert_allclose(
+        module.fold(variables)[2], out[0], rtol=1e-6
+    )  # every task: [N, P, H]
+    with pytest.raises(ValueError, match=r"Task id 3 .* 3 task ids \(0\.\.2\)"):  # never NaN
+        module.apply(variables, tokens, embedded, jnp.array([0, 3, 1]))
 
 
 def test_structured_linear_with_k1_is_plain_prompt_tuning():

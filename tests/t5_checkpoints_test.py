@@ -302,12 +302,7 @@ def test_save_hf_tied_unscaled_for_transformers4_writes_equivalent_lm_head(tmp_p
 # Against the Flax network (prompt_tuning/t5/network.py).
 
 
-def _network():
-    return pytest.importorskip("prompt_tuning.t5.network")
-
-
 def test_loaded_tree_matches_network_init_structure(tmp_path):
-    network = _network()
     import flax.linen as nn
 
     model = _hf_model(tied=False, gated=True)
@@ -329,7 +324,6 @@ def test_loaded_tree_matches_network_init_structure(tmp_path):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_network_logits_on_loaded_params_match_transformers(tmp_path, tied):
-    network = _network()
     import torch
 
     model = _hf_model(tied=tied, gated=not tied, seed=1)

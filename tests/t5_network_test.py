@@ -7,12 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import layers, network
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 # A padded batch: examples of different lengths (0 = padding); targets end in EOS (1).
 ENCODER_TOKENS = np.array([[5, 9, 17, 33, 2, 1], [7, 21, 1, 0, 0, 0], [44, 3, 8, 1, 0, 0]])

@@ -70,6 +70,20 @@ def test_malformed_row_is_reported_with_line(data_dir):
         sentence.read_examples("mpqa", "train")
 
 
+def test_files_that_are_not_text_or_hold_nothing_are_named(data_dir):
+    (data_dir / "cr").mkdir()
+    path = data_dir / "cr" / "train.tsv"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe binary")
+    with pytest.raises(ValueError, match=rf"{path} is not UTF-8 text .*sentence and label"):
+        sentence.read_examples("cr", "train")
+    path.write_text("good\t1\n" + "x" * 200_000 + "\t0\n")  # not a sentence: a binary blob
+    with pytest.raises(ValueError, match=rf"{path}, line 2: not .tsv text"):
+        sentence.read_examples("cr", "train")
+    path.write_text("")
+    with pytest.raises(ValueError, match=rf"{path} holds no examples"):
+        sentence.read_examples("cr", "train")
+
+
 def test_few_shot_variant_draws_k_from_train(data_dir):
     (data_dir / "cr").mkdir()
     rows = [f"sentence number {i}\t{i % 2}" for i in range(150)]

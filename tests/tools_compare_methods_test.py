@@ -3,9 +3,11 @@
 One small comparison (2 methods x 1 task x 2 seeds, a learning-rate and a length sweep, a few
 steps) runs once per module; the checks recompute its tables from results.json, the trainable
 parameter counts from the papers' formulas, and validate the PNG files byte by byte. A last test
-checks the tool's rank-classification accuracy against the library's `Evaluator`.
+checks the tool's compiled training run against the trainer's step, one call per batch, and its
+rank-classification accuracy against the library's `Evaluator`.
 """
 
+import functools
 import json
 import pathlib
 import re
@@ -13,11 +15,12 @@ import statistics
 import struct
 import zlib
 
+import jax
 import numpy as np
 import pytest
 
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.train import evaluation, optimizers
+from prompt_tuning.train import evaluation, optimizers, step
 from tools import _compare_lib as lib
 from tools import compare_methods
 
@@ -171,9 +174,20 @@ def test_rank_accuracy_agrees_with_the_library_evaluator(tmp_path):
         lengths,
     )
     task = tasks[TASK]
-    trained, _ = runner.train(
-        runner.initial(0, task.labels), lib.run_batches(task.train, 30, 16, 0), 0, 1e-2
+    initial, batches = runner.initial(0, task.labels), lib.run_batches(task.train, 30, 16, 0)
+    trained, losses = runner.train(initial, batches, 0, 1e-2)
+    # The compiled run equals the trainer's step called 30 times (no dropout: DROPOUT_RATE 0).
+    optimizer = optimizers.with_param_axes(
+        optimizers.adafactor(learning_rate=1e-2), runner.model.param_logical_axes()
     )
+    one_step = jax.jit(functools.partial(step.train_step, model=runner.model, optimizer=optimizer))
+    state = step.init_state(optimizer, initial)
+    for k in range(30):
+        batch = {name: value[k] for name, value in batches.items()}
+        state, metrics = one_step(state, runner.frozen, batch, jax.random.key(0))
+        assert float(metrics["loss"]) == pytest.approx(float(losses[k]), rel=1e-4)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(trained)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     accuracy = runner.accuracy(trained, task)
     evaluator = evaluation.Evaluator(
         TASK, {"inputs": lengths[0], "targets": lengths[1]}, runner.model, 16,

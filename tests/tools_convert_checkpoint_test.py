@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+import transformers
 
 from prompt_tuning.t5 import checkpoints, network
 from prompt_tuning.t5 import config as t5_config
 from tests.t5_network_test import hf_logits, shift_right
 from tools import convert_checkpoint
-
-transformers = pytest.importorskip("transformers")
 
 ENCODER = np.array([[5, 9, 17, 33, 2, 1], [7, 21, 1, 0, 0, 0]], np.int32)
 TARGETS = np.array([[11, 12, 1, 0], [13, 14, 15, 1]], np.int32)

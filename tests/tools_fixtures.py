@@ -191,11 +191,8 @@ def seed_runs(tmp_path_factory, frozen_checkpoint) -> list[pathlib.Path]:
 
 @pytest.fixture(scope="module")
 def rank_probe_run(tmp_path_factory, frozen_checkpoint) -> pathlib.Path:
-    """A 10-step RankProbePrompt run (r = P = 8, Sigma starting at 0.3), checkpoints at 5, 10.
-
-    The bases are trainable: with fixed bases the trainer cannot export the prompt yet
-    (`RankProbePrompt.fold` needs the model dim, which `prompt_for_export` does not pass).
-    """
+    """A 10-step RankProbePrompt run (r = P = 8, Sigma starting at 0.3, trainable bases U and V),
+    checkpoints at 5 and 10."""
     bindings = [
         "PROMPT_LENGTH=8",
         "prompts.RankProbePrompt.sigma_init=0.3",

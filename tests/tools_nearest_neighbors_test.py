@@ -99,3 +99,16 @@ def test_run_defaults_latest_prompt_checkpoint_and_task_labels(tiny_run, frozen_
     assert earlier.ids.tolist() == _cosine_top_k(np.load(earlier.prompt_path), embedding, 4)
     with pytest.raises(_common.ToolError, match=r"no prompt for step 7; saved steps: \[2, 4, 6\]"):
         nearest_neighbors.main([f"--model_dir={tiny_run}", "--step=7"])
+
+
+def test_multi_task_prompts_need_a_task_id_and_instance_dependent_ones_are_refused(tmp_path):
+    table = np.random.default_rng(0).normal(size=(3, 4, 8)).astype(np.float32)
+    np.save(tmp_path / "tasks.npy", table)
+    np.testing.assert_array_equal(
+        nearest_neighbors.prompt_matrix(tmp_path / "tasks.npy", 2), table[2]
+    )
+    with pytest.raises(_common.ToolError, match=r"3 task prompts .* --task_id 0\.\.2"):
+        nearest_neighbors.prompt_matrix(tmp_path / "tasks.npy", None)
+    np.savez(tmp_path / "idpg.npz", prompt=table[0], **{"generator/up_kernel": table})
+    with pytest.raises(_common.ToolError, match="no fixed \\[P, H\\] prompt"):
+        nearest_neighbors.prompt_matrix(tmp_path / "idpg.npz", None)

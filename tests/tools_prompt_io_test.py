@@ -41,20 +41,6 @@ def test_export_from_checkpoint_folds_the_saved_params(tiny_run, tmp_path):  # n
         )
 
 
-def test_fold_of_dpt_and_rank_probe_parameters():
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(6, 2)), rng.normal(size=(2, 3))  # A [H, b], B [b, P]
-    dpt = prompts.DecomposedPrompt(length=3, bottleneck=2)
-    folded = prompt_io.fold_prompt(dpt, {"encoder": {"prompt": {"a": a, "b": b}}}, width=6)
-    np.testing.assert_allclose(folded, (a @ b).T, rtol=1e-6)
-    probe = prompts.RankProbePrompt(length=3)
-    sigma = np.array([1.0, -2.0, 0.5])
-    folded = prompt_io.fold_prompt(probe, {"encoder": {"prompt": {"sigma": sigma}}}, width=6)
-    u, v = (np.asarray(x) for x in probe.bases(6))  # U [H, r], V [r, P]
-    np.testing.assert_allclose(folded, ((u * np.maximum(sigma, 0)) @ v).T, rtol=1e-5, atol=1e-6)
-    assert np.linalg.matrix_rank(folded) == 2  # the negative entry drops a direction
-
-
 def _eval_and_scores(model_dir, checkpoint, out, with_metrics=True):
     """Metrics (python -m prompt_tuning.eval) and per-example target scores (infer) of a run."""
     common = [
@@ -139,3 +125,26 @@ def test_import_checks_the_shape_and_refuses_an_existing_run(tiny_run, tmp_path)
         prompt_io.main(["import", f"--prompt={prompt}", f"--model_dir={tiny_run}"])
     with pytest.raises(_common.ToolError, match="import needs the model"):
         prompt_io.main(["import", f"--prompt={prompt}", f"--model_dir={target}"])
+
+
+def test_export_of_multi_task_and_instance_dependent_prompts(tmp_path):
+    folder = tmp_path / "run" / "prompts"
+    folder.mkdir(parents=True)
+    table = np.random.default_rng(0).normal(size=(3, 4, 8)).astype(np.float32)  # [N, P, H]
+    np.save(folder / "step_2.npy", table)
+    run = f"--model_dir={tmp_path / 'run'}"
+    one = prompt_io.main(["export", run, "--task_id=1", f"--output={tmp_path / 't1.npy'}"])
+    np.testing.assert_array_equal(np.load(tmp_path / "t1.npy"), table[1])
+    assert one.prompt.shape == (4, 8)
+    prompt_io.main(["export", run, f"--output={tmp_path / 'all.npy'}"])
+    np.testing.assert_array_equal(np.load(tmp_path / "all.npy"), table)
+    with pytest.raises(_common.ToolError, match="--task_id 3: .* holds 3 tasks"):
+        prompt_io.main(["export", run, "--task_id=3", f"--output={tmp_path / 'x.npy'}"])
+    generator = {"prompt": table[0], "generator/up_kernel": table[:2]}
+    np.savez(folder / "step_5.npz", **generator)  # IDPG: the latest export is its parameters
+    with pytest.raises(_common.ToolError, match="instance-dependent .* no \\[P, H\\] prompt"):
+        prompt_io.main(["export", run, f"--output={tmp_path / 'x.npy'}"])
+    prompt_io.main(["export", run, f"--output={tmp_path / 'idpg.npz'}"])
+    with np.load(tmp_path / "idpg.npz") as written:
+        assert set(written.files) == set(generator)
+        np.testing.assert_array_equal(written["generator/up_kernel"], table[:2])

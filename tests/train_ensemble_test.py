@@ -64,6 +64,8 @@ def test_prompt_bank_selects_each_examples_prompt():
     np.testing.assert_array_equal(np.asarray(out), table[ids])
     with pytest.raises(ValueError, match="task_ids"):
         bank.apply(variables, np.ones((4, 5), np.int32), embedded, None)
+    with pytest.raises(ValueError, match="Task id 3"):  # never clipped to another prompt
+        bank.apply(variables, np.ones((4, 5), np.int32), embedded, np.array([0, 3, 1, 2]))
 
 
 def test_replicate_batch_sets_copy_ids():
@@ -114,8 +116,16 @@ def test_ensemble_rank_classification_votes_over_per_prompt_choices(setup):
     bank_params = ensemble.bank_params(params, prompts)
     choices = members.member_choices(bank_params, batch, labels)
     np.testing.assert_array_equal(choices, per_prompt)
-    expected = [per_prompt[ensemble.majority_vote([c[i] for c in per_prompt])][i] for i in range(B)]
-    np.testing.assert_array_equal(members.classify(bank_params, batch, labels), expected)
+    # The vote over choices [N=3, B=4], counted by hand: the most frequent label of each column,
+    # a three-way tie going to the first prompt's choice.
+    designed = np.array([[0, 2, 2, 1], [1, 1, 0, 1], [1, 0, 2, 1]])
+
+    class Designed(ensemble.PromptEnsemble):
+        def member_choices(self, params, batch, label_tokens):
+            return designed
+
+    voted = Designed(bank, 3).classify(bank_params, batch, labels)
+    np.testing.assert_array_equal(voted, [1, 2, 2, 1])
 
 
 def test_mixed_task_batch_uses_each_examples_prompt(setup):
@@ -132,6 +142,16 @@ def test_mixed_task_batch_uses_each_examples_prompt(setup):
         np.testing.assert_array_equal(tokens[rows], alone[rows])
         alone_scores = np.asarray(single["score"](own, _scored(batch, tokens)))
         np.testing.assert_allclose(scores[rows], alone_scores[rows], atol=1e-5)
+
+
+def test_out_of_range_task_ids_stop_before_the_step(setup):
+    _, params, bank, prompts, batch = setup
+    predictor = evaluation.SinglePromptPredictor(bank)
+    bad = dict(batch, task_ids=np.array([0, 3, 1, 2], np.int32))  # a bank of 3 prompts
+    with pytest.raises(ValueError, match=r"Task id 3 of the batch .* 3 task ids \(0\.\.2\)"):
+        predictor.predict(ensemble.bank_params(params, prompts), bad)
+    with pytest.raises(ValueError, match=r"Task id 3 of task 'my_task'"):
+        bank.check_task_ids(bad, "task 'my_task'")
 
 
 def test_stack_prompts_rejects_mismatched_shapes():

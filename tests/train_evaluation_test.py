@@ -1,5 +1,10 @@
 """Tests of `prompt_tuning.train.evaluation`: seqio metrics, rank classification, best step."""
 
+import functools
+import pathlib
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +13,6 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import tasks
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5.network import EncoderDecoder
@@ -158,8 +162,9 @@ def test_rank_classification_picks_argmax_of_hand_scores(model_and_params):
     choices = _hand_label_scores(jitted["logits"], params, labels).argmax(axis=1)
     # Targets: the rank choice for the first three examples, another label for the rest.
     targets = [labels[c] if i < 3 else labels[(c + 1) % 3] for i, c in enumerate(choices)]
-    _register("e2_ranked", targets, [_exact_and_length])
-    tasks.register_labels("e2_ranked", labels)
+    # The labels come from the task itself, as T5 declares them: bound into its postprocessor.
+    postprocess = functools.partial(_strip, label_classes=list(labels))
+    _register("e2_ranked", targets, [_exact_and_length], postprocess)
     evaluator = evaluation.Evaluator("e2_ranked", LENGTHS, model, batch_size=4)
     np.testing.assert_array_equal(evaluator.rank_choices(params, "e2_ranked"), choices)
     metrics = evaluator.evaluate(params, step=1)
@@ -169,11 +174,35 @@ def test_rank_classification_picks_argmax_of_hand_scores(model_and_params):
     assert metrics["e2_ranked/rank_pred_len"] == pytest.approx(expected_len)
 
 
-def test_rank_classification_true_without_labels_is_an_error(model_and_params):
-    model, _, _ = model_and_params
-    _register("e2_unlabelled", ["a"] * len(INPUTS), [_exact_and_length])
+def _strip(text, example=None, is_target=False, label_classes=()):
+    del example, is_target, label_classes
+    return text.strip()
+
+
+def test_rank_classification_true_without_labels_is_an_error_or_takes_given_labels(
+    model_and_params,
+):
+    model, params, jitted = model_and_params
+    _register("e2_unlabelled", ["no"] * len(INPUTS), [_exact_and_length])
     with pytest.raises(ValueError, match="e2_unlabelled.*no label strings"):
         evaluation.Evaluator("e2_unlabelled", LENGTHS, model, 2, rank_classification=True)
+    # Another team's task without declared labels ranks the LABELS it is given.
+    labels = ("yes", "no")
+    evaluator = evaluation.Evaluator("e2_unlabelled", LENGTHS, model, 4, labels=labels)
+    choices = _hand_label_scores(jitted["logits"], params, labels).argmax(axis=1)
+    np.testing.assert_array_equal(evaluator.rank_choices(params, "e2_unlabelled"), choices)
+
+
+def test_training_and_evaluation_do_not_import_the_tasks_package():
+    code = (
+        "import sys\n"
+        "from prompt_tuning.train import evaluation, inference, trainer\n"
+        "from prompt_tuning import eval, infer\n"
+        "assert 'tasks' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tasks'))"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_tokenize_labels_pads_and_rejects_long_labels():

@@ -3,8 +3,10 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import gin
 import pytest
@@ -25,6 +27,9 @@ SIZES = {
     "tiny": (32, 2),
     "pretrained": (128, 3),  # the embedded tiny T5 (README's model card)
 }
+
+
+_CACHES = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
 @pytest.fixture(autouse=True)
@@ -168,3 +173,50 @@ def test_smoke_command_trains_evaluates_and_writes_outputs(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert scalars["train/loss"] == pytest.approx({r["step"]: r["loss"] for r in train}, rel=1e-6)
     assert set(scalars["eval/builtin_keyword/accuracy"]) == {2, 4}
+
+
+_OUTSIDE_THE_CHECKOUT = """
+import pathlib, sys
+import gin
+import gin_configs, prompt_tuning
+from prompt_tuning.train import gin_utils
+site = pathlib.Path(sys.argv[1])
+assert pathlib.Path(prompt_tuning.__file__).is_relative_to(site), prompt_tuning.__file__
+assert gin_utils.gin_search_root() == str(site), gin_utils.gin_search_root()
+gin_utils.parse_gin_flags([
+    "--gin_file=gin_configs/models/t5_1_1_tiny_pretrained.gin",
+    "--gin_file=gin_configs/prompts/prompt_tuning_class_labels.gin",
+    "--gin_file=gin_configs/runs/prompt_finetune.gin",
+    "--gin.MIXTURE_OR_TASK_NAME='builtin_sentiment'", "--gin.MODEL_DIR='run'",
+])
+gin_utils.check_macros(["MODEL", "MODEL_DIR", "LABELS"])
+checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH").scoped_configurable_fn()
+assert pathlib.Path(checkpoint).is_relative_to(site), checkpoint
+model = gin.query_parameter("%MODEL").scoped_configurable_fn()
+print(model.config.emb_dim, model.prompt.length)
+"""
+
+
+def test_gin_files_ship_with_the_package_and_resolve_outside_the_checkout(tmp_path):
+    # pt-train from an installed package: build the wheel from a copy of the sources, unpack it
+    # as a site-packages folder and parse the README's gin files from another working directory
+    # with the checkout off sys.path.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "prompt_tuning", "tasks", "gin_configs"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, source / name, **({"ignore": _CACHES} if copy is shutil.copytree else {}))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*build, "-w", str(tmp_path / "wheel"), str(source)], check=True)
+    (wheel,) = (tmp_path / "wheel").glob("prompt_tuning-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site))
+    result = subprocess.run(
+        [sys.executable, "-c", _OUTSIDE_THE_CHECKOUT, str(site)],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["128", "100"]

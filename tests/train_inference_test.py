@@ -14,8 +14,10 @@ import tensorflow as tf
 from prompt_tuning import eval as eval_main
 from prompt_tuning import infer as infer_main
 from prompt_tuning.prompts.bank import PromptBank
+from prompt_tuning.prompts.instance import InstancePrompt
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
+from prompt_tuning.t5 import decoding
 from prompt_tuning.t5.network import EncoderDecoder
 from prompt_tuning.train import checkpoints, evaluation, inference
 from prompt_tuning.train.model import PromptModel
@@ -95,7 +97,7 @@ def test_jsonl_holds_inputs_predictions_targets_and_scores(setup, tmp_path):
         "encoder_input_tokens": _hand_tokens(INPUTS, LENGTHS["inputs"]),
         "decoder_target_tokens": np.ones((len(INPUTS), LENGTHS["targets"]), np.int32),
     }
-    tokens = inference.zero_after_eos(np.asarray(jitted["predict"](params, batch)), 1)
+    tokens = np.asarray(decoding.pad_after_eos(np.asarray(jitted["predict"](params, batch)), 1))
     expected_scores = _hand_log_likelihood(jitted, params, tokens)
     for i, line in enumerate(lines):
         assert set(line) == {"task", "inputs", "prediction", "target", "score"}
@@ -129,7 +131,7 @@ def test_bad_prompt_file_shape_names_both_shapes(tmp_path):
     with pytest.raises(ValueError, match=r"\(5, 32\).*\(3, 32\)"):
         inference.load_params(model, LENGTHS, prompt_file=str(path))
     bank = PromptModel(EncoderDecoder(GIN_CONFIG, prompt=PromptBank(num_prompts=2, length=3)))
-    with pytest.raises(ValueError, match="no plain prompt"):
+    with pytest.raises(ValueError, match=r"one prompt \(5, 32\) .* holds 2 prompts \(2, 3, 32\)"):
         inference.read_prompt_file(path, bank)
     with pytest.raises(ValueError, match="PROMPT_FILE .* or MODEL_DIR"):
         inference.load_params(model, LENGTHS)
@@ -142,13 +144,12 @@ def test_load_params_reads_prompt_file_and_run_checkpoints(tmp_path):
     params, step = inference.load_params(model, LENGTHS, prompt_file=str(tmp_path / "a.npy"))
     assert step is None
     np.testing.assert_array_equal(params["encoder"]["prompt"]["prompt"], prompts["a"])
+    checkpoints.save_trained_params(
+        tmp_path / "run", 10, {"encoder": {"prompt": {"prompt": prompts["a"]}}}, {}
+    )
     run = checkpoints.TrainCheckpointer(tmp_path / "run", keep=1)
-    for step, name, best in [(10, "a", False), (5, "b", True)]:
-        state = {
-            "step": np.int32(step),
-            "params": {"encoder": {"prompt": {"prompt": prompts[name]}}},
-        }
-        run.save(step, state, {"step": step}, best=best)
+    state = {"step": np.int32(5), "params": {"encoder": {"prompt": {"prompt": prompts["b"]}}}}
+    run.save(5, state, {"step": 5}, best=True)
     run.close()
     for checkpoint, name, expected_step in [("latest", "a", 10), ("best", "b", 5)]:
         params, step = inference.load_params(
@@ -203,3 +204,29 @@ def test_missing_task_name_stops_before_any_work(clean_gin, capsys):
         eval_main.main(_gin_args("prompt_eval.gin")[:3])
     assert exit_info.value.code == 2
     assert "MIXTURE_OR_TASK_NAME" in capsys.readouterr().err
+
+
+def test_load_params_reads_an_instance_dependent_prompt_export(tmp_path):
+    # An IDPG run exports its generator and bias as .npz (prompt_files); PROMPT_FILE loads them.
+    model = PromptModel(EncoderDecoder(GIN_CONFIG, prompt=InstancePrompt(3, hidden_dim=4)))
+    shapes = jax.eval_shape(lambda: nn.unbox(model.init_boxed(jax.random.key(0), 1, 1)))
+    rng = np.random.default_rng(0)
+    exported = {
+        "/".join(str(k.key) for k in path): rng.normal(size=x.shape).astype(np.float32)
+        for path, x in jax.tree_util.tree_leaves_with_path(shapes["encoder"]["prompt"])
+    }
+    np.savez(tmp_path / "idpg.npz", **exported)
+    params, _ = inference.load_params(model, LENGTHS, prompt_file=str(tmp_path / "idpg.npz"))
+    prompt = params["encoder"]["prompt"]
+    np.testing.assert_array_equal(prompt["generator"]["up_kernel"], exported["generator/up_kernel"])
+    np.testing.assert_array_equal(prompt["prompt"], exported["prompt"])
+    np.save(tmp_path / "bias.npy", exported["prompt"])  # the bias alone is not a prompt file
+    with pytest.raises(ValueError, match="not a prompt table"):
+        inference.load_params(model, LENGTHS, prompt_file=str(tmp_path / "bias.npy"))
+
+
+def test_read_jsonl_names_the_file_and_line_that_is_not_json(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2, "loss": 0.\n')  # cut off mid-record
+    with pytest.raises(ValueError, match=rf"{path}, line 2 is not a JSON object"):
+        inference.read_jsonl(path)

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from prompt_tuning import prompts
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.t5 import network
+from prompt_tuning.t5 import decoding, network
 from prompt_tuning.train import partitioning
 from prompt_tuning.train.model import PromptModel
 
@@ -54,10 +54,64 @@ def test_greedy_prediction_starts_with_teacher_forced_argmax(model_and_params):
     assert tokens.shape == (2, 4)
     first = np.asarray(model.logits(params, batch))[:, 0].argmax(-1)  # step 0 sees only BOS
     np.testing.assert_array_equal(tokens[:, 0], first)
-    beam = np.asarray(model.predict_batch(params, batch, method="beam", beam_size=2))
-    assert beam.shape == (2, 4)
     with pytest.raises(ValueError, match="Unknown decode method 'top_k'"):
         model.predict_batch(params, batch, method="top_k")
+
+
+def _exhaustive_beam(logits_fn, params, encoder_tokens, width, eos_id):
+    """Every two-token hypothesis a beam of `width` can reach, found by enumeration.
+
+    Teacher-forced log-probabilities of every continuation (full forward passes, not the cached
+    decoder). Step 1 keeps the `width` most likely non-EOS tokens alive; `[EOS]` is finished at
+    length 1 when it is among the 2 * width most likely; at step 2 (the maximum length) every
+    expansion of a live token is finished at length 2.
+
+    Returns:
+      Per example, a list of (tokens, log-likelihood, length).
+    """
+    log_softmax = lambda x: x - x.max() - np.log(np.exp(x - x.max()).sum())  # noqa: E731
+    results = []
+    for row in encoder_tokens:
+        first = {
+            "encoder_input_tokens": row[None],
+            "decoder_input_tokens": np.zeros((1, 1), np.int32),
+            "decoder_target_tokens": np.ones((1, 1), np.int32),
+        }
+        lp1 = log_softmax(np.asarray(logits_fn(params, first), np.float64)[0, 0])  # [V]
+        order = np.argsort(-lp1)
+        candidates = []
+        if eos_id in order[: 2 * width]:
+            candidates.append(((eos_id, 0), lp1[eos_id], 1))
+        for a in [int(t) for t in order if t != eos_id][:width]:
+            assert a != 0  # 0 is the start/padding token: scoring below would mask it
+            second = {
+                "encoder_input_tokens": row[None],
+                "decoder_input_tokens": np.array([[0, a]], np.int32),
+                "decoder_target_tokens": np.array([[a, 1]], np.int32),
+            }
+            lp2 = log_softmax(np.asarray(logits_fn(params, second), np.float64)[0, 1])
+            candidates += [((a, t), lp1[a] + lp2[t], 2) for t in range(lp2.size)]
+        results.append(candidates)
+    return results
+
+
+def test_beam_search_finds_the_best_hypotheses_of_an_exhaustive_search(model_and_params):
+    model, boxed = model_and_params
+    params, batch = nn.unbox(boxed), _batch()
+    enc, width = batch["encoder_input_tokens"], 2
+    logits_fn = jax.jit(model.logits)
+    start = dict(batch, decoder_input_tokens=np.zeros((2, 4), np.int32))
+    eos_id = int(np.argsort(-np.asarray(logits_fn(params, start))[0, 0])[1])  # 2nd likeliest
+    reachable = _exhaustive_beam(logits_fn, params, enc, width, eos_id)
+    assert any(seq[0] == eos_id for cands in reachable for seq, _, _ in cands)  # [EOS] competes
+    search = jax.jit(decoding.beam_search, static_argnums=(0, 3, 4), static_argnames="eos_id")
+    for alpha in (0.0, 0.6):
+        tokens, scores = search(model.module, params, enc, 2, width, alpha, eos_id=eos_id)
+        for b, cands in enumerate(reachable):
+            ranked = sorted(((ll / ((5 + n) / 6) ** alpha, t) for t, ll, n in cands), reverse=True)
+            got = [tuple(int(x) for x in t) for t in np.asarray(tokens[b])]
+            assert got == [t for _, t in ranked[:width]], alpha
+            np.testing.assert_allclose(scores[b], [v for v, _ in ranked[:width]], rtol=1e-4)
 
 
 def test_param_shardings_follow_logical_axes(model_and_params):

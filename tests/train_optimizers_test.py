@@ -6,7 +6,11 @@ import numpy as np
 import optax
 import pytest
 
-from prompt_tuning.train import optimizers
+from prompt_tuning import prompts
+from prompt_tuning.t5 import config as t5_config
+from prompt_tuning.t5.network import EncoderDecoder
+from prompt_tuning.train import factoring, optimizers
+from prompt_tuning.train.model import PromptModel
 
 
 def _params():
@@ -58,13 +62,83 @@ def test_adafactor_first_step_is_sign_times_rate_minus_decay():
     np.testing.assert_allclose(np.asarray(updates), expected, rtol=1e-6)
 
 
-def test_adafactor_factors_like_t5x_heuristic():
-    # Both of the two largest dims >= 128 -> factored (row/col stats); a [100, 512] prompt is not.
-    tx = optimizers.adafactor()
-    factored = tx.init(jnp.zeros((128, 256)))[0][0]
-    plain = tx.init(jnp.zeros((100, 512)))[0][0]
-    assert factored.v_row.shape == (128,) and factored.v_col.shape == (256,)
-    assert plain.v.shape == (100, 512)
+def _factored_reference(param, grad, rows, cols, lr=0.3, wd=1e-5, clip=1.0, eps=1e-30):
+    """One factored Adafactor step (step 0, so v = g^2 + eps) as T5X computes it, in numpy.
+
+    Returns (new param, v_row, v_col).
+    """
+    squared = grad.astype(np.float64) ** 2 + eps
+    v_row, v_col = squared.mean(axis=cols), squared.mean(axis=rows)
+    reduced = tuple(d - sum(c < d for c in cols) for d in rows)
+    row_factor = (v_row / v_row.mean(axis=reduced, keepdims=True)) ** -0.5
+    u = grad * np.expand_dims(row_factor, cols) * np.expand_dims(v_col**-0.5, rows)
+    u = u / max(1.0, np.sqrt(np.mean(u * u)) / clip)
+    return (1.0 - wd) * param - lr * u, v_row, v_col
+
+
+def _one_step(tx, params, grads):
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)
+    factored = lambda x: isinstance(x, optax.FactoredState)  # noqa: E731
+    (stats,) = [x for x in jax.tree.leaves(state, is_leaf=factored) if factored(x)]
+    return optax.apply_updates(params, updates), stats
+
+
+def test_adafactor_factors_by_logical_axes_never_the_prompt():
+    # Lester et al.'s factor rules: a prompt is never factored, even at P = 150 where the size
+    # heuristic (both dims >= 128) would; model weights are factored as T5X factors them.
+    rng = np.random.default_rng(2)
+    shapes = {
+        "prompt": (150, 256),  # ("prompt", "prompt_embed")
+        "wi": (256, 384),  # ("embed", "mlp"): factored, rows = embed
+        "small": (64, 384),  # ("embed", "mlp") but 64 < 128: T5X's 2-D fallback keeps it whole
+        "stacked": (2, 128, 160),  # ("layers", "embed", "mlp"): factored within each layer
+    }
+    axes = {
+        "prompt": ("prompt", "prompt_embed"),
+        "wi": ("embed", "mlp"),
+        "small": ("embed", "mlp"),
+        "stacked": ("layers", "embed", "mlp"),
+    }
+    params = {k: jnp.asarray(rng.normal(size=v), jnp.float32) for k, v in shapes.items()}
+    grads = {k: jnp.asarray(rng.normal(size=v), jnp.float32) for k, v in shapes.items()}
+    tx = optimizers.adafactor().with_param_axes(axes)
+    new, stats = _one_step(tx, params, grads)
+    assert stats.v["prompt"].shape == (150, 256) and stats.v_row["prompt"].shape == (1,)
+    p, g = (np.asarray(t["prompt"]) for t in (params, grads))
+    np.testing.assert_allclose(new["prompt"], _adafactor_reference(p, [g]), rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(stats.v["prompt"], g.astype(np.float64) ** 2 + 1e-30, rtol=1e-6)
+    for name, rows, cols in [("wi", (0,), (1,)), ("stacked", (1,), (2,))]:
+        p, g = (np.asarray(t[name]) for t in (params, grads))
+        want, v_row, v_col = _factored_reference(p, g, rows, cols)
+        assert stats.v[name].shape == (1,)
+        np.testing.assert_allclose(stats.v_row[name], v_row, rtol=1e-5)
+        np.testing.assert_allclose(stats.v_col[name], v_col, rtol=1e-5)
+        np.testing.assert_allclose(new[name], want, rtol=1e-4, atol=1e-6)
+    assert stats.v_row["stacked"].shape == (2, 128) and stats.v_col["stacked"].shape == (2, 160)
+    assert stats.v["small"].shape == (64, 384)
+    # Without axes (an optimizer used outside the trainer) the size heuristic factors the prompt.
+    _, heuristic = _one_step(optimizers.adafactor(), params["prompt"], grads["prompt"])
+    assert heuristic.v_row.shape == (150,) and heuristic.v_col.shape == (256,)
+
+
+def test_factor_rules_of_the_model_and_their_errors():
+    model = PromptModel(EncoderDecoder(t5_config.tiny(), prompt=prompts.InstancePrompt(3, 4)))
+    axes = model.param_logical_axes()
+    assert axes["encoder/prompt/prompt"] == ("prompt", "prompt_embed")
+    assert axes["encoder/prompt/generator/up_kernel"] == ("prompt_hidden", "prompt", "prompt_embed")
+    assert axes["token_embedder/embedding"] == ("vocab", "embed")
+    assert (
+        factoring.factor_dims(axes["encoder/prompt/generator/up_kernel"], (128, 128, 128)) is None
+    )
+    assert factoring.factor_dims(("vocab", "embed"), (32128, 768)) == ((1,), (0,))
+    assert factoring.factor_dims(("heads", "relpos_buckets"), (12, 32)) is None
+    with pytest.raises(ValueError, match="axis 'experts'.*FACTOR_RULES"):
+        factoring.factor_dims(("experts", "embed"), (8, 128), path="moe/kernel")
+    with pytest.raises(ValueError, match="Incomplete"):
+        factoring.factor_dims(("embed", "mlp", "relpos_buckets"), (128, 128, 4))
+    with pytest.raises(ValueError, match="none for other/param"):
+        optimizers.adafactor().with_param_axes(axes).init({"other": {"param": jnp.zeros((2, 2))}})
 
 
 def test_learning_rate_schedule_warmup_and_step_decay():

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import pathlib
 import re
 import sys
@@ -35,7 +34,8 @@ CONFIG_GIN = "config.gin"
 METRICS_JSONL = "metrics.jsonl"
 PROMPTS = "prompts"
 EMBEDDING = "token_embedder/embedding"
-_STEP_FILE = re.compile(r"^step_(\d+)\.npy$")
+_STEP_FILE = re.compile(r"^step_(\d+)\.(npy|npz)$")
+_FORMS = (".npy", ".npz")  # see prompt_tuning.train.prompt_files
 
 
 class ToolError(ValueError):
@@ -43,7 +43,8 @@ class ToolError(ValueError):
 
 
 def prompt_files(model_dir: str | pathlib.Path) -> dict[int, pathlib.Path]:
-    """The exported prompts of a run, `{step: MODEL_DIR/prompts/step_<step>.npy}`, by step."""
+    """The exported prompts of a run, `{step: MODEL_DIR/prompts/step_<step>.npy}` (`.npz` for
+    instance-dependent and per-layer prompts), by step."""
     folder = pathlib.Path(model_dir) / PROMPTS
     found = {}
     if folder.is_dir():
@@ -60,16 +61,16 @@ def resolve_prompt_path(
     step: int | None = None,
     best: bool = False,
 ) -> pathlib.Path:
-    """The `.npy` prompt a tool works on: `prompt` itself, or one of MODEL_DIR's exported prompts.
+    """The prompt file a tool works on: `prompt` itself, or one of MODEL_DIR's exported prompts.
 
     Args:
       model_dir: a training run's MODEL_DIR (used when `prompt` is None).
-      prompt: a `.npy` prompt [P, H].
+      prompt: a prompt file (`.npy` [P, H] or [N, P, H], or a parameters `.npz`).
       step: MODEL_DIR/prompts/step_<step>.npy (default: the latest step).
       best: MODEL_DIR/prompts/best.npy instead (the early-stopping pick).
 
     Returns:
-      The path of the `.npy` file.
+      The path of the `.npy` (or `.npz`) file.
 
     Raises:
       ToolError: neither or both of `model_dir` and `prompt`, both `step` and `best`, or the
@@ -86,18 +87,20 @@ def resolve_prompt_path(
         return path
     model_dir = pathlib.Path(model_dir)
     if best:
-        path = model_dir / PROMPTS / "best.npy"
-        if not path.is_file():
+        found = [model_dir / PROMPTS / f"best{suffix}" for suffix in _FORMS]
+        found = [path for path in found if path.is_file()]
+        if not found:
             raise ToolError(
-                f"{path} does not exist: the run has no best prompt (it is written at the first "
-                "evaluation; EVAL_PERIOD > 0). Use --step or the latest prompt instead."
+                f"{model_dir / PROMPTS}/best.npy does not exist: the run has no best prompt (it is "
+                "written at the first evaluation; EVAL_PERIOD > 0). Use --step or the latest "
+                "prompt instead."
             )
-        return path
+        return found[0]
     steps = prompt_files(model_dir)
     if not steps:
         raise ToolError(
-            f"MODEL_DIR {model_dir} holds no prompts/step_<N>.npy. Is it the MODEL_DIR of a "
-            "training run that saved at least once?"
+            f"MODEL_DIR {model_dir} holds no prompts/step_<N>.npy (or .npz). Is it the MODEL_DIR "
+            "of a training run that saved at least once?"
         )
     if step is None:
         return steps[max(steps)]
@@ -175,7 +178,7 @@ def parse_gin_files(paths: Sequence[str | pathlib.Path], bindings: Sequence[str]
 
     from prompt_tuning.train import gin_utils  # noqa: PLC0415
 
-    for folder in (str(pathlib.Path.cwd()), str(gin_utils.REPO_ROOT)):
+    for folder in (str(pathlib.Path.cwd()), gin_utils.gin_search_root()):
         gin.add_config_file_search_path(folder)
     gin.parse_config_files_and_bindings(
         [str(p) for p in paths], list(bindings), finalize_config=False
@@ -237,10 +240,10 @@ def has_run_config(model_dir: str | pathlib.Path | None) -> bool:
 
 
 def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, Any]:
-    """The frozen T5 parameters of a run, as numpy arrays.
+    """The frozen T5 parameters of a run, as numpy arrays (`inference.load_frozen_params`).
 
     They come from `checkpoint`, else the run's INITIAL_CHECKPOINT_PATH, else the random model the
-    trainer initialized from RANDOM_SEED (rebuilt exactly as `inference.load_params` does).
+    trainer initialized from RANDOM_SEED.
 
     Args:
       run: the run's config.
@@ -251,27 +254,16 @@ def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, An
     """
     import jax  # noqa: PLC0415
 
-    from prompt_tuning.train import optimizers, partitioning  # noqa: PLC0415
-    from prompt_tuning.train import params as run_params  # noqa: PLC0415
+    from prompt_tuning.train import inference  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
-    path = checkpoint or run.initial_checkpoint_path
-    if path is not None:
-        from prompt_tuning import t5  # noqa: PLC0415
-
-        _, params = t5.checkpoints.load_checkpoint(path, run.model.config)
-        return optimizers.split_params(params, run.trainable_params_regex)[1]
-    mesh = partitioning.make_mesh(1, jax.devices()[:1])
-    init_rng, _ = jax.random.split(jax.random.key(run.random_seed))
-    _, frozen = run_params.initial_params(
+    frozen = inference.load_frozen_params(
         PromptModel(run.model),
-        mesh,
-        init_rng,
         run.task_feature_lengths or {},
-        None,
+        checkpoint or run.initial_checkpoint_path,
+        run.random_seed,
         run.trainable_params_regex,
         run.frozen_dtype,
-        log=None,
     )
     return jax.tree.map(np.asarray, jax.device_get(frozen))
 
@@ -336,12 +328,14 @@ def read_metrics(model_dir: str | pathlib.Path) -> list[dict[str, Any]]:
 
     Raises:
       ToolError: the file is missing.
+      ValueError: a line is not JSON (named).
     """
+    from prompt_tuning.train import inference  # noqa: PLC0415
+
     path = pathlib.Path(model_dir) / METRICS_JSONL
     if not path.is_file():
         raise ToolError(f"{path} does not exist; is {model_dir} a training run's MODEL_DIR?")
-    with path.open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return inference.read_jsonl(path)
 
 
 def last_per_step(records: Sequence[Mapping[str, Any]], kind: str) -> list[dict[str, Any]]:

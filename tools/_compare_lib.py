@@ -8,7 +8,7 @@ fine-tuning is the model gin file with `PROMPT = None` and every parameter train
 Speed on a small CPU comes from doing every expensive thing once:
 - each task's training pool and validation examples are tokenized once (`load_tasks`) into numpy
   arrays; a run draws its batches from the pool in a seed-dependent order (`run_batches`);
-- a `MethodRunner` jits the whole training run (`jax.lax.scan` over `trainer.train_step`) with
+- a `MethodRunner` jits the whole training run (`step.run_steps`: `trainer.train_step` scanned) with
   the learning rate as a traced argument, so one compilation serves every seed, learning rate and
   task of the method (the tasks share one padded shape);
 - validation is rank classification: every label string is scored as the target with
@@ -37,7 +37,7 @@ import numpy as np
 
 import tasks
 from prompt_tuning import t5
-from prompt_tuning.train import data, evaluation, optimizers, trainer
+from prompt_tuning.train import data, evaluation, optimizers, step
 from prompt_tuning.train.model import PromptModel
 from tasks import mixtures
 
@@ -349,22 +349,16 @@ def _train_run(
     model: PromptModel,
     make_optimizer: Callable[..., Any],
 ) -> tuple[Any, jax.Array]:
-    """A whole training run: `trainer.train_step` scanned over the [K, B, ...] batches.
+    """A whole training run: the library's `step.run_steps` over the [K, B, ...] batches.
 
     Returns:
       (trained parameters, [K] training losses).
     """
     optimizer = make_optimizer(learning_rate=learning_rate)  # the rate is traced, not static
-    state = trainer.TrainState(jnp.zeros([], jnp.int32), trainable, optimizer.init(trainable))
-
-    def body(state: trainer.TrainState, batch: Mapping[str, jax.Array]) -> tuple[Any, jax.Array]:
-        state, metrics = trainer.train_step(
-            state, frozen, batch, rng, model=model, optimizer=optimizer
-        )
-        return state, metrics["loss"]
-
-    state, losses = jax.lax.scan(body, state, batches)
-    return state.params, losses
+    optimizer = optimizers.with_param_axes(optimizer, model.param_logical_axes())
+    state = step.init_state(optimizer, trainable)
+    state, metrics = step.run_steps(state, frozen, batches, rng, model=model, optimizer=optimizer)
+    return state.params, metrics["loss"]
 
 
 class MethodRunner:
@@ -428,6 +422,7 @@ class MethodRunner:
         Returns:
           (trained parameters, [K] losses as numpy).
         """
+        self.model.check_task_ids(batches, "the training batches")
         rng = jax.random.fold_in(jax.random.key(seed), 1)
         rate = jnp.asarray(learning_rate, jnp.float32)
         params, losses = self._train(trainable, self.frozen, batches, rng, rate)
@@ -447,6 +442,7 @@ class MethodRunner:
         batch = dict(task.rank_batch)
         if task_id is not None:
             batch["task_ids"] = np.full(len(batch["encoder_input_tokens"]), task_id, np.int32)
+            self.model.check_task_ids(batch, f"task {task.name!r}")
         scores = np.asarray(self._score(trainable, self.frozen, batch))  # [N*C]
         choice = task.label_index[scores.reshape(len(task.gold), -1).argmax(axis=1)]  # [N]
         return float(np.mean(choice == task.gold))

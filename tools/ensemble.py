@@ -203,10 +203,10 @@ def build(
       ValueError: the prompts do not fit the model or differ in shape (shapes named).
     """
     from prompt_tuning import prompts  # noqa: PLC0415
-    from prompt_tuning.train import checkpoints, inference  # noqa: PLC0415
+    from prompt_tuning.train import inference, prompt_files  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
-    length = checkpoints.load_prompt_npy(prompt_paths[0]).shape[0]
+    length = prompt_files.load_prompt_npy(prompt_paths[0]).shape[0]
     module = config_run.model.clone(prompt=prompts.Prompt(length=length))
     model = PromptModel(module)
     params, _ = inference.load_params(

@@ -13,7 +13,8 @@ each label, the prompt positions having one of the label's tokens among their to
 
 Inputs:
 - the prompt: `--model_dir` (prompts/step_<N>.npy of the latest step, `--step N`, or `--best`)
-  or `--prompt p.npy`;
+  or `--prompt p.npy`; `--task_id T` picks task T of a multi-task export [N, P, H]
+  (an instance-dependent prompt's `.npz` has no fixed prompt and is refused);
 - the frozen embedding: `--checkpoint` (a T5X, orbax or Hugging Face checkpoint), default the
   INITIAL_CHECKPOINT_PATH of MODEL_DIR/config.gin (without one, the random frozen model the
   trainer built from RANDOM_SEED);
@@ -164,6 +165,35 @@ def render(
     return text
 
 
+def prompt_matrix(path: pathlib.Path, task_id: int | None) -> np.ndarray:
+    """The prompt [P, H] to analyse: the file's, or task `task_id`'s of a multi-task export.
+
+    Raises:
+      ToolError: the file holds the parameters of an instance-dependent or per-layer prompt (no
+        fixed prompt to compare with the vocabulary), a multi-task export without `--task_id`, or
+        a `--task_id` it does not have.
+    """
+    from prompt_tuning.train import prompt_files  # noqa: PLC0415
+
+    value = prompt_files.read_prompt_file(path)
+    if isinstance(value, dict):
+        raise _common.ToolError(
+            f"{path} holds the parameters of an instance-dependent or per-layer prompt "
+            f"({', '.join(sorted(value))}): IDPG generates a different prompt for every input, so "
+            "there is no fixed [P, H] prompt whose neighbours could be listed."
+        )
+    if value.ndim == 3:
+        if task_id is None or not 0 <= task_id < value.shape[0]:
+            raise _common.ToolError(
+                f"{path} holds {value.shape[0]} task prompts {value.shape} [N, P, H]: pass "
+                f"--task_id 0..{value.shape[0] - 1} to pick one."
+            )
+        return value[task_id]
+    if task_id is not None:
+        raise _common.ToolError(f"--task_id {task_id}: {path} holds one prompt {value.shape}.")
+    return value
+
+
 def _default_labels(run: _common.RunConfig | None) -> list[str]:
     """The run's task label strings, or [] (no task, or a task `tasks` does not know)."""
     if run is None or run.task is None:
@@ -194,6 +224,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--extra_ids", type=int, default=0, help="sentinel ids (T5: 100)")
     parser.add_argument("--top_k", type=int, default=5, help="neighbours per position")
     parser.add_argument("--labels", help="comma-separated class labels (default: the task's)")
+    parser.add_argument("--task_id", type=int, help="task of a multi-task prompt [N, P, H]")
     parser.add_argument("--output", help="Markdown file (default MODEL_DIR/nearest_neighbors.md)")
     return parser.parse_args(argv)
 
@@ -210,13 +241,11 @@ def main(argv: Sequence[str] | None = None) -> NeighborsResult:
     Raises:
       ToolError: missing or inconsistent inputs (the message names the flag to fix).
     """
-    from prompt_tuning.train import checkpoints  # noqa: PLC0415
-
     args = parse_args(argv)
     if args.top_k < 1:
         raise _common.ToolError(f"--top_k must be at least 1, got {args.top_k}.")
     path = _common.resolve_prompt_path(args.model_dir, args.prompt, args.step, args.best)
-    prompt = checkpoints.load_prompt_npy(path)
+    prompt = prompt_matrix(path, args.task_id)
     run = (
         _common.read_run_config(args.model_dir) if _common.has_run_config(args.model_dir) else None
     )

@@ -4,18 +4,21 @@
     python tools/prompt_io.py import --prompt /tmp/demo_prompt.npy --model_dir /tmp/imported \
         --config runs/demo
 
-`export` writes the prompt [P, H] of a run: its `prompts/step_<N>.npy` (latest, `--step N`) or
-`prompts/best.npy` (`--best`), which the trainer exported already folded for DPT, rank-probe and
-residual prompts (`train.checkpoints.prompt_for_export`). `--from_checkpoint` folds it again from
-the orbax checkpoint with the run's prompt module instead (for a step whose `.npy` is missing; the
-checkpoint must have been kept).
+`export` writes the prompt of a run: its `prompts/step_<N>` (latest, `--step N`) or `prompts/best`
+(`--best`), in the form the trainer exported (`prompt_tuning.train.prompt_files`): the prompt
+[P, H] (DPT, rank-probe, residual and single-task structured prompts already folded), every task's
+prompt [N, P, H] of a multi-task prompt (`--task_id T` writes task T's [P, H] alone), or the
+parameters `.npz` of an instance-dependent (IDPG) or per-layer prompt (then `--output` must end in
+`.npz`). `--from_checkpoint` folds it again from the orbax checkpoint with the run's prompt module
+instead (for a step whose file is missing; the checkpoint must have been kept).
 
-`import` checks the prompt against a gin config and writes a new MODEL_DIR holding it as a plain
-prompt (`prompts.Prompt`) of that model:
+`import` checks a plain prompt [P, H] against a gin config and writes a new MODEL_DIR holding it as
+a plain prompt (`prompts.Prompt`) of that model:
 - `config.gin`: the config (`--config`: a run's MODEL_DIR or a `.gin` file, plus any `--gin_file`
   and `--gin.NAME=VALUE` flags) with PROMPT = @prompts.Prompt(), PROMPT_LENGTH = P and
   MODEL_DIR = the new folder;
-- `checkpoints/0/`: an orbax checkpoint whose trainable params are `encoder/prompt/prompt`;
+- `checkpoints/0/`: a checkpoint whose trainable params are `encoder/prompt/prompt`
+  (`train.checkpoints.save_trained_params`);
 - `prompts/step_0.npy`: the prompt.
 `python -m prompt_tuning.eval` and `infer` evaluate it like a training run (with the plain-prompt
 gin file, `--gin.MODEL_DIR=<new folder>` and `--gin.PROMPT_LENGTH=P`), and the tools here read it.
@@ -36,7 +39,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -57,58 +59,68 @@ class PromptIOResult:
     """What `main` returns.
 
     Attributes:
-      prompt: the exported or imported prompt [P, H].
+      prompt: the exported or imported prompt ([P, H], [N, P, H], or the parameters of an
+        instance-dependent prompt).
       path: the written `.npy` (export) or the new MODEL_DIR (import).
       source: what the prompt came from (a file, or a run's step).
     """
 
-    prompt: np.ndarray
+    prompt: np.ndarray | dict[str, np.ndarray]
     path: pathlib.Path
     source: str
 
 
-def fold_prompt(prompt_module: Any, trainable: Any, width: int) -> np.ndarray:
-    """The plain prompt [P, H] of trained parameters (`checkpoints.prompt_for_export`).
-
-    Raises:
-      ToolError: the prompt has no single-matrix form (e.g. `DeepPrompt`, `InstancePrompt`).
-    """
-    from prompt_tuning.train import checkpoints  # noqa: PLC0415
-
-    prompt = checkpoints.prompt_for_export(prompt_module, trainable, width=width)
-    if prompt is None:
-        raise _common.ToolError(
-            f"The run's prompt {type(prompt_module).__name__} has no plain [P, H] form to export "
-            "(per-layer and per-example prompts have none)."
-        )
-    return prompt
-
-
 def export(
-    model_dir: str, output: str, step: int | None, best: bool, from_checkpoint: bool
+    model_dir: str,
+    output: str,
+    step: int | None,
+    best: bool,
+    from_checkpoint: bool,
+    task_id: int | None = None,
 ) -> PromptIOResult:
-    """Writes a run's prompt [P, H] to `output` (see the module docstring).
+    """Writes a run's exported prompt to `output` (see the module docstring).
 
     Raises:
-      ToolError: no such prompt or checkpoint (the available steps are named).
+      ToolError: no such prompt or checkpoint (the available steps are named), `--task_id` for a
+        prompt without tasks, or an `--output` suffix that does not fit the prompt's form.
     """
-    if from_checkpoint:
-        from prompt_tuning.train import checkpoints  # noqa: PLC0415
+    from prompt_tuning.train import checkpoints, prompt_files  # noqa: PLC0415
 
+    if from_checkpoint:
         run = _common.read_run_config(model_dir)
         step, trainable = checkpoints.load_trained_params(model_dir, best, step)
-        prompt = fold_prompt(run.model.prompt, trainable, run.model.config.emb_dim)
+        exported = prompt_files.export_form(run.model.prompt, trainable, run.model.config.emb_dim)
+        if exported is None:
+            raise _common.ToolError(f"The checkpoint of {model_dir} holds no prompt parameters.")
+        value = exported.value
         source = f"{model_dir} checkpoint {'best/' if best else ''}{step}"
     else:
         path = _common.resolve_prompt_path(model_dir=model_dir, step=step, best=best)
-        prompt, source = np.load(path), str(path)
-    if prompt.ndim != 2:
-        raise _common.ToolError(f"{source} holds shape {prompt.shape}; a prompt is [P, H].")
+        value, source = prompt_files.read_prompt_file(path), str(path)
     output = pathlib.Path(output)
+    if isinstance(value, dict):
+        if task_id is not None or output.suffix != ".npz":
+            raise _common.ToolError(
+                f"{source} holds the parameters of an instance-dependent or per-layer prompt "
+                f"({', '.join(sorted(value))}): it has no [P, H] prompt and no tasks; export it "
+                "whole to a .npz --output (PROMPT_FILE loads it into the same prompt config)."
+            )
+        exported = prompt_files.PromptExport(prompt_files.PARAMETERS, value)
+    else:
+        if task_id is not None:
+            if value.ndim != 3 or not 0 <= task_id < value.shape[0]:
+                tasks = f"{value.shape[0]} tasks" if value.ndim == 3 else "one prompt, no tasks"
+                raise _common.ToolError(f"--task_id {task_id}: {source} holds {tasks}.")
+            value = value[task_id]  # [P, H]
+        kind = prompt_files.PLAIN if value.ndim == 2 else prompt_files.MULTI_TASK
+        exported = prompt_files.PromptExport(kind, value)
+        if output.suffix != ".npy":
+            raise _common.ToolError(f"--output {output}: a prompt array is written as .npy.")
     output.parent.mkdir(parents=True, exist_ok=True)
-    np.save(output, prompt)
-    print(f"Exported the prompt {prompt.shape} of {source} to {output}")
-    return PromptIOResult(prompt, output, source)
+    prompt_files.write_file(output, exported)
+    shape = tuple(value.shape) if not isinstance(value, dict) else f"{len(value)} arrays"
+    print(f"Exported the prompt {shape} of {source} to {output}")
+    return PromptIOResult(value, output, source)
 
 
 def _config_files(config: str | None, gin_files: Sequence[str]) -> list[pathlib.Path]:
@@ -162,9 +174,9 @@ def import_prompt(
       ToolError: the prompt does not fit the config, or `model_dir` already holds a run.
     """
 
-    from prompt_tuning.train import checkpoints  # noqa: PLC0415
+    from prompt_tuning.train import prompt_files  # noqa: PLC0415
 
-    prompt = checkpoints.load_prompt_npy(prompt_path)
+    prompt = prompt_files.load_prompt_npy(prompt_path)
     target = pathlib.Path(model_dir).resolve()
     if target.exists() and any(target.iterdir()):
         raise _common.ToolError(f"{target} exists and is not empty; import into a new folder.")
@@ -204,23 +216,17 @@ def _write_run(
     prompt_path: str,
 ) -> None:
     """Writes config.gin, checkpoints/0 (trainable params = the prompt) and prompts/step_0.npy."""
-    from prompt_tuning.train import checkpoints  # noqa: PLC0415
+    from prompt_tuning.train import checkpoints, prompt_files  # noqa: PLC0415
 
-    state = {"step": np.int32(0), "params": {"encoder": {"prompt": {"prompt": prompt}}}}
     meta = {
-        "step": 0,
-        "data_position": 0,
         "seed": run.random_seed,
         "task": run.task,
         "batch_size": run.batch_size,
         "imported_from": str(pathlib.Path(prompt_path).resolve()),
     }
-    checkpointer = checkpoints.TrainCheckpointer(folder, keep=1)
-    try:
-        checkpointer.save(0, state, meta)
-    finally:
-        checkpointer.close()
-    checkpoints.export_prompt(folder, "step_0", prompt)
+    checkpoints.save_trained_params(folder, 0, {"encoder": {"prompt": {"prompt": prompt}}}, meta)
+    export = prompt_files.PromptExport(prompt_files.PLAIN, prompt)
+    prompt_files.write_export(folder, "step_0", export)
     (folder / _common.CONFIG_GIN).write_text(config_text)
 
 
@@ -238,6 +244,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     out.add_argument(
         "--from_checkpoint", action="store_true", help="fold from the orbax checkpoint"
     )
+    out.add_argument("--task_id", type=int, help="one task's prompt of a multi-task export")
     imp = sub.add_parser(
         "import",
         help="write a MODEL_DIR holding a .npy prompt",
@@ -275,7 +282,9 @@ def main(argv: Sequence[str] | None = None) -> PromptIOResult:
     """
     args, gin_files, bindings = parse_args(argv)
     if args.command == "export":
-        return export(args.model_dir, args.output, args.step, args.best, args.from_checkpoint)
+        return export(
+            args.model_dir, args.output, args.step, args.best, args.from_checkpoint, args.task_id
+        )
     return import_prompt(args.prompt, args.model_dir, args.config, gin_files, bindings)
 
 

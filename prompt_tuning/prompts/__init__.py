@@ -14,6 +14,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `InstancePrompt`   | Wu et al. 2022 (IDPG, M-IDPG)      | generator + task prompt(s)      |
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
+| `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
 
 Initializers (`prompts.initializers`) are passed as `prompt_init` (not `init`, which would shadow
 `flax.linen.Module.init`).
@@ -41,6 +42,7 @@ from prompt_tuning.prompts.instance import Generator, InstancePrompt
 from prompt_tuning.prompts.phm import PHMDense, phm_kernel
 from prompt_tuning.prompts.prompt import Prompt, expand_to_batch, masked_mean
 from prompt_tuning.prompts.residual import ResidualPrompt
+from prompt_tuning.prompts.serving_bank import ServingPromptBank
 from prompt_tuning.prompts.structured import StructuredPrompt
 
 PROMPT_LOGICAL_AXES = (
@@ -73,6 +75,7 @@ __all__ = [
     "PromptBank",
     "RankProbePrompt",
     "ResidualPrompt",
+    "ServingPromptBank",
     "StructuredPrompt",
     "expand_to_batch",
     "initializers",

@@ -14,15 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.prompts.prompt import PROMPT_AXES
+from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task
 
 # Letters: N prompts in the bank, P prompt length, H model dim, B batch, T input length.
 Initializer = Callable[..., jax.Array]
-
-
-def _uniform_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    """Uniform values in [-0.5, 0.5)."""
-    return jax.random.uniform(key, shape, dtype, minval=-0.5, maxval=0.5)
 
 
 class PromptBank(nn.Module):
@@ -35,8 +31,8 @@ class PromptBank(nn.Module):
       num_prompts: N, the number of prompts (tasks or ensemble members).
       length: P, the prompt length.
       embed_dim: H; None takes it from `embedded_inputs` at initialisation.
-      prompt_init: initializer of the `[N, P, H]` table; None draws uniformly from [-0.5, 0.5],
-        the random-uniform prompt initialisation of the original prompt tuning code.
+      prompt_init: initializer of the `[N, P, H]` table; None draws uniformly from [-0.5, 0.5]
+        (`initializers.random_uniform(0.5)`, the original prompt tuning code's random init).
       dtype: dtype of the returned prompts.
       param_dtype: dtype the table is stored in.
     """
@@ -47,6 +43,11 @@ class PromptBank(nn.Module):
     prompt_init: Initializer | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    @property
+    def num_task_ids(self) -> int:
+        """Task ids this bank has prompts for: `task_ids` must lie in [0, num_prompts)."""
+        return self.num_prompts
 
     @nn.compact
     def __call__(
@@ -60,8 +61,8 @@ class PromptBank(nn.Module):
         Args:
           input_tokens: `[B, T]` int token ids (unused; part of the prompt interface).
           embedded_inputs: `[B, T, H]` embedded inputs (gives B and H).
-          task_ids: `[B]` int ids in `[0, N)`; may be None only when N == 1. Ids outside the range
-            are clipped to it (indices inside `jit` cannot raise).
+          task_ids: `[B]` int ids in `[0, N)`, checked on the host before a batch enters a
+            jitted step (`PromptModel.check_task_ids`); may be None only when N == 1.
 
         Returns:
           `[B, P, H]` prompts.
@@ -73,7 +74,7 @@ class PromptBank(nn.Module):
         batch_size, _, embed = embedded_inputs.shape
         h = self.embed_dim or embed
 
-        init = self.prompt_init or _uniform_init
+        init = self.prompt_init or initializers.random_uniform(0.5)
         prompts = self.param(
             "prompt",
             nn.with_logical_partitioning(init, ("prompt_bank", *PROMPT_AXES)),
@@ -87,8 +88,7 @@ class PromptBank(nn.Module):
                     "pass `task_ids [B]` (a mixture's task ids, or ensemble copy ids)."
                 )
             task_ids = jnp.zeros((batch_size,), jnp.int32)
-        task_ids = jnp.clip(jnp.asarray(task_ids, jnp.int32), 0, self.num_prompts - 1)
-        return jnp.take(prompts, task_ids, axis=0).astype(self.dtype)  # [B, P, H]
+        return select_by_task(prompts, task_ids).astype(self.dtype)  # [B, P, H]
 
     @staticmethod
     def fold(variables: Any, width: int | None = None) -> np.ndarray:

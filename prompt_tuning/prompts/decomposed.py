@@ -17,12 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.prompts import initializers
 from prompt_tuning.prompts.prompt import expand_to_batch
-
-
-def _normal_over_rows(rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
-    """N(0, 1/shape[0]) so that A [H, b] N(0, 1) times B [b, P] gives unit-variance entries."""
-    return jax.random.normal(rng, shape, dtype) / jnp.sqrt(jnp.asarray(shape[0], dtype))
 
 
 class DecomposedPrompt(nn.Module):
@@ -42,7 +38,7 @@ class DecomposedPrompt(nn.Module):
     length: int
     bottleneck: int = 10
     a_init: Callable[..., jax.Array] = nn.initializers.normal(1.0)
-    b_init: Callable[..., jax.Array] = _normal_over_rows
+    b_init: Callable[..., jax.Array] = initializers.normal_fan_in  # A B then has unit variance
     dtype: Any = jnp.float32
 
     @nn.compact

@@ -90,12 +90,9 @@ class DeepPrompt(nn.Module):
             )
         prompts = self.param(
             "prompt",
-            nn.with_logical_partitioning(self._stacked_init, ("prompt_layers", *PROMPT_AXES)),
+            nn.with_logical_partitioning(
+                initializers.per_layer(self.prompt_init), ("prompt_layers", *PROMPT_AXES)
+            ),
             (self.num_layers, self.length, width),
         )
         return expand_to_batch(prompts[layer_index].astype(self.dtype), batch_size)
-
-    def _stacked_init(self, rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
-        """Applies `prompt_init` to each layer's [P, H] slice of the [L, P, H] parameter."""
-        keys = jax.random.split(rng, shape[0])
-        return jnp.stack([self.prompt_init(key, shape[1:], dtype) for key in keys])  # [L, P, H]

@@ -7,6 +7,8 @@ Each factory returns a Flax initializer `init(rng, shape, dtype=float32) -> [P, 
 - `class_labels`: the embeddings of the task's label strings (multi-piece labels averaged), the
   remaining rows from `sampled_vocab`.
 - `from_npy` / `from_checkpoint`: a prompt trained earlier.
+- `per_layer(init)`: `init` applied to each layer's [P, H] slice of an [L, P, H] parameter;
+  `normal_fan_in`: N(0, 1/shape[0]) for kernels stored input axis first.
 
 `embedding` arguments accept an array [V, H], a `.npy` file, a T5X/HF checkpoint directory (its
 `token_embedder/embedding` is read), or None for the model's own embedding, so gin can bind
@@ -31,6 +33,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from prompt_tuning.prompts import files
 
 Initializer = Callable[..., jax.Array]
 EMBEDDING_VARIABLE = "token_embedder/embedding"
@@ -127,7 +131,7 @@ def from_npy(path: str) -> Initializer:
       An initializer `init(rng, shape=[P, H], dtype)` (rng unused).
     """
 
-    read = _read_once(lambda: np.load(path))
+    read = _read_once(lambda: files.read_npy(path, "The prompt initialization file (from_npy)"))
 
     def init(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         del rng
@@ -175,7 +179,7 @@ def read_checkpoint_variable(path: str, variable: str) -> np.ndarray:
       ValueError: the path is missing or not a checkpoint (`t5.checkpoints.CheckpointError`).
     """
     if path.endswith(".npy"):
-        return np.load(path)
+        return files.read_npy(path, f"The {variable} file")
     from prompt_tuning.t5 import checkpoints  # Lazy: only checkpoint paths need it.
 
     # A legacy T5X checkpoint opens only this array (never the whole model or optimizer state).
@@ -327,3 +331,19 @@ def _check_shape(actual: Sequence[int], expected: Sequence[int], what: str) -> N
             f"Shape mismatch: {what} is {tuple(actual)} but the prompt is {tuple(expected)} "
             "[P, H]; set PROMPT_LENGTH to its length and use the model it was trained with."
         )
+
+
+def normal_fan_in(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    """N(0, 1/shape[0]): unit-variance outputs for unit-variance inputs (input axis first)."""
+    return jax.random.normal(rng, shape, dtype) / jnp.sqrt(jnp.asarray(shape[0], dtype))
+
+
+def per_layer(init: Initializer) -> Initializer:
+    """An initializer of an [L, P, H] parameter applying `init` to each layer's [P, H] slice,
+    each with its own key (split from the parameter's)."""
+
+    def stacked(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        keys = jax.random.split(rng, shape[0])
+        return jnp.stack([init(key, tuple(shape[1:]), dtype) for key in keys])  # [L, P, H]
+
+    return stacked

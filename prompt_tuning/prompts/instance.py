@@ -224,7 +224,7 @@ class InstancePrompt(nn.Module):
         if self.multi_layer and self.sharing in ("M", "L"):
             bias = self.param(
                 "prompt",
-                nn.with_logical_partitioning(self._stacked_init, LAYER_AXES),
+                nn.with_logical_partitioning(initializers.per_layer(self.prompt_init), LAYER_AXES),
                 (self.num_layers, self.length, width),
             )[layer_index]  # [P, H]
         else:
@@ -235,11 +235,6 @@ class InstancePrompt(nn.Module):
             )
         prompt = generator(inputs, self.length, width) + bias  # [B, P, H]
         return prompt.astype(self.dtype)
-
-    def _stacked_init(self, rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32):
-        """Applies `prompt_init` to each layer's [P, H] slice of an [L, P, H] parameter."""
-        keys = jax.random.split(rng, shape[0])
-        return jnp.stack([self.prompt_init(key, shape[1:], dtype) for key in keys])  # [L, P, H]
 
     def _sentence(self, input_tokens, embedded_inputs, encoder_output) -> jax.Array:
         """M(x) [B, D] from the configured sentence encoder."""

@@ -32,6 +32,40 @@ def masked_mean(values: jax.Array, tokens: jax.Array) -> jax.Array:
     return (values * mask).sum(axis=1) / count  # [B, D]
 
 
+def check_task_ids(task_ids: Any, num_task_ids: int, where: str = "the batch") -> None:
+    """Raises when a task id is outside `[0, num_task_ids)`.
+
+    Args:
+      task_ids: `[B]` ints (host numpy, or a concrete array).
+      num_task_ids: how many task ids the prompt has rows for.
+      where: what the ids belong to, for the message (e.g. "task 'glue_rte_v002'").
+
+    Raises:
+      ValueError: naming the first bad id, `where`, and the valid range.
+    """
+    ids = np.asarray(task_ids).reshape(-1)
+    bad = ids[(ids < 0) | (ids >= num_task_ids)]
+    if bad.size:
+        raise ValueError(
+            f"Task id {int(bad[0])} of {where} is outside the prompt's {num_task_ids} task ids "
+            f"(0..{num_task_ids - 1}): the mixture has more tasks than the prompt has rows. Set "
+            "NUM_TASKS (structured prompts, PromptBank) to the mixture's number of tasks."
+        )
+
+
+def select_by_task(table: jax.Array, task_ids: jax.Array) -> jax.Array:
+    """Row `task_ids[b]` of `table` `[N, ...]` for every example -> `[B, ...]`.
+
+    An index inside `jit` cannot raise, so ids are checked where batches are built, on the host
+    (`PromptModel.check_task_ids`; concrete ids are also checked here). An unchecked out-of-range
+    id inside `jit` gives an unspecified row.
+    """
+    if not isinstance(task_ids, jax.core.Tracer):
+        check_task_ids(task_ids, table.shape[0])
+    ids = jnp.asarray(task_ids, jnp.int32)
+    return jnp.asarray(table).at[ids].get(mode="promise_in_bounds")  # [B, ...]
+
+
 class Prompt(nn.Module):
     """A learned prompt `prompt` [P, H] shared by all examples (path `encoder/prompt/prompt`).
 

@@ -20,15 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.prompts.prompt import PROMPT_AXES
+from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task
 
 HYPERNETWORKS = ("linear", "low_rank", "mlp")
 TASK_AXES = ("prompt_tasks", "prompt_task_dim")
-
-
-def normal_fan_in(rng: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    """N(0, 1/shape[0]): unit-variance outputs for unit-variance inputs (input axis first)."""
-    return jax.random.normal(rng, shape, dtype) / jnp.sqrt(jnp.asarray(shape[0], dtype))
 
 
 class StructuredPrompt(nn.Module):
@@ -59,8 +55,13 @@ class StructuredPrompt(nn.Module):
     rank: int = 8
     hidden_dim: int = 128
     embedding_init: Callable[..., jax.Array] = nn.initializers.normal(1.0)
-    kernel_init: Callable[..., jax.Array] = normal_fan_in
+    kernel_init: Callable[..., jax.Array] = initializers.normal_fan_in
     dtype: Any = jnp.float32
+
+    @property
+    def num_task_ids(self) -> int:
+        """Task ids this prompt has rows for: `task_ids` must lie in [0, num_tasks)."""
+        return self.num_tasks
 
     @nn.compact
     def __call__(
@@ -71,8 +72,8 @@ class StructuredPrompt(nn.Module):
         Args:
           input_tokens: [B, T] int token ids.
           embedded_inputs: [B, T, H] embedded inputs (only H is read).
-          task_ids: [B] task index of each example in [0, num_tasks) (others give NaN);
-            None means task 0.
+          task_ids: [B] task index of each example in [0, num_tasks), checked on the host before
+            a batch enters a jitted step (`PromptModel.check_task_ids`); None means task 0.
 
         Returns:
           [B, P, H] prompt.
@@ -92,8 +93,7 @@ class StructuredPrompt(nn.Module):
             nn.with_logical_partitioning(self.embedding_init, TASK_AXES),
             (self.num_tasks, self.task_dim),
         )
-        # Out-of-range task ids give NaN prompts (loud) rather than another task's prompt.
-        task_embedding = jnp.take(table, task_ids, axis=0, mode="fill")  # [B, k]
+        task_embedding = select_by_task(table, task_ids)  # [B, k]
         return self._generate(task_embedding, width).astype(self.dtype)
 
     def _generate(self, task_embedding: jax.Array, width: int) -> jax.Array:
@@ -138,9 +138,24 @@ class StructuredPrompt(nn.Module):
             (fan_in, *out_shape),
         )
 
-    def fold(self, variables: Any, width: int | None = None, task_id: int = 0) -> np.ndarray:
-        """Returns task `task_id`'s generated prompt [P, H] from this module's variables."""
-        width = nn.unbox(variables)["params"]["bias"].shape[-1]  # what `width` would say
-        tokens = jnp.ones((1, 1), jnp.int32)
-        prompt = self.apply(variables, tokens, jnp.zeros((1, 1, width)), jnp.array([task_id]))
-        return np.asarray(prompt[0])
+    def fold(
+        self, variables: Any, width: int | None = None, task_id: int | None = None
+    ) -> np.ndarray:
+        """The generated prompts from this module's variables.
+
+        Args:
+          variables: `{"params": ...}` of this module.
+          width: unused (the bias holds H).
+          task_id: one task's prompt; None gives every task's.
+
+        Returns:
+          `[P, H]` for one task (or when `num_tasks` is 1), else `[num_tasks, P, H]`, row t the
+          prompt of task id t.
+        """
+        del width
+        width = nn.unbox(variables)["params"]["bias"].shape[-1]
+        ids = np.arange(self.num_tasks) if task_id is None else np.array([task_id])
+        tokens = jnp.ones((len(ids), 1), jnp.int32)
+        embedded = jnp.zeros((len(ids), 1, width))
+        prompts = np.asarray(self.apply(variables, tokens, embedded, jnp.asarray(ids, jnp.int32)))
+        return prompts[0] if len(ids) == 1 else prompts  # [P, H] or [N, P, H]

@@ -97,7 +97,7 @@ def decode_step(
     return logits[:, 0], state["cache"]
 
 
-def _pad_after_eos(tokens: Array, eos_id: int) -> Array:
+def pad_after_eos(tokens: Array, eos_id: int) -> Array:
     """Zeroes every position after the first EOS of each row of `tokens` `[..., S]`."""
     is_eos = (tokens == eos_id).astype(jnp.int32)
     eos_before = jnp.cumsum(is_eos, axis=-1) - is_eos  # EOS strictly before each position.
@@ -137,7 +137,7 @@ def _sample_loop(
 
     state = (jnp.asarray(0), tokens, cache, done, rng)
     _, tokens, _, _, _ = jax.lax.while_loop(cond, body, state)
-    return _pad_after_eos(tokens, eos_id)
+    return pad_after_eos(tokens, eos_id)
 
 
 def greedy_decode(
@@ -276,8 +276,12 @@ def _gather_cache(cache: Any, beam_indices: Array) -> Any:
     return jax.tree_util.tree_map(gather, cache)
 
 
-def _beam_step(i, state, logits, beam_size, alpha, eos_id, max_decode_length):
-    """Extends the live beams by one token and updates the finished set (T5X's algorithm)."""
+def _beam_step(i, state, logits, beam_size, alpha, eos_id, lengths):
+    """Extends the live beams by one token and updates the finished set (T5X's algorithm).
+
+    `lengths [B]` is each row's maximum length: at step `lengths - 1` every candidate finishes,
+    and after it nothing new finishes.
+    """
     live_seqs, live_logprobs, fin_seqs, fin_scores, fin_flags, cache = state
     b, w, vocab = live_seqs.shape[0], beam_size, logits.shape[-1]
     log_probs = jax.nn.log_softmax(logits).reshape(b, w, vocab)  # [B, W, V]
@@ -287,7 +291,8 @@ def _beam_step(i, state, logits, beam_size, alpha, eos_id, max_decode_length):
     top_seqs = _gather_beams(live_seqs, top_beams).at[:, :, i].set(top_tokens)  # [B, 2W, S]
     is_eos = top_tokens == eos_id
     # At the last step every candidate is finished (it has reached the maximum length).
-    finishing = jnp.logical_or(is_eos, i == max_decode_length - 1)
+    finishing = jnp.logical_or(is_eos, (i == lengths - 1)[:, None])  # [B, 2W]
+    finishing = jnp.logical_and(finishing, (i < lengths)[:, None])
 
     live_logprobs, keep = jax.lax.top_k(jnp.where(is_eos, NEG_INF, top_logprobs), w)  # [B, W]
     live_seqs = _gather_beams(top_seqs, keep)
@@ -311,6 +316,7 @@ def beam_search(
     alpha: float = 0.6,
     task_ids: Array | None = None,
     eos_id: int = 1,
+    lengths: Array | None = None,
 ) -> tuple[Array, Array]:
     """Beam search with T5X's brevity penalty.
 
@@ -328,12 +334,16 @@ def beam_search(
       alpha: brevity penalty exponent (0 = rank by log-likelihood).
       task_ids: optional `[B]` int passed to the prompt.
       eos_id: end-of-sequence id.
+      lengths: optional `[B]` int, each row's own maximum length (<= S; a traced value, so one
+        compiled search serves rows of different lengths); each row's result equals a search
+        with `max_decode_length` = its length, padded with 0 to S. None: S for every row.
 
     Returns:
       `(tokens [B, W, S] int32, scores [B, W] float32)`, best first, 0 after EOS.
     """
     params = nn.unbox(params)
     b, w, s = encoder_input_tokens.shape[0], beam_size, max_decode_length
+    lengths = jnp.full((b,), s, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
     encoded, encoder_mask = _encode(model, params, encoder_input_tokens, task_ids)
     encoded = jnp.repeat(encoded, w, axis=0)  # [B*W, P+T, H]
     encoder_mask = jnp.repeat(encoder_mask, w, axis=0)  # [B*W, P+T]
@@ -341,13 +351,14 @@ def beam_search(
     live_logprobs = jnp.tile(jnp.array([0.0] + [NEG_INF] * (w - 1)), (b, 1))  # Only beam 0 starts.
     seqs = jnp.zeros((b, w, s), jnp.int32)
     state = (seqs, live_logprobs, seqs, jnp.full((b, w), NEG_INF), jnp.zeros((b, w), bool), cache)
-    best_possible_penalty = brevity_penalty(alpha, float(s))
+    best_possible_penalty = brevity_penalty(alpha, lengths.astype(jnp.float32))  # [B]
 
     def cond(loop):
         i, (_, live_logprobs, _, fin_scores, fin_flags, _) = loop
         best_live = live_logprobs[:, 0] / best_possible_penalty  # [B]
         worst_finished = jnp.min(jnp.where(fin_flags, fin_scores, NEG_INF), axis=1)  # [B]
-        return jnp.logical_and(i < s, ~jnp.all(worst_finished > best_live))
+        row_done = jnp.logical_or(worst_finished > best_live, i >= lengths)  # [B]
+        return jnp.logical_and(i < s, ~jnp.all(row_done))
 
     def body(loop):
         i, state = loop
@@ -357,8 +368,8 @@ def beam_search(
             model, params, cache, encoded, encoder_mask, previous.reshape(b * w)
         )  # [B*W, V]
         state = state[:-1] + (cache,)
-        return i + 1, _beam_step(i, state, logits, w, alpha, eos_id, s)
+        return i + 1, _beam_step(i, state, logits, w, alpha, eos_id, lengths)
 
     _, state = jax.lax.while_loop(cond, body, (jnp.asarray(0), state))
     _, _, fin_seqs, fin_scores, _, _ = state
-    return _pad_after_eos(fin_seqs, eos_id), fin_scores
+    return pad_after_eos(fin_seqs, eos_id), fin_scores

@@ -11,9 +11,11 @@ The prompt is a field of the encoder. A prompt module is called as
 `prompt(input_tokens [B, T], embedded_inputs [B, T, H], task_ids [B] | None) -> [B, P, H]` and its
 output is prepended to the embedded inputs; prompt positions are always valid. Optional attributes:
 `per_layer` (then `prompt.layer_prompt(i, input_tokens, hidden, task_ids) -> [B, P, H]` replaces
-`hidden[:, :P]` before every layer i >= 1) and `needs_encoder_output` (then the encoder first runs
+`hidden[:, :P]` before every layer i >= 1), `needs_encoder_output` (then the encoder first runs
 without the prompt and without dropout, and passes the stop-gradient result as
-`encoder_output=[B, T, H]`).
+`encoder_output=[B, T, H]`) and `has_prompt_mask` (then `prompt.prompt_mask(task_ids) -> [B, P]`
+bool marks the valid prompt positions of each example; the others are masked like padding, so
+prompts of different lengths, right-aligned in P, share a batch).
 """
 
 from typing import Any
@@ -217,7 +219,10 @@ class Encoder(nn.Module):
         p = prompt.shape[1]
         x = jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)  # [B, P+T, H]
         x = constrain(x, layers.HIDDEN_AXES)
-        mask = jnp.concatenate([jnp.ones((b, p), bool), mask], axis=1)  # [B, P+T]
+        prompt_mask = jnp.ones((b, p), bool)  # [B, P]
+        if getattr(self.prompt, "has_prompt_mask", False):
+            prompt_mask = self.prompt.prompt_mask(task_ids)  # [B, P]
+        mask = jnp.concatenate([prompt_mask, mask], axis=1)  # [B, P+T]
         layer_prompt = None
         if getattr(self.prompt, "per_layer", False):
             layer_prompt = lambda i, hidden: self.prompt.layer_prompt(

@@ -22,7 +22,7 @@ REQUIRED_MACROS = (
 
 def console_main() -> None:
     """Console-script entry point (`pt-train`)."""
-    gin_utils.console_main(trainer.train, required_macros=REQUIRED_MACROS)
+    gin_utils.main(trainer.train, required_macros=REQUIRED_MACROS)
 
 
 if __name__ == "__main__":

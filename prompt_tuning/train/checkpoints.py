@@ -1,4 +1,4 @@
-"""Resumable training checkpoints (orbax) and `.npy` prompt export.
+"""Resumable training checkpoints (orbax).
 
 Layout under MODEL_DIR:
 
@@ -6,7 +6,8 @@ Layout under MODEL_DIR:
     checkpoints/<step>/meta/    JSON: step, data position (batches consumed), seed, task
     best/<step>/...             the same for the best evaluation so far (one kept)
     best.json                   {"step": ..., "metric": name, "value": ...}
-    prompts/step_<N>.npy        the prompt [P, H] at each saved step (and prompts/best.npy)
+    prompts/step_<N>.npy|.npz   the exported prompt at each saved step, and prompts/best.*
+                                (`prompt_files`: [P, H], [N, P, H] or a parameters .npz)
 
 Only trainable parameters are saved: the frozen model is read again from INITIAL_CHECKPOINT_PATH
 (or re-initialized from RANDOM_SEED) on restart. orbax writes each step into a temporary folder and
@@ -18,13 +19,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from prompt_tuning.prompts import files
+from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
@@ -168,105 +171,52 @@ def load_trained_params(
     return step, jax.tree.map(np.asarray, restored.state["params"])
 
 
+def save_trained_params(
+    model_dir: str | os.PathLike, step: int, params: Any, meta: Mapping[str, Any]
+) -> None:
+    """Writes a checkpoint of trainable params alone, readable by `load_trained_params`.
+
+    For runs made without training (e.g. `tools/prompt_io.py import`): the state holds the
+    trainer's `step` and `params` fields but no optimizer state, so `eval`/`infer` and the tools
+    read it, and the trainer refuses to resume it (it names the mismatch).
+
+    Args:
+      model_dir: the new MODEL_DIR.
+      step: the step to record.
+      params: trainable parameters (nested dict of arrays), e.g. `{"encoder": {"prompt": ...}}`.
+      meta: JSON-able run identity (seed, task, batch size, where the params came from).
+    """
+    state = {"step": np.int32(step), "params": params}
+    checkpointer = TrainCheckpointer(model_dir, keep=1)
+    try:
+        checkpointer.save(step, state, dict(meta, step=step, data_position=step))
+    finally:
+        checkpointer.close()
+
+
 def write_best_json(model_dir: str | os.PathLike, step: int, metric: str, value: float) -> None:
     """Records which step is the best so far (MODEL_DIR/best.json), atomically."""
-    _atomic_write(
+    files.atomic_write(
         pathlib.Path(model_dir) / BEST_JSON,
         json.dumps({"step": step, "metric": metric, "value": value}).encode(),
     )
 
 
 def read_best_json(model_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The content of MODEL_DIR/best.json, or None before the first evaluation."""
-    path = pathlib.Path(model_dir) / BEST_JSON
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    """Writes `data` to a temporary file next to `path`, then renames it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False, suffix=".tmp") as f:
-        f.write(data)
-    os.replace(f.name, path)
-
-
-def export_prompt(model_dir: str | os.PathLike, name: str, prompt: np.ndarray) -> pathlib.Path:
-    """Saves a prompt [P, H] as MODEL_DIR/prompts/<name>.npy (e.g. name "step_1000").
-
-    Returns:
-      The written path.
-    """
-    import io  # noqa: PLC0415
-
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(prompt))
-    path = pathlib.Path(model_dir) / PROMPTS / f"{name}.npy"
-    _atomic_write(path, buffer.getvalue())
-    return path
-
-
-def prompt_for_export(
-    prompt_module: Any, params: Mapping[str, Any], width: int | None = None
-) -> np.ndarray | None:
-    """The plain prompt [P, H] equivalent to the trained parameters, or None if there is none.
-
-    Uses the prompt module's `fold(variables)` when it has one (variables of the prompt module,
-    `{"params": params["encoder"]["prompt"]}`, and `width`, which the rank probe with fixed bases
-    needs), else the plain prompt `encoder/prompt/prompt`.
-
-    Args:
-      prompt_module: the model's prompt module (or None).
-      params: trainable (or full) params holding `encoder/prompt/...`.
-      width: the model dim H.
-
-    Returns:
-      [P, H] numpy array, or None when the prompt has no single-matrix form.
-    """
-    prompt_params = params.get("encoder", {}).get("prompt")
-    if prompt_params is None:
-        return None
-    fold = getattr(prompt_module, "fold", None)
-    if fold is not None:
-        variables = {"params": jax.device_get(prompt_params)}
-        try:
-            folded = np.asarray(fold(variables, width=width))
-        except (NotImplementedError, KeyError, TypeError, ValueError):
-            folded = None
-        if folded is not None and folded.ndim == 2:
-            return folded
-    plain = prompt_params.get("prompt")
-    if plain is not None and np.ndim(plain) == 2:
-        return np.asarray(jax.device_get(plain))
-    return None
-
-
-def load_prompt_npy(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Loads a prompt [P, H] saved as `.npy` (PROMPT_FILE).
-
-    Args:
-      path: the `.npy` file.
-      shape: the expected (P, H), checked when given.
-
-    Returns:
-      The float array [P, H].
+    """The content of MODEL_DIR/best.json, or None before the first evaluation.
 
     Raises:
-      FileNotFoundError: no such file.
-      ValueError: not a 2-D array, or not of `shape`.
+      ValueError: the file is not JSON (it is written atomically, so it was edited by hand).
     """
-    path = pathlib.Path(path)
+    path = pathlib.Path(model_dir) / BEST_JSON
     if not path.exists():
-        raise FileNotFoundError(f"PROMPT_FILE {path} does not exist.")
-    prompt = np.load(path)
-    if prompt.ndim != 2:
-        raise ValueError(f"PROMPT_FILE {path} holds shape {prompt.shape}; a prompt is [P, H].")
-    if shape is not None and tuple(prompt.shape) != tuple(shape):
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
         raise ValueError(
-            f"PROMPT_FILE {path} holds a prompt of shape {prompt.shape}, but the model expects "
-            f"{tuple(shape)} (PROMPT_LENGTH, model dim). Use a prompt trained for this model and "
-            "PROMPT_LENGTH."
-        )
-    return prompt
+            f"{path} is not JSON ({error.msg}); delete it to choose the best checkpoint anew."
+        ) from None
 
 
 def check_initial_checkpoint(path: str | None) -> None:

@@ -18,19 +18,25 @@ import numpy as np
 import seqio
 import tensorflow_datasets as tfds
 
-import tasks as task_registry
 from prompt_tuning.train import data
-from prompt_tuning.train.predictor import (  # noqa: F401 (re-exported)
+from prompt_tuning.train import rank_classification as ranking
+from prompt_tuning.train.predictor import (  # noqa: F401 (re-exported: their former home)
     DECODE_METHODS,
-    Batch,
     Predictor,
     SinglePromptPredictor,
-    label_batch,
     place_batch,
-    shift_right,
 )
-from tasks import metrics as task_metrics_lib
+from prompt_tuning.train.rank_classification import (  # noqa: F401 (used by callers)
+    Batch,
+    label_batch,
+    shift_right,
+    tokenize_labels,
+)
 
+# Keys of the metric functions' outputs: a task's own selection value, and a count of predictions
+# that are no label (never a score).
+MEAN_KEY = "mean_of_metrics"
+INVALID_KEY = "invalid_predictions"
 MODEL_FEATURES = (
     "encoder_input_tokens",
     "decoder_input_tokens",
@@ -39,33 +45,12 @@ MODEL_FEATURES = (
 )
 
 
-def tokenize_labels(
-    labels: Sequence[str], vocabulary: seqio.Vocabulary, length: int, add_eos: bool = True
-) -> np.ndarray:
-    """Tokenizes label strings as decoder targets.
-
-    Args:
-      labels: the C label strings.
-      vocabulary: the task's target vocabulary.
-      length: S, the target feature length.
-      add_eos: append EOS, as the task's `targets` feature does.
-
-    Returns:
-      `[C, S]` int32 tokens, zero padded.
-
-    Raises:
-      ValueError: a label does not fit in `length` tokens.
-    """
-    out = np.zeros((len(labels), length), np.int32)
-    for i, label in enumerate(labels):
-        ids = list(vocabulary.encode(label)) + ([vocabulary.eos_id] if add_eos else [])
-        if len(ids) > length:
-            raise ValueError(
-                f"Label {label!r} takes {len(ids)} tokens but the target length is {length}; "
-                'raise TASK_FEATURE_LENGTHS["targets"].'
-            )
-        out[i, : len(ids)] = ids
-    return out
+def check_task_ids(predictor: Any, batch: Batch, where: str) -> None:
+    """Checks a host batch's `task_ids` against the predictor's model (`PromptModel`), naming
+    `where` the batch comes from; predictors without one (ensembles set their own ids) pass."""
+    model = getattr(predictor, "model", None)
+    if hasattr(model, "check_task_ids"):
+        model.check_task_ids(batch, where)
 
 
 def pad_batch(batch: Batch, batch_size: int) -> Batch:
@@ -112,56 +97,6 @@ def _to_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return float(array) if array.ndim == 0 else None
-
-
-def _rank_metrics(
-    task: seqio.Task,
-    labels: Sequence[str],
-    choices: np.ndarray,
-    task_examples: Sequence[Mapping[str, Any]],
-) -> dict[str, float]:
-    """Rank accuracy (percent) and the task's predict metrics on the rank-chosen labels."""
-    vocabulary = task.output_features["targets"].vocabulary
-    targets_text = [target_text(ex, vocabulary) for ex in task_examples]
-    chosen = [labels[int(c)] for c in choices]
-    out = {"rank_accuracy": 100.0 * float(np.mean([p == t for p, t in zip(chosen, targets_text)]))}
-    if not task.predict_metric_fns:
-        return out
-    targets = [
-        task.postprocess_fn(t, example=ex, is_target=True)
-        for t, ex in zip(targets_text, task_examples)
-    ]
-    predictions = [
-        task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(chosen, task_examples)
-    ]
-    for metric_fn in task.predict_metric_fns:
-        for key, value in metric_fn(targets, predictions).items():
-            scalar = _to_float(value)
-            if scalar is not None:
-                out[f"rank_{key}"] = scalar
-    return out
-
-
-def label_strings_or_none(task_name: str) -> tuple[str, ...] | None:
-    """`tasks.label_strings(task_name)`, or None for a task `tasks` does not know."""
-    try:
-        return task_registry.label_strings(task_name)
-    except KeyError:
-        return None
-
-
-def _auto_labels(task_name: str, rank_classification: bool | None) -> tuple[str, ...] | None:
-    """The label strings to rank for a task, or None when rank classification is off."""
-    if rank_classification is False:
-        return None
-    labels = label_strings_or_none(task_name)
-    if labels is None and rank_classification:
-        raise ValueError(
-            f"rank_classification=True but task {task_name!r} has no label strings "
-            "(tasks.label_strings returned None or does not know it); register its labels with "
-            "tasks.register_labels or set rank_classification=None."
-        )
-    return labels
 
 
 def task_examples(
@@ -215,9 +150,9 @@ def task_mean(scalars: Mapping[str, float]) -> float:
     Returns:
       The task's selection value (nan when it has no score).
     """
-    if task_metrics_lib.MEAN_KEY in scalars:
-        return float(scalars[task_metrics_lib.MEAN_KEY])
-    scores = [v for k, v in scalars.items() if k != task_metrics_lib.INVALID_KEY]
+    if MEAN_KEY in scalars:
+        return float(scalars[MEAN_KEY])
+    scores = [v for k, v in scalars.items() if k != INVALID_KEY]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -246,6 +181,7 @@ class Evaluator:
         rank_classification: bool | None = None,
         split: str = "validation",
         num_examples: int | None = None,
+        labels: ranking.Labels = None,
     ):
         """Caches the evaluation data of every sub-task.
 
@@ -256,10 +192,12 @@ class Evaluator:
           batch_size: B, examples per decoding batch (the last batch is padded).
           decode_method: "greedy" or "beam" (ignored when `model` is a `Predictor`).
           beam_size: beams for "beam".
-          rank_classification: True, False, or None to rank wherever
-            `tasks.label_strings(task)` is not None.
+          rank_classification: True, False, or None to rank wherever the task's label strings
+            are known (`rank_classification.labels_for`).
           split: the split to evaluate.
           num_examples: evaluate only the first examples of each task.
+          labels: label strings to rank (LABELS): one list for every task, or `{task: list}`;
+            default the `label_classes` each task binds into its postprocessor.
 
         Raises:
           ValueError: no sub-task has split `split` and metrics, or rank classification was
@@ -275,10 +213,10 @@ class Evaluator:
         self.labels = {}
         self.tasks = {}
         for task in subtasks:
-            labels = _auto_labels(task.name, rank_classification)
-            if split in task.splits and (task.metric_fns or labels is not None):
+            ranked = ranking.labels_for(task, labels, rank_classification)
+            if split in task.splits and (task.metric_fns or ranked is not None):
                 self.tasks[task.name] = task
-                self.labels[task.name] = labels
+                self.labels[task.name] = ranked
         if not self.tasks:
             raise ValueError(
                 f"{mixture_or_task_name!r} has no task with a {split!r} split and metric_fns; "
@@ -298,6 +236,7 @@ class Evaluator:
         """`fn(params, batch) -> [B, ...]` over all examples of a task -> `[num_examples, ...]`."""
         outputs = []
         for batch, n in iterate_batches(self._examples[task_name][1], self.batch_size):
+            check_task_ids(self.predictor, batch, f"task {task_name!r}")
             outputs.extend(fn(params, batch)[:n])
         return np.asarray(outputs)
 
@@ -356,8 +295,16 @@ class Evaluator:
             scalars = self.task_metrics(params, name)
             metrics.update({f"{name}/{k}": v for k, v in scalars.items()})
             if self.labels[name] is not None:
-                choices = self.rank_choices(params, name)
-                ranked = _rank_metrics(task, self.labels[name], choices, self._examples[name][0])
+                raw = self._examples[name][0]
+                vocabulary = task.output_features["targets"].vocabulary
+                ranked = ranking.rank_metrics(
+                    task,
+                    self.labels[name],
+                    self.rank_choices(params, name),
+                    [target_text(ex, vocabulary) for ex in raw],
+                    raw,
+                    _to_float,
+                )
                 metrics.update({f"{name}/{k}": v for k, v in ranked.items()})
                 scalars = scalars or {"rank_accuracy": ranked["rank_accuracy"]}
             if scalars:

@@ -7,7 +7,8 @@ Flags follow T5X:
                              `--gin.TRAIN_STEPS=100`; later flags override earlier ones.
     --gin_bindings=BINDING   a raw gin binding (`NAME = VALUE`); repeatable.
     --gin_search_paths=A,B   folders searched for gin files and `include`s (always also the
-                             working directory and the repository root, for `gin_configs/...`).
+                             working directory and the folder holding the installed
+                             `gin_configs` package, so `gin_configs/...` resolves anywhere).
 
 Multi-process runs (T5X's flags; see `distributed.initialize` and the README):
 
@@ -25,6 +26,7 @@ the `from __gin__ import dynamic_registration` imports in `gin_configs/`.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -35,7 +37,21 @@ from typing import Any
 
 import gin
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+def gin_search_root() -> str:
+    """The folder holding the `gin_configs` package (package data of this project), which makes
+    `gin_configs/<kind>/<file>.gin` resolve: site-packages when installed, the checkout otherwise.
+
+    Raises:
+      ModuleNotFoundError: `gin_configs` is not installed beside `prompt_tuning`.
+    """
+    spec = importlib.util.find_spec("gin_configs")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "The gin_configs package is not installed; reinstall prompt_tuning (pip install .)."
+        )
+    return str(pathlib.Path(next(iter(spec.submodule_search_locations))).parent)
+
 
 _USAGE = (
     "usage: python -m prompt_tuning.<train|eval|infer> --gin_file=FILE [--gin_file=FILE ...] "
@@ -138,7 +154,7 @@ def parse_gin_flags(argv: Sequence[str]) -> None:
         raise ValueError(
             f"Give at least one --gin_file (e.g. gin_configs/runs/smoke.gin).\n{_USAGE}"
         )
-    for path in [*paths, os.getcwd(), str(REPO_ROOT)]:
+    for path in [*paths, os.getcwd(), gin_search_root()]:
         gin.add_config_file_search_path(path)
     gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
 
@@ -221,11 +237,23 @@ def run_main(
     return gin.get_configurable(fn)()
 
 
-def console_main(fn: Callable[..., Any], required_macros: Sequence[str] = ()) -> None:
-    """Runs `run_main` and turns configuration errors into a one-line message and exit code 2."""
+def main(
+    fn: Callable[..., Any],
+    argv: Sequence[str] | None = None,
+    required_macros: Sequence[str] = (),
+    config_filename: str | None = "config.gin",
+) -> Any:
+    """`run_main`, with configuration errors printed as `error: ...` and exit code 2.
+
+    The body of every entry point (`prompt_tuning.train`, `.eval`, `.infer`).
+
+    Returns:
+      What `fn` returns.
+    """
     try:
-        run_main(fn, required_macros=required_macros)
+        return run_main(fn, argv, required_macros, config_filename)
     except (ValueError, KeyError, FileNotFoundError, OSError) as error:
         traceback.print_exc()
-        print(f"\nerror: {error}", file=sys.stderr)
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"\nerror: {message}", file=sys.stderr)
         sys.exit(2)

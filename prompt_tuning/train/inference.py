@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import seqio
 
+from prompt_tuning.t5 import decoding
 from prompt_tuning.train import data, distributed, evaluation, serving
+from prompt_tuning.train import rank_classification as ranking
 from prompt_tuning.train.serving import (  # noqa: F401 (re-exported)
     as_prompt_model,
+    load_frozen_params,
     load_params,
     make_predictor,
     read_prompt_file,
@@ -38,13 +41,6 @@ def _text(example: Mapping[str, Any], feature: str, vocabulary: seqio.Vocabulary
     if raw is not None:
         return raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
     return vocabulary.decode([int(t) for t in example[feature]])
-
-
-def zero_after_eos(tokens: np.ndarray, eos_id: int) -> np.ndarray:
-    """Copies `tokens [B, S]` with every position after the first EOS set to padding (0)."""
-    is_eos = tokens == eos_id
-    after = np.cumsum(is_eos, axis=1) - is_eos  # [B, S]; > 0 strictly after the first EOS
-    return np.where(after > 0, 0, tokens)
 
 
 def _prediction_scores(
@@ -102,10 +98,12 @@ def predict_task(
         )
     start = 0
     for batch, n in evaluation.iterate_batches(model, batch_size):
+        evaluation.check_task_ids(predictor, batch, f"task {task.name!r}")
         if labels is not None:
             tokens = label_tokens[predictor.classify(params, batch, label_tokens)]  # [B, S]
         else:
-            tokens = zero_after_eos(predictor.predict(params, batch), out_vocab.eos_id)  # [B, S]
+            tokens = predictor.predict(params, batch)  # [B, S]
+            tokens = np.asarray(decoding.pad_after_eos(tokens, out_vocab.eos_id))
         scores = None
         if score == "prediction":
             scores = _prediction_scores(predictor, params, batch, tokens)
@@ -139,9 +137,24 @@ def write_jsonl(records: Iterator[Mapping[str, Any]], path: str | os.PathLike) -
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Reads a file written by `write_jsonl`."""
+    """Reads a file of one JSON object per line (`write_jsonl`'s, or a run's metrics.jsonl).
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: a line is not JSON (the file and line are named).
+    """
+    records = []
     with pathlib.Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"{path}, line {number} is not a JSON object ({error.msg}): {line[:80]!r}."
+                ) from None
+    return records
 
 
 def evaluate(
@@ -161,7 +174,8 @@ def evaluate(
     rank_classification: bool | None = None,
     random_seed: int = 0,
     frozen_dtype: str | None = None,
-    mixture_or_task_module: str | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
+    labels: ranking.Labels = None,
     num_partitions: int = 1,
     model_parallel_submesh: Sequence[int] | None = None,
 ) -> dict[str, float]:
@@ -184,7 +198,10 @@ def evaluate(
       rank_classification: see `evaluation.Evaluator`.
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
-      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first (None: the tasks are
+        registered already).
+      labels: label strings to rank (one list, or `{task: list}`); default the labels each task
+        binds into its postprocessor (`rank_classification.labels_for`).
       num_partitions: NUM_PARTITIONS ("model" mesh axis), as in training.
       model_parallel_submesh: T5X's TPU block for the model axis instead.
 
@@ -204,6 +221,7 @@ def evaluate(
         rank_classification=rank_classification,
         split=split,
         num_examples=num_examples,
+        labels=labels,
     )
     metrics = evaluator.evaluate(params, step)
     if not distributed.is_primary():
@@ -237,7 +255,8 @@ def infer(
     rank_classification: bool = False,
     random_seed: int = 0,
     frozen_dtype: str | None = None,
-    mixture_or_task_module: str | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
+    labels: ranking.Labels = None,
     num_partitions: int = 1,
     model_parallel_submesh: Sequence[int] | None = None,
 ) -> int:
@@ -262,7 +281,10 @@ def infer(
         decoding.
       random_seed: RANDOM_SEED.
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
-      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first.
+      mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first (None: the tasks are
+        registered already).
+      labels: label strings to rank (one list, or `{task: list}`); default the labels each task
+        binds into its postprocessor (`rank_classification.labels_for`).
       num_partitions: NUM_PARTITIONS ("model" mesh axis), as in training.
       model_parallel_submesh: T5X's TPU block for the model axis instead.
 
@@ -277,7 +299,7 @@ def infer(
 
     def records() -> Iterator[dict[str, Any]]:
         for task in seqio.get_subtasks(provider):
-            labels = evaluation.label_strings_or_none(task.name) if rank_classification else None
+            ranked = ranking.labels_for(task, labels) if rank_classification else None
             yield from predict_task(
                 predictor,
                 params,
@@ -287,7 +309,7 @@ def infer(
                 split,
                 num_examples,
                 score,
-                labels,
+                ranked,
             )
 
     if not distributed.is_primary():

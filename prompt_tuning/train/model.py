@@ -16,8 +16,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from prompt_tuning.train import losses
+from prompt_tuning.prompts import prompt as prompt_lib
+from prompt_tuning.t5 import decoding
+from prompt_tuning.train import losses, optimizers
 
 Batch = Mapping[str, Any]
 Params = Mapping[str, Any]
@@ -56,6 +59,28 @@ class PromptModel:
         """The prompt module (None for a plain T5)."""
         return getattr(self.module, "prompt", None)
 
+    @property
+    def num_task_ids(self) -> int | None:
+        """How many task ids the prompt has rows for (None: it reads no task ids)."""
+        return getattr(self.prompt, "num_task_ids", None)
+
+    def check_task_ids(self, batch: Batch, where: str = "the batch") -> None:
+        """Checks a host batch's `task_ids` against the prompt before it enters a jitted step.
+
+        Inside `jit` an out-of-range index cannot raise, so training, evaluation and inference
+        call this on the numpy batch they are about to place.
+
+        Args:
+          batch: host (numpy) features; without `task_ids` nothing is checked.
+          where: what the batch comes from, for the message (e.g. "task 'glue_rte_v002'").
+
+        Raises:
+          ValueError: naming the id, `where` and the prompt's number of task ids.
+        """
+        count = self.num_task_ids
+        if count is not None and batch.get("task_ids") is not None:
+            prompt_lib.check_task_ids(np.asarray(batch["task_ids"]), count, where)
+
     def _dummy_batch(self, input_length: int, target_length: int, batch_size: int = 1) -> Batch:
         """An all-ones batch of the given shapes, for initialization and shape inference."""
         inputs = jnp.ones((batch_size, input_length), jnp.int32)
@@ -88,6 +113,12 @@ class PromptModel:
             enable_dropout=False,
         )
         return variables["params"]
+
+    def param_logical_axes(self) -> dict[str, tuple[str | None, ...] | None]:
+        """Every parameter's logical axis names by "/"-joined path, e.g.
+        `{"encoder/prompt/prompt": ("prompt", "prompt_embed"), ...}` (shapes only, no compute)."""
+        boxed = jax.eval_shape(lambda rng: self.init_boxed(rng, 1, 1), jax.random.key(0))
+        return optimizers.logical_axes(boxed)
 
     def logits(
         self, params: Params, batch: Batch, dropout_rng: jax.Array | None = None
@@ -138,7 +169,6 @@ class PromptModel:
         Returns:
           [B] float32 log-likelihoods.
         """
-        from prompt_tuning.t5 import decoding  # noqa: PLC0415 (written in parallel; lazy import)
 
         targets = batch["decoder_target_tokens"]
         weights = batch.get("decoder_loss_weights")
@@ -177,7 +207,6 @@ class PromptModel:
         Raises:
           ValueError: unknown `method`, or no length to decode to.
         """
-        from prompt_tuning.t5 import decoding  # noqa: PLC0415 (written in parallel; lazy import)
 
         if max_decode_length is None:
             if "decoder_target_tokens" not in batch:

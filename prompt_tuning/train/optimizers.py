@@ -7,12 +7,14 @@ turns it into two subtrees; the train step differentiates only with respect to t
 
 The default optimizer is Lester et al. (2021)'s: Adafactor with a constant learning rate of 0.3,
 second-moment decay exponent 0.8, decoupled weight decay 1e-5, no parameter scaling, and T5X's
-defaults otherwise (update clipping at RMS 1.0, factoring only when the two largest dimensions are
-both >= 128, epsilon 1e-30). Their Table 6 search space adds linear warmup and step decay.
+defaults otherwise (update clipping at RMS 1.0, epsilon 1e-30), with second moments factored as
+their code's factor rules decide from each parameter's logical axes: never for prompt axes, as T5X
+for the model's axes (`factoring`). Their Table 6 search space adds linear warmup and step decay.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -20,6 +22,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from prompt_tuning.train import factoring
 
 DEFAULT_TRAINABLE_PARAMS_REGEX = "prompt"
 Params = Mapping[str, Any]
@@ -178,6 +182,102 @@ def current_learning_rate(opt_state: Any) -> jax.Array | None:
     return None
 
 
+def logical_axes(boxed_params: Any) -> dict[str, tuple[str | None, ...] | None]:
+    """The logical axis names of every parameter, by "/"-joined path (None: unannotated).
+
+    Args:
+      boxed_params: parameters (or `jax.eval_shape` structs) with `nn.LogicallyPartitioned`
+        boxes, as `PromptModel.init_boxed` returns them.
+    """
+    import flax.linen as nn  # noqa: PLC0415
+
+    boxed = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    leaves = jax.tree_util.tree_flatten_with_path(boxed_params, is_leaf=boxed)[0]
+    return {path_name(p): tuple(x.names) if boxed(x) else None for p, x in leaves}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Adafactor:
+    """Adafactor as T5X applies it in Lester et al. (2021); an optax transformation (init/update).
+
+    Per parameter: v_t = d_t v_{t-1} + (1 - d_t)(g^2 + epsilon) with d_t = 1 - (t + 1)^-decay_rate
+    (factored into row/column statistics as `factoring.factor_dims` decides from the logical
+    axes: prompt axes never), u = g / sqrt(v_t), u /= max(1, RMS(u) / clipping_threshold), and
+    p <- p - lr_t * u - weight_decay_rate * p (T5X's decay is not multiplied by the rate).
+
+    The logical axes come from the model (`with_param_axes(PromptModel.param_logical_axes())`,
+    which the trainer calls, as T5X's `set_param_axes`); before that every parameter falls back to
+    T5X's size heuristic. Build it with `adafactor(...)` (gin: `optimizers.adafactor`).
+
+    Attributes: see `adafactor`; `param_axes` maps "/"-joined parameter paths to logical axes.
+    """
+
+    learning_rate: Any = 0.3
+    decay_rate: float = 0.8
+    step_offset: int = 0
+    weight_decay_rate: float | None = 1e-5
+    clipping_threshold: float | None = 1.0
+    multiply_by_parameter_scale: bool = False
+    factored: bool = True
+    min_dim_size_to_factor: int = 128
+    epsilon: float = 1e-30
+    warmup_steps: int = 0
+    decay_factor: float | None = None
+    steps_per_decay: int | None = None
+    factor_rules: Mapping[str, str] = dataclasses.field(
+        default_factory=lambda: factoring.FACTOR_RULES
+    )
+    param_axes: Mapping[str, tuple[str | None, ...] | None] | None = None
+
+    def with_param_axes(self, param_axes: Mapping[str, Any]) -> Adafactor:
+        """This optimizer, factoring by the given logical axes (see `logical_axes`)."""
+        return dataclasses.replace(self, param_axes=dict(param_axes))
+
+    def factor_dims(self, path: str, shape: tuple[int, ...]) -> factoring.FactorDims | None:
+        """How the parameter at `path` is factored (None: not at all); see `factor_dims`."""
+        if not self.factored:
+            return None
+        axes = None
+        if self.param_axes is not None:
+            if path not in self.param_axes:
+                raise ValueError(
+                    f"Adafactor has logical axes for the model's parameters, but none for {path}; "
+                    "pass the axes of the model being trained (with_param_axes)."
+                )
+            axes = self.param_axes[path]
+        return factoring.factor_dims(
+            axes, tuple(shape), self.min_dim_size_to_factor, self.factor_rules, path
+        )
+
+    def _chain(self) -> optax.GradientTransformation:
+        schedule = learning_rate_schedule(
+            self.learning_rate, self.warmup_steps, self.decay_factor, self.steps_per_decay
+        )
+        dims_of = lambda path, shape: self.factor_dims(path_name(path), shape)  # noqa: E731
+        core = [
+            factoring.scale_by_factored_rms(
+                dims_of, self.decay_rate, self.step_offset, self.epsilon
+            )
+        ]
+        if self.clipping_threshold is not None:
+            core.append(optax.clip_by_block_rms(self.clipping_threshold))
+        core.append(optax.scale(-1.0))
+        steps = [optax.chain(*core), scale_by_logged_schedule(schedule)]  # -lr * u
+        if self.multiply_by_parameter_scale:
+            steps.append(optax.scale_by_param_block_rms())
+        if self.weight_decay_rate:
+            steps.append(optax.add_decayed_weights(-self.weight_decay_rate))  # - wd * p
+        return optax.chain(*steps)
+
+    def init(self, params: Any) -> Any:
+        """The optimizer state of `params` (optax's `init`)."""
+        return self._chain().init(params)
+
+    def update(self, updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        """Updates and the new state (optax's `update`)."""
+        return self._chain().update(updates, state, params)
+
+
 def adafactor(
     learning_rate: float = 0.3,
     decay_rate: float = 0.8,
@@ -191,13 +291,8 @@ def adafactor(
     warmup_steps: int = 0,
     decay_factor: float | None = None,
     steps_per_decay: int | None = None,
-) -> optax.GradientTransformation:
-    """Adafactor as T5X applies it in Lester et al. (2021).
-
-    Per parameter: v_t = d_t v_{t-1} + (1 - d_t)(g^2 + epsilon) with d_t = 1 - (t + 1)^-decay_rate
-    (factored into row/column means only for matrices whose two largest dims are >= 128),
-    u = g / sqrt(v_t), u /= max(1, RMS(u) / clipping_threshold), and
-    p <- p - lr_t * u - weight_decay_rate * p (T5X's decay is not multiplied by the rate).
+) -> Adafactor:
+    """Lester et al.'s Adafactor (see `Adafactor`), gin-configurable as `optimizers.adafactor`.
 
     Args:
       learning_rate: peak learning rate (paper: 0.3).
@@ -207,34 +302,37 @@ def adafactor(
       clipping_threshold: update clipping RMS (T5X default 1.0; None: off).
       multiply_by_parameter_scale: scale updates by the parameter's RMS (paper: False).
       factored: allow factored second moments (T5X default True).
-      min_dim_size_to_factor: smallest dimension size that is factored (T5X default 128).
+      min_dim_size_to_factor: T5X's size heuristic's minimum (128), used for 2-D model weights
+        and unannotated parameters.
       epsilon: added to squared gradients (T5X's epsilon1).
       warmup_steps: see `learning_rate_schedule`.
       decay_factor: see `learning_rate_schedule`.
       steps_per_decay: see `learning_rate_schedule`.
 
     Returns:
-      An optax gradient transformation.
+      An `Adafactor` (an optax transformation: `init`, `update`).
     """
-    schedule = learning_rate_schedule(learning_rate, warmup_steps, decay_factor, steps_per_decay)
-    # optax.adafactor without rate or decay is [factored RMS scaling, block-RMS clipping, negate].
-    core = optax.adafactor(
-        learning_rate=None,
-        min_dim_size_to_factor=min_dim_size_to_factor,
-        decay_rate=decay_rate,
-        decay_offset=step_offset,
-        multiply_by_parameter_scale=False,
-        clipping_threshold=clipping_threshold,
-        weight_decay_rate=None,
-        eps=epsilon,
-        factored=factored,
+    return Adafactor(
+        learning_rate,
+        decay_rate,
+        step_offset,
+        weight_decay_rate,
+        clipping_threshold,
+        multiply_by_parameter_scale,
+        factored,
+        min_dim_size_to_factor,
+        epsilon,
+        warmup_steps,
+        decay_factor,
+        steps_per_decay,
     )
-    steps = [core, scale_by_logged_schedule(schedule)]  # -lr * u
-    if multiply_by_parameter_scale:
-        steps.append(optax.scale_by_param_block_rms())
-    if weight_decay_rate:
-        steps.append(optax.add_decayed_weights(-weight_decay_rate))  # - wd * p
-    return optax.chain(*steps)
+
+
+def with_param_axes(optimizer: Any, param_axes: Mapping[str, Any]) -> Any:
+    """`optimizer.with_param_axes(param_axes)` for optimizers that factor by logical axes
+    (`Adafactor`); any other optax transformation is returned as it is."""
+    set_axes = getattr(optimizer, "with_param_axes", None)
+    return optimizer if set_axes is None else set_axes(param_axes)
 
 
 def adamw(

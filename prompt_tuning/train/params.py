@@ -11,7 +11,7 @@ frozen)` as global `jax.Array`s on one `("data", "model")` mesh:
   token embedding that sampled-vocabulary and class-label initializers sample from is passed in
   as an argument (the frozen model's own array, or one read once on the host), never baked into
   the program as a constant;
-- or the prompt comes from PROMPT_FILE.
+- or the prompt comes from PROMPT_FILE (`prompt_files`: `[P, H]`, `[N, P, H]` or a `.npz`).
 
 Nothing here gathers the frozen model to a host.
 """
@@ -26,11 +26,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from prompt_tuning.prompts import initializers
 from prompt_tuning.t5 import checkpoint_tree, sharded_loading
-from prompt_tuning.train import checkpoints, optimizers, partitioning
+from prompt_tuning.train import optimizers, partitioning, prompt_files
 
 EMBEDDING = ("token_embedder", "embedding")
 
@@ -200,7 +199,7 @@ def initial_params(
       initial_checkpoint_path: frozen checkpoint, or None.
       trainable_params_regex: TRAINABLE_PARAMS_REGEX.
       frozen_dtype: dtype name for frozen weights (e.g. "bfloat16"); None keeps float32/stored.
-      prompt_file: `.npy` prompt [P, H] replacing `encoder/prompt/prompt`.
+      prompt_file: PROMPT_FILE replacing the prompt parameters (`prompt_files.load_into`).
       allow_no_trainable: an empty trainable half is fine (evaluating a model without prompt).
       log: receives the loading summary line (None: silent).
 
@@ -208,7 +207,7 @@ def initial_params(
       (trainable, frozen) nested dicts of global `jax.Array`s.
 
     Raises:
-      ValueError: checkpoint or prompt file shapes do not fit the model.
+      ValueError: checkpoint or prompt file shapes do not fit the model (`PromptFileError`).
     """
     init = functools.partial(
         model.init_boxed,
@@ -241,23 +240,5 @@ def initial_params(
     initialize = trainable_initializer(init, trainable_sh, split, keys)
     trainable = initialize(rng, [embeddings[k] for k in keys])
     if prompt_file is not None:
-        trainable = with_prompt_file(trainable, prompt_file, mesh)
+        trainable = prompt_files.load_into(trainable, prompt_file, model.prompt)
     return trainable, frozen
-
-
-def with_prompt_file(trainable: Any, prompt_file: str, mesh: jax.sharding.Mesh) -> Any:
-    """Replaces `encoder/prompt/prompt` with the PROMPT_FILE's array (shape checked).
-
-    Raises:
-      ValueError: the model has no plain prompt, or the file's shape differs.
-    """
-    current = trainable.get("encoder", {}).get("prompt", {}).get("prompt")
-    if current is None:
-        raise ValueError(
-            f"PROMPT_FILE {prompt_file} was given, but the model has no plain prompt parameter "
-            "encoder/prompt/prompt to load it into (use the plain `prompts.Prompt`)."
-        )
-    value = checkpoints.load_prompt_npy(prompt_file, tuple(current.shape))
-    prompt = partitioning.replicate(np.asarray(value, current.dtype), mesh)
-    encoder = dict(trainable["encoder"], prompt=dict(trainable["encoder"]["prompt"], prompt=prompt))
-    return dict(trainable, encoder=encoder)

@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from prompt_tuning.train import partitioning
+from prompt_tuning.train.rank_classification import Batch, label_batch
 
-Batch = dict[str, np.ndarray]
 DECODE_METHODS = ("greedy", "beam")
 
 
@@ -35,35 +35,6 @@ class Predictor(Protocol):
 
     def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
         """Returns the index `[B]` of the best-scoring row of `label_tokens [C, S]`."""
-
-
-def shift_right(targets: np.ndarray) -> np.ndarray:
-    """Decoder inputs of `targets [B, S]`: token 0 (the start token) then targets[:, :-1]."""
-    return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)  # [B, S]
-
-
-def label_batch(batch: Batch, label_tokens: np.ndarray) -> Batch:
-    """Pairs every example with every label: row `b * C + c` is example b with label c.
-
-    Args:
-      batch: model features with `encoder_input_tokens [B, T]`, optional `task_ids [B]`.
-      label_tokens: `[C, S]` label targets from `evaluation.tokenize_labels`.
-
-    Returns:
-      A batch of B*C rows whose targets are the labels.
-    """
-    num_labels = label_tokens.shape[0]
-    batch_size = batch["encoder_input_tokens"].shape[0]
-    targets = np.tile(label_tokens, (batch_size, 1))  # [B*C, S]
-    out = {
-        "encoder_input_tokens": np.repeat(batch["encoder_input_tokens"], num_labels, 0),  # [B*C, T]
-        "decoder_target_tokens": targets,
-        "decoder_input_tokens": shift_right(targets),
-        "decoder_loss_weights": (targets > 0).astype(np.int32),
-    }
-    if "task_ids" in batch:
-        out["task_ids"] = np.repeat(batch["task_ids"], num_labels, 0)  # [B*C]
-    return out
 
 
 def mesh_of(params: Any) -> jax.sharding.Mesh | None:
@@ -164,6 +135,7 @@ class SinglePromptPredictor:
 
     def predict(self, params: Any, batch: Batch) -> np.ndarray:
         """Decoded tokens `[B, S]`."""
+        self.model.check_task_ids(batch)
         mesh = mesh_of(params)
         tokens = _predict(
             self.model, mesh, params, place_batch(params, batch), **self._decode_options
@@ -172,6 +144,7 @@ class SinglePromptPredictor:
 
     def score(self, params: Any, batch: Batch) -> np.ndarray:
         """Summed target log-likelihoods `[B]`."""
+        self.model.check_task_ids(batch)
         scores = _score(self.model, mesh_of(params), params, place_batch(params, batch))
         return partitioning.to_host(scores)
 

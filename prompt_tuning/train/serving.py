@@ -28,10 +28,11 @@ from prompt_tuning.train import (
     checkpoints,
     ensemble,
     optimizers,
-    params,
     partitioning,
     predictor,
+    prompt_files,
 )
+from prompt_tuning.train import params as run_params
 from prompt_tuning.train.model import PromptModel
 
 
@@ -40,29 +41,71 @@ def as_prompt_model(model: Any) -> PromptModel:
     return model if isinstance(model, PromptModel) else PromptModel(model)
 
 
-def read_prompt_file(path: str | os.PathLike, model: PromptModel) -> np.ndarray:
-    """Reads a PROMPT_FILE and checks it fits the model's plain prompt `encoder/prompt/prompt`.
+def read_prompt_file(
+    path: str | os.PathLike, model: PromptModel
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Reads a PROMPT_FILE and checks that it fits the model's prompt (`prompt_files`).
 
     Args:
-      path: a `.npy` prompt `[P, H]`.
-      model: the model whose prompt it replaces.
+      path: a `[P, H]` or `[N, P, H]` `.npy`, or a parameters `.npz`.
+      model: the model whose prompt parameters it replaces.
 
     Returns:
-      The prompt `[P, H]`.
+      The prompt array (`[P, H]`, or `[N, P, H]` for a bank) for an array file, else the
+      parameters `{path under encoder/prompt: array}` of a `.npz`.
 
     Raises:
-      ValueError: the model has no plain `[P, H]` prompt, or the shapes differ (both are named).
       FileNotFoundError: no such file.
+      PromptFileError (a ValueError): not a prompt file, or one of another form or shape than the
+        model's prompt (both are named, with the gin file to use).
     """
-    abstract = nn.unbox(params.abstract_params(model, {"inputs": 1, "targets": 1}))
-    current = abstract.get("encoder", {}).get("prompt", {}).get("prompt")
-    if current is None or len(current.shape) != 2:
-        raise ValueError(
-            f"PROMPT_FILE {path} holds a plain prompt [P, H], but the model has no plain prompt "
-            "parameter encoder/prompt/prompt [P, H]; evaluate it with the plain prompt "
-            "(gin_configs/prompts/prompt_tuning_random_uniform.gin) and the file's PROMPT_LENGTH."
-        )
-    return checkpoints.load_prompt_npy(path, tuple(current.shape))
+    abstract = nn.unbox(run_params.abstract_params(model, {"inputs": 1, "targets": 1}))
+    content = prompt_files.read_prompt_file(path)
+    shapes = prompt_files.parameter_shapes(abstract)
+    values = prompt_files.values_for(content, shapes, model.prompt, path)
+    return values["prompt"] if isinstance(content, np.ndarray) else values
+
+
+def load_frozen_params(
+    model: PromptModel,
+    task_feature_lengths: Mapping[str, int],
+    initial_checkpoint_path: str | None = None,
+    random_seed: int = 0,
+    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
+    frozen_dtype: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, Any]:
+    """The frozen parameters of a run alone, as `load_params` builds them (no prompt needed).
+
+    Args:
+      model: the run's `PromptModel`.
+      task_feature_lengths: TASK_FEATURE_LENGTHS.
+      initial_checkpoint_path: the frozen T5; None: the random model of RANDOM_SEED.
+      random_seed: RANDOM_SEED.
+      trainable_params_regex: TRAINABLE_PARAMS_REGEX (what is not frozen).
+      frozen_dtype: FROZEN_DTYPE.
+      mesh: where to place them (default: one device, for the host-side analysis tools).
+
+    Returns:
+      The frozen parameter tree (global arrays on `mesh`).
+
+    Raises:
+      FileNotFoundError: INITIAL_CHECKPOINT_PATH does not exist.
+    """
+    checkpoints.check_initial_checkpoint(initial_checkpoint_path)
+    mesh = mesh or partitioning.make_mesh(1, jax.local_devices()[:1])
+    init_rng, _ = jax.random.split(jax.random.key(random_seed))
+    return run_params.initial_params(
+        model,
+        mesh,
+        init_rng,
+        task_feature_lengths,
+        initial_checkpoint_path,
+        trainable_params_regex,
+        frozen_dtype,
+        allow_no_trainable=True,
+        log=None,
+    )[1]
 
 
 def load_params(
@@ -122,12 +165,12 @@ def load_params(
         raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     if prompt_file:
-        read_prompt_file(prompt_file, model)  # Names both shapes when they differ.
+        read_prompt_file(prompt_file, model)  # Names both forms or shapes when they differ.
     if mesh is None:
         mesh = partitioning.make_mesh(num_partitions, None, model_parallel_submesh)
     partitioning.check_model_fits_mesh(model.config, mesh)
     init_rng, _ = jax.random.split(jax.random.key(random_seed))
-    trainable, frozen = params.initial_params(
+    trainable, frozen = run_params.initial_params(
         model,
         mesh,
         init_rng,
@@ -149,7 +192,7 @@ def load_params(
 def make_predictor(
     model: PromptModel,
     params: dict[str, Any],
-    prompt_files: Sequence[str] = (),
+    prompt_paths: Sequence[str] = (),
     decode_method: str = "greedy",
     beam_size: int = 4,
 ) -> tuple[predictor.Predictor, dict[str, Any]]:
@@ -158,16 +201,16 @@ def make_predictor(
     Args:
       model: the plain-prompt `PromptModel`.
       params: its full parameters (the frozen weights are reused for the ensemble).
-      prompt_files: two or more `.npy` prompts make an ensemble over one frozen model.
+      prompt_paths: two or more `.npy` prompts `[P, H]` make an ensemble over one frozen model.
       decode_method: "greedy" or "beam".
       beam_size: beams for "beam".
 
     Returns:
       (predictor, params to call it with).
     """
-    if len(prompt_files) < 2:
+    if len(prompt_paths) < 2:
         return predictor.SinglePromptPredictor(model, decode_method, beam_size), params
-    prompts = [read_prompt_file(path, model) for path in prompt_files]
+    prompts = [read_prompt_file(path, model) for path in prompt_paths]
     bank = ensemble.bank_prompt(len(prompts), prompts[0].shape[0])
     bank_model = PromptModel(model.module.clone(prompt=bank))
     members = ensemble.PromptEnsemble(bank_model, len(prompts), decode_method, beam_size)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning.train import checkpoints, distributed, params, partitioning, step
+from prompt_tuning.train import checkpoints, distributed, optimizers, params, partitioning, step
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
 
@@ -162,6 +162,9 @@ def setup_run(
     """
     model = PromptModel(module, **options["loss"])
     mesh = build_mesh(model, batch_size, options)
+    # Adafactor factors each second moment as the parameter's logical axes say (T5X's
+    # `set_param_axes`): never for prompt axes.
+    optimizer = optimizers.with_param_axes(optimizer, model.param_logical_axes())
     layout = distributed.data_layout(mesh, batch_size)
     logger = train_logging.MetricsLogger(
         model_dir, train_steps, batch_size, enabled=distributed.is_primary()

@@ -1,9 +1,11 @@
-"""The pure training step, jitted once on the mesh (used by the trainer and the memory simulator).
+"""The training step: one update of the trainable parameters, K scanned, and the step on the mesh.
 
 `train_step(state, frozen, batch, rng)` differentiates the loss with respect to the trainable
-parameters only; `jit_train_step` compiles it with explicit shardings, donated state and the
-model's logical activation constraints active (`partitioning.on_mesh`), so the program the trainer
-runs is the program `tools/aot_memory.py` measures.
+parameters only; the frozen ones are closed over, so they carry no gradient buffers and no
+optimizer state. `jit_train_step` compiles it with explicit shardings, donated state and the
+model's logical activation constraints active (`partitioning.on_mesh`), so the program the
+trainer runs is the program `tools/aot_memory.py` measures; `run_steps` scans K steps (tools
+jit a whole run with it, tools/compare_methods.py).
 
 Letters: B batch, T input length, S target length.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 
 from prompt_tuning.train import optimizers, partitioning
@@ -43,6 +46,11 @@ class TrainState:
     opt_state: Any
 
 
+def init_state(optimizer: optax.GradientTransformation, trainable: Any) -> TrainState:
+    """A fresh `TrainState` of `trainable`: step 0 and the optimizer's initial state."""
+    return TrainState(jnp.zeros([], jnp.int32), trainable, optimizer.init(trainable))
+
+
 def train_step(
     state: TrainState,
     frozen: Any,
@@ -52,7 +60,7 @@ def train_step(
     model: PromptModel,
     optimizer: optax.GradientTransformation,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer update of the trainable parameters (pure; jitted once by `jit_train_step`).
+    """One optimizer update of the trainable parameters (pure; jitted once by `train`).
 
     Gradients are taken with respect to `state.params` only; `frozen` is closed over, so frozen
     weights get no gradient buffers and no optimizer state.
@@ -83,6 +91,30 @@ def train_step(
     if rate is not None:
         metrics["learning_rate"] = rate
     return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def run_steps(
+    state: TrainState,
+    frozen: Any,
+    batches: Mapping[str, jax.Array],
+    rng: jax.Array,
+    *,
+    model: PromptModel,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """K `train_step`s in one `jax.lax.scan`, over batches stacked as `[K, B, ...]`.
+
+    Jitted whole (with the learning rate a traced input of the optimizer), one compilation serves
+    a whole run of any seed and rate; the K steps equal K calls of `train_step`.
+
+    Returns:
+      (state after K steps, metrics stacked as `[K]` per key).
+    """
+
+    def body(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, Any]:
+        return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer)
+
+    return jax.lax.scan(body, state, batches)
 
 
 def compiler_options(model: PromptModel, mesh: jax.sharding.Mesh) -> dict[str, str] | None:

@@ -29,6 +29,7 @@ from prompt_tuning.train import (
     evaluation,
     optimizers,
     partitioning,
+    prompt_files,
     setup,
 )
 from prompt_tuning.train.model import PromptModel
@@ -90,16 +91,20 @@ def _prompt_diagnostics(prompt: Any, trainable: Any) -> dict[str, float]:
     return {}
 
 
+def _export(run: Run) -> Any:
+    """The run's prompt export form (`prompt_files`), from its replicated trainable params."""
+    params = partitioning.to_host(run.state.params)
+    return prompt_files.export_form(run.model.prompt, params, width=run.model.config.emb_dim)
+
+
 def _save(run: Run, step: int, model_dir: str, best: bool = False) -> None:
-    """Checkpoints the state and exports the prompt as .npy (prompts/step_<N>.npy or best.npy)."""
+    """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
     meta = dict(run.meta, step=step, data_position=step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if distributed.is_primary():
-        prompt = checkpoints.prompt_for_export(
-            run.model.prompt, partitioning.to_host(run.state.params), width=run.model.config.emb_dim
-        )
-        if prompt is not None:
-            checkpoints.export_prompt(model_dir, "best" if best else f"step_{step}", prompt)
+        export = _export(run)
+        if export is not None:
+            prompt_files.write_export(model_dir, "best" if best else f"step_{step}", export)
 
 
 def make_evaluator(
@@ -112,6 +117,7 @@ def make_evaluator(
     eval_steps: int | None,
     decode_method: str = "greedy",
     beam_size: int = 4,
+    labels: Any = None,
 ) -> tuple[Any, Callable[..., float]] | None:
     """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
     if not eval_period:
@@ -126,6 +132,7 @@ def make_evaluator(
         beam_size=beam_size,
         split=split,
         num_examples=num_examples,
+        labels=labels,
     )
     return evaluator, evaluation.select_metric
 
@@ -169,7 +176,7 @@ def train(
     initial_checkpoint_path: str | None = None,
     random_seed: int = 0,
     trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-    mixture_or_task_module: str | Sequence[str] | None = "tasks",
+    mixture_or_task_module: str | Sequence[str] | None = None,
     save_period: int = 1000,
     keep: int | None = 1,
     log_period: int = 100,
@@ -180,6 +187,7 @@ def train(
     eval_decode_method: str = "greedy",
     eval_beam_size: int = 4,
     best_metric: str | None = None,
+    eval_labels: Any = None,
     prompt_file: str | None = None,
     frozen_dtype: str | None = None,
     loss_normalizing_factor: float | None = None,
@@ -204,7 +212,8 @@ def train(
         from `random_seed` (tests, smoke runs) (INITIAL_CHECKPOINT_PATH).
       random_seed: seed of initialization, dropout and data order (RANDOM_SEED).
       trainable_params_regex: parameters to train (TRAINABLE_PARAMS_REGEX).
-      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE).
+      mixture_or_task_module: module(s) imported to register tasks (MIXTURE_OR_TASK_MODULE; the
+        gin files default to "tasks"); None: the tasks are registered already.
       save_period: checkpoint every this many steps, and at the end (SAVE_PERIOD).
       keep: checkpoints kept (KEEP).
       log_period: steps between progress lines.
@@ -218,7 +227,10 @@ def train(
         better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
         as "glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over the
         tasks reporting it (see `evaluation.select_metric`).
-      prompt_file: start from this `.npy` prompt [P, H] (PROMPT_FILE).
+      eval_labels: label strings rank classification scores (one list, or `{task: list}`);
+        default the labels each task binds into its postprocessor (`rank_classification`).
+      prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
+        `[N, P, H]` `.npy`, or a parameters `.npz`).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
       loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
@@ -242,7 +254,7 @@ def train(
     data.get_task_or_mixture(mixture_or_task_name)
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     if prompt_file is not None:
-        checkpoints.load_prompt_npy(prompt_file)
+        prompt_files.read_prompt_file(prompt_file)
     if eval_decode_method not in ("greedy", "beam"):
         raise ValueError(
             f"Unknown eval_decode_method {eval_decode_method!r}; use 'greedy' (the default) or "
@@ -281,6 +293,7 @@ def train(
         eval_steps,
         eval_decode_method,
         eval_beam_size,
+        eval_labels,
     )
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
@@ -289,6 +302,9 @@ def train(
         f"data shard(s)): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; writing to "
         f"{model_dir}."
     )
+    export = _export(run)  # says what prompts/step_<N> will hold (prompt_files)
+    if export is not None:
+        run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
@@ -338,7 +354,9 @@ def _loop(
     elif run.start_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
-        batch = partitioning.shard_batch(next(batches), run.mesh, batch_size)
+        numpy_batch = next(batches)
+        run.model.check_task_ids(numpy_batch, f"MIXTURE_OR_TASK_NAME {task!r}")
+        batch = partitioning.shard_batch(numpy_batch, run.mesh, batch_size)
         run.state, metrics = run.step_fn(run.state, run.frozen, batch, run.rng)
         pending.append(metrics)
         if step == run.start_step + 1:  # exclude compilation from the throughput

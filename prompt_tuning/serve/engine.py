@@ -1,0 +1,336 @@
+"""Compiled serving programs over the frozen T5 and a `ServingPromptBank`, in fixed shape buckets.
+
+Every batch is padded to a batch bucket B, an input-length bucket T and a decode (or label) length
+bucket S, so a server compiles a fixed set of programs at start (warm-up) and none after. The
+programs are compiled ahead of time (`jax.jit(...).lower(...).compile()`) against the shardings the
+frozen parameters carry: the batch is split over the mesh's "data" axis when B divides by it, the
+parameters stay as placed (`inference.load_params`), the bank is replicated. Each compile is counted
+and logged; a request never compiles unless its shape is outside the warmed set.
+
+Programs (all outputs per row, equal to running the row alone with its prompt):
+- greedy: `decoding.greedy_decode` to S tokens (a row asking for fewer keeps its first ones:
+  greedy decoding of a shorter length is a prefix of a longer one);
+- beam: `decoding.beam_search` with each row's own maximum length (`lengths`), best beam and score;
+- score: `decoding.score`, the summed log-likelihood of target rows (rank classification).
+
+Letters: B batch, T input length, S decode/label length, C bank capacity, P bank prompt length,
+H model dim, W beams.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from prompt_tuning.prompts.serving_bank import ServingPromptBank
+from prompt_tuning.t5 import decoding
+
+KINDS = ("greedy", "beam", "score")
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """The padded shapes a server compiles for (each tuple ascending).
+
+    Attributes:
+      batch: batch sizes B (rows; a beam row holds W beams).
+      input_length: encoder input lengths T (the largest is the longest input served).
+      decode_length: decode lengths S of `generate` (the largest is the longest output).
+      label_length: label lengths S of `classify` (the largest is the longest label).
+    """
+
+    batch: tuple[int, ...] = (1, 4, 16, 32)
+    input_length: tuple[int, ...] = (64, 256)
+    decode_length: tuple[int, ...] = (16, 64)
+    label_length: tuple[int, ...] = (8,)
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            values = tuple(int(v) for v in getattr(self, field.name))
+            if not values or min(values) < 1 or list(values) != sorted(set(values)):
+                raise ValueError(
+                    f"Bucket list {field.name}={values} must be positive, ascending, distinct."
+                )
+            object.__setattr__(self, field.name, values)
+
+    def lengths(self, kind: str) -> tuple[int, ...]:
+        """The target-length buckets of a program kind."""
+        return self.label_length if kind == "score" else self.decode_length
+
+
+def bucket(values: Sequence[int], n: int) -> int:
+    """The smallest bucket >= n.
+
+    Raises:
+      ValueError: n is larger than every bucket.
+    """
+    for value in values:
+        if value >= n:
+            return value
+    raise ValueError(f"{n} exceeds the largest bucket {values[-1]}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramKey:
+    """One compiled program: its kind and padded shapes."""
+
+    kind: str
+    batch: int
+    input_length: int
+    target_length: int
+    beam_size: int
+    capacity: int
+    prompt_length: int
+
+
+def _with_bank(params: Any, table: jax.Array, lengths: jax.Array) -> dict:
+    """The frozen params with the bank at `encoder/prompt/{prompt, lengths}`."""
+    encoder = dict(params["encoder"], prompt={"prompt": table, "lengths": lengths})
+    return dict(params, encoder=encoder)
+
+
+def _greedy(model, length, params, table, lengths, tokens, rows):
+    return decoding.greedy_decode(
+        model, _with_bank(params, table, lengths), tokens, length, task_ids=rows
+    )  # [B, S]
+
+
+def _beam(model, length, beam_size, params, table, lengths, tokens, rows, max_lengths):
+    best, scores = decoding.beam_search(
+        model,
+        _with_bank(params, table, lengths),
+        tokens,
+        length,
+        beam_size,
+        task_ids=rows,
+        lengths=max_lengths,
+    )
+    return best[:, 0], scores[:, 0]  # [B, S], [B]
+
+
+def _score(model, params, table, lengths, tokens, rows, targets):
+    inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)  # [B, S]
+    return decoding.score(
+        model, _with_bank(params, table, lengths), tokens, inputs, targets, task_ids=rows
+    )  # [B]
+
+
+class Engine:
+    """Runs padded batches through compiled programs; compiles each shape once.
+
+    Attributes:
+      module: the frozen `EncoderDecoder` (its own prompt, if any, is replaced by the bank).
+      params: its parameters (frozen, placed on a mesh by `inference.load_params`).
+      buckets: the padded shapes.
+      beam_sizes: the beam sizes served.
+      compiles: programs compiled so far, by reason ("warmup", "new_shape", "bank_resize").
+      compile_threads: programs compiled at once by `warm_up` (default: the CPU count).
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        params: Any,
+        buckets: Buckets,
+        beam_sizes: Sequence[int] = (4,),
+        on_compile: Callable[[ProgramKey, str, float], None] | None = None,
+        compile_threads: int | None = None,
+    ):
+        self.compile_threads = compile_threads or os.cpu_count() or 1
+        self.module = module.clone(prompt=None)
+        self.params = params
+        self.buckets = buckets
+        self.beam_sizes = tuple(int(w) for w in beam_sizes)
+        self.embed_dim = int(module.config.emb_dim)
+        self.compiles: dict[str, int] = {}
+        self._on_compile = on_compile
+        self._programs: dict[ProgramKey, Any] = {}
+        self._modules: dict[tuple[int, int], Any] = {}
+        self._pending: dict[ProgramKey, threading.Lock] = {}
+        self._lock = threading.Lock()
+        sharding = jax.tree.leaves(params)[0].sharding
+        self._mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
+        self._single = None if self._mesh is not None else sharding
+
+    # Shardings -----------------------------------------------------------------------------------
+    def replicated(self) -> jax.sharding.Sharding:
+        """Where the bank lives: replicated on the params' mesh (or their single device)."""
+        return self._single or NamedSharding(self._mesh, P())
+
+    def batch_sharding(self, rows: int) -> jax.sharding.Sharding:
+        """Batch arrays: split over "data" when it divides `rows`, else replicated."""
+        if self._mesh is None:
+            return self._single
+        data = dict(self._mesh.shape).get("data", 1)
+        return NamedSharding(self._mesh, P("data") if rows % data == 0 else P())
+
+    # Programs ------------------------------------------------------------------------------------
+    def bank_module(self, capacity: int, length: int) -> Any:
+        """The frozen model with a `ServingPromptBank(capacity, length)` (one object per shape)."""
+        with self._lock:
+            key = (capacity, length)
+            if key not in self._modules:
+                bank = ServingPromptBank(capacity, length, self.embed_dim)
+                self._modules[key] = self.module.clone(prompt=bank)
+            return self._modules[key]
+
+    def _lower(self, key: ProgramKey) -> Any:
+        """Lowers and compiles one program for its shapes and shardings."""
+        model = self.bank_module(key.capacity, key.prompt_length)
+        b, t, s = key.batch, key.input_length, key.target_length
+        rep, data = self.replicated(), self.batch_sharding(b)
+        spec = lambda shape, dtype, sh: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)  # noqa: E731
+        bank = (
+            spec((key.capacity, key.prompt_length, self.embed_dim), jnp.float32, rep),
+            spec((key.capacity,), jnp.int32, rep),
+        )
+        batch = (spec((b, t), jnp.int32, data), spec((b,), jnp.int32, data))
+        if key.kind == "greedy":
+            fn, extra = functools.partial(_greedy, model, s), ()
+        elif key.kind == "beam":
+            fn = functools.partial(_beam, model, s, key.beam_size)
+            extra = (spec((b,), jnp.int32, data),)
+        else:
+            fn, extra = functools.partial(_score, model), (spec((b, s), jnp.int32, data),)
+        return jax.jit(fn).lower(self.params, *bank, *batch, *extra).compile()
+
+    def program(self, key: ProgramKey, reason: str = "new_shape") -> Any:
+        """The compiled program of `key`, compiling it (once, even from several threads)."""
+        with self._lock:
+            compiled = self._programs.get(key)
+            if compiled is not None:
+                return compiled
+            lock = self._pending.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                if key in self._programs:
+                    return self._programs[key]
+            start = time.perf_counter()
+            compiled = self._lower(key)
+            seconds = time.perf_counter() - start
+            with self._lock:
+                self._programs[key] = compiled
+                self.compiles[reason] = self.compiles.get(reason, 0) + 1
+            level = logging.DEBUG if reason == "warmup" else logging.WARNING
+            logging.log(level, "Compiled %s (%s) in %.1f s", key, reason, seconds)
+            if self._on_compile is not None:
+                self._on_compile(key, reason, seconds)
+            return compiled
+
+    def warm_keys(self, kinds: Sequence[str], capacity: int, length: int) -> list[ProgramKey]:
+        """Every program of `kinds` for the bank shape (C, P): all bucket combinations."""
+        keys = []
+        for kind in kinds:
+            if kind not in KINDS:
+                raise ValueError(f"Unknown program kind {kind!r}; choose from {KINDS}.")
+            beams = self.beam_sizes if kind == "beam" else (0,)
+            for w in beams:
+                for b in self.buckets.batch:
+                    for t in self.buckets.input_length:
+                        for s in self.buckets.lengths(kind):
+                            keys.append(ProgramKey(kind, b, t, s, w, capacity, length))
+        return keys
+
+    def warm_up(
+        self, kinds: Sequence[str], capacity: int, length: int, reason: str = "warmup"
+    ) -> int:
+        """Compiles every program of `kinds` for the bank shape; returns how many were new."""
+        keys = [k for k in self.warm_keys(kinds, capacity, length) if k not in self._programs]
+        # XLA compiles mostly on one thread: compiling several programs at once uses the cores.
+        with concurrent.futures.ThreadPoolExecutor(self.compile_threads) as pool:
+            list(pool.map(lambda key: self.program(key, reason), keys))
+        return len(keys)
+
+    def num_programs(self) -> int:
+        """Programs compiled so far."""
+        return len(self._programs)
+
+    # Running -------------------------------------------------------------------------------------
+    def _pad(self, tokens: Sequence[np.ndarray], rows: Sequence[int], extra=()):
+        """Pads n rows to the batch and input-length buckets.
+
+        Padding rows repeat row 0, so a decoding loop stops when the real rows are done.
+        """
+        n = len(tokens)
+        b = bucket(self.buckets.batch, n)
+        t = bucket(self.buckets.input_length, max(len(x) for x in tokens))
+        batch = np.zeros((b, t), np.int32)  # [B, T]
+        for i, x in enumerate(tokens):
+            batch[i, : len(x)] = x
+        batch[n:] = batch[0]
+        ids = np.asarray(list(rows) + [rows[0]] * (b - n), np.int32)  # [B]
+        padded = [np.concatenate([e, np.repeat(e[:1], b - n, axis=0)]) for e in extra]
+        return b, t, batch, ids, padded
+
+    def _put(self, b: int, *arrays: np.ndarray) -> list[jax.Array]:
+        sharding = self.batch_sharding(b)
+        return [jax.device_put(a, sharding) for a in arrays]
+
+    def generate(
+        self,
+        bank: Any,
+        tokens: Sequence[np.ndarray],
+        rows: Sequence[int],
+        max_lengths: Sequence[int],
+        method: str = "greedy",
+        beam_size: int = 4,
+    ) -> tuple[list[np.ndarray], list[float] | None]:
+        """Decodes n inputs, each with its bank row and its maximum output length.
+
+        Args:
+          bank: a snapshot with `table [C, P, H]`, `lengths [C]` (device arrays).
+          tokens: n int arrays `[t_i]` (EOS included), t_i <= the largest input bucket.
+          rows: n bank rows.
+          max_lengths: n maximum output lengths, each <= the largest decode bucket.
+          method: "greedy" or "beam".
+          beam_size: W for "beam" (one of `beam_sizes`).
+
+        Returns:
+          (n token arrays `[max_length_i]`, 0 after EOS; n beam scores or None for greedy).
+        """
+        s = bucket(self.buckets.decode_length, max(max_lengths))
+        kind = "beam" if method == "beam" else "greedy"
+        limits = np.asarray(max_lengths, np.int32)[:, None]  # [n, 1]
+        b, t, batch, ids, (limits,) = self._pad(tokens, rows, (limits,))
+        key = ProgramKey(kind, b, t, s, beam_size if kind == "beam" else 0, *bank.shape)
+        program = self.program(key)
+        args = self._put(b, batch, ids)
+        if kind == "beam":
+            out, scores = program(
+                self.params, bank.table, bank.lengths, *args, *self._put(b, limits[:, 0])
+            )
+            scores = np.asarray(jax.device_get(scores))[: len(tokens)].tolist()
+        else:
+            out, scores = program(self.params, bank.table, bank.lengths, *args), None
+        out = np.asarray(jax.device_get(out))
+        return [out[i, :m] for i, m in enumerate(max_lengths)], scores
+
+    def score(
+        self,
+        bank: Any,
+        tokens: Sequence[np.ndarray],
+        rows: Sequence[int],
+        targets: Sequence[np.ndarray],
+    ) -> np.ndarray:
+        """Summed log-likelihood `[n]` of each target `[s_i]` (EOS included) given its input."""
+        s = bucket(self.buckets.label_length, max(len(x) for x in targets))
+        padded = np.zeros((len(targets), s), np.int32)  # [n, S]
+        for i, x in enumerate(targets):
+            padded[i, : len(x)] = x
+        b, t, batch, ids, (padded,) = self._pad(tokens, rows, (padded,))
+        program = self.program(ProgramKey("score", b, t, s, 0, *bank.shape))
+        out = program(self.params, bank.table, bank.lengths, *self._put(b, batch, ids, padded))
+        return np.asarray(jax.device_get(out))[: len(tokens)]
