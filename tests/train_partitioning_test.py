@@ -61,6 +61,9 @@ def test_bad_partitions_heads_and_batches_are_named_with_the_fix():
     partitioning.check_model_fits_mesh(t5_config.t5_1_1("large"), mesh)  # 16 heads: fine
     with pytest.raises(ValueError, match=r"BATCH_SIZE 6 is not divisible by .* 4 .*e\.g\. 4 or 8"):
         partitioning.check_batch_fits_mesh(6, partitioning.make_mesh(2))
+    # Evaluation pads its batches instead: 6 rows on a data axis of 4 run as 8.
+    assert partitioning.evaluation_batch_size(6, partitioning.make_mesh(2)) == 8
+    assert partitioning.evaluation_batch_size(8, partitioning.make_mesh(2)) == 8
 
 
 def _fake_mesh(process_of_device, data, model):

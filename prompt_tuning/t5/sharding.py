@@ -84,8 +84,9 @@ def logical_to_mesh_spec(
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     """`x` with a sharding constraint from its logical axes (T5X's `with_logical_constraint`).
 
-    A no-op unless flax logical-axis rules (`nn.logical_axis_rules`) and a mesh (`jax.set_mesh`)
-    are both active while tracing.
+    A no-op unless flax logical-axis rules (`nn.logical_axis_rules`) and a mesh
+    (`jax.sharding.use_abstract_mesh`) are both active while tracing, and on a mesh whose only
+    axis of size > 1 is the batch's.
 
     Args:
       x: an activation, e.g. `[B, L, H]`.
@@ -97,6 +98,11 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     rules = nn.get_logical_axis_rules()
     mesh = jax.sharding.get_abstract_mesh()
     if not rules or mesh.empty:
+        return x
+    batch_axis = dict(rules).get("batch")
+    if all(size == 1 for name, size in mesh.shape.items() if name != batch_axis):
+        # Pure data parallelism: activations follow the batch's sharding anyway, and the program
+        # stays the one without constraints (bit-identical results).
         return x
     spec = logical_to_mesh_spec(logical, x.shape, dict(mesh.shape), rules, strict=False)
     return jax.lax.with_sharding_constraint(x, spec)

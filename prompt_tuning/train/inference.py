@@ -217,7 +217,7 @@ def evaluate(
         mixture_or_task_name,
         task_feature_lengths,
         predictor,
-        batch_size,
+        serving.batch_size_for(batch_size, params),
         rank_classification=rank_classification,
         split=split,
         num_examples=num_examples,
@@ -296,6 +296,7 @@ def infer(
     provider = data.get_task_or_mixture(mixture_or_task_name)
     options = dict(locals())
     predictor, params, _ = serving.restore(model, task_feature_lengths, options)
+    batch_size = serving.batch_size_for(batch_size, params)
 
     def records() -> Iterator[dict[str, Any]]:
         for task in seqio.get_subtasks(provider):

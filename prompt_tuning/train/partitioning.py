@@ -186,6 +186,17 @@ def check_batch_fits_mesh(batch_size: int, mesh: Mesh, macro: str = "BATCH_SIZE"
         )
 
 
+def evaluation_batch_size(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the "data" axis, for evaluation and inference.
+
+    Their last batch is padded anyway (only the real rows are read back), so padding every batch
+    to a size the data axis divides costs a few rows instead of an error; a training batch must
+    divide (`check_batch_fits_mesh`), since its size is part of the recipe.
+    """
+    data = mesh.shape[DATA_AXIS]
+    return -(-batch_size // data) * data
+
+
 # ----------------------------------------------------------------------------------------------
 # Shardings.
 

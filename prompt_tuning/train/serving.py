@@ -222,18 +222,16 @@ def restore(
 ) -> tuple[predictor.Predictor, dict[str, Any], int | None]:
     """Parameters and predictor for one PROMPT_FILE, a list of them (ensemble) or a MODEL_DIR.
 
-    The mesh, the heads and the batch are checked before anything is loaded.
+    The mesh and the heads are checked before anything is loaded.
 
     Raises:
-      ValueError: NUM_PARTITIONS does not divide the devices or the heads, or BATCH_SIZE does not
-        divide over the data axis.
+      ValueError: NUM_PARTITIONS does not divide the devices or the heads.
     """
     model = as_prompt_model(model)
     mesh = partitioning.make_mesh(
         options.get("num_partitions", 1), None, options.get("model_parallel_submesh")
     )
     partitioning.check_model_fits_mesh(model.config, mesh)
-    partitioning.check_batch_fits_mesh(options["batch_size"], mesh)
     prompt_file = options["prompt_file"]
     files = [prompt_file] if isinstance(prompt_file, str) else list(prompt_file or ())
     full, step = load_params(
@@ -251,3 +249,10 @@ def restore(
         model, full, files, options["decode_method"], options["beam_size"]
     )
     return members, full, step
+
+
+def batch_size_for(batch_size: int, params: Any) -> int:
+    """BATCH_SIZE for predicting with `params`: rounded up so their mesh's data axis divides it
+    (the padded rows are dropped; `partitioning.evaluation_batch_size`)."""
+    mesh = predictor.mesh_of(params)
+    return batch_size if mesh is None else partitioning.evaluation_batch_size(batch_size, mesh)

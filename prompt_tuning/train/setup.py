@@ -74,8 +74,6 @@ def build_mesh(model: nn.Module, batch_size: int, options: Mapping[str, Any]) ->
     )
     partitioning.check_model_fits_mesh(model.config, mesh)
     partitioning.check_batch_fits_mesh(batch_size, mesh)
-    if options.get("eval_batch_size"):
-        partitioning.check_batch_fits_mesh(options["eval_batch_size"], mesh, "eval_batch_size")
     return mesh
 
 

@@ -265,7 +265,6 @@ def train(
         num_devices=num_devices,
         num_partitions=num_partitions,
         model_parallel_submesh=model_parallel_submesh,
-        eval_batch_size=(eval_batch_size or batch_size) if eval_period else None,
         random_seed=random_seed,
         loss=dict(
             loss_normalizing_factor=loss_normalizing_factor,
@@ -288,7 +287,7 @@ def train(
         mixture_or_task_name,
         task_feature_lengths,
         run.model,
-        eval_batch_size or batch_size,
+        partitioning.evaluation_batch_size(eval_batch_size or batch_size, run.mesh),
         eval_split,
         eval_steps,
         eval_decode_method,
