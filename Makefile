@@ -6,6 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 EXTRAS := $(VENV)/.installed-test
+T5_REFERENCE := t5 babel rouge-score nltk sacrebleu tabulate colorama lxml portalocker
 
 .PHONY: install install-runtime test lint format demo clean
 
@@ -19,6 +20,9 @@ $(EXTRAS): $(RUNTIME)
 	# The CPU build of torch first, so nothing pulls a CUDA torch (torch is a test-only reference).
 	$(BIN)/pip install -q -c constraints.txt torch
 	$(BIN)/pip install -q -c constraints.txt -e ".[test,bench,serve]"
+	# The original T5 package, a test-only reference (tests/tasks_t5_compat_test.py), with --no-deps:
+	# its declared requirements (mesh-tensorflow, seqio-nightly, ...) would replace the pinned stack.
+	$(BIN)/pip install -q --no-deps -c constraints.txt $(T5_REFERENCE)
 	touch $(EXTRAS)
 
 install-runtime: $(RUNTIME)

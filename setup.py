@@ -36,7 +36,10 @@ setuptools.setup(
         # The embedded tiny pretrained T5 (checkpoint, vocabulary, card) ships with the package,
         # and so do the gin files (found on gin's search path from any working directory).
         "prompt_tuning.pretrained": ["t5_tiny/*", "t5_tiny/*/*", "t5_tiny/*/*/*"],
-        **{f"gin_configs.{kind}": ["*.gin"] for kind in ("models", "prompts", "runs")},
+        **{
+            f"gin_configs.{kind}": ["*.gin"]
+            for kind in ("models", "prompts", "runs", "t5x.models", "t5x.runs")
+        },
     },
     install_requires=CORE,
     extras_require={

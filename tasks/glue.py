@@ -1,21 +1,22 @@
-"""GLUE tasks as T5 registers them (`glue_<config>_v002`), by default without T5's task prefix.
+"""GLUE tasks of T5 (`glue_<config>_v002`) under names of our own (`tasks.naming`).
 
-Each task is registered twice: `glue_rte_v002` reads `sentence1: ... sentence2: ...` (Lester et al.
-2021 omit the task name) and `glue_rte_v002_prefixed` reads T5's `rte sentence1: ... sentence2:
-...`. Data: TFDS `glue/<config>:1.0.0`, the version of T5 and Lester et al. (still a supported
-version of the TFDS 4.9 builder, whose default is 2.0.0). Label strings are TFDS's, indexed by class
-id; records without a label (test splits) are dropped and counted (`tasks.preprocessors`), except
-for the test-only diagnostic `glue_ax_v002`, which keeps them with target `<unk>` so that it can be
-predicted, as T5 does, and has no metrics.
+Each task is registered twice: `taskless_glue_rte_v002` reads `sentence1: ... sentence2: ...`
+(Lester et al. 2021 omit the task name) and `glue_rte_v002_t5format` reads T5's `rte sentence1:
+... sentence2: ...`, byte for byte. Data: TFDS `glue/<config>:1.0.0`, the version of T5 and
+Lester et al. (still a supported version of the TFDS 4.9 builder, whose default is 2.0.0). Label
+strings are TFDS's, indexed by class id; records without a label (test splits) are dropped and
+counted (`tasks.preprocessors`), except for the test-only diagnostic AX (`taskless_glue_ax_v002`),
+which keeps them with target `<unk>` so that it can be predicted, as T5 does, and has no metrics.
 
-`glue_mnli_v002` reads `validation` as `validation_matched` and `test` as `test_matched` (the TFDS
-names are also kept); `glue_mnli_matched_v002`/`glue_mnli_mismatched_v002` are the two evaluation
-sets on their own, as in T5.
+MNLI (`taskless_glue_mnli_v002`) reads `validation` as `validation_matched` and `test` as
+`test_matched` (the TFDS names are also kept); `taskless_glue_mnli_matched_v002` and
+`taskless_glue_mnli_mismatched_v002` are the two evaluation sets on their own, as in T5.
 
-Zero-shot transfer between QQP and MRPC (Lester et al. 2021, Table 2): `glue_mrpc_as_qqp_v002` is
-MRPC with QQP's label strings (`not_duplicate`/`duplicate`), `glue_qqp_as_mrpc_v002` is QQP with
-MRPC's (`not_equivalent`/`equivalent`); the inputs keep their own field names. A prompt trained on
-`glue_qqp_v002` is evaluated on `glue_mrpc_as_qqp_v002`, and the other way round.
+Zero-shot transfer between QQP and MRPC (Lester et al. 2021, Table 2):
+`taskless_glue_mrpc_as_qqp_v002` is MRPC with QQP's label strings (`not_duplicate`/`duplicate`),
+`taskless_glue_qqp_as_mrpc_v002` is QQP with MRPC's (`not_equivalent`/`equivalent`); the inputs
+keep their own field names. A prompt trained on `taskless_glue_qqp_v002` is evaluated on
+`taskless_glue_mrpc_as_qqp_v002`, and the other way round.
 
 Every task's metric function also returns `mean_of_metrics` (`tasks.metrics`).
 """
@@ -161,109 +162,109 @@ def _stsb(prefixed: bool) -> dict:
 _MCC = (metrics.matthews_corrcoef,)
 
 seqio.TaskRegistry.add(
-    "glue_cola_v002", **_classification("cola", COLA_LABELS, _MCC, prefixed=False)
+    "taskless_glue_cola_v002", **_classification("cola", COLA_LABELS, _MCC, prefixed=False)
 )
-register_labels("glue_cola_v002", COLA_LABELS)
+register_labels("taskless_glue_cola_v002", COLA_LABELS)
 seqio.TaskRegistry.add(
-    "glue_cola_v002_prefixed", **_classification("cola", COLA_LABELS, _MCC, prefixed=True)
+    "glue_cola_v002_t5format", **_classification("cola", COLA_LABELS, _MCC, prefixed=True)
 )
-register_labels("glue_cola_v002_prefixed", COLA_LABELS)
+register_labels("glue_cola_v002_t5format", COLA_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_sst2_v002", **_classification("sst2", SST2_LABELS, _ACCURACY, prefixed=False)
+    "taskless_glue_sst2_v002", **_classification("sst2", SST2_LABELS, _ACCURACY, prefixed=False)
 )
-register_labels("glue_sst2_v002", SST2_LABELS)
+register_labels("taskless_glue_sst2_v002", SST2_LABELS)
 seqio.TaskRegistry.add(
-    "glue_sst2_v002_prefixed", **_classification("sst2", SST2_LABELS, _ACCURACY, prefixed=True)
+    "glue_sst2_v002_t5format", **_classification("sst2", SST2_LABELS, _ACCURACY, prefixed=True)
 )
-register_labels("glue_sst2_v002_prefixed", SST2_LABELS)
+register_labels("glue_sst2_v002_t5format", SST2_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_mrpc_v002", **_classification("mrpc", MRPC_LABELS, _F1_ACCURACY, prefixed=False)
+    "taskless_glue_mrpc_v002", **_classification("mrpc", MRPC_LABELS, _F1_ACCURACY, prefixed=False)
 )
-register_labels("glue_mrpc_v002", MRPC_LABELS)
+register_labels("taskless_glue_mrpc_v002", MRPC_LABELS)
 seqio.TaskRegistry.add(
-    "glue_mrpc_v002_prefixed", **_classification("mrpc", MRPC_LABELS, _F1_ACCURACY, prefixed=True)
+    "glue_mrpc_v002_t5format", **_classification("mrpc", MRPC_LABELS, _F1_ACCURACY, prefixed=True)
 )
-register_labels("glue_mrpc_v002_prefixed", MRPC_LABELS)
+register_labels("glue_mrpc_v002_t5format", MRPC_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_qqp_v002", **_classification("qqp", QQP_LABELS, _F1_ACCURACY, prefixed=False)
+    "taskless_glue_qqp_v002", **_classification("qqp", QQP_LABELS, _F1_ACCURACY, prefixed=False)
 )
-register_labels("glue_qqp_v002", QQP_LABELS)
+register_labels("taskless_glue_qqp_v002", QQP_LABELS)
 seqio.TaskRegistry.add(
-    "glue_qqp_v002_prefixed", **_classification("qqp", QQP_LABELS, _F1_ACCURACY, prefixed=True)
+    "glue_qqp_v002_t5format", **_classification("qqp", QQP_LABELS, _F1_ACCURACY, prefixed=True)
 )
-register_labels("glue_qqp_v002_prefixed", QQP_LABELS)
+register_labels("glue_qqp_v002_t5format", QQP_LABELS)
 
-seqio.TaskRegistry.add("glue_stsb_v002", **_stsb(prefixed=False))
-register_labels("glue_stsb_v002", STSB_LABELS)
-seqio.TaskRegistry.add("glue_stsb_v002_prefixed", **_stsb(prefixed=True))
-register_labels("glue_stsb_v002_prefixed", STSB_LABELS)
+seqio.TaskRegistry.add("taskless_glue_stsb_v002", **_stsb(prefixed=False))
+register_labels("taskless_glue_stsb_v002", STSB_LABELS)
+seqio.TaskRegistry.add("glue_stsb_v002_t5format", **_stsb(prefixed=True))
+register_labels("glue_stsb_v002_t5format", STSB_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_mnli_v002",
+    "taskless_glue_mnli_v002",
     **_classification("mnli", MNLI_LABELS, _ACCURACY, prefixed=False, splits=_MNLI_SPLITS),
 )
-register_labels("glue_mnli_v002", MNLI_LABELS)
+register_labels("taskless_glue_mnli_v002", MNLI_LABELS)
 seqio.TaskRegistry.add(
-    "glue_mnli_v002_prefixed",
+    "glue_mnli_v002_t5format",
     **_classification("mnli", MNLI_LABELS, _ACCURACY, prefixed=True, splits=_MNLI_SPLITS),
 )
-register_labels("glue_mnli_v002_prefixed", MNLI_LABELS)
+register_labels("glue_mnli_v002_t5format", MNLI_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_mnli_matched_v002",
+    "taskless_glue_mnli_matched_v002",
     **_classification("mnli_matched", MNLI_LABELS, _ACCURACY, prefixed=False, benchmark="mnli"),
 )
-register_labels("glue_mnli_matched_v002", MNLI_LABELS)
+register_labels("taskless_glue_mnli_matched_v002", MNLI_LABELS)
 seqio.TaskRegistry.add(
-    "glue_mnli_matched_v002_prefixed",
+    "glue_mnli_matched_v002_t5format",
     **_classification("mnli_matched", MNLI_LABELS, _ACCURACY, prefixed=True, benchmark="mnli"),
 )
-register_labels("glue_mnli_matched_v002_prefixed", MNLI_LABELS)
+register_labels("glue_mnli_matched_v002_t5format", MNLI_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_mnli_mismatched_v002",
+    "taskless_glue_mnli_mismatched_v002",
     **_classification("mnli_mismatched", MNLI_LABELS, _ACCURACY, prefixed=False, benchmark="mnli"),
 )
-register_labels("glue_mnli_mismatched_v002", MNLI_LABELS)
+register_labels("taskless_glue_mnli_mismatched_v002", MNLI_LABELS)
 seqio.TaskRegistry.add(
-    "glue_mnli_mismatched_v002_prefixed",
+    "glue_mnli_mismatched_v002_t5format",
     **_classification("mnli_mismatched", MNLI_LABELS, _ACCURACY, prefixed=True, benchmark="mnli"),
 )
-register_labels("glue_mnli_mismatched_v002_prefixed", MNLI_LABELS)
+register_labels("glue_mnli_mismatched_v002_t5format", MNLI_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_qnli_v002", **_classification("qnli", QNLI_LABELS, _ACCURACY, prefixed=False)
+    "taskless_glue_qnli_v002", **_classification("qnli", QNLI_LABELS, _ACCURACY, prefixed=False)
 )
-register_labels("glue_qnli_v002", QNLI_LABELS)
+register_labels("taskless_glue_qnli_v002", QNLI_LABELS)
 seqio.TaskRegistry.add(
-    "glue_qnli_v002_prefixed", **_classification("qnli", QNLI_LABELS, _ACCURACY, prefixed=True)
+    "glue_qnli_v002_t5format", **_classification("qnli", QNLI_LABELS, _ACCURACY, prefixed=True)
 )
-register_labels("glue_qnli_v002_prefixed", QNLI_LABELS)
+register_labels("glue_qnli_v002_t5format", QNLI_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_rte_v002", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=False)
+    "taskless_glue_rte_v002", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=False)
 )
-register_labels("glue_rte_v002", RTE_LABELS)
+register_labels("taskless_glue_rte_v002", RTE_LABELS)
 seqio.TaskRegistry.add(
-    "glue_rte_v002_prefixed", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=True)
+    "glue_rte_v002_t5format", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=True)
 )
-register_labels("glue_rte_v002_prefixed", RTE_LABELS)
+register_labels("glue_rte_v002_t5format", RTE_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_wnli_v002", **_classification("wnli", WNLI_LABELS, _ACCURACY, prefixed=False)
+    "taskless_glue_wnli_v002", **_classification("wnli", WNLI_LABELS, _ACCURACY, prefixed=False)
 )
-register_labels("glue_wnli_v002", WNLI_LABELS)
+register_labels("taskless_glue_wnli_v002", WNLI_LABELS)
 seqio.TaskRegistry.add(
-    "glue_wnli_v002_prefixed", **_classification("wnli", WNLI_LABELS, _ACCURACY, prefixed=True)
+    "glue_wnli_v002_t5format", **_classification("wnli", WNLI_LABELS, _ACCURACY, prefixed=True)
 )
-register_labels("glue_wnli_v002_prefixed", WNLI_LABELS)
+register_labels("glue_wnli_v002_t5format", WNLI_LABELS)
 
 # The diagnostic set has only an unlabelled test split: predictions for the GLUE server, as T5.
 seqio.TaskRegistry.add(
-    "glue_ax_v002",
+    "taskless_glue_ax_v002",
     **_classification(
         "ax",
         MNLI_LABELS,
@@ -274,9 +275,9 @@ seqio.TaskRegistry.add(
         keep_unlabeled=True,
     ),
 )
-register_labels("glue_ax_v002", MNLI_LABELS)
+register_labels("taskless_glue_ax_v002", MNLI_LABELS)
 seqio.TaskRegistry.add(
-    "glue_ax_v002_prefixed",
+    "glue_ax_v002_t5format",
     **_classification(
         "ax",
         MNLI_LABELS,
@@ -287,25 +288,27 @@ seqio.TaskRegistry.add(
         keep_unlabeled=True,
     ),
 )
-register_labels("glue_ax_v002_prefixed", MNLI_LABELS)
+register_labels("glue_ax_v002_t5format", MNLI_LABELS)
 
 # QQP <-> MRPC zero-shot transfer: each dataset written with the other's label strings.
 seqio.TaskRegistry.add(
-    "glue_mrpc_as_qqp_v002", **_classification("mrpc", QQP_LABELS, _F1_ACCURACY, prefixed=False)
+    "taskless_glue_mrpc_as_qqp_v002",
+    **_classification("mrpc", QQP_LABELS, _F1_ACCURACY, prefixed=False),
 )
-register_labels("glue_mrpc_as_qqp_v002", QQP_LABELS)
+register_labels("taskless_glue_mrpc_as_qqp_v002", QQP_LABELS)
 seqio.TaskRegistry.add(
-    "glue_mrpc_as_qqp_v002_prefixed",
+    "glue_mrpc_as_qqp_v002_t5format",
     **_classification("mrpc", QQP_LABELS, _F1_ACCURACY, prefixed=True),
 )
-register_labels("glue_mrpc_as_qqp_v002_prefixed", QQP_LABELS)
+register_labels("glue_mrpc_as_qqp_v002_t5format", QQP_LABELS)
 
 seqio.TaskRegistry.add(
-    "glue_qqp_as_mrpc_v002", **_classification("qqp", MRPC_LABELS, _F1_ACCURACY, prefixed=False)
+    "taskless_glue_qqp_as_mrpc_v002",
+    **_classification("qqp", MRPC_LABELS, _F1_ACCURACY, prefixed=False),
 )
-register_labels("glue_qqp_as_mrpc_v002", MRPC_LABELS)
+register_labels("taskless_glue_qqp_as_mrpc_v002", MRPC_LABELS)
 seqio.TaskRegistry.add(
-    "glue_qqp_as_mrpc_v002_prefixed",
+    "glue_qqp_as_mrpc_v002_t5format",
     **_classification("qqp", MRPC_LABELS, _F1_ACCURACY, prefixed=True),
 )
-register_labels("glue_qqp_as_mrpc_v002_prefixed", MRPC_LABELS)
+register_labels("glue_qqp_as_mrpc_v002_t5format", MRPC_LABELS)

@@ -17,13 +17,15 @@ output feature, `get_dataset` keeps it (seqio keeps only output features in mixt
 trainer's feature converter passes it on as `task_ids [B]`. Evaluating a variant task alone also
 yields `task_ids`. Variants are registered here for base tasks already registered, and otherwise
 when their mixture is first used. The structured-prompt multi-task setting (Sec. 4: every batch
-holds roughly the same number of examples of each task) is `glue_v002_equal_with_task_ids`. The
-T5-named mixtures (`glue_v002_proportional`, ...) keep T5's tasks and have no `task_ids`.
+holds roughly the same number of examples of each task) is
+`taskless_glue_v002_equal_with_task_ids`. The mixtures named after T5's
+(`taskless_glue_v002_proportional`, ...; `tasks.naming`) hold the task-less variants of T5's tasks
+and have no `task_ids`.
 
 Also: `builtin_equal` and `builtin_equal_with_task_ids` over the built-in tasks, and
 `squad_to_mrqa_out_of_domain` (train on SQuAD; its validation split holds SQuAD and the six
 out-of-domain MRQA datasets, for zero-shot domain transfer). QQP↔MRPC transfer needs no mixture:
-train on `glue_qqp_v002` and evaluate on `glue_mrpc_v002` (or the reverse).
+train on `taskless_glue_qqp_v002` and evaluate on `taskless_glue_mrpc_v002` (or the reverse).
 
 Importing this module also registers, for every GLUE/SuperGLUE task of the lists below that is
 registered by then (`tasks/__init__.py` imports `tasks.glue` and `tasks.superglue` first), the
@@ -47,13 +49,15 @@ TASK_IDS_FEATURE = seqio.Feature(
 # T5's GLUE/SuperGLUE training mixtures, without WNLI (T5 trains on WSC instead) and without
 # T5's DPR task, which this project does not register.
 GLUE_TASKS = (
-    "glue_cola_v002", "glue_sst2_v002", "glue_mrpc_v002", "glue_qqp_v002", "glue_stsb_v002",
-    "glue_mnli_v002", "glue_qnli_v002", "glue_rte_v002",
+    "taskless_glue_cola_v002", "taskless_glue_sst2_v002", "taskless_glue_mrpc_v002",
+    "taskless_glue_qqp_v002", "taskless_glue_stsb_v002", "taskless_glue_mnli_v002",
+    "taskless_glue_qnli_v002", "taskless_glue_rte_v002",
 )  # fmt: skip
 SUPER_GLUE_TASKS = (
-    "super_glue_boolq_v102", "super_glue_cb_v102", "super_glue_copa_v102",
-    "super_glue_multirc_v102", "super_glue_record_v102", "super_glue_rte_v102",
-    "super_glue_wic_v102", "super_glue_wsc_v102_simple_train",
+    "taskless_super_glue_boolq_v102", "taskless_super_glue_cb_v102",
+    "taskless_super_glue_copa_v102", "taskless_super_glue_multirc_v102",
+    "taskless_super_glue_record_v102", "taskless_super_glue_rte_v102",
+    "taskless_super_glue_wic_v102", "taskless_super_glue_wsc_v102_simple_train",
 )  # fmt: skip
 BUILTIN_TASKS = ("builtin_sentiment", "builtin_topic", "builtin_keyword")
 # The task list of every mixture registered here, in `task_ids` order.
@@ -186,24 +190,28 @@ def register_multitask_mixture(
     return name
 
 
-register_mixture("glue_v002_proportional", GLUE_TASKS, examples_proportional_rate)
-register_mixture("glue_v002_equal", GLUE_TASKS, 1.0)
-register_multitask_mixture("glue_v002_equal_with_task_ids", GLUE_TASKS)
+register_mixture("taskless_glue_v002_proportional", GLUE_TASKS, examples_proportional_rate)
+register_mixture("taskless_glue_v002_equal", GLUE_TASKS, 1.0)
+register_multitask_mixture("taskless_glue_v002_equal_with_task_ids", GLUE_TASKS)
 register_multitask_mixture(
-    "glue_v002_proportional_with_task_ids", GLUE_TASKS, examples_proportional_rate
+    "taskless_glue_v002_proportional_with_task_ids", GLUE_TASKS, examples_proportional_rate
 )
-register_mixture("super_glue_v102_proportional", SUPER_GLUE_TASKS, examples_proportional_rate)
-register_mixture("super_glue_v102_equal", SUPER_GLUE_TASKS, 1.0)
-register_multitask_mixture("super_glue_v102_equal_with_task_ids", SUPER_GLUE_TASKS)
+register_mixture(
+    "taskless_super_glue_v102_proportional", SUPER_GLUE_TASKS, examples_proportional_rate
+)
+register_mixture("taskless_super_glue_v102_equal", SUPER_GLUE_TASKS, 1.0)
+register_multitask_mixture("taskless_super_glue_v102_equal_with_task_ids", SUPER_GLUE_TASKS)
 register_multitask_mixture(
-    "super_glue_v102_proportional_with_task_ids", SUPER_GLUE_TASKS, examples_proportional_rate
+    "taskless_super_glue_v102_proportional_with_task_ids",
+    SUPER_GLUE_TASKS,
+    examples_proportional_rate,
 )
 register_mixture("builtin_equal", BUILTIN_TASKS, 1.0)
 register_multitask_mixture("builtin_equal_with_task_ids", BUILTIN_TASKS)
 register_mixture(
     "squad_to_mrqa_out_of_domain",
     (
-        "squad_v010_allanswers",
+        "taskless_squad_v010_allanswers",
         "mrqa_bio_asq_v001",
         "mrqa_drop_v001",
         "mrqa_duo_rc_v001",

@@ -1,7 +1,7 @@
 """Prints a task's examples as the model sees them: strings and token ids after preprocessing.
 
     python -m tasks.show builtin_sentiment --split validation -n 3
-    python -m tasks.show glue_rte_v002 --feature_lengths inputs=256,targets=8
+    python -m tasks.show taskless_glue_rte_v002 --feature_lengths inputs=256,targets=8
 
 For every example and every output feature it prints the text before tokenisation (when the task
 keeps it), the token ids after preprocessing, trimming to `--feature_lengths` and EOS, and those ids

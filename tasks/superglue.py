@@ -1,17 +1,17 @@
-"""SuperGLUE tasks as T5 registers them (`super_glue_<config>_v102`), by default without the prefix.
+"""SuperGLUE tasks of T5 (`super_glue_<config>_v102`) under names of our own (`tasks.naming`).
 
-Each task is registered twice: `super_glue_boolq_v102` reads `passage: ... question: ...` (Lester et
-al. 2021 omit the task name) and `super_glue_boolq_v102_prefixed` reads T5's `boolq passage: ...`.
-Data: TFDS `super_glue/<config>:1.0.2`, as T5 and Lester et al. Records without a label (test
-splits) are dropped and counted (`tasks.preprocessors`).
+Each task is registered twice: `taskless_super_glue_boolq_v102` reads `passage: ... question: ...`
+(Lester et al. 2021 omit the task name) and `super_glue_boolq_v102_t5format` reads T5's `boolq
+passage: ...`, byte for byte. Data: TFDS `super_glue/<config>:1.0.2`, as T5 and Lester et al.
+Records without a label (test splits) are dropped and counted (`tasks.preprocessors`).
 
 WSC is T5's "simple" cast (Lester et al. 2021, appendix A.3): the model writes the referent of the
-`*marked*` pronoun. `super_glue_wsc_v102_simple_train` trains only on records whose candidate
-referent is right; `super_glue_wsc_v102_simple_eval` (validation) scores whether the generated
-referent is the candidate, against the record's label. AX-b and AX-g are cast as RTE (`rte` prefix,
-AX-b's `sentence1`/`sentence2` read as `premise`/`hypothesis`), test split only; T5 gives them no
-metrics, here AX-b reports Matthews correlation (the SuperGLUE AX-b metric) and AX-g accuracy,
-since their TFDS test records carry labels.
+`*marked*` pronoun. `taskless_super_glue_wsc_v102_simple_train` trains only on records whose
+candidate referent is right; `taskless_super_glue_wsc_v102_simple_eval` (validation) scores whether
+the generated referent is the candidate, against the record's label. AX-b and AX-g are cast as RTE
+(`rte` prefix, AX-b's `sentence1`/`sentence2` read as `premise`/`hypothesis`), test split only; T5
+gives them no metrics, here AX-b reports Matthews correlation (the SuperGLUE AX-b metric) and AX-g
+accuracy, since their TFDS test records carry labels.
 
 Every task's metric function also returns `mean_of_metrics` (`tasks.metrics`).
 """
@@ -125,102 +125,104 @@ _ACCURACY = (metrics.accuracy,)
 _CB_METRICS = (metrics.mean_multiclass_f1(num_classes=3), metrics.accuracy)
 
 seqio.TaskRegistry.add(
-    "super_glue_boolq_v102", **_classification("boolq", BOOL_LABELS, _ACCURACY, prefixed=False)
+    "taskless_super_glue_boolq_v102",
+    **_classification("boolq", BOOL_LABELS, _ACCURACY, prefixed=False),
 )
-register_labels("super_glue_boolq_v102", BOOL_LABELS)
+register_labels("taskless_super_glue_boolq_v102", BOOL_LABELS)
 seqio.TaskRegistry.add(
-    "super_glue_boolq_v102_prefixed",
+    "super_glue_boolq_v102_t5format",
     **_classification("boolq", BOOL_LABELS, _ACCURACY, prefixed=True),
 )
-register_labels("super_glue_boolq_v102_prefixed", BOOL_LABELS)
+register_labels("super_glue_boolq_v102_t5format", BOOL_LABELS)
 
 seqio.TaskRegistry.add(
-    "super_glue_cb_v102", **_classification("cb", CB_LABELS, _CB_METRICS, prefixed=False)
+    "taskless_super_glue_cb_v102", **_classification("cb", CB_LABELS, _CB_METRICS, prefixed=False)
 )
-register_labels("super_glue_cb_v102", CB_LABELS)
+register_labels("taskless_super_glue_cb_v102", CB_LABELS)
 seqio.TaskRegistry.add(
-    "super_glue_cb_v102_prefixed", **_classification("cb", CB_LABELS, _CB_METRICS, prefixed=True)
+    "super_glue_cb_v102_t5format", **_classification("cb", CB_LABELS, _CB_METRICS, prefixed=True)
 )
-register_labels("super_glue_cb_v102_prefixed", CB_LABELS)
+register_labels("super_glue_cb_v102_t5format", CB_LABELS)
 
 seqio.TaskRegistry.add(
-    "super_glue_copa_v102", **_classification("copa", COPA_LABELS, _ACCURACY, prefixed=False)
+    "taskless_super_glue_copa_v102",
+    **_classification("copa", COPA_LABELS, _ACCURACY, prefixed=False),
 )
-register_labels("super_glue_copa_v102", COPA_LABELS)
+register_labels("taskless_super_glue_copa_v102", COPA_LABELS)
 seqio.TaskRegistry.add(
-    "super_glue_copa_v102_prefixed",
+    "super_glue_copa_v102_t5format",
     **_classification("copa", COPA_LABELS, _ACCURACY, prefixed=True),
 )
-register_labels("super_glue_copa_v102_prefixed", COPA_LABELS)
+register_labels("super_glue_copa_v102_t5format", COPA_LABELS)
 
-seqio.TaskRegistry.add("super_glue_multirc_v102", **_multirc(prefixed=False))
-register_labels("super_glue_multirc_v102", BOOL_LABELS)
-seqio.TaskRegistry.add("super_glue_multirc_v102_prefixed", **_multirc(prefixed=True))
-register_labels("super_glue_multirc_v102_prefixed", BOOL_LABELS)
+seqio.TaskRegistry.add("taskless_super_glue_multirc_v102", **_multirc(prefixed=False))
+register_labels("taskless_super_glue_multirc_v102", BOOL_LABELS)
+seqio.TaskRegistry.add("super_glue_multirc_v102_t5format", **_multirc(prefixed=True))
+register_labels("super_glue_multirc_v102_t5format", BOOL_LABELS)
 
-seqio.TaskRegistry.add("super_glue_record_v102", **_record(prefixed=False))
-register_labels("super_glue_record_v102", None)
-seqio.TaskRegistry.add("super_glue_record_v102_prefixed", **_record(prefixed=True))
-register_labels("super_glue_record_v102_prefixed", None)
-
-seqio.TaskRegistry.add(
-    "super_glue_rte_v102", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=False)
-)
-register_labels("super_glue_rte_v102", RTE_LABELS)
-seqio.TaskRegistry.add(
-    "super_glue_rte_v102_prefixed", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=True)
-)
-register_labels("super_glue_rte_v102_prefixed", RTE_LABELS)
+seqio.TaskRegistry.add("taskless_super_glue_record_v102", **_record(prefixed=False))
+register_labels("taskless_super_glue_record_v102", None)
+seqio.TaskRegistry.add("super_glue_record_v102_t5format", **_record(prefixed=True))
+register_labels("super_glue_record_v102_t5format", None)
 
 seqio.TaskRegistry.add(
-    "super_glue_wic_v102", **_classification("wic", BOOL_LABELS, _ACCURACY, prefixed=False)
+    "taskless_super_glue_rte_v102", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=False)
 )
-register_labels("super_glue_wic_v102", BOOL_LABELS)
+register_labels("taskless_super_glue_rte_v102", RTE_LABELS)
 seqio.TaskRegistry.add(
-    "super_glue_wic_v102_prefixed", **_classification("wic", BOOL_LABELS, _ACCURACY, prefixed=True)
+    "super_glue_rte_v102_t5format", **_classification("rte", RTE_LABELS, _ACCURACY, prefixed=True)
 )
-register_labels("super_glue_wic_v102_prefixed", BOOL_LABELS)
+register_labels("super_glue_rte_v102_t5format", RTE_LABELS)
 
 seqio.TaskRegistry.add(
-    "super_glue_wsc_v102_simple_train", **_wsc_simple(train=True, prefixed=False)
+    "taskless_super_glue_wic_v102", **_classification("wic", BOOL_LABELS, _ACCURACY, prefixed=False)
 )
-register_labels("super_glue_wsc_v102_simple_train", None)
+register_labels("taskless_super_glue_wic_v102", BOOL_LABELS)
 seqio.TaskRegistry.add(
-    "super_glue_wsc_v102_simple_train_prefixed", **_wsc_simple(train=True, prefixed=True)
+    "super_glue_wic_v102_t5format", **_classification("wic", BOOL_LABELS, _ACCURACY, prefixed=True)
 )
-register_labels("super_glue_wsc_v102_simple_train_prefixed", None)
+register_labels("super_glue_wic_v102_t5format", BOOL_LABELS)
+
 seqio.TaskRegistry.add(
-    "super_glue_wsc_v102_simple_eval", **_wsc_simple(train=False, prefixed=False)
+    "taskless_super_glue_wsc_v102_simple_train", **_wsc_simple(train=True, prefixed=False)
 )
-register_labels("super_glue_wsc_v102_simple_eval", None)
+register_labels("taskless_super_glue_wsc_v102_simple_train", None)
 seqio.TaskRegistry.add(
-    "super_glue_wsc_v102_simple_eval_prefixed", **_wsc_simple(train=False, prefixed=True)
+    "super_glue_wsc_v102_simple_train_t5format", **_wsc_simple(train=True, prefixed=True)
 )
-register_labels("super_glue_wsc_v102_simple_eval_prefixed", None)
+register_labels("super_glue_wsc_v102_simple_train_t5format", None)
+seqio.TaskRegistry.add(
+    "taskless_super_glue_wsc_v102_simple_eval", **_wsc_simple(train=False, prefixed=False)
+)
+register_labels("taskless_super_glue_wsc_v102_simple_eval", None)
+seqio.TaskRegistry.add(
+    "super_glue_wsc_v102_simple_eval_t5format", **_wsc_simple(train=False, prefixed=True)
+)
+register_labels("super_glue_wsc_v102_simple_eval_t5format", None)
 
 _AXB = dict(benchmark="rte", splits=["test"], rename=_AXB_AS_RTE)
 seqio.TaskRegistry.add(
-    "super_glue_axb_v102",
+    "taskless_super_glue_axb_v102",
     **_classification("axb", RTE_LABELS, (metrics.matthews_corrcoef,), prefixed=False, **_AXB),
 )
-register_labels("super_glue_axb_v102", RTE_LABELS)
+register_labels("taskless_super_glue_axb_v102", RTE_LABELS)
 seqio.TaskRegistry.add(
-    "super_glue_axb_v102_prefixed",
+    "super_glue_axb_v102_t5format",
     **_classification("axb", RTE_LABELS, (metrics.matthews_corrcoef,), prefixed=True, **_AXB),
 )
-register_labels("super_glue_axb_v102_prefixed", RTE_LABELS)
+register_labels("super_glue_axb_v102_t5format", RTE_LABELS)
 
 seqio.TaskRegistry.add(
-    "super_glue_axg_v102",
+    "taskless_super_glue_axg_v102",
     **_classification(
         "axg", RTE_LABELS, _ACCURACY, prefixed=False, benchmark="rte", splits=["test"]
     ),
 )
-register_labels("super_glue_axg_v102", RTE_LABELS)
+register_labels("taskless_super_glue_axg_v102", RTE_LABELS)
 seqio.TaskRegistry.add(
-    "super_glue_axg_v102_prefixed",
+    "super_glue_axg_v102_t5format",
     **_classification(
         "axg", RTE_LABELS, _ACCURACY, prefixed=True, benchmark="rte", splits=["test"]
     ),
 )
-register_labels("super_glue_axg_v102_prefixed", RTE_LABELS)
+register_labels("super_glue_axg_v102_t5format", RTE_LABELS)

@@ -8,29 +8,34 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import glue, preprocessors
+from tasks import glue, naming, preprocessors
 from tasks.labels import label_strings
 
 LENGTHS = {"inputs": 64, "targets": 8}
 NUM_EXAMPLES = 3
 
-# task name -> (split read in the test, T5's task name in the prefixed variant).
+# task name -> (split read in the test, T5's task word in the T5-format variant).
 GLUE_TASKS = {
-    "glue_cola_v002": ("validation", "cola"),
-    "glue_sst2_v002": ("validation", "sst2"),
-    "glue_mrpc_v002": ("validation", "mrpc"),
-    "glue_qqp_v002": ("validation", "qqp"),
-    "glue_stsb_v002": ("validation", "stsb"),
-    "glue_mnli_v002": ("validation", "mnli"),
-    "glue_mnli_matched_v002": ("validation", "mnli"),
-    "glue_mnli_mismatched_v002": ("validation", "mnli"),
-    "glue_qnli_v002": ("validation", "qnli"),
-    "glue_rte_v002": ("validation", "rte"),
-    "glue_wnli_v002": ("validation", "wnli"),
-    "glue_ax_v002": ("test", "mnli"),
-    "glue_mrpc_as_qqp_v002": ("validation", "mrpc"),
-    "glue_qqp_as_mrpc_v002": ("validation", "qqp"),
+    "taskless_glue_cola_v002": ("validation", "cola"),
+    "taskless_glue_sst2_v002": ("validation", "sst2"),
+    "taskless_glue_mrpc_v002": ("validation", "mrpc"),
+    "taskless_glue_qqp_v002": ("validation", "qqp"),
+    "taskless_glue_stsb_v002": ("validation", "stsb"),
+    "taskless_glue_mnli_v002": ("validation", "mnli"),
+    "taskless_glue_mnli_matched_v002": ("validation", "mnli"),
+    "taskless_glue_mnli_mismatched_v002": ("validation", "mnli"),
+    "taskless_glue_qnli_v002": ("validation", "qnli"),
+    "taskless_glue_rte_v002": ("validation", "rte"),
+    "taskless_glue_wnli_v002": ("validation", "wnli"),
+    "taskless_glue_ax_v002": ("test", "mnli"),
+    "taskless_glue_mrpc_as_qqp_v002": ("validation", "mrpc"),
+    "taskless_glue_qqp_as_mrpc_v002": ("validation", "qqp"),
 }
+
+
+def _t5format(name: str) -> str:
+    """`taskless_<T5 name>` -> `<T5 name>_t5format` (`tasks.naming`)."""
+    return naming.t5format(name.removeprefix(naming.TASKLESS_PREFIX))
 
 
 def _examples(task_name: str, split: str) -> list[dict]:
@@ -47,21 +52,21 @@ def _texts(task_name: str, split: str) -> list[dict]:
     return list(task.preprocessors[0](dataset).as_numpy_iterator())
 
 
-def test_every_glue_task_is_registered_with_both_variants():
+def test_every_glue_task_is_registered_in_both_formats():
     registered = set(seqio.TaskRegistry.names())
-    assert registered >= set(GLUE_TASKS) | {f"{n}_prefixed" for n in GLUE_TASKS}
+    assert registered >= set(GLUE_TASKS) | {_t5format(n) for n in GLUE_TASKS}
 
 
 @pytest.mark.parametrize("name", sorted(GLUE_TASKS))
-def test_glue_task_builds_on_mock_data_with_and_without_prefix(name):
+def test_glue_task_builds_on_mock_data_in_both_formats(name):
     split, prefix = GLUE_TASKS[name]
     labels = label_strings(name)
-    assert label_strings(f"{name}_prefixed") == labels
+    assert label_strings(_t5format(name)) == labels
     preprocessors.reset_dropped_counts()
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_CODE):
         plain = _examples(name, split)
         assert len(plain) + sum(preprocessors.dropped_counts().values()) == NUM_EXAMPLES
-        prefixed = _texts(f"{name}_prefixed", split)
+        prefixed = _texts(_t5format(name), split)
     assert len(prefixed) == len(plain) > 0
     for ex, ex_prefixed in zip(plain, prefixed):
         text = ex["inputs_pretokenized"].decode()
@@ -73,16 +78,16 @@ def test_glue_task_builds_on_mock_data_with_and_without_prefix(name):
 
 
 def test_mnli_validation_is_matched_and_tfds_split_names_stay():
-    source = seqio.get_mixture_or_task("glue_mnli_v002").source
+    source = seqio.get_mixture_or_task("taskless_glue_mnli_v002").source
     assert set(source.splits) == {
         "train", "validation", "test", "validation_matched", "validation_mismatched",
         "test_matched", "test_mismatched",
     }  # fmt: skip
-    matched_source = seqio.get_mixture_or_task("glue_mnli_matched_v002").source
+    matched_source = seqio.get_mixture_or_task("taskless_glue_mnli_matched_v002").source
     assert matched_source.tfds_dataset.name == "glue/mnli_matched:1.0.0"
     with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
-        validation = _texts("glue_mnli_v002", "validation")
-        matched = _texts("glue_mnli_v002", "validation_matched")
+        validation = _texts("taskless_glue_mnli_v002", "validation")
+        matched = _texts("taskless_glue_mnli_v002", "validation_matched")
     assert [e["inputs"] for e in validation] == [e["inputs"] for e in matched]
 
 
@@ -100,9 +105,10 @@ def test_label_strings_are_tfds_label_classes():
         ("wnli", glue.WNLI_LABELS),
     ]:
         assert tuple(builder_configs[config].label_classes) == labels, config
-    assert label_strings("glue_stsb_v002")[:3] == ("0.0", "0.2", "0.4")
+    assert label_strings("taskless_glue_stsb_v002")[:3] == ("0.0", "0.2", "0.4")
     assert (
-        len(label_strings("glue_stsb_v002")) == 26 and label_strings("glue_stsb_v002")[-1] == "5.0"
+        len(label_strings("taskless_glue_stsb_v002")) == 26
+        and label_strings("taskless_glue_stsb_v002")[-1] == "5.0"
     )
 
 
@@ -122,37 +128,37 @@ def _first_preprocessor(task_name: str) -> functools.partial:
     "task_name, record, inputs, targets",
     [
         (
-            "glue_mnli_v002",
+            "taskless_glue_mnli_v002",
             {"premise": "P.", "hypothesis": "H.", "label": 2, "idx": 0},
             "hypothesis: H. premise: P.",
             "contradiction",
         ),
         (
-            "glue_qqp_v002_prefixed",
+            "glue_qqp_v002_t5format",
             {"question1": "Why?", "question2": "How?", "label": 1, "idx": 0},
             "qqp question1: Why? question2: How?",
             "duplicate",
         ),
         (
-            "glue_mrpc_as_qqp_v002",
+            "taskless_glue_mrpc_as_qqp_v002",
             {"sentence1": "A.", "sentence2": "B.", "label": 1, "idx": 0},
             "sentence1: A. sentence2: B.",
             "duplicate",
         ),
         (
-            "glue_qqp_as_mrpc_v002",
+            "taskless_glue_qqp_as_mrpc_v002",
             {"question1": "Q1", "question2": "Q2", "label": 0, "idx": 0},
             "question1: Q1 question2: Q2",
             "not_equivalent",
         ),
         (
-            "glue_cola_v002",
+            "taskless_glue_cola_v002",
             {"sentence": "Him ran.", "label": 0, "idx": 0},
             "sentence: Him ran.",
             "unacceptable",
         ),
         (
-            "glue_stsb_v002_prefixed",
+            "glue_stsb_v002_t5format",
             {"sentence1": "A", "sentence2": "B", "label": 3.31, "idx": 0},
             "stsb sentence1: A sentence2: B",
             "3.4",  # round(3.31 * 5) / 5
@@ -168,10 +174,15 @@ def test_registered_text_casts(task_name, record, inputs, targets):
 
 def test_transfer_tasks_share_label_strings_and_postprocessing():
     qqp, mrpc_as_qqp = (
-        seqio.get_mixture_or_task(n) for n in ("glue_qqp_v002", "glue_mrpc_as_qqp_v002")
+        seqio.get_mixture_or_task(n)
+        for n in ("taskless_glue_qqp_v002", "taskless_glue_mrpc_as_qqp_v002")
     )
-    assert label_strings("glue_qqp_v002") == label_strings("glue_mrpc_as_qqp_v002")
-    assert label_strings("glue_mrpc_v002") == label_strings("glue_qqp_as_mrpc_v002")
+    assert label_strings("taskless_glue_qqp_v002") == label_strings(
+        "taskless_glue_mrpc_as_qqp_v002"
+    )
+    assert label_strings("taskless_glue_mrpc_v002") == label_strings(
+        "taskless_glue_qqp_as_mrpc_v002"
+    )
     for task in (qqp, mrpc_as_qqp):
         assert task.postprocess_fn("duplicate", example={}, is_target=False) == 1
         assert task.postprocess_fn("equivalent", example={}, is_target=False) == -1
@@ -179,19 +190,19 @@ def test_transfer_tasks_share_label_strings_and_postprocessing():
 
 def test_task_metrics_are_t5s_plus_mean():
     expected = {
-        "glue_cola_v002": {"matthews_corrcoef"},
-        "glue_sst2_v002": {"accuracy"},
-        "glue_mrpc_v002": {"f1", "accuracy"},
-        "glue_qqp_v002": {"f1", "accuracy"},
-        "glue_stsb_v002": {"pearson_corrcoef", "spearman_corrcoef"},
-        "glue_rte_v002": {"accuracy"},
+        "taskless_glue_cola_v002": {"matthews_corrcoef"},
+        "taskless_glue_sst2_v002": {"accuracy"},
+        "taskless_glue_mrpc_v002": {"f1", "accuracy"},
+        "taskless_glue_qqp_v002": {"f1", "accuracy"},
+        "taskless_glue_stsb_v002": {"pearson_corrcoef", "spearman_corrcoef"},
+        "taskless_glue_rte_v002": {"accuracy"},
     }
     for name, keys in expected.items():
         task = seqio.get_mixture_or_task(name)
         (metric_fn,) = task.predict_metric_fns
         targets, predictions = ([1.0, 2.0, 0.0], [1.0, 0.0, 0.0])
-        if name != "glue_stsb_v002":
+        if name != "taskless_glue_stsb_v002":
             targets, predictions = [1, 0, 1], [1, 0, -1]
         got = metric_fn(targets, predictions)
         assert set(got) == keys | {"invalid_predictions", "mean_of_metrics"}, name
-    assert seqio.get_mixture_or_task("glue_ax_v002").predict_metric_fns == []
+    assert seqio.get_mixture_or_task("taskless_glue_ax_v002").predict_metric_fns == []

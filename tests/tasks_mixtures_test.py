@@ -101,16 +101,20 @@ def test_add_task_ids_preprocessor():
 
 def test_benchmark_mixtures_are_registered_with_t5_task_names():
     names = set(seqio.MixtureRegistry.names())
-    for name in ("glue_v002_proportional", "glue_v002_equal", "glue_v002_equal_with_task_ids"):
+    for name in (
+        "taskless_glue_v002_proportional",
+        "taskless_glue_v002_equal",
+        "taskless_glue_v002_equal_with_task_ids",
+    ):
         assert name in names
-    assert "glue_wnli_v002" not in mixtures.GLUE_TASKS
+    assert "taskless_glue_wnli_v002" not in mixtures.GLUE_TASKS
     assert len(mixtures.SUPER_GLUE_TASKS) == 8
     if "tasks.glue" in BENCHMARK_MODULES:
-        mixture = seqio.get_mixture_or_task("glue_v002_equal_with_task_ids")
+        mixture = seqio.get_mixture_or_task("taskless_glue_v002_equal_with_task_ids")
         expected = {mixtures.task_id_variant_name(t, i) for i, t in enumerate(mixtures.GLUE_TASKS)}
         assert {t.name for t in mixture.tasks} == expected
     if "tasks.superglue" in BENCHMARK_MODULES:
-        mixture = seqio.get_mixture_or_task("super_glue_v102_equal")
+        mixture = seqio.get_mixture_or_task("taskless_super_glue_v102_equal")
         assert {t.name for t in mixture.tasks} == set(mixtures.SUPER_GLUE_TASKS)
 
 
@@ -119,7 +123,7 @@ def test_glue_multitask_mixture_builds_on_mocked_tfds():
 
     import tasks  # noqa: F401  (the GLUE registrations)
 
-    name = "glue_v002_equal_with_task_ids"
+    name = "taskless_glue_v002_equal_with_task_ids"
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
         ds = seqio.get_mixture_or_task(name).get_dataset(
             {"inputs": 64, "targets": 8}, split="train", shuffle=True, seed=0,

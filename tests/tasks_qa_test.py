@@ -61,8 +61,6 @@ def test_squad_preprocessor_golden_example():
     assert plain["targets"] == b"France"
     assert plain["answers"].tolist() == [b"France", b"in France"]
     assert plain["id"] == b"q1"
-    prefixed = next(qa.squad_preprocessor(ds, prefix="squad").as_numpy_iterator())
-    assert prefixed["inputs"] == b"squad " + plain["inputs"]
 
 
 def _mrqa_dataset(detected):
@@ -91,28 +89,25 @@ def test_qa_postprocessor_returns_all_answers_for_targets():
     assert qa.qa_postprocessor("pred", example=example) == "pred"
 
 
-ALL_QA_TASKS = ["squad_v010_allanswers"] + [
+ALL_QA_TASKS = ["taskless_squad_v010_allanswers"] + [
     f"mrqa_{c}_v001" for c in qa.MRQA_IN_DOMAIN + qa.MRQA_OUT_OF_DOMAIN
 ]
 
 
 def test_every_qa_task_builds_on_mocked_tfds():
-    # Every unprefixed task, and the prefixed variants of SQuAD and one MRQA dataset.
-    names = ALL_QA_TASKS + ["squad_v010_allanswers_prefixed", "mrqa_duo_rc_v001_prefixed"]
+    # Every MRQA task and both SQuAD variants, which read T5's format (no task word).
+    names = ALL_QA_TASKS + ["squad_v010_allanswers_t5format"]
     with tfds.testing.mock_data(num_examples=2):
         for name in names:
-            base = name.removesuffix("_prefixed")
             assert label_strings(name) is None
             task = seqio.get_mixture_or_task(name)
-            in_domain = not base.startswith("mrqa") or base[5:-5] in qa.MRQA_IN_DOMAIN
+            in_domain = not name.startswith("mrqa") or name[5:-5] in qa.MRQA_IN_DOMAIN
             assert ("train" in task.splits) == in_domain, name
             ds = task.get_dataset(
                 LENGTHS, split="validation", shuffle=False, try_in_mem_cache=False
             )
             ex = next(ds.as_numpy_iterator())
-            assert ex["inputs_pretokenized"].startswith(
-                b"squad question: " if name.endswith("_prefixed") else b"question: "
-            ), name
+            assert ex["inputs_pretokenized"].startswith(b"question: "), name
             assert 0 < len(ex["inputs"]) <= LENGTHS["inputs"] and ex["inputs"][-1] == 1
             assert 0 < len(ex["targets"]) <= LENGTHS["targets"]
             assert task.metric_fns == [qa_metrics.squad]

@@ -104,9 +104,9 @@ def test_registered_dev_split_task_sizes():
 
 
 def test_few_shot_on_mocked_tfds_counts_the_split():
-    import tasks.qa  # noqa: F401  (registers squad_v010_allanswers)
+    import tasks.qa  # noqa: F401  (registers taskless_squad_v010_allanswers)
 
-    name = splits.register_few_shot_task("squad_v010_allanswers", k=8, seed=0, dev_size=5)
+    name = splits.register_few_shot_task("taskless_squad_v010_allanswers", k=8, seed=0, dev_size=5)
     task = seqio.get_mixture_or_task(name)
     with tfds.testing.mock_data(num_examples=20):
         train = task.get_dataset(LENGTHS, split="train", shuffle=False, try_in_mem_cache=False)

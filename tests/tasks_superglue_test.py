@@ -6,29 +6,34 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import preprocessors, superglue
+from tasks import naming, preprocessors, superglue
 from tasks.labels import label_strings
 
 LENGTHS = {"inputs": 64, "targets": 8}
 NUM_EXAMPLES = 3
 USE_CODE = tfds.testing.MockPolicy.USE_CODE
 
-# Classification tasks: name -> (split read in the test, T5's task name in the prefixed variant).
+# Classification tasks: name -> (split read in the test, T5's task word in the T5-format variant).
 CLASSIFICATION_TASKS = {
-    "super_glue_boolq_v102": ("validation", "boolq"),
-    "super_glue_cb_v102": ("validation", "cb"),
-    "super_glue_copa_v102": ("validation", "copa"),
-    "super_glue_multirc_v102": ("validation", "multirc"),
-    "super_glue_rte_v102": ("validation", "rte"),
-    "super_glue_wic_v102": ("validation", "wic"),
-    "super_glue_axb_v102": ("test", "rte"),
-    "super_glue_axg_v102": ("test", "rte"),
+    "taskless_super_glue_boolq_v102": ("validation", "boolq"),
+    "taskless_super_glue_cb_v102": ("validation", "cb"),
+    "taskless_super_glue_copa_v102": ("validation", "copa"),
+    "taskless_super_glue_multirc_v102": ("validation", "multirc"),
+    "taskless_super_glue_rte_v102": ("validation", "rte"),
+    "taskless_super_glue_wic_v102": ("validation", "wic"),
+    "taskless_super_glue_axb_v102": ("test", "rte"),
+    "taskless_super_glue_axg_v102": ("test", "rte"),
 }
 GENERATIVE_TASKS = (
-    "super_glue_record_v102",
-    "super_glue_wsc_v102_simple_train",
-    "super_glue_wsc_v102_simple_eval",
+    "taskless_super_glue_record_v102",
+    "taskless_super_glue_wsc_v102_simple_train",
+    "taskless_super_glue_wsc_v102_simple_eval",
 )
+
+
+def _t5format(name: str) -> str:
+    """`taskless_<T5 name>` -> `<T5 name>_t5format` (`tasks.naming`)."""
+    return naming.t5format(name.removeprefix(naming.TASKLESS_PREFIX))
 
 
 def _examples(task_name: str, split: str) -> list[dict]:
@@ -55,26 +60,26 @@ def _fixed_records(records: list[dict]):
     return as_dataset
 
 
-def test_every_super_glue_task_is_registered_with_both_variants():
+def test_every_super_glue_task_is_registered_in_both_formats():
     names = set(CLASSIFICATION_TASKS) | set(GENERATIVE_TASKS)
-    assert set(seqio.TaskRegistry.names()) >= names | {f"{n}_prefixed" for n in names}
+    assert set(seqio.TaskRegistry.names()) >= names | {_t5format(n) for n in names}
     for name in GENERATIVE_TASKS:
-        assert label_strings(name) is None and label_strings(f"{name}_prefixed") is None
+        assert label_strings(name) is None and label_strings(_t5format(name)) is None
     for name in names:
         tfds_name = seqio.get_mixture_or_task(name).source.tfds_dataset.name
         assert tfds_name.startswith("super_glue/") and tfds_name.endswith(":1.0.2"), tfds_name
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFICATION_TASKS))
-def test_classification_task_builds_on_mock_data_with_and_without_prefix(name):
+def test_classification_task_builds_on_mock_data_in_both_formats(name):
     split, prefix = CLASSIFICATION_TASKS[name]
     labels = label_strings(name)
-    assert label_strings(f"{name}_prefixed") == labels
+    assert label_strings(_t5format(name)) == labels
     preprocessors.reset_dropped_counts()
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, policy=USE_CODE):
         plain = _examples(name, split)
         assert len(plain) + sum(preprocessors.dropped_counts().values()) == NUM_EXAMPLES
-        prefixed = _texts(f"{name}_prefixed", split)
+        prefixed = _texts(_t5format(name), split)
     assert len(prefixed) == len(plain) > 0
     for ex, ex_prefixed in zip(plain, prefixed):
         text = ex["inputs_pretokenized"].decode()
@@ -101,9 +106,9 @@ def test_label_strings_are_tfds_label_classes():
 def test_generative_tasks_build_on_random_mock_data():
     preprocessors.reset_dropped_counts()
     with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, policy=USE_CODE):
-        examples = _examples("super_glue_record_v102", "validation")
+        examples = _examples("taskless_super_glue_record_v102", "validation")
         # Random WSC text almost never has the pronoun at its index: dropped and counted, no crash.
-        wsc = _examples("super_glue_wsc_v102_simple_eval", "validation")
+        wsc = _examples("taskless_super_glue_wsc_v102_simple_eval", "validation")
     for ex in examples:
         assert ex["targets_pretokenized"] in list(ex["answers"])
         assert ex["inputs_pretokenized"].startswith(b"query: ")
@@ -125,13 +130,13 @@ RECORD = {
 
 def test_record_end_to_end():
     with tfds.testing.mock_data(as_dataset_fn=_fixed_records([RECORD]), policy=USE_CODE):
-        examples = _examples("super_glue_record_v102_prefixed", "validation")
+        examples = _examples("super_glue_record_v102_t5format", "validation")
     expected = (
         "record query: @placeholder met Bob. entities: Ann, Bob passage: Ann met Bob. They talked"
     )
     assert [ex["inputs_pretokenized"].decode() for ex in examples] == [expected, expected]
     assert [ex["targets_pretokenized"] for ex in examples] == [b"Ann", b"Ann."]
-    task = seqio.get_mixture_or_task("super_glue_record_v102")
+    task = seqio.get_mixture_or_task("taskless_super_glue_record_v102")
     targets = [
         task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
         for ex in examples
@@ -163,8 +168,8 @@ WSC = [
 
 def test_wsc_simple_train_keeps_right_referents_only():
     with tfds.testing.mock_data(as_dataset_fn=_fixed_records(WSC), policy=USE_CODE):
-        examples = _examples("super_glue_wsc_v102_simple_train", "train")
-        prefixed = _texts("super_glue_wsc_v102_simple_train_prefixed", "train")
+        examples = _examples("taskless_super_glue_wsc_v102_simple_train", "train")
+        prefixed = _texts("super_glue_wsc_v102_simple_train_t5format", "train")
     assert [ex["inputs_pretokenized"].decode() for ex in examples] == [
         "The cup fell because *it* was heavy .",
         "Ann thanked Bea because *she* helped .",
@@ -175,9 +180,9 @@ def test_wsc_simple_train_keeps_right_referents_only():
 
 def test_wsc_simple_eval_end_to_end():
     with tfds.testing.mock_data(as_dataset_fn=_fixed_records(WSC), policy=USE_CODE):
-        examples = _examples("super_glue_wsc_v102_simple_eval", "validation")
+        examples = _examples("taskless_super_glue_wsc_v102_simple_eval", "validation")
     assert [int(ex["label"]) for ex in examples] == [1, 0, 1]
-    task = seqio.get_mixture_or_task("super_glue_wsc_v102_simple_eval")
+    task = seqio.get_mixture_or_task("taskless_super_glue_wsc_v102_simple_eval")
     # Right: "cup" is the candidate (label 1); "cup" is not "the bowl" (label 0): right as well;
     # "" is invalid (wrong).
     outputs = ["cup", "the cup", ""]
@@ -205,10 +210,10 @@ def _multirc(question_idx, answer_idx, answer, label):
 def test_multirc_end_to_end():
     records = [_multirc(0, 0, "Bob", 1), _multirc(0, 1, "Ann", 0), _multirc(1, 2, "Yes", 1)]
     with tfds.testing.mock_data(as_dataset_fn=_fixed_records(records), policy=USE_CODE):
-        examples = _examples("super_glue_multirc_v102", "validation")
+        examples = _examples("taskless_super_glue_multirc_v102", "validation")
     first = examples[0]["inputs_pretokenized"].decode()
     assert first == "question: Question 0? answer: Bob paragraph: Bob ran. He won."
-    task = seqio.get_mixture_or_task("super_glue_multirc_v102")
+    task = seqio.get_mixture_or_task("taskless_super_glue_multirc_v102")
     targets = [
         task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
         for ex in examples
@@ -226,17 +231,20 @@ def test_multirc_end_to_end():
 
 def test_task_metrics():
     expected = {
-        "super_glue_boolq_v102": {"accuracy"},
-        "super_glue_cb_v102": {"mean_3class_f1", "accuracy"},
-        "super_glue_copa_v102": {"accuracy"},
-        "super_glue_rte_v102": {"accuracy"},
-        "super_glue_wic_v102": {"accuracy"},
-        "super_glue_axb_v102": {"matthews_corrcoef"},
-        "super_glue_axg_v102": {"accuracy"},
+        "taskless_super_glue_boolq_v102": {"accuracy"},
+        "taskless_super_glue_cb_v102": {"mean_3class_f1", "accuracy"},
+        "taskless_super_glue_copa_v102": {"accuracy"},
+        "taskless_super_glue_rte_v102": {"accuracy"},
+        "taskless_super_glue_wic_v102": {"accuracy"},
+        "taskless_super_glue_axb_v102": {"matthews_corrcoef"},
+        "taskless_super_glue_axg_v102": {"accuracy"},
     }
     for name, keys in expected.items():
         task = seqio.get_mixture_or_task(name)
         (metric_fn,) = task.predict_metric_fns
         got = metric_fn([0, 1, 1], [0, 1, -1])
         assert set(got) == keys | {"invalid_predictions", "mean_of_metrics"}, name
-    assert seqio.get_mixture_or_task("super_glue_wsc_v102_simple_train").predict_metric_fns == []
+    assert (
+        seqio.get_mixture_or_task("taskless_super_glue_wsc_v102_simple_train").predict_metric_fns
+        == []
+    )

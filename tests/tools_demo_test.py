@@ -16,7 +16,7 @@ TASK = "builtin_sentiment"
 def test_short_demo_prompt_beats_no_prompt_and_leaves_a_run(tmp_path, capsys):
     model_dir = tmp_path / "demo"
     results = demo.main(
-        ["--model_dir", str(model_dir), "--train_steps", "400", "--num_examples", "200"]
+        ["--model_dir", str(model_dir), "--train_steps", "2900", "--num_examples", "200"]
     )
     before, after = results["no_prompt"], results["trained_prompt"]
     ceiling = results["text_prefix"]
@@ -28,10 +28,10 @@ def test_short_demo_prompt_beats_no_prompt_and_leaves_a_run(tmp_path, capsys):
     assert after[f"{TASK}/accuracy"] >= 70
     assert ceiling[f"{TASK}_prefixed/accuracy"] >= 90
     # The run is a normal MODEL_DIR; the table is printed and saved.
-    assert (model_dir / "prompts" / "step_400.npy").exists()
-    assert np.load(model_dir / "prompts" / "step_400.npy").shape == (20, 128)
+    assert (model_dir / "prompts" / "step_2900.npy").exists()
+    assert np.load(model_dir / "prompts" / "step_2900.npy").shape == (20, 128)
     lines = [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
-    assert max(x["step"] for x in lines) == 400
+    assert max(x["step"] for x in lines) == 2900  # 400 steps from the checkpoint's 2,500
     assert json.loads((model_dir / "demo.json").read_text()) == results
     out = capsys.readouterr().out
     table = (model_dir / "demo.md").read_text()

@@ -74,6 +74,7 @@ def test_model_file_with_run_file_builds_the_model(model_file):
             f"--gin_file={RUN}",
             "--gin.MODEL_DIR='/tmp/unused'",
             "--gin.MIXTURE_OR_TASK_NAME='builtin_keyword'",
+            "--gin.TRAIN_STEPS=1130000",
         ]
     )
     gin_utils.check_macros(["MODEL", "INITIAL_CHECKPOINT_PATH", "NUM_ENCODER_LAYERS"])
@@ -107,7 +108,12 @@ def test_run_file_binds_the_paper_optimizer():
     assert gin.query_parameter("optimizers.adafactor.decay_rate") == 0.8
     assert gin.query_parameter("optimizers.adafactor.weight_decay_rate") == 1e-5
     assert gin.query_parameter("optimizers.adafactor.multiply_by_parameter_scale") is False
-    assert (gin.query_parameter("%TRAIN_STEPS"), gin.query_parameter("%BATCH_SIZE")) == (30000, 32)
+    assert gin.query_parameter("optimizers.adafactor.step_offset") == 0
+    assert gin.query_parameter("%BATCH_SIZE") == 32
+    # TRAIN_STEPS is absolute (it includes the checkpoint's steps), so it has no default: as in
+    # T5X's runs/finetune.gin.
+    with pytest.raises(ValueError, match="Gin macro TRAIN_STEPS is required"):
+        gin_utils.check_macros(["TRAIN_STEPS"])
 
 
 def test_class_label_prompt_gets_the_task_labels_from_the_run_file():
@@ -188,6 +194,7 @@ gin_utils.parse_gin_flags([
     "--gin_file=gin_configs/prompts/prompt_tuning_class_labels.gin",
     "--gin_file=gin_configs/runs/prompt_finetune.gin",
     "--gin.MIXTURE_OR_TASK_NAME='builtin_sentiment'", "--gin.MODEL_DIR='run'",
+    "--gin.TRAIN_STEPS=3500",
 ])
 gin_utils.check_macros(["MODEL", "MODEL_DIR", "LABELS"])
 checkpoint = gin.query_parameter("%INITIAL_CHECKPOINT_PATH").scoped_configurable_fn()

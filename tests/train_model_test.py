@@ -43,7 +43,8 @@ def test_score_is_sum_of_target_log_probs(model_and_params):
     loss, aux = model.loss_fn(params, batch, None)
     assert float(aux["num_tokens"]) == 5
     z = np.log(np.exp(logits).sum(-1))
-    manual = (-(picked) + 1e-4 * z**2)[batch["decoder_loss_weights"] > 0].mean()
+    # T5X's default LOSS_NORMALIZING_FACTOR (None) sums the weighted token losses.
+    manual = (-(picked) + 1e-4 * z**2)[batch["decoder_loss_weights"] > 0].sum()
     np.testing.assert_allclose(float(loss), manual, rtol=1e-4)
 
 

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 
 from prompt_tuning import prompts
@@ -72,7 +73,10 @@ def test_frozen_weights_stay_bit_identical_and_prompt_trains(straight, frozen_ch
     assert jax.tree.structure(result.frozen) == jax.tree.structure(loaded)
     for got, want in zip(jax.tree.leaves(result.frozen), jax.tree.leaves(loaded)):
         assert got.dtype == want.dtype and np.array_equal(got, want)
-    initial = run(tmp_path, 0, initial_checkpoint_path=frozen_checkpoint)
+    # One step that changes nothing (TRAIN_STEPS must lie beyond the checkpoint's step 0).
+    initial = run(
+        tmp_path, 1, initial_checkpoint_path=frozen_checkpoint, optimizer=optax.set_to_zero()
+    )
     moved = np.abs(prompt_of(result) - prompt_of(initial)).max()
     assert moved > 0.1  # Adafactor at 0.3 moves each entry ~0.3 per step
     assert result.step == 10

@@ -42,6 +42,8 @@ from prompt_tuning.train.model import PromptModel
 from tasks import mixtures
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The per-token mean loss these comparisons were measured with (T5X's default is the sum).
+_LOSS = {"loss_normalizing_factor": "NUM_REAL_TARGET_TOKENS"}
 PROMPT_GIN_DIR = REPO_ROOT / "gin_configs" / "prompts"
 MIXTURE = "builtin_equal_with_task_ids"
 FULL_FINETUNE_REGEX = ".*"  # TRAINABLE_PARAMS_REGEX semantics: re.search matches every path.
@@ -381,7 +383,7 @@ class MethodRunner:
         self._lengths = lengths
         self._regex = regex
         self._inits: dict[tuple[str, ...], Callable[[jax.Array], Any]] = {}
-        self.model = PromptModel(module_for(("positive", "negative")))
+        self.model = PromptModel(module_for(("positive", "negative")), **_LOSS)
         try:
             loaded, self.frozen = optimizers.split_params(frozen.params, regex)
         except ValueError:  # the regex matches no T5 weight (prompt methods)
@@ -397,7 +399,7 @@ class MethodRunner:
     def _init_fn(self, labels: Sequence[str]) -> Callable[[jax.Array], Any]:
         key = tuple(labels)
         if key not in self._inits:
-            model = PromptModel(self._module_for(labels))
+            model = PromptModel(self._module_for(labels), **_LOSS)
             init = lambda rng: optimizers.split_params(
                 nn.unbox(model.init_boxed(rng, *self._lengths)), self._regex
             )[0]

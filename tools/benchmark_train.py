@@ -255,7 +255,8 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     config = model_config(spec["size"], spec["dropout"], spec["dtype"])
     config = config.replace(remat_policy=spec.get("remat_layers") or "none")
     module = t5.EncoderDecoder(config, prompts.Prompt(spec["prompt_length"]))
-    model = PromptModel(module)
+    # The per-token mean loss, as PEFT reports it (T5X's default LOSS_NORMALIZING_FACTOR sums).
+    model = PromptModel(module, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
     mesh = partitioning.make_mesh(1, jax.devices()[:1])
     lengths = {"inputs": spec["input_length"], "targets": spec["target_length"]}
     trainable, frozen = run_params.initial_params(

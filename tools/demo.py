@@ -45,7 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model_dir", default="runs/demo", help="Where the run is written.")
-    parser.add_argument("--train_steps", type=int, default=None, help="Default: demo.gin's 1,000.")
+    parser.add_argument(
+        "--train_steps",
+        type=int,
+        default=None,
+        help="TRAIN_STEPS, absolute as in T5X: the tiny T5 checkpoint is at step 2,500, so "
+        "demo.gin's 3,500 trains 1,000 steps.",
+    )
     parser.add_argument(
         "--num_examples", type=int, default=None, help="Validation examples (default: all 500)."
     )

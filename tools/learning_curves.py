@@ -7,9 +7,10 @@ Every logged value of each MODEL_DIR's metrics.jsonl is named `train/<metric>` o
 `eval/<metric>` (e.g. `train/loss`, `eval/builtin_keyword/accuracy`, `eval/mean`). `--metrics`
 (a regular expression searched in these names; default `^train/loss$|^eval/`) picks the curves.
 One panel per metric family: each training metric is its own family; evaluation metrics group by
-their last name part, so `eval/glue_rte_v002/accuracy` and `eval/glue_cb_v102/accuracy` share the
-`accuracy` panel. Runs are overlaid, named by `--label` (one per MODEL_DIR; default the folder
-names). A resumed run may log a step twice; the last record of a step counts.
+their last name part, so `eval/taskless_glue_rte_v002/accuracy` and
+`eval/taskless_super_glue_cb_v102/accuracy` share the `accuracy` panel. Runs are overlaid, named
+by `--label` (one per MODEL_DIR; default the folder names). A resumed run may log a step twice; the
+last record of a step counts.
 
 Outputs: `--output` (PNG, default `learning_curves.png` in the first MODEL_DIR) and `--csv`
 (default: the PNG's path with `.csv`), one row per value: `label,model_dir,metric,step,value`.

@@ -196,7 +196,10 @@ def main(argv: list[str] | None = None) -> dict:
     def train_step(params, opt_state, batch):
         def loss_fn(p):
             logits = model.apply({"params": p}, **batch, enable_dropout=False)
-            loss, aux = losses.weighted_loss(logits, batch["decoder_target_tokens"], None)
+            per_token = "NUM_REAL_TARGET_TOKENS"  # the loss the committed model was trained with
+            loss, aux = losses.weighted_loss(
+                logits, batch["decoder_target_tokens"], None, loss_normalizing_factor=per_token
+            )
             return loss, aux
 
         (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

@@ -38,7 +38,7 @@ def check_task_ids(task_ids: Any, num_task_ids: int, where: str = "the batch") -
     Args:
       task_ids: `[B]` ints (host numpy, or a concrete array).
       num_task_ids: how many task ids the prompt has rows for.
-      where: what the ids belong to, for the message (e.g. "task 'glue_rte_v002'").
+      where: what the ids belong to, for the message (e.g. "task 'taskless_glue_rte_v002'").
 
     Raises:
       ValueError: naming the first bad id, `where`, and the valid range.

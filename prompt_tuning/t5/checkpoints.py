@@ -217,3 +217,29 @@ def save_hf_checkpoint(
 def save_t5x_checkpoint(params: Mapping[str, Any], path: str | os.PathLike, step: int = 0) -> None:
     """Writes a legacy T5X checkpoint folder; see `t5x_format.save_t5x_checkpoint`."""
     t5x_format.save_t5x_checkpoint(params, path, step)
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The training step a checkpoint was written at: where a T5X fine-tuning run starts counting.
+
+    T5X restores the step with the pretrained weights, so its `TRAIN_STEPS` includes it (30,000
+    steps from `checkpoint_1100000` is `TRAIN_STEPS = 1_130_000`).
+
+    Args:
+      path: a legacy T5X folder (`optimizer/state/step` of its msgpack file), an orbax checkpoint
+        (`state/step`) or a Hugging Face folder (no step: 0).
+
+    Returns:
+      The step, 0 for Hugging Face folders and T5X checkpoints without one.
+
+    Raises:
+      CheckpointError: the path is missing or unrecognisable, or its step is unreadable.
+    """
+    from prompt_tuning.t5 import t5x_format  # noqa: PLC0415
+
+    path = os.fspath(path)
+    kind = detect_format(path)
+    if kind == "hf":
+        return 0
+    step = t5x_format.read_legacy_step(path) if kind == "t5x" else t5x_format.read_orbax_step(path)
+    return step or 0

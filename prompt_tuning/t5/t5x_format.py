@@ -497,3 +497,72 @@ def load_orbax(
     if shardings is None:
         return {name: np.asarray(value) for name, value in restored.items()}
     return restored
+
+
+# ----------------------------------------------------------------------------------------------
+# The training step a checkpoint was written at.
+
+
+def _as_step(value: Any, where: str) -> int:
+    """An int from a msgpack/orbax step leaf (int, numpy scalar, 0-d array or ndarray ext)."""
+    if isinstance(value, msgpack.ExtType):
+        value = _decode_ext(value, where)
+    array = np.asarray(value)
+    if array.size != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise checkpoint_tree.CheckpointError(f"{where} is not an integer step: {value!r}.")
+    return int(array.reshape(()))
+
+
+def read_legacy_step(path: str) -> int | None:
+    """The step of a legacy T5X checkpoint (`optimizer/state/step`), or None when absent.
+
+    Args:
+      path: the checkpoint folder (`checkpoint_N/`, local or `gs://`) or its `checkpoint` file.
+
+    Raises:
+      CheckpointError: the msgpack file is unreadable or its step is not an integer.
+    """
+    if os.path.basename(path.rstrip("/")) != MSGPACK_FILE:
+        path = _join(path, MSGPACK_FILE)
+    try:
+        contents = msgpack.unpackb(_read_bytes(path), raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        message = f"{path} is not a readable msgpack checkpoint: {e}"
+        raise checkpoint_tree.CheckpointError(message) from e
+    state = contents.get("optimizer", contents) if isinstance(contents, Mapping) else {}
+    step = state.get("state", {}).get("step") if isinstance(state, Mapping) else None
+    return None if step is None else _as_step(step, f"{path}: state/step")
+
+
+def read_orbax_step(path: str) -> int | None:
+    """The step of an orbax (new T5X) checkpoint (`state/step` of its tree), or None when absent.
+
+    Args:
+      path: the checkpoint folder, or a step folder holding a `state/` item (see `load_orbax`).
+
+    Raises:
+      CheckpointError: no orbax item is found or orbax cannot restore the step.
+    """
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    item_dir = find_orbax_item(path)
+    if item_dir is None:
+        raise checkpoint_tree.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        metadata = checkpointer.metadata(item_dir)
+        tree = getattr(metadata, "item_metadata", metadata)
+        tree = dict(getattr(tree, "tree", tree))
+        state = tree.get("state")
+        if not isinstance(state, Mapping) or "step" not in state:
+            return None
+        item = {"state": {"step": np.zeros((), np.int64)}}
+        args = {"state": {"step": ocp.RestoreArgs(restore_type=np.ndarray)}}
+        restored = checkpointer.restore(
+            item_dir,
+            args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
+        )
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        message = f"Orbax cannot restore the step of {item_dir}: {e}"
+        raise checkpoint_tree.CheckpointError(message) from e
+    return _as_step(restored["state"]["step"], f"{item_dir}: state/step")

@@ -320,8 +320,8 @@ def select_metric(metrics: Mapping[str, float], name: str | None = None) -> floa
     Args:
       metrics: `Evaluator.evaluate` output.
       name: None for `"mean"` (the task's metric, or the mean of its metrics); a full key
-        (`"glue_rte_v002/accuracy"`); or a metric name (`"accuracy"`) averaged over the tasks
-        that report it.
+        (`"taskless_glue_rte_v002/accuracy"`); or a metric name (`"accuracy"`) averaged over the
+        tasks that report it.
 
     Returns:
       The selected value (higher is better unless the caller says otherwise).

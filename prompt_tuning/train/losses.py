@@ -8,10 +8,18 @@ where q is the (optionally smoothed) one-hot target, with confidence 1 - label_s
 target and label_smoothing / (V - 1) elsewhere, and c is q's entropy (so a perfect prediction has
 zero cross-entropy). Token losses are weighted by `decoder_loss_weights` and summed.
 
-Normalization: T5X divides the sum by `loss_normalizing_factor` when given and otherwise returns the
-sum. Here `None` means "divide by the number of target tokens" (the sum of the loss weights), so
-the loss is a per-token mean that does not grow with the batch size; pass a float (e.g. 1024 * 229
-for the public T5 checkpoints, as T5X notes) for a constant divisor.
+Normalization (LOSS_NORMALIZING_FACTOR) has T5X's meaning (`t5x.losses`, `EncoderDecoderModel`):
+
+- None: the sum, not normalized (T5X's default, and Lester et al.'s setting);
+- a number: the sum divided by it (1024 * 229 for the public T5 checkpoints trained in Mesh TF);
+- "NUM_REAL_TARGET_TOKENS": divided by the sum of the loss weights (a per-token mean);
+- "NUM_TOTAL_TARGET_TOKENS": divided by B * S, padding included;
+- "AVERAGE_PER_SEQUENCE": each sequence's weights divided by their sum (a per-sequence mean), then
+  the mean over the sequences that have any weight.
+
+The z-loss part is normalized like the loss. Adafactor's updates are nearly invariant to the
+loss's scale (its update clipping is relative), so None and "NUM_REAL_TARGET_TOKENS" train alike
+with it; optimizers with absolute gradient clipping are not.
 """
 
 from __future__ import annotations
@@ -65,27 +73,76 @@ def token_cross_entropy(
     return ce + z_term, z_term
 
 
+SPECIAL_LOSS_NORMALIZING_FACTORS = (
+    "NUM_REAL_TARGET_TOKENS",
+    "NUM_TOTAL_TARGET_TOKENS",
+    "AVERAGE_PER_SEQUENCE",
+)
+
+
+def normalizing_factor_and_weights(
+    loss_normalizing_factor: float | str | None, weights: jax.Array
+) -> tuple[jax.Array | float, jax.Array]:
+    """The divisor of the summed loss and the token weights, for T5X's LOSS_NORMALIZING_FACTOR.
+
+    Args:
+      loss_normalizing_factor: None, a number, or one of `SPECIAL_LOSS_NORMALIZING_FACTORS`
+        (any case, as T5X's `convert_special_loss_normalizing_factor_to_enum`).
+      weights: [B, S] float loss weights.
+
+    Returns:
+      (divisor, weights [B, S]); the weights change only for "AVERAGE_PER_SEQUENCE".
+
+    Raises:
+      ValueError: an unknown string, naming the macro and the accepted values.
+    """
+    if loss_normalizing_factor is None:
+        return 1.0, weights
+    if not isinstance(loss_normalizing_factor, str):
+        return jnp.asarray(loss_normalizing_factor, jnp.float32), weights
+    name = loss_normalizing_factor.upper()
+    if name == "NUM_REAL_TARGET_TOKENS":
+        return jnp.sum(weights), weights
+    if name == "NUM_TOTAL_TARGET_TOKENS":
+        return float(weights.size), weights
+    if name == "AVERAGE_PER_SEQUENCE":
+        per_sequence = jnp.sum(weights, axis=-1, keepdims=True)  # [B, 1]
+        weights = jnp.where(per_sequence > 0, weights / jnp.maximum(per_sequence, 1e-30), 0.0)
+        return jnp.sum(weights), weights
+    raise ValueError(
+        f"LOSS_NORMALIZING_FACTOR {loss_normalizing_factor!r} is not a number, None or one of "
+        f"T5X's special factors {list(SPECIAL_LOSS_NORMALIZING_FACTORS)}."
+    )
+
+
+def check_normalizing_factor(loss_normalizing_factor: float | str | None) -> None:
+    """Raises the `normalizing_factor_and_weights` error for a bad value, before any work."""
+    normalizing_factor_and_weights(loss_normalizing_factor, jnp.ones((1, 1), jnp.float32))
+
+
 def weighted_loss(
     logits: jax.Array,
     targets: jax.Array,
     weights: jax.Array | None,
     z_loss: float = 1e-4,
     label_smoothing: float = 0.0,
-    loss_normalizing_factor: float | None = None,
+    loss_normalizing_factor: float | str | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training loss of a batch and its parts.
 
     Args:
       logits: [B, S, V].
       targets: [B, S] int (0 is padding).
-      weights: [B, S] loss weights (`decoder_loss_weights`); None means `targets > 0`.
+      weights: [B, S] loss weights (`decoder_loss_weights`, which seqio's feature converter
+        always provides); None means `targets > 0`.
       z_loss: z-loss coefficient (T5X default 1e-4).
       label_smoothing: label smoothing (default 0).
-      loss_normalizing_factor: divisor of the summed loss; None divides by the number of target
-        tokens (sum of `weights`).
+      loss_normalizing_factor: T5X's LOSS_NORMALIZING_FACTOR (see the module docstring); None
+        returns the sum.
 
     Returns:
       (loss scalar, aux) with aux `loss`, `z_loss`, `cross_ent_loss` (all normalized like the loss),
+      `loss_per_nonpadding_target_token` (T5X's metric: the loss over the sum of the weights),
       `accuracy` (token accuracy over weighted tokens) and `num_tokens` (sum of weights).
     """
     if weights is None:
@@ -93,18 +150,15 @@ def weighted_loss(
     weights = weights.astype(jnp.float32)
     token_loss, token_z = token_cross_entropy(logits, targets, z_loss, label_smoothing)
     num_tokens = jnp.sum(weights)
-    divisor = (
-        jnp.maximum(num_tokens, 1.0)
-        if loss_normalizing_factor is None
-        else (jnp.asarray(loss_normalizing_factor, jnp.float32))
-    )
-    loss = jnp.sum(token_loss * weights) / divisor
-    z_part = jnp.sum(token_z * weights) / divisor
+    divisor, loss_weights = normalizing_factor_and_weights(loss_normalizing_factor, weights)
+    loss = jnp.sum(token_loss * loss_weights) / divisor
+    z_part = jnp.sum(token_z * loss_weights) / divisor
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     aux = {
         "loss": loss,
         "z_loss": z_part,
         "cross_ent_loss": loss - z_part,
+        "loss_per_nonpadding_target_token": loss / jnp.maximum(num_tokens, 1.0),
         "accuracy": jnp.sum(correct * weights) / jnp.maximum(num_tokens, 1.0),
         "num_tokens": num_tokens,
     }

@@ -31,8 +31,8 @@ class PromptModel:
 
     Attributes:
       module: the linen `EncoderDecoder` (its `prompt` field holds the prompt module).
-      loss_normalizing_factor: divisor of the summed token loss; None divides by the number of
-        target tokens (see `losses`).
+      loss_normalizing_factor: T5X's LOSS_NORMALIZING_FACTOR: None sums the token losses, a number
+        divides the sum, or a T5X special factor such as "NUM_REAL_TARGET_TOKENS" (see `losses`).
       z_loss: z-loss coefficient (T5X default 1e-4).
       label_smoothing: label smoothing of the targets.
     """
@@ -40,7 +40,7 @@ class PromptModel:
     def __init__(
         self,
         module: nn.Module,
-        loss_normalizing_factor: float | None = None,
+        loss_normalizing_factor: float | str | None = None,
         z_loss: float = 1e-4,
         label_smoothing: float = 0.0,
     ):
@@ -72,7 +72,7 @@ class PromptModel:
 
         Args:
           batch: host (numpy) features; without `task_ids` nothing is checked.
-          where: what the batch comes from, for the message (e.g. "task 'glue_rte_v002'").
+          where: what the batch comes from, for the message (e.g. "task 'taskless_glue_rte_v002'").
 
         Raises:
           ValueError: naming the id, `where` and the prompt's number of task ids.

@@ -106,18 +106,21 @@ def learning_rate_schedule(
     warmup_steps: int = 0,
     decay_factor: float | None = None,
     steps_per_decay: int | None = None,
+    step_offset: int = 0,
 ) -> optax.Schedule:
     """Lester et al.'s schedule family (Table 6): constant, optional warmup and step decay.
 
     lr(t) = learning_rate * min(1, t / warmup_steps) * decay_factor ** floor(t / steps_per_decay),
-    with t the number of updates already applied; warmup rises linearly from zero, and decay counts
-    from step 0.
+    with t = max(0, step - step_offset) and `step` the training step, which starts at the initial
+    checkpoint's step (`start_at_step`), as T5X's `create_learning_rate_scheduler`: fine-tuning
+    from `checkpoint_1100000` warms up only with `step_offset = 1100000`.
 
     Args:
       learning_rate: the peak (constant) rate; the paper uses 0.3.
       warmup_steps: linear warmup length (0: off).
       decay_factor: multiplier applied every `steps_per_decay` steps (None: off).
       steps_per_decay: decay period (None: off).
+      step_offset: the step the schedule counts from (T5X's `step_offset`).
 
     Returns:
       An optax schedule `step -> rate`.
@@ -131,7 +134,7 @@ def learning_rate_schedule(
         raise ValueError("warmup_steps must be >= 0 and steps_per_decay > 0.")
 
     def schedule(step: jax.Array) -> jax.Array:
-        step = jnp.asarray(step, jnp.float32)
+        step = jnp.maximum(jnp.asarray(step, jnp.float32) - step_offset, 0.0)
         rate = jnp.asarray(learning_rate, jnp.float32)
         if warmup_steps:
             rate = rate * jnp.minimum(1.0, step / warmup_steps)
@@ -224,6 +227,7 @@ class Adafactor:
     warmup_steps: int = 0
     decay_factor: float | None = None
     steps_per_decay: int | None = None
+    schedule_step_offset: int = 0
     factor_rules: Mapping[str, str] = dataclasses.field(
         default_factory=lambda: factoring.FACTOR_RULES
     )
@@ -251,7 +255,11 @@ class Adafactor:
 
     def _chain(self) -> optax.GradientTransformation:
         schedule = learning_rate_schedule(
-            self.learning_rate, self.warmup_steps, self.decay_factor, self.steps_per_decay
+            self.learning_rate,
+            self.warmup_steps,
+            self.decay_factor,
+            self.steps_per_decay,
+            self.schedule_step_offset,
         )
         dims_of = lambda path, shape: self.factor_dims(path_name(path), shape)  # noqa: E731
         core = [
@@ -291,13 +299,15 @@ def adafactor(
     warmup_steps: int = 0,
     decay_factor: float | None = None,
     steps_per_decay: int | None = None,
+    schedule_step_offset: int = 0,
 ) -> Adafactor:
     """Lester et al.'s Adafactor (see `Adafactor`), gin-configurable as `optimizers.adafactor`.
 
     Args:
       learning_rate: peak learning rate (paper: 0.3).
       decay_rate: exponent of the second-moment decay schedule (paper: 0.8).
-      step_offset: subtracted from the step in the decay schedule (T5X's `step_offset`).
+      step_offset: subtracted from the step in the decay schedule (T5X's `step_offset`; the step
+        starts at the initial checkpoint's, see `start_at_step`).
       weight_decay_rate: decoupled weight decay (paper: 1e-5; None: off).
       clipping_threshold: update clipping RMS (T5X default 1.0; None: off).
       multiply_by_parameter_scale: scale updates by the parameter's RMS (paper: False).
@@ -308,6 +318,7 @@ def adafactor(
       warmup_steps: see `learning_rate_schedule`.
       decay_factor: see `learning_rate_schedule`.
       steps_per_decay: see `learning_rate_schedule`.
+      schedule_step_offset: `learning_rate_schedule`'s `step_offset`.
 
     Returns:
       An `Adafactor` (an optax transformation: `init`, `update`).
@@ -325,6 +336,7 @@ def adafactor(
         warmup_steps,
         decay_factor,
         steps_per_decay,
+        schedule_step_offset,
     )
 
 
@@ -345,6 +357,7 @@ def adamw(
     warmup_steps: int = 0,
     decay_factor: float | None = None,
     steps_per_decay: int | None = None,
+    schedule_step_offset: int = 0,
 ) -> optax.GradientTransformation:
     """AdamW (decoupled weight decay, multiplied by the rate as in optax), optional norm clipping.
 
@@ -358,11 +371,14 @@ def adamw(
       warmup_steps: see `learning_rate_schedule`.
       decay_factor: see `learning_rate_schedule`.
       steps_per_decay: see `learning_rate_schedule`.
+      schedule_step_offset: `learning_rate_schedule`'s `step_offset`.
 
     Returns:
       An optax gradient transformation.
     """
-    schedule = learning_rate_schedule(learning_rate, warmup_steps, decay_factor, steps_per_decay)
+    schedule = learning_rate_schedule(
+        learning_rate, warmup_steps, decay_factor, steps_per_decay, schedule_step_offset
+    )
     steps = [] if global_norm_clip is None else [optax.clip_by_global_norm(global_norm_clip)]
     steps += [
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
@@ -371,3 +387,32 @@ def adamw(
         optax.scale(-1.0),
     ]
     return optax.chain(*steps)
+
+
+def start_at_step(opt_state: Any, step: int | jax.Array) -> Any:
+    """Sets the step counters T5X ties to the training step to `step` (the initial checkpoint's).
+
+    T5X restores the training step with the pretrained weights and counts on from it: its learning
+    rate schedules and its Adafactor's second-moment decay `1 - (t + 1)^-decay_rate`
+    (t = step - `step_offset`) see the absolute step, so 30,000 prompt-tuning steps from
+    `checkpoint_1100000` (google-research/prompt-tuning's setting, `step_offset = 0`) decay as at
+    step 1,100,000 and on. Here the same counters are the `count` of `ScheduleState` and of
+    optax's Adafactor state (`FactoredState`). Counters of other optax states (e.g. Adam's bias
+    correction) stay at zero, as T5X's optax optimizers start them from scratch when fine-tuning.
+
+    Args:
+      opt_state: the state returned by `optimizer.init` of an optimizer built here.
+      step: the initial step.
+
+    Returns:
+      The state with those counters set to `step`.
+    """
+
+    def restart(state: Any) -> Any:
+        if isinstance(state, (ScheduleState, optax.FactoredState)):
+            return state._replace(count=jnp.asarray(step, jnp.asarray(state.count).dtype))
+        return state
+
+    return jax.tree.map(
+        restart, opt_state, is_leaf=lambda x: isinstance(x, (ScheduleState, optax.FactoredState))
+    )

@@ -36,10 +36,11 @@ class Run:
       frozen: the frozen parameters (global arrays, never gathered).
       step_fn: the jitted `step.train_step`.
       rng: the base PRNG key of dropout.
-      start_step: the step restored from MODEL_DIR (0 for a new run).
+      start_step: the step restored from MODEL_DIR (`first_step` for a new run).
       checkpointer: the run's `checkpoints.TrainCheckpointer`.
       logger: the run's `train_logging.MetricsLogger` (writes on the primary process only).
       meta: the run's identity, saved with every checkpoint.
+      first_step: the initial checkpoint's step, where TRAIN_STEPS counts from (`steps`).
     """
 
     model: PromptModel
@@ -53,6 +54,7 @@ class Run:
     checkpointer: checkpoints.TrainCheckpointer
     logger: train_logging.MetricsLogger
     meta: dict[str, Any]
+    first_step: int = 0
 
 
 def abstract(tree: Any) -> Any:
@@ -86,7 +88,8 @@ def initial_state(
     options: Mapping[str, Any],
     log: Any,
 ) -> tuple[step.TrainState, Any]:
-    """The step-0 `TrainState` and the frozen parameters, on the mesh."""
+    """The `TrainState` at the initial checkpoint's step (T5X's) and the frozen parameters, on
+    the mesh; the optimizer's step counters (schedule, Adafactor decay) start there too."""
     trainable, frozen = params.initial_params(
         model,
         mesh,
@@ -99,8 +102,12 @@ def initial_state(
         log=log,
     )
     opt_sharding = partitioning.opt_state_shardings(optimizer, trainable, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
-    count = jax.jit(lambda: jnp.zeros([], jnp.int32), out_shardings=partitioning.replicated(mesh))
+    first_step = options.get("first_step", 0)
+    init_opt = lambda p: optimizers.start_at_step(optimizer.init(p), first_step)  # noqa: E731
+    opt_state = jax.jit(init_opt, out_shardings=opt_sharding)(trainable)
+    count = jax.jit(
+        lambda: jnp.asarray(first_step, jnp.int32), out_shardings=partitioning.replicated(mesh)
+    )
     return step.TrainState(count(), trainable, opt_state), frozen
 
 
@@ -176,5 +183,9 @@ def setup_run(
     step_fn = step.jit_train_step(model, optimizer, mesh, state_sh, frozen_sh)
     meta = {"seed": options["random_seed"], "task": options["task"], "batch_size": batch_size}
     checkpointer = checkpoints.TrainCheckpointer(model_dir, options["keep"])
-    run = Run(model, mesh, layout, state, frozen, step_fn, step_rng, 0, checkpointer, logger, meta)
+    first_step = options.get("first_step", 0)
+    run = Run(
+        model, mesh, layout, state, frozen, step_fn, step_rng, first_step, checkpointer, logger,
+        meta, first_step,
+    )  # fmt: skip
     return restore(run, model_dir)

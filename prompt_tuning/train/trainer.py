@@ -27,10 +27,12 @@ from prompt_tuning.train import (
     data,
     distributed,
     evaluation,
+    losses,
     optimizers,
     partitioning,
     prompt_files,
     setup,
+    steps,
 )
 from prompt_tuning.train.model import PromptModel
 from prompt_tuning.train.setup import Run
@@ -99,7 +101,7 @@ def _export(run: Run) -> Any:
 
 def _save(run: Run, step: int, model_dir: str, best: bool = False) -> None:
     """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
-    meta = dict(run.meta, step=step, data_position=step)
+    meta = dict(run.meta, step=step, data_position=step - run.first_step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if distributed.is_primary():
         export = _export(run)
@@ -190,7 +192,7 @@ def train(
     eval_labels: Any = None,
     prompt_file: str | None = None,
     frozen_dtype: str | None = None,
-    loss_normalizing_factor: float | None = None,
+    loss_normalizing_factor: float | str | None = None,
     z_loss: float = 1e-4,
     label_smoothing: float = 0.0,
     num_partitions: int = 1,
@@ -205,7 +207,8 @@ def train(
       model_dir: where checkpoints, prompts, metrics and TensorBoard files go (MODEL_DIR).
       mixture_or_task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
       task_feature_lengths: {"inputs": T, "targets": S} (TASK_FEATURE_LENGTHS).
-      train_steps: total steps to reach, counting resumed ones (TRAIN_STEPS).
+      train_steps: the step to reach, counted as in T5X from the initial checkpoint's step
+        (`steps`; TRAIN_STEPS): 1_130_000 trains 30,000 steps from `checkpoint_1100000`.
       batch_size: global batch size (BATCH_SIZE).
       optimizer: optax transformation; default Lester et al.'s Adafactor (`optimizers.adafactor`).
       initial_checkpoint_path: frozen T5 checkpoint (HF or T5X); None initializes a random model
@@ -225,14 +228,16 @@ def train(
       eval_beam_size: beams when `eval_decode_method` is "beam".
       best_metric: the evaluation metric that picks the best checkpoint (BEST_METRIC; higher is
         better): None for "mean" (the task's metric, or the mean of its metrics), a full key such
-        as "glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over the
-        tasks reporting it (see `evaluation.select_metric`).
+        as "taskless_glue_rte_v002/accuracy", or a bare metric name ("rank_accuracy") averaged over
+        the tasks reporting it (see `evaluation.select_metric`).
       eval_labels: label strings rank classification scores (one list, or `{task: list}`);
         default the labels each task binds into its postprocessor (`rank_classification`).
       prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
         `[N, P, H]` `.npy`, or a parameters `.npz`).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
-      loss_normalizing_factor: see `losses` (LOSS_NORMALIZING_FACTOR).
+      loss_normalizing_factor: T5X's: None sums the token losses, a number divides the sum,
+        "NUM_REAL_TARGET_TOKENS" / "NUM_TOTAL_TARGET_TOKENS" / "AVERAGE_PER_SEQUENCE" as T5X's
+        `SpecialLossNormalizingFactor` (see `losses`; LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
       label_smoothing: label smoothing.
       num_partitions: devices per model replica ("model" mesh axis; NUM_PARTITIONS), T5X's.
@@ -253,6 +258,9 @@ def train(
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
+    first_step = steps.initial_step(initial_checkpoint_path)
+    steps.check_train_steps(train_steps, first_step, initial_checkpoint_path)
+    losses.check_normalizing_factor(loss_normalizing_factor)
     if prompt_file is not None:
         prompt_files.read_prompt_file(prompt_file)
     if eval_decode_method not in ("greedy", "beam"):
@@ -277,6 +285,7 @@ def train(
         prompt_file=prompt_file,
         keep=keep,
         task=mixture_or_task_name,
+        first_step=first_step,
     )
     os.makedirs(model_dir, exist_ok=True)
     run = setup.setup_run(
@@ -341,16 +350,17 @@ def _loop(
         )
         rows = run.layout.shard_id * run.layout.batch_size
         dataset = data.replica_rows(dataset, rows, rows + run.layout.batch_size)
-        batches = data.skip_batches(dataset, run.start_step).as_numpy_iterator()
+        batches = data.skip_batches(dataset, run.start_step - run.first_step)
+        batches = batches.as_numpy_iterator()
     train_log, eval_log, pending = [], [], []
     best = checkpoints.read_best_json(model_dir)
-    if run.start_step and run.start_step >= train_steps:
+    if run.start_step > run.first_step and run.start_step >= train_steps:
         run.logger.message(
             f"MODEL_DIR {model_dir} already holds a run at step {run.start_step} "
             f"(TRAIN_STEPS {train_steps}): nothing to train. Raise TRAIN_STEPS to continue it, or "
             "use a new MODEL_DIR to start again."
         )
-    elif run.start_step:
+    elif run.start_step > run.first_step:
         run.logger.message(f"Resuming from step {run.start_step} of {train_steps}.")
     for step in range(run.start_step + 1, train_steps + 1):
         numpy_batch = next(batches)

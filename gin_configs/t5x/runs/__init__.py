@@ -1,0 +1,1 @@
+"""gin files (package data; see gin_configs/__init__.py)."""

@@ -1,0 +1,71 @@
+"""Prompt-only training under T5X: which parameters train, and how the prompt axes are treated.
+
+Used from gin (`gin_configs/t5x/models/prompt.gin`):
+
+- `trainable_filter(regex)` is the `filter_fn` of the `flax.traverse_util.ModelParamTraversal`
+  that T5X's `optimizers.MultiOptimizer` pairs with Adafactor: parameters whose "/"-joined path
+  matches TRAINABLE_PARAMS_REGEX (`re.search`, as our trainer) are optimized, all others get no
+  optimizer state (`None`) and keep their values;
+- `logical_axis_rules()` adds the prompt axes (`prompts.PROMPT_LOGICAL_AXES`) to T5X's
+  `standard_logical_axis_rules(additional_rules=...)`, replicated as in
+  `prompt_tuning.train.partitioning`: prompts are small, and every model shard needs all of them;
+- `factor_rules()` extends T5X's Adafactor `standard_logical_factor_rules` with the prompt axes,
+  all NONE (Lester et al.'s rule `prompt: NONE`): a prompt's second moment is not factored and its
+  update is clipped by the RMS of the whole array, as `optimizers.Adafactor` (`factoring`) does.
+  T5X ignores factor rules for parameters of rank <= 2 and applies its size heuristic instead
+  (a [P, H] prompt with P, H >= 128 would be factored), so gin_configs/t5x/models/prompt.gin
+  also sets `Adafactor.factored = False`: then T5X and our trainer update every prompt alike
+  (tested for every gin_configs/prompts/ file).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from prompt_tuning.prompts import PROMPT_LOGICAL_AXES
+from prompt_tuning.train.optimizers import DEFAULT_TRAINABLE_PARAMS_REGEX
+
+
+def trainable_filter(
+    regex: str = DEFAULT_TRAINABLE_PARAMS_REGEX,
+) -> Callable[[str, Any], bool]:
+    """A `ModelParamTraversal` filter: True for parameters whose path matches `regex`.
+
+    Args:
+      regex: TRAINABLE_PARAMS_REGEX, searched in paths such as `encoder/prompt/prompt` (T5X's
+        traversal passes `/encoder/prompt/prompt`; the leading "/" is dropped).
+
+    Returns:
+      `filter_fn(path, value) -> bool`.
+    """
+    pattern = re.compile(regex)
+
+    def filter_fn(path: str, value: Any) -> bool:
+        del value
+        return bool(pattern.search(path.lstrip("/")))
+
+    return filter_fn
+
+
+def logical_axis_rules() -> tuple[tuple[str, None], ...]:
+    """Rules mapping every prompt axis to no mesh axis (replicated), for T5X's partitioner."""
+    return tuple((axis, None) for axis in PROMPT_LOGICAL_AXES)
+
+
+def factor_rules(rules: Any = None) -> Any:
+    """T5X's Adafactor `logical_factor_rules` plus the prompt axes (needs T5X).
+
+    Args:
+      rules: the rules to extend; default `t5x.adafactor.standard_logical_factor_rules()`.
+
+    Returns:
+      A frozen dict `axis name -> FactorDim`.
+    """
+    from flax.core import frozen_dict  # noqa: PLC0415
+    from t5x import adafactor  # noqa: PLC0415
+
+    rules = dict(adafactor.standard_logical_factor_rules() if rules is None else rules)
+    rules.update(dict.fromkeys(PROMPT_LOGICAL_AXES, adafactor.FactorDim.NONE))
+    return frozen_dict.freeze(rules)
