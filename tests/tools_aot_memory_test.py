@@ -1,5 +1,7 @@
 """tools/aot_memory.py on the tiny T5 and 8 fake devices: arguments equal the shards' bytes."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +46,7 @@ def _expected_train_arguments(model_axis):
     return total + 4 + 8  # the step counter and the PRNG key
 
 
-def test_train_and_decode_memory_on_a_fake_mesh(results):
+def test_train_and_decode_memory_on_a_fake_mesh(results, tmp_path, capsys):
     train = {r["remat"]: r for r in results if r["program"] == "train"}
     (decode,) = [r for r in results if r["program"] == "decode"]
     assert sorted(train) == ["full", "none"] and decode["mesh"] == {"data": 2, "model": 4}
@@ -58,3 +60,9 @@ def test_train_and_decode_memory_on_a_fake_mesh(results):
     table = aot_memory.markdown_table(results)
     assert "| tiny | 8 | 2 × 4 | train | full | bfloat16 | float32 |" in table
     assert "fits 16 GiB" in table
+    # --table prints the same table from the printed JSON lines (a run's log), compiling nothing.
+    log = tmp_path / "run.log"
+    log.write_text("START\n" + "\n".join(json.dumps(r) for r in results) + "\n")
+    capsys.readouterr()
+    assert aot_memory.main(["--table", str(log)]) == results
+    assert table in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
     python tools/aot_memory.py --sizes xxl --devices 32 --partitions 8 16 --remat none full
     python tools/aot_memory.py --sizes large xl xxl --devices 8 32 128 --output docs/scaling.json
+    python tools/aot_memory.py --table run1.log run2.json   # one table from earlier runs' output
 
 For every size, device count, model-axis size, remat policy and activation dtype it compiles the
 training step (`prompt_tuning.train.step`, the trainer's program) and one cached decode step on
@@ -158,6 +159,19 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def read_results(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Results saved by earlier runs: their `--output` JSON files or their printed JSON lines."""
+    results = []
+    for path in paths:
+        with open(path) as f:
+            text = f.read()
+        if text.lstrip().startswith("["):
+            results += json.loads(text)
+        else:
+            results += [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["large", "xl", "xxl"])
@@ -187,11 +201,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         help="T5X's: 2 also splits activations' H over the model axis (the default here)",
     )
     parser.add_argument("--output", help="also write the results as JSON here")
+    parser.add_argument(
+        "--table",
+        nargs="+",
+        metavar="FILE",
+        help="compile nothing: print the table of earlier runs' --output files or printed lines",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         _worker(json.loads(args.worker))
         return []
+    if args.table:
+        results = read_results(args.table)
+        print(markdown_table(results))
+        return results
     sys.path.insert(0, ROOT)
     specs = _configs(args)
     results = []
