@@ -146,10 +146,11 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         total = r["total_bytes"] / GiB
         mesh = f"{r['mesh']['data']} × {r['mesh']['model']}"
         activations = r["activation_dtype"]
+        program = r["program"] + (" (XLA:CPU defaults)" if r.get("xla") == "default" else "")
         if r.get("activation_partitioning_dims", 2) == 1:
             activations += " (1-D)"
         lines.append(
-            f"| {r['size']} | {r['devices']} | {mesh} | {r['program']} | {r['remat']} | "
+            f"| {r['size']} | {r['devices']} | {mesh} | {program} | {r['remat']} | "
             f"{r['frozen_dtype']} | {activations} | {r['argument_bytes'] / GiB:.2f} | "
             f"{r['temp_bytes'] / GiB:.2f} | "
             f"{max(r['output_bytes'] - r['alias_bytes'], 0) / GiB:.2f} | {total:.2f} | "
