@@ -95,7 +95,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     mesh = partitioning.make_mesh(spec["partitions"])
     lengths = {"inputs": spec["inputs"], "targets": spec["targets"]}
     frozen_dtype = jnp.dtype(spec["frozen_dtype"])
-    options = aot.SIMULATION_OPTIONS if spec["xla"] == "simulate" else None
+    options = aot.SIMULATION_OPTIONS if spec["xla"] == "simulate" else aot.CPU_DEFAULT_OPTIONS
     rules = partitioning.standard_logical_axis_rules(spec["activation_partitioning_dims"])
     if spec["program"] == "train":
         report = aot.train_step_memory(
@@ -147,10 +147,11 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
         mesh = f"{r['mesh']['data']} × {r['mesh']['model']}"
         activations = r["activation_dtype"]
         program = r["program"] + (" (XLA:CPU defaults)" if r.get("xla") == "default" else "")
+        remat = r["remat"] if r["program"] == "train" else "–"  # decoding has no backward pass
         if r.get("activation_partitioning_dims", 2) == 1:
             activations += " (1-D)"
         lines.append(
-            f"| {r['size']} | {r['devices']} | {mesh} | {program} | {r['remat']} | "
+            f"| {r['size']} | {r['devices']} | {mesh} | {program} | {remat} | "
             f"{r['frozen_dtype']} | {activations} | {r['argument_bytes'] / GiB:.2f} | "
             f"{r['temp_bytes'] / GiB:.2f} | "
             f"{max(r['output_bytes'] - r['alias_bytes'], 0) / GiB:.2f} | {total:.2f} | "
@@ -192,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         choices=["simulate", "default"],
         default="simulate",
         help="'simulate': XLA:CPU with the memory-optimised scheduler and without its all-reduce "
-        "combiner (prompt_tuning.train.aot.SIMULATION_OPTIONS); 'default': XLA:CPU as it is",
+        "combiner (prompt_tuning.train.aot.SIMULATION_OPTIONS); 'default': XLA:CPU as it is "
+        "(its default scheduler, also for remat steps: aot.CPU_DEFAULT_OPTIONS)",
     )
     parser.add_argument(
         "--activation-partitioning-dims",

@@ -8,7 +8,7 @@ outputs. The program is the trainer's (`step.jit_train_step`, with the logical a
 constraints) and the decoder's (`decoding.decode_step` under the same rules).
 
 Two XLA:CPU habits would make the simulation report what no TPU run needs, so `SIMULATION_OPTIONS`
-turns them off (pass `compiler_options=None` for XLA:CPU's defaults): its default scheduler
+turns them off (pass `CPU_DEFAULT_OPTIONS` for XLA:CPU's defaults): its default scheduler
 maximises concurrency and keeps temporaries alive together that a TPU/GPU scheduler (working under
 a memory limit) serialises, and its all-reduce combiner merges a step's all-reduces into one
 tuple all-reduce, holding every operand at once (on CPU the partial sums of the model axis are
@@ -39,6 +39,8 @@ SIMULATION_OPTIONS = {
     **step.CPU_REMAT_OPTIONS,
     "xla_disable_hlo_passes": "cpu-all-reduce-combiner",
 }
+# XLA:CPU's own choices, also for a remat step (whose jit otherwise asks for CPU_REMAT_OPTIONS).
+CPU_DEFAULT_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}
 
 
 @dataclasses.dataclass
@@ -150,7 +152,8 @@ def train_step_memory(
       lengths: `{"inputs": T, "targets": S}`.
       frozen_dtype: dtype of the frozen weights (e.g. bfloat16).
       optimizer: default Lester et al.'s Adafactor.
-      compiler_options: XLA options (default `SIMULATION_OPTIONS`).
+      compiler_options: XLA options (default `SIMULATION_OPTIONS`); None compiles with the
+        trainer's options (`step.compiler_options`), `CPU_DEFAULT_OPTIONS` with XLA:CPU's.
       rules: logical axis rules (default `partitioning.standard_logical_axis_rules()`).
 
     Returns:
