@@ -63,6 +63,8 @@ def _hlo_of_loss(mesh):
 
 def test_activation_constraints_act_only_under_a_mesh_and_rules():
     assert "sharding_constraint" not in _hlo_of_loss(None)
+    # Pure data parallelism (8 x 1): the program stays the unconstrained one, bit for bit.
+    assert "sharding_constraint" not in _hlo_of_loss(partitioning.make_mesh(1))
     sharded = _hlo_of_loss(partitioning.make_mesh(4))
     constraint = r"sharding_constraint %\S+ <@mesh, \[{}\]> : tensor<{}xf32>"
     hidden = constraint.format(r'{"data"}, {}, {"model"}', r"8x\d+x32")  # [B, L, H]
