@@ -167,7 +167,7 @@ def _gin_args(run_file, *bindings):
         f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}",
         "--gin.PROMPT_LENGTH=3",
-        "--gin.BATCH_SIZE=4",
+        "--gin.BATCH_SIZE=4",  # padded to 8 rows: the 8 test devices form the data axis
         *bindings,
     ]
 

@@ -146,7 +146,11 @@ def test_bad_input_fails_before_training(tmp_path, frozen_checkpoint):
         run(tmp_path / "d", 2, batch_size=6, num_devices=None)
     with pytest.raises(ValueError, match="eval_decode_method 'sample'.*'greedy'.*'beam'"):
         run(tmp_path / "e", 2, eval_period=1, eval_decode_method="sample")
-    for name in "abcde":
+    with pytest.raises(ValueError, match=r"NUM_PARTITIONS=8 does not divide the model's 4 .*heads"):
+        run(tmp_path / "f", 2, num_devices=None, num_partitions=8)
+    with pytest.raises(ValueError, match=r"NUM_PARTITIONS=3 does not divide the 8 devices"):
+        run(tmp_path / "g", 2, num_devices=None, num_partitions=3)
+    for name in "abcdefg":
         assert not (tmp_path / name / "checkpoints").exists()
         assert not (tmp_path / name / "metrics.jsonl").exists()
 

@@ -95,7 +95,8 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from prompt_tuning import prompts, t5  # noqa: PLC0415
-    from prompt_tuning.train import checkpoints, costs, optimizers, partitioning, profiling, trainer  # noqa: PLC0415
+    from prompt_tuning.train import costs, optimizers, partitioning, profiling, trainer  # noqa: PLC0415
+    from prompt_tuning.train import params as run_params  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     import_rss = _peak_rss_gib()
@@ -108,7 +109,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     model = PromptModel(module, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS")
     mesh = partitioning.make_mesh(1, jax.devices()[:1])
     lengths = {"inputs": spec["input_length"], "targets": spec["target_length"]}
-    trainable, frozen = checkpoints.initial_params(
+    trainable, frozen = run_params.initial_params(
         model,
         mesh,
         jax.random.key(spec["seed"]),
@@ -116,6 +117,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
         None,
         spec["trainable_regex"],
         spec["frozen_dtype"],
+        log=None,
     )
     optimizer = optimizers.adafactor()
     state = trainer.TrainState(

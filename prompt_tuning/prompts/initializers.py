@@ -10,13 +10,24 @@ Each factory returns a Flax initializer `init(rng, shape, dtype=float32) -> [P, 
 - `per_layer(init)`: `init` applied to each layer's [P, H] slice of an [L, P, H] parameter;
   `normal_fan_in`: N(0, 1/shape[0]) for kernels stored input axis first.
 
-`embedding` arguments accept an array [V, H], a `.npy` file, or a T5X/HF checkpoint directory (its
-`token_embedder/embedding` is read), so gin can bind `%INITIAL_CHECKPOINT_PATH`.
+`embedding` arguments accept an array [V, H], a `.npy` file, a T5X/HF checkpoint directory (its
+`token_embedder/embedding` is read), or None for the model's own embedding, so gin can bind
+`%INITIAL_CHECKPOINT_PATH`.
+
+No embedding is read inside `init`, which runs under `jax.eval_shape` and `jit`: the trainer finds
+the embeddings these initializers need (`embedding_sources`), reads each once on the host (the
+frozen model's own `token_embedder/embedding` is the array it already loaded, sharded), and passes
+them into the jitted initialization as arguments (`provided_embeddings`), so the `[V, H]` table is
+never traced into the compiled program as a constant. Outside the trainer (a plain
+`module.init`), an initializer reads its embedding on first use and keeps it.
 """
 
+import contextlib
+import contextvars
+import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -61,9 +72,11 @@ def sampled_vocab(embedding: Any, num_samples: int = 5000) -> Initializer:
     """
 
     def init(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-        table = _embedding_table(embedding, shape)
+        table = source.table(shape)
         return _sample_rows(rng, table, shape[0], num_samples).astype(dtype)
 
+    source = EmbeddingSource(embedding)
+    init.embedding_source = source
     return init
 
 
@@ -98,11 +111,13 @@ def class_labels(
                 f"{len(labels)} class labels do not fit in a prompt of length {length}; "
                 "increase PROMPT_LENGTH or pass fewer labels."
             )
-        table = _embedding_table(embedding, shape)
-        rows = [_label_row(label, vocabulary, table) for label in labels]
-        rest = _sample_rows(rng, table, length - len(rows), num_samples)
-        return jnp.concatenate([jnp.stack(rows), rest], axis=0).astype(dtype)  # [P, H]
+        table = source.table(shape)
+        rows = [_label_row(label, vocabulary, table).astype(dtype) for label in labels]
+        rest = _sample_rows(rng, table, length - len(rows), num_samples).astype(dtype)
+        return jnp.concatenate([jnp.stack(rows), rest], axis=0)  # [P, H]
 
+    source = EmbeddingSource(embedding)
+    init.embedding_source = source
     return init
 
 
@@ -116,9 +131,11 @@ def from_npy(path: str) -> Initializer:
       An initializer `init(rng, shape=[P, H], dtype)` (rng unused).
     """
 
+    read = _read_once(lambda: files.read_npy(path, "The prompt initialization file (from_npy)"))
+
     def init(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         del rng
-        value = files.read_npy(path, "The prompt initialization file (from_npy)")
+        value = read()
         _check_shape(value.shape, shape, f"the prompt in {path}")
         return jnp.asarray(value, dtype)
 
@@ -136,9 +153,11 @@ def from_checkpoint(path: str, variable: str = PROMPT_VARIABLE) -> Initializer:
       An initializer `init(rng, shape=[P, H], dtype)` (rng unused).
     """
 
+    read = _read_once(lambda: read_checkpoint_variable(path, variable))
+
     def init(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         del rng
-        value = read_checkpoint_variable(path, variable)
+        value = read()
         _check_shape(value.shape, shape, f"{variable} in {path}")
         return jnp.asarray(value, dtype)
 
@@ -167,18 +186,115 @@ def read_checkpoint_variable(path: str, variable: str) -> np.ndarray:
     return np.asarray(checkpoints.read_variable(path, variable))
 
 
-def _embedding_table(embedding: Any, shape: Sequence[int]) -> jax.Array:
-    """Returns the embedding [V, H] as an array, checking its width against the prompt's H."""
-    if isinstance(embedding, str | os.PathLike):
-        embedding = read_checkpoint_variable(os.fspath(embedding), EMBEDDING_VARIABLE)
-    table = jnp.asarray(embedding)
-    if table.ndim != 2 or table.shape[1] != shape[-1]:
-        raise ValueError(
-            f"The token embedding has shape {tuple(table.shape)} but the prompt is {tuple(shape)}: "
-            "its width must equal the model dim H; point the initializer at the checkpoint of "
-            "the model being tuned."
-        )
-    return table
+def _read_once(read: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    """`read`, called on first use only (an initializer runs under eval_shape and again in jit)."""
+    cache: list[np.ndarray] = []
+
+    def once() -> np.ndarray:
+        if not cache:
+            cache.append(np.asarray(read()))
+        return cache[0]
+
+    return once
+
+
+# The embeddings the caller passes into a traced initialization, by `EmbeddingSource.key`.
+_PROVIDED: contextvars.ContextVar[Mapping[Any, Any] | None] = contextvars.ContextVar(
+    "provided_embeddings", default=None
+)
+
+
+@dataclasses.dataclass(eq=False)
+class EmbeddingSource:
+    """Where an initializer's token embedding [V, H] comes from.
+
+    Attributes:
+      embedding: an array [V, H], a `.npy` file, a checkpoint folder, or None for the frozen
+        model's own `token_embedder/embedding`.
+    """
+
+    embedding: Any
+
+    @property
+    def key(self) -> Any:
+        """Identifies the embedding: None (the model's), a resolved path, or the array's id."""
+        if self.embedding is None:
+            return None
+        if isinstance(self.embedding, str | os.PathLike):
+            return os.path.realpath(os.fspath(self.embedding))
+        return ("array", id(self.embedding))
+
+    def read(self) -> np.ndarray:
+        """Reads the embedding on the host (a checkpoint opens only that array)."""
+        if self.embedding is None:
+            raise ValueError(
+                "This prompt initializer samples the model's own embedding, which only the "
+                "trainer can pass (INITIAL_CHECKPOINT_PATH or RANDOM_SEED); give the "
+                "initializer an embedding array, .npy file or checkpoint instead."
+            )
+        if isinstance(self.embedding, str | os.PathLike):
+            return read_checkpoint_variable(os.fspath(self.embedding), EMBEDDING_VARIABLE)
+        return np.asarray(self.embedding)
+
+    def table(self, shape: Sequence[int]) -> jax.Array:
+        """The embedding [V, H] to sample from: the one passed in, else read once on the host."""
+        provided = _PROVIDED.get() or {}
+        if self.key in provided:
+            table = provided[self.key]
+            table = table() if callable(table) else table
+        else:
+            if not hasattr(self, "_host"):
+                self._host = self.read()
+            table = jnp.asarray(self._host)
+        if table.ndim != 2 or table.shape[1] != shape[-1]:
+            raise ValueError(
+                f"The token embedding has shape {tuple(table.shape)} but the prompt is "
+                f"{tuple(shape)}: its width must equal the model dim H; point the initializer at "
+                "the checkpoint of the model being tuned."
+            )
+        return table
+
+
+@contextlib.contextmanager
+def provided_embeddings(tables: Mapping[Any, Any]) -> Iterator[None]:
+    """Within the block, initializers take their embedding from `tables` (by source key).
+
+    Args:
+      tables: `{EmbeddingSource.key: [V, H] array, or a function returning one}`, e.g. traced
+        arguments of the jitted initialization, or placeholders for shape inference.
+    """
+    token = _PROVIDED.set(dict(tables))
+    try:
+        yield
+    finally:
+        _PROVIDED.reset(token)
+
+
+def embedding_sources(module: Any) -> list[EmbeddingSource]:
+    """The embedding sources of the initializers in `module`'s fields (recursively).
+
+    Args:
+      module: a prompt module (or any dataclass holding initializers / sub-modules).
+
+    Returns:
+      Distinct sources (by key), in field order.
+    """
+    found: dict[Any, EmbeddingSource] = {}
+
+    def visit(value: Any, depth: int) -> None:
+        source = getattr(value, "embedding_source", None)
+        if isinstance(source, EmbeddingSource):
+            found.setdefault(source.key, source)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                visit(item, depth)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type) and depth < 8:
+            for field in dataclasses.fields(value):
+                if field.name not in ("parent", "name"):
+                    visit(getattr(value, field.name, None), depth + 1)
+
+    visit(module, 0)
+    return list(found.values())
 
 
 def _sample_rows(rng: jax.Array, table: jax.Array, count: int, num_samples: int) -> jax.Array:

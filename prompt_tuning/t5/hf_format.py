@@ -12,22 +12,23 @@ Output layer, three layouts:
 - transformers 5.x: only `shared.weight`, `tie_word_embeddings: true, scale_decoder_outputs: false`
   -> tied, unscaled (`scale_tied_logits=False`).
 
-Safetensors files are read and written here directly (8-byte header length, JSON header, raw
-little-endian data) because the `safetensors` numpy API cannot represent bfloat16.
+Safetensors files are read with the `safetensors` library (`safe_open`, `get_slice`), so a host
+can read just the slice of a tensor its devices hold (`hf_readers`).
 
 Letters: V vocabulary, H model dim, N heads, K head dim, F MLP dim.
 """
 
+import dataclasses
 import json
 import os
-import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+import safetensors
 
-from prompt_tuning.t5 import checkpoints
+from prompt_tuning.t5 import checkpoint_tree
 from prompt_tuning.t5.config import T5Config
 
 CONFIG_FILE = "config.json"
@@ -137,7 +138,7 @@ def _activations(feed_forward_proj: str) -> tuple[str, ...]:
         or len(parts) > 2
         or parts[0] not in ("gated", activation)
     ):
-        raise checkpoints.CheckpointError(
+        raise checkpoint_tree.CheckpointError(
             f"Unsupported feed_forward_proj {feed_forward_proj!r} in config.json; supported:"
             " 'relu', 'gelu', 'gated-gelu', 'gated-relu'."
         )
@@ -175,7 +176,7 @@ def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
             layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
         )
     except KeyError as e:
-        raise checkpoints.CheckpointError(
+        raise checkpoint_tree.CheckpointError(
             f"config.json lacks the T5 field {e.args[0]!r}; is this a T5 model's config?"
         ) from e
 
@@ -235,37 +236,64 @@ def _writes_tied(config: T5Config, transformers_version: int) -> bool:
 # Tensor files.
 
 
-def _safetensors_header(path: str) -> tuple[dict[str, Any], int]:
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise checkpoints.CheckpointError(f"{path} is truncated: no safetensors header.")
-        (size,) = struct.unpack("<Q", prefix)
+def _safetensors_error(path: str, error: Exception) -> checkpoint_tree.CheckpointError:
+    return checkpoint_tree.CheckpointError(
+        f"{path} is not a readable safetensors file ({error}): it is truncated or corrupt; "
+        "download it again."
+    )
+
+
+@dataclasses.dataclass
+class SafetensorsReader:
+    """One tensor of a safetensors file, read in slices with `safetensors.safe_open`.
+
+    Attributes:
+      path: the `.safetensors` file.
+      name: the tensor's transformers name.
+      transpose: the stored tensor is the transpose of ours (`[out, in]` weights).
+      shape: our (transposed) shape.
+      dtype: the stored dtype.
+    """
+
+    path: str
+    name: str
+    transpose: bool
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read(self, index: checkpoint_tree.Index | None = None) -> np.ndarray:
+        """Our `index` slice: for a transposed tensor, the transposed slice of the stored one."""
+        index = tuple(index or ())
+        stored = index[::-1] if self.transpose else index
         try:
-            header = json.loads(f.read(size))
-        except ValueError as e:
-            raise checkpoints.CheckpointError(f"{path} has a corrupt safetensors header.") from e
-    header.pop("__metadata__", None)
-    return header, 8 + size
+            with safetensors.safe_open(self.path, framework="numpy") as f:
+                array = f.get_slice(self.name)[stored] if stored else f.get_tensor(self.name)
+        except safetensors.SafetensorError as e:
+            raise _safetensors_error(self.path, e) from e
+        return array.T if self.transpose else array
 
 
-def _read_safetensor(path: str, name: str, entry: Mapping[str, Any], start: int) -> np.ndarray:
-    dtype = _SAFETENSORS_DTYPES.get(entry["dtype"])
-    if dtype is None:
-        raise checkpoints.CheckpointError(
-            f"{path}: tensor {name} has unsupported dtype {entry['dtype']}."
-        )
-    begin, end = entry["data_offsets"]
-    count = int(np.prod(entry["shape"], dtype=np.int64))
-    with open(path, "rb") as f:
-        f.seek(start + begin)
-        array = np.fromfile(f, dtype=dtype, count=count)
-    if array.size != count or (end - begin) != count * dtype.itemsize:
-        raise checkpoints.CheckpointError(
-            f"Tensor {name} in {path} is truncated ({array.size} of {count} values); the file is"
-            " incomplete: download it again."
-        )
-    return array.reshape(entry["shape"])
+@dataclasses.dataclass
+class TorchReader:
+    """One tensor of a `pytorch_model.bin` shard (memory-mapped; slicing touches only its pages)."""
+
+    tensor: Any
+    transpose: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = tuple(self.tensor.shape)
+        return shape[::-1] if self.transpose else shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _torch_to_numpy(self.tensor.reshape(-1)[:1]).dtype
+
+    def read(self, index: checkpoint_tree.Index | None = None) -> np.ndarray:
+        index = tuple(index or ())
+        stored = index[::-1] if self.transpose else index
+        array = _torch_to_numpy(self.tensor[stored] if stored else self.tensor)
+        return array.T if self.transpose else array
 
 
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
@@ -275,30 +303,17 @@ def write_safetensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:
       path: the file to write.
       tensors: name -> array; float32/16, bfloat16 or integer dtypes.
     """
-    codes = {dtype: code for code, dtype in _SAFETENSORS_DTYPES.items()}
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, array in tensors.items():
-        header[name] = {
-            "dtype": codes[np.dtype(array.dtype)],
-            "shape": list(array.shape),
-            "data_offsets": [offset, offset + array.nbytes],
-        }
-        offset += array.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)))
-        f.write(encoded)
-        for array in tensors.values():
-            f.write(np.ascontiguousarray(array).tobytes())
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
+    contiguous = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+    save_file(contiguous, path, metadata={"format": "pt"})
 
 
 def _torch_to_numpy(tensor: Any) -> np.ndarray:
     import torch  # noqa: PLC0415
 
     if tensor.dtype == torch.bfloat16:
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return tensor.numpy()
 
 
@@ -311,40 +326,116 @@ def _weight_shards(path: str) -> list[str]:
     for name in (SAFETENSORS_FILE, TORCH_FILE):
         if os.path.isfile(os.path.join(path, name)):
             return [os.path.join(path, name)]
-    raise checkpoints.CheckpointError(
+    raise checkpoint_tree.CheckpointError(
         f"{path} has no weights file (expected one of {_WEIGHT_FILES})."
     )
 
 
-def iter_tensors(path: str) -> Iterator[tuple[str, Any]]:
-    """Yields `(name, loader)` for every tensor of an HF folder; `loader()` reads one array.
+def _stored_tensors(path: str, transposed: Mapping[str, bool]) -> dict[str, Any]:
+    """`{transformers name: reader}` for every tensor of an HF folder (nothing read yet).
 
-    Safetensors tensors are read from disk only when their loader is called. `.bin` shards are
-    opened with `torch.load(weights_only=True, mmap=True)` (torch is imported only then).
+    Safetensors files are opened only for their headers; `.bin` shards are memory-mapped with
+    `torch.load(weights_only=True, mmap=True)` (torch is imported only then).
     """
+    readers = {}
     for shard in _weight_shards(path):
         if shard.endswith(".safetensors"):
-            header, start = _safetensors_header(shard)
-            for name, entry in header.items():
-                yield name, (lambda s=shard, n=name, e=entry, b=start: _read_safetensor(s, n, e, b))
+            try:
+                with safetensors.safe_open(shard, framework="numpy") as f:
+                    for name in f.keys():
+                        info = f.get_slice(name)
+                        shape = tuple(info.get_shape())
+                        transpose = transposed.get(name, False)
+                        readers[name] = SafetensorsReader(
+                            shard,
+                            name,
+                            transpose,
+                            shape[::-1] if transpose else shape,
+                            _SAFETENSORS_DTYPES.get(info.get_dtype(), np.dtype(object)),
+                        )
+            except safetensors.SafetensorError as e:
+                raise _safetensors_error(shard, e) from e
         else:
             import torch  # noqa: PLC0415
 
-            state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+            except (RuntimeError, OSError, EOFError) as e:
+                raise checkpoint_tree.CheckpointError(
+                    f"{shard} is not a readable PyTorch checkpoint ({e}): it is truncated or "
+                    "corrupt; download it again."
+                ) from e
             for name, tensor in state.items():
-                yield name, (lambda t=tensor: _torch_to_numpy(t))
+                readers[name] = TorchReader(tensor, transposed.get(name, False))
+    return readers
 
 
 # ----------------------------------------------------------------------------------------------
 # Load and save.
 
 
-def load_hf(path: str, dtype: Any = None) -> tuple[T5Config, dict[str, np.ndarray]]:
+def read_config(path: str) -> T5Config:
+    """The `T5Config` of an HF folder's `config.json`.
+
+    Raises:
+      CheckpointError: the file is not JSON or lacks a T5 field.
+    """
+    file = os.path.join(path, CONFIG_FILE)
+    try:
+        with open(file) as f:
+            return config_from_hf(json.load(f))
+    except ValueError as e:
+        if isinstance(e, checkpoint_tree.CheckpointError):
+            raise
+        raise checkpoint_tree.CheckpointError(f"{file} is not valid JSON ({e}).") from e
+
+
+def hf_readers(path: str) -> tuple[T5Config, dict[str, checkpoint_tree.ArrayReader]]:
+    """The config and one slice reader per parameter (T5X names, our layout) of an HF folder.
+
+    Args:
+      path: folder with `config.json` and weights.
+
+    Returns:
+      `(config, {t5x_name: reader})`; nothing but headers has been read.
+
+    Raises:
+      CheckpointError: unknown or missing tensors, an unsupported dtype, or an unreadable file.
+    """
+    config = read_config(path)
+    wanted = {hf: (ours, transpose) for ours, (hf, transpose) in name_map(config).items()}
+    readers = _stored_tensors(path, {hf: transpose for hf, (_, transpose) in wanted.items()})
+    if "shared.weight" not in readers and "encoder.embed_tokens.weight" in readers:
+        readers["shared.weight"] = readers["encoder.embed_tokens.weight"]
+    if config.logits_via_embedding:
+        readers.pop("lm_head.weight", None)  # Some writers keep the tied copy.
+    unknown = sorted(set(readers) - set(wanted) - set(_IGNORED_KEYS))
+    missing = sorted(set(wanted) - set(readers))
+    if unknown or missing:
+        raise checkpoint_tree.CheckpointError(
+            f"The tensors in {path} do not match its config.json: missing {missing[:8]},"
+            f" unknown {unknown[:8]}. Is this a T5ForConditionalGeneration checkpoint?"
+        )
+    out = {}
+    for hf_name, (ours, _) in wanted.items():
+        reader = readers[hf_name]
+        if reader.dtype == np.dtype(object):
+            raise checkpoint_tree.CheckpointError(
+                f"{getattr(reader, 'path', path)}: tensor {hf_name} has an unsupported dtype."
+            )
+        out[ours] = reader
+    return config, out
+
+
+def load_hf(
+    path: str, dtype: Any = None, names: Collection[str] | None = None
+) -> tuple[T5Config, dict[str, np.ndarray]]:
     """Reads an HF T5 folder into `(config, {t5x_name: array})`.
 
     Args:
       path: folder with `config.json` and weights.
       dtype: cast every parameter to it; None keeps the stored dtype.
+      names: read only these parameters (the others are never read); None reads all.
 
     Returns:
       The config from `config.json` and the flat parameter dict (T5X layout, transposed).
@@ -352,25 +443,12 @@ def load_hf(path: str, dtype: Any = None) -> tuple[T5Config, dict[str, np.ndarra
     Raises:
       CheckpointError: unknown or missing tensors, or a truncated file.
     """
-    with open(os.path.join(path, CONFIG_FILE)) as f:
-        config = config_from_hf(json.load(f))
-    wanted = {hf: (ours, transpose) for ours, (hf, transpose) in name_map(config).items()}
-    loaders = dict(iter_tensors(path))
-    if "shared.weight" not in loaders and "encoder.embed_tokens.weight" in loaders:
-        loaders["shared.weight"] = loaders["encoder.embed_tokens.weight"]
-    if config.logits_via_embedding:
-        loaders.pop("lm_head.weight", None)  # Some writers keep the tied copy.
-    unknown = sorted(set(loaders) - set(wanted) - set(_IGNORED_KEYS))
-    missing = sorted(set(wanted) - set(loaders))
-    if unknown or missing:
-        raise checkpoints.CheckpointError(
-            f"The tensors in {path} do not match its config.json: missing {missing[:8]},"
-            f" unknown {unknown[:8]}. Is this a T5ForConditionalGeneration checkpoint?"
-        )
+    config, readers = hf_readers(path)
+    if names is not None:
+        readers = {name: reader for name, reader in readers.items() if name in names}
     flat = {}
-    for hf_name, (ours, transpose) in wanted.items():
-        array = loaders[hf_name]()
-        array = array.T if transpose else array
+    for ours, reader in readers.items():
+        array = reader.read()
         flat[ours] = np.array(array, dtype=dtype or array.dtype, order="C")
     return config, flat
 
@@ -391,9 +469,9 @@ def params_to_hf_state_dict(
     Raises:
       CheckpointError: the tree does not fit `config`.
     """
-    flat = checkpoints.plain_arrays(params.get("target", params))
+    flat = checkpoint_tree.plain_arrays(params.get("target", params))
     flat = {name: np.asarray(value) for name, value in flat.items()}
-    checkpoints.check_shapes({n: v.shape for n, v in flat.items()}, config)
+    checkpoint_tree.check_shapes({n: v.shape for n, v in flat.items()}, config)
     state = {}
     for ours, (hf_name, transpose) in name_map(config).items():
         state[hf_name] = np.ascontiguousarray(flat[ours].T if transpose else flat[ours])
@@ -432,4 +510,4 @@ def save_hf_checkpoint(
         with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
             json.dump(hf_config, f, indent=2)
 
-    checkpoints.write_atomically(path, write)
+    checkpoint_tree.write_atomically(path, write)

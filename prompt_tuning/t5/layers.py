@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.t5.precision import contract
+from prompt_tuning.t5.sharding import constrain
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -32,6 +33,10 @@ Initializer = Callable[..., Array]
 # Additive bias for masked attention logits (as T5X): large enough to vanish after softmax,
 # small enough not to overflow float32.
 _MASK_BIAS = -1e10
+
+# Logical axes of activations (see sharding.py); constraints act only under a mesh and rules.
+HIDDEN_AXES = ("batch", "length", "embed")  # [B, L, H]
+HEADS_AXES = ("batch", "length", "heads", "kv")  # [B, L, N, K]
 
 _ACTIVATIONS = {
     # T5 1.1's gated GELU uses the tanh approximation (transformers' "gelu_new").
@@ -145,12 +150,14 @@ class Embed(nn.Module):
                 f"Token ids must be integers, got {tokens.dtype}; cast with .astype(int)."
             )
         # Gather, then cast: casting the whole [V, H] table first would cost a pass over it.
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        embedded = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)  # [..., H]
+        return constrain(embedded, HIDDEN_AXES) if embedded.ndim == 3 else embedded
 
     def attend(self, x: Array) -> Array:
         """Float32 logits `[..., V]` of hidden states `x` `[..., H]` against the table."""
         batch = "abcdefgh"[: x.ndim - 1]
-        return contract(f"{batch}y,vy->{batch}v", x, self.embedding, self.dtype, _path(self))
+        logits = contract(f"{batch}y,vy->{batch}v", x, self.embedding, self.dtype, _path(self))
+        return constrain(logits, ("batch", "length", "vocab")) if logits.ndim == 3 else logits
 
 
 def relative_position_bucket(
@@ -293,10 +300,17 @@ class MultiHeadAttention(nn.Module):
           `[B, S, H]` in `dtype`.
         """
         h, joined = inputs_q.shape[-1], self.num_heads * self.head_dim
+        # Constrained inputs make each layer's input gradient H-sharded too (a cross-attention's
+        # gradient w.r.t. the encoder output is summed over all decoder layers).
+        inputs_q, inputs_kv = constrain(inputs_q, HIDDEN_AXES), constrain(inputs_kv, HIDDEN_AXES)
         base = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
         query_init = lambda key, shape, dtype: base(key, shape, dtype) / math.sqrt(self.head_dim)
         in_axes, out_axes = ("embed", "joined_kv"), ("joined_kv", "embed")
-        split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))  # [B, L, N, K]
+        split = (
+            lambda x: constrain(  # [B, L, N, K]
+                x.reshape(x.shape[:2] + (self.num_heads, self.head_dim)), HEADS_AXES
+            )
+        )
         query = split(self._dense("query", joined, in_axes, query_init)(inputs_q))
         project = lambda name: split(self._dense(name, joined, in_axes, base)(inputs_kv))
 
@@ -322,7 +336,8 @@ class MultiHeadAttention(nn.Module):
         out = contract("bnst,btnk->bsnk", weights, value, self.dtype, f"{_path(self)}/values")
         # out: [B, S, N, K] float32
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
-        return self._dense("out", h, out_axes, base)(out)
+        out = constrain(out, ("batch", "length", "joined_kv"))
+        return constrain(self._dense("out", h, out_axes, base)(out), HIDDEN_AXES)
 
     def _cached_projections(self, project: Callable[[str], Array]) -> tuple[Array, Array]:
         """Cross-attention keys/values `[B, T, N, K]`: projected on the first call, then cached."""
@@ -351,6 +366,8 @@ class MultiHeadAttention(nn.Module):
         start = (0, position, 0, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        cached_key.value = constrain(cached_key.value, HEADS_AXES)
+        cached_value.value = constrain(cached_value.value, HEADS_AXES)
         return cached_key.value, cached_value.value
 
 
@@ -401,11 +418,12 @@ class MlpBlock(nn.Module):
             y = _ACTIVATIONS[name](wi(x))  # [B, L, F] float32
             hidden = y if hidden is None else hidden * y
         # Stays float32 into `wo`, whose matmul casts it (and returns a float32 gradient).
+        hidden = constrain(hidden, ("batch", "length", "mlp"))  # [B, L, F]
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             hidden, deterministic=not enable_dropout
         )
         wo = Dense(h, ("mlp", "embed"), init, self.dtype, self.param_dtype, name="wo")
-        return wo(hidden)
+        return constrain(wo(hidden), HIDDEN_AXES)
 
 
 def attention_mask(query_valid: Array, key_valid: Array) -> Array:

@@ -25,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.t5 import layers
+from prompt_tuning.t5 import layers, remat
 from prompt_tuning.t5.config import T5Config
+from prompt_tuning.t5.sharding import constrain
 
 Array = jax.Array
 
@@ -85,7 +86,7 @@ class EncoderLayer(nn.Module):
         x = x + dropout(y, deterministic=not enable_dropout)
         y = _norm(self.config, "pre_mlp_layer_norm")(x)
         y = _mlp(self.config)(y, enable_dropout)
-        return x + dropout(y, deterministic=not enable_dropout)
+        return constrain(x + dropout(y, deterministic=not enable_dropout), layers.HIDDEN_AXES)
 
 
 class DecoderLayer(nn.Module):
@@ -134,7 +135,7 @@ class DecoderLayer(nn.Module):
         x = x + dropout(y, deterministic=deterministic)
         y = _norm(self.config, "pre_mlp_layer_norm")(x)
         y = _mlp(self.config)(y, enable_dropout)
-        return x + dropout(y, deterministic=deterministic)
+        return constrain(x + dropout(y, deterministic=deterministic), layers.HIDDEN_AXES)
 
 
 _REMAT_POLICIES = {
@@ -153,6 +154,13 @@ def _layer_class(cls: type[nn.Module], config: T5Config, static_argnums: tuple[i
         )
     policy = _REMAT_POLICIES[config.remat_policy]
     return nn.remat(cls, static_argnums=static_argnums, policy=policy)
+
+
+def _call_layer(layer: nn.Module, config: T5Config, inputs, static, decode: bool = False):
+    """Calls a (possibly rematerialised) layer; remat runs ordered after its cotangent."""
+    if config.remat_policy == "none" or decode or layer.is_initializing():
+        return layer(*inputs, *static)
+    return remat.call(layer, inputs, static)
 
 
 class Encoder(nn.Module):
@@ -213,6 +221,7 @@ class Encoder(nn.Module):
             )
         p = prompt.shape[1]
         x = jnp.concatenate([prompt.astype(embedded.dtype), embedded], axis=1)  # [B, P+T, H]
+        x = constrain(x, layers.HIDDEN_AXES)
         prompt_mask = jnp.ones((b, p), bool)  # [B, P]
         if getattr(self.prompt, "has_prompt_mask", False):
             prompt_mask = self.prompt.prompt_mask(task_ids)  # [B, P]
@@ -235,7 +244,7 @@ class Encoder(nn.Module):
             if layer_prompt is not None and i >= 1:
                 replacement = layer_prompt(i, x)  # [B, P, H]
                 x = x.at[:, : replacement.shape[1]].set(replacement.astype(x.dtype))
-            x = layer(x, pair_mask, bias, enable_dropout)
+            x = _call_layer(layer, self.config, (x, pair_mask, bias), (enable_dropout,))
         x = self.encoder_norm(x)
         return self.dropout(x, deterministic=deterministic)
 
@@ -305,8 +314,12 @@ class Decoder(nn.Module):
         # static: enable_dropout, decode (self is argument 0).
         layer_cls = _layer_class(DecoderLayer, cfg, static_argnums=(6, 7))
         for i in range(cfg.num_decoder_layers):
-            x = layer_cls(cfg, name=f"layers_{i}")(
-                x, encoded, self_mask, cross_mask, bias, enable_dropout, decode, position
+            x = _call_layer(
+                layer_cls(cfg, name=f"layers_{i}"),
+                cfg,
+                (x, encoded, self_mask, cross_mask, bias),
+                (enable_dropout, decode, position),
+                decode,
             )
         x = _norm(cfg, "decoder_norm")(x)
         x = dropout(x, deterministic=deterministic)
@@ -323,7 +336,7 @@ class Decoder(nn.Module):
             output_dtype=jnp.float32,
             name="logits_dense",
         )
-        return dense(x)  # [B, S, V] float32
+        return constrain(dense(x), ("batch", "length", "vocab"))  # [B, S, V] float32
 
     def _cache_length(self) -> int:
         """The decode length S_max, read from the first self-attention cache."""

@@ -123,6 +123,12 @@ def contract(spec: str, a: Array, b: Array, dtype: Any, name: str = "contract") 
 MATMUL_WEIGHTS = frozenset({"kernel", "embedding"})
 
 
+def matmul_weight_dtype(name: str, dtype: Any) -> Any:
+    """What FROZEN_DTYPE makes of the parameter `name` ("a/b/kernel"): `dtype` for a matmul
+    weight, None (as stored) for the rest."""
+    return dtype if name.rsplit("/", 1)[-1] in MATMUL_WEIGHTS else None
+
+
 def cast_matmul_weights(params: dict, dtype: Any, consume: bool = False) -> dict:
     """`params` (a nested dict) with its `MATMUL_WEIGHTS` leaves cast to `dtype` (None: as is).
 

@@ -1,6 +1,6 @@
-"""T5X checkpoints: the legacy msgpack + tensorstore layout, and orbax (OCDBT) checkpoints.
+"""T5X checkpoints: the legacy msgpack + tensorstore layout, and orbax (OCDBT) checkpoint_tree.
 
-Legacy layout (T5X `checkpoints.py`, format version 3), e.g. `.../checkpoint_1000000/`:
+Legacy layout (T5X `checkpoint_tree.py`, format version 3), e.g. `.../checkpoint_1000000/`:
 - `checkpoint`: a msgpack map `{"version": 3, "optimizer": {"target": {...}, "state": {...}}}` in
   flax's serialisation (ext type 1 = ndarray packed as `(shape, dtype name, C-order bytes)`,
   ext type 3 = numpy scalar; arrays over 1 GiB split into `{"__msgpack_chunked_array__": ...}`).
@@ -18,6 +18,7 @@ Orbax layout (new T5X, or any orbax PyTree checkpoint): a folder with `_METADATA
 Only the `target` (else `params`) subtree is restored, by orbax's partial restore.
 """
 
+import dataclasses
 import itertools
 import math
 import os
@@ -29,7 +30,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from prompt_tuning.t5 import checkpoints
+from prompt_tuning.t5 import checkpoint_tree
 
 MSGPACK_FILE = "checkpoint"
 _PLACEHOLDER = "PLACEHOLDER://"
@@ -114,7 +115,7 @@ def find_orbax_item(path: str) -> str | None:
 def _decode_ext(ext: msgpack.ExtType, name: str) -> np.ndarray:
     """Decodes flax's msgpack ndarray / numpy-scalar extension types."""
     if ext.code not in (_EXT_NDARRAY, _EXT_SCALAR):
-        raise checkpoints.CheckpointError(f"{name}: unsupported msgpack ext type {ext.code}.")
+        raise checkpoint_tree.CheckpointError(f"{name}: unsupported msgpack ext type {ext.code}.")
     shape, dtype_name, buffer = msgpack.unpackb(ext.data, raw=True)
     dtype_name = dtype_name.decode()
     if dtype_name == "bfloat16":
@@ -151,7 +152,9 @@ def _relative_folder(spec: Mapping[str, Any], name: str) -> str:
     relative = kvstore.get("path") if isinstance(kvstore, Mapping) else None
     relative = relative or spec.get("path")
     if not relative:
-        raise checkpoints.CheckpointError(f"The tensorstore spec of {name} names no path: {spec}.")
+        raise checkpoint_tree.CheckpointError(
+            f"The tensorstore spec of {name} names no path: {spec}."
+        )
     return relative.rstrip("/")
 
 
@@ -169,56 +172,130 @@ def _check_chunks(store: Any, kvstore: dict[str, Any], name: str, folder: str) -
     present = {key.decode() for key in ts.KvStore.open(kvstore).result().list().result()}
     missing = sorted(keys - present)
     if missing:
-        raise checkpoints.CheckpointError(
+        raise checkpoint_tree.CheckpointError(
             f"Array {name} is incomplete: chunk file {_join(folder, missing[0])} is missing"
             f" ({len(missing)} of {len(keys)} chunks). The checkpoint was not fully copied; copy"
             " it again."
         )
 
 
-def _read_zarr(ckpt_dir: str, relative: str, name: str, dtype: Any) -> np.ndarray:
-    """Reads one zarr array of a legacy checkpoint."""
-    import tensorstore as ts  # noqa: PLC0415
+@dataclasses.dataclass
+class ZarrReader:
+    """One zarr array of a legacy checkpoint, read in slices through tensorstore.
 
-    folder = _join(ckpt_dir, relative)
-    kvstore = _kvstore(folder)
-    try:
-        store = ts.open({"driver": "zarr", "kvstore": kvstore}, open=True, read=True).result()
-        _check_chunks(store, kvstore, name, folder)
-        array = store.read().result()
-    except ValueError as e:
-        if isinstance(e, checkpoints.CheckpointError):
-            raise
-        raise checkpoints.CheckpointError(
-            f"Cannot read array {name} from {folder}: {e}. The file is missing, truncated or"
-            " corrupt; copy the checkpoint again."
-        ) from e
-    return checkpoints.cast(array, dtype)
+    Opening reads only the array's `.zarray` metadata; every chunk file is checked to exist before
+    the first read (zarr would fill a missing chunk with zeros), and each `read` fetches only the
+    chunks that the slice touches.
+    """
+
+    folder: str
+    name: str
+    shape: tuple[int, ...] = ()
+    dtype: np.dtype = np.dtype(np.float32)
+    _store: Any = None
+    _checked: bool = False
+
+    def __post_init__(self):
+        import tensorstore as ts  # noqa: PLC0415
+
+        self._kvstore = _kvstore(self.folder)
+        try:
+            self._store = ts.open(
+                {"driver": "zarr", "kvstore": self._kvstore}, open=True, read=True
+            ).result()
+        except ValueError as e:
+            raise self._error(e) from e
+        self.shape = tuple(self._store.shape)
+        self.dtype = np.dtype(self._store.dtype.numpy_dtype)
+
+    def _error(self, error: Exception) -> checkpoint_tree.CheckpointError:
+        return checkpoint_tree.CheckpointError(
+            f"Cannot read array {self.name} from {self.folder}: {error}. The file is missing, "
+            "truncated or corrupt; copy the checkpoint again."
+        )
+
+    def read(self, index: checkpoint_tree.Index | None = None) -> np.ndarray:
+        if not self._checked:
+            _check_chunks(self._store, self._kvstore, self.name, self.folder)
+            self._checked = True
+        try:
+            view = self._store[tuple(index)] if index else self._store
+            return np.asarray(view.read().result())
+        except ValueError as e:
+            raise self._error(e) from e
 
 
-def _read_leaf(ckpt_dir: str, name: str, leaf: Any, dtype: Any) -> np.ndarray:
+def _inline(name: str, leaf: Any) -> np.ndarray | None:
+    """The array of a leaf stored inside the msgpack file, or None for an external one."""
     if isinstance(leaf, msgpack.ExtType):
-        return checkpoints.cast(_decode_ext(leaf, name), dtype)
+        return _decode_ext(leaf, name)
     if _is_chunked(leaf):
         chunks = [_decode_ext(leaf["chunks"][str(i)], name) for i in range(len(leaf["chunks"]))]
         shape = [leaf["shape"][str(i)] for i in range(len(leaf["shape"]))]
-        return checkpoints.cast(np.concatenate(chunks).reshape(shape), dtype)
+        return np.concatenate(chunks).reshape(shape)
+    if isinstance(leaf, int | float) and not isinstance(leaf, bool):
+        return np.asarray(leaf)
+    return None
+
+
+def _leaf_reader(ckpt_dir: str, name: str, leaf: Any) -> checkpoint_tree.ArrayReader:
+    """A slice reader of one `target` leaf of the msgpack file."""
+    inline = _inline(name, leaf)
+    if inline is not None:
+        return checkpoint_tree.InMemoryReader(inline)
     if _is_ts_spec(leaf):
-        array = _read_zarr(ckpt_dir, _relative_folder(leaf, name), name, dtype)
+        reader = ZarrReader(_join(ckpt_dir, _relative_folder(leaf, name)), name)
         expected = leaf.get("metadata", {}).get("shape")
-        if expected is not None and list(array.shape) != list(expected):
-            raise checkpoints.CheckpointError(
-                f"Array {name} has shape {array.shape} on disk but the msgpack file records"
+        if expected is not None and list(reader.shape) != list(expected):
+            raise checkpoint_tree.CheckpointError(
+                f"Array {name} has shape {reader.shape} on disk but the msgpack file records"
                 f" {tuple(expected)}; the checkpoint is corrupt."
             )
-        return array
+        return reader
     if isinstance(leaf, str) and leaf.startswith(_PLACEHOLDER):
-        return _read_zarr(ckpt_dir, leaf[len(_PLACEHOLDER) :], name, dtype)
-    if isinstance(leaf, int | float):
-        return checkpoints.cast(np.asarray(leaf), dtype)
-    raise checkpoints.CheckpointError(
+        return ZarrReader(_join(ckpt_dir, leaf[len(_PLACEHOLDER) :]), name)
+    raise checkpoint_tree.CheckpointError(
         f"{name}: unrecognised leaf {type(leaf).__name__} in the msgpack file."
     )
+
+
+def legacy_readers(
+    path: str, names: Collection[str] | None = None
+) -> dict[str, checkpoint_tree.ArrayReader]:
+    """One slice reader per `target` parameter of a legacy T5X checkpoint (no array read yet).
+
+    Args:
+      path: the checkpoint folder (`checkpoint_N/`, local or `gs://`) or its `checkpoint` file.
+      names: only these parameters (the others' arrays are never opened); None: all.
+
+    Returns:
+      `{"encoder/layers_0/attention/query/kernel": reader, ...}` (T5X names, no `target`).
+
+    Raises:
+      CheckpointError: the msgpack file is corrupt or has no `target`, or an array's metadata
+        is unreadable.
+    """
+    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and _isfile(path):
+        path = os.path.dirname(path.rstrip("/"))
+    file = _join(path, MSGPACK_FILE)
+    try:
+        contents = msgpack.unpackb(_read_bytes(file), raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise checkpoint_tree.CheckpointError(
+            f"{file} is not a readable msgpack checkpoint ({e}): it is truncated or corrupt."
+        ) from e
+    if not isinstance(contents, Mapping):
+        raise checkpoint_tree.CheckpointError(f"{file} does not hold a T5X state dict.")
+    state = contents.get("optimizer", contents)
+    if not isinstance(state, Mapping) or "target" not in state:
+        raise checkpoint_tree.CheckpointError(
+            f"{file} has no model parameters: expected {{'optimizer': {{'target': ...}}}} (T5X)"
+            f" or {{'target': ...}}; found keys {sorted(map(str, contents))}."
+        )
+    leaves = _flatten_leaves(state["target"])
+    if names is not None:
+        leaves = {name: leaf for name, leaf in leaves.items() if name in names}
+    return {name: _leaf_reader(path, name, leaf) for name, leaf in leaves.items()}
 
 
 def load_legacy_t5x(
@@ -238,27 +315,8 @@ def load_legacy_t5x(
       CheckpointError: the msgpack file is corrupt or has no `target`, or an array is
         missing, truncated or corrupt.
     """
-    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and _isfile(path):
-        path = os.path.dirname(path.rstrip("/"))
-    file = _join(path, MSGPACK_FILE)
-    try:
-        contents = msgpack.unpackb(_read_bytes(file), raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as e:
-        raise checkpoints.CheckpointError(
-            f"{file} is not a readable msgpack checkpoint: {e}"
-        ) from e
-    if not isinstance(contents, Mapping):
-        raise checkpoints.CheckpointError(f"{file} does not hold a T5X state dict.")
-    state = contents.get("optimizer", contents)
-    if not isinstance(state, Mapping) or "target" not in state:
-        raise checkpoints.CheckpointError(
-            f"{file} has no model parameters: expected {{'optimizer': {{'target': ...}}}} (T5X)"
-            f" or {{'target': ...}}; found keys {sorted(map(str, contents))}."
-        )
-    leaves = _flatten_leaves(state["target"])
-    if names is not None:
-        leaves = {name: leaf for name, leaf in leaves.items() if name in names}
-    return {name: _read_leaf(path, name, leaf, dtype) for name, leaf in leaves.items()}
+    readers = legacy_readers(path, names)
+    return {name: checkpoint_tree.cast(r.read(), dtype) for name, r in readers.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,7 +367,7 @@ def _write_legacy(ckpt_dir: str, flat: Mapping[str, Any], step: int) -> None:
     contents = {
         "version": 3,
         "optimizer": {
-            "target": checkpoints.unflatten(target),
+            "target": checkpoint_tree.unflatten(target),
             "state": {"step": _encode_ext(np.asarray(step, np.int32))},
         },
     }
@@ -340,29 +398,66 @@ def save_t5x_checkpoint(params: Mapping[str, Any], path: str | os.PathLike, step
       CheckpointError: `path` already exists.
     """
     path = os.fspath(path)
-    flat = checkpoints.plain_arrays(params.get("target", params))
+    flat = checkpoint_tree.plain_arrays(params.get("target", params))
     if _is_gcs(path):
         if exists(path):
-            raise checkpoints.CheckpointError(f"{path} already exists; choose a new folder.")
+            raise checkpoint_tree.CheckpointError(f"{path} already exists; choose a new folder.")
         _write_legacy(path, flat, step)
     else:
-        checkpoints.write_atomically(path, lambda tmp: _write_legacy(tmp, flat, step))
+        checkpoint_tree.write_atomically(path, lambda tmp: _write_legacy(tmp, flat, step))
 
 
 # ----------------------------------------------------------------------------------------------
 # Orbax.
 
 
-def load_orbax(path: str, dtype: Any = None) -> dict[str, np.ndarray]:
+def _orbax_metadata(path: str) -> tuple[str, str | None, dict[str, Any]]:
+    """(item folder, "target"/"params"/None, flat {name: array metadata}) of an orbax checkpoint.
+
+    Raises:
+      CheckpointError: no orbax item, or unreadable metadata.
+    """
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    item_dir = find_orbax_item(path)
+    if item_dir is None:
+        raise checkpoint_tree.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
+    try:
+        metadata = ocp.PyTreeCheckpointer().metadata(item_dir)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise checkpoint_tree.CheckpointError(
+            f"Orbax cannot read the metadata of {item_dir} ({e}): it is corrupt or incomplete."
+        ) from e
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = dict(getattr(tree, "tree", tree))
+    key = next((k for k in ("target", "params") if k in tree), None)
+    return item_dir, key, checkpoint_tree.flatten(tree[key] if key else tree)
+
+
+def orbax_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """`{name: shape}` of an orbax checkpoint's model parameters (only metadata is read)."""
+    return {name: tuple(m.shape) for name, m in _orbax_metadata(path)[2].items()}
+
+
+def load_orbax(
+    path: str,
+    dtype: Any = None,
+    names: Collection[str] | None = None,
+    shardings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Restores only the model parameters of an orbax PyTree (e.g. OCDBT) checkpoint.
 
-    The subtree under `target` (T5X) or `params` is restored with orbax's partial restore, as
-    host numpy arrays; the optimizer state is never read.
+    The subtree under `target` (T5X) or `params` is restored with orbax's partial restore; the
+    optimizer state is never read. With `shardings`, every array is restored straight into a
+    global `jax.Array` of that sharding: each host reads only the shards its devices hold.
 
     Args:
       path: the checkpoint folder, or a step folder holding a `state/`, `params/` or `default/`
         item.
-      dtype: cast every parameter to it (by orbax while reading); None keeps the stored dtype.
+      dtype: cast every parameter to it (by orbax while reading), or `{name: dtype}` for some of
+        them (`checkpoint_tree.dtype_for`); None keeps the stored dtype.
+      names: restore only these parameters (e.g. one embedding); None restores all.
+      shardings: `{name: jax.sharding.Sharding}` for global arrays; None gives host numpy arrays.
 
     Returns:
       The flat `{t5x_name: array}` dict.
@@ -373,30 +468,37 @@ def load_orbax(path: str, dtype: Any = None) -> dict[str, np.ndarray]:
     import jax  # noqa: PLC0415
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
-    item_dir = find_orbax_item(path)
-    if item_dir is None:
-        raise checkpoints.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
-    checkpointer = ocp.PyTreeCheckpointer()
-    try:
-        metadata = checkpointer.metadata(item_dir)
-        tree = getattr(metadata, "item_metadata", metadata)
-        tree = dict(getattr(tree, "tree", tree))
-        key = next((k for k in ("target", "params") if k in tree), None)
-        subtree = tree[key] if key else tree
-        item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), subtree)
-        args = jax.tree.map(
-            lambda m: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), subtree
+    item_dir, key, flat = _orbax_metadata(path)
+    if names is not None:
+        flat = {name: m for name, m in flat.items() if name in names}
+
+    def restore_args(name: str, meta: Any) -> Any:
+        cast = checkpoint_tree.dtype_for(dtype, name)
+        if shardings is None:
+            return ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast)
+        return ocp.ArrayRestoreArgs(
+            sharding=shardings[name], global_shape=tuple(meta.shape), dtype=cast
         )
-        if key:
-            item, args = {key: item}, {key: args}
-        restored = checkpointer.restore(
+
+    item = checkpoint_tree.unflatten(
+        {n: jax.ShapeDtypeStruct(m.shape, m.dtype) for n, m in flat.items()}
+    )
+    args = checkpoint_tree.unflatten({n: restore_args(n, m) for n, m in flat.items()})
+    if key:
+        item, args = {key: item}, {key: args}
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
             item_dir,
             args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
         )
     except (ValueError, OSError, KeyError, TypeError) as e:
-        raise checkpoints.CheckpointError(f"Orbax cannot restore {item_dir}: {e}") from e
-    restored = restored[key] if key else restored
-    return {name: np.asarray(value) for name, value in checkpoints.flatten(restored).items()}
+        raise checkpoint_tree.CheckpointError(
+            f"Orbax cannot restore {item_dir} ({e}): a file is missing, truncated or corrupt."
+        ) from e
+    restored = checkpoint_tree.flatten(restored[key] if key else restored)
+    if shardings is None:
+        return {name: np.asarray(value) for name, value in restored.items()}
+    return restored
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,7 +511,7 @@ def _as_step(value: Any, where: str) -> int:
         value = _decode_ext(value, where)
     array = np.asarray(value)
     if array.size != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise checkpoints.CheckpointError(f"{where} is not an integer step: {value!r}.")
+        raise checkpoint_tree.CheckpointError(f"{where} is not an integer step: {value!r}.")
     return int(array.reshape(()))
 
 
@@ -428,7 +530,7 @@ def read_legacy_step(path: str) -> int | None:
         contents = msgpack.unpackb(_read_bytes(path), raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as e:
         message = f"{path} is not a readable msgpack checkpoint: {e}"
-        raise checkpoints.CheckpointError(message) from e
+        raise checkpoint_tree.CheckpointError(message) from e
     state = contents.get("optimizer", contents) if isinstance(contents, Mapping) else {}
     step = state.get("state", {}).get("step") if isinstance(state, Mapping) else None
     return None if step is None else _as_step(step, f"{path}: state/step")
@@ -447,7 +549,7 @@ def read_orbax_step(path: str) -> int | None:
 
     item_dir = find_orbax_item(path)
     if item_dir is None:
-        raise checkpoints.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
+        raise checkpoint_tree.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         metadata = checkpointer.metadata(item_dir)
@@ -464,5 +566,5 @@ def read_orbax_step(path: str) -> int | None:
         )
     except (ValueError, OSError, KeyError, TypeError) as e:
         message = f"Orbax cannot restore the step of {item_dir}: {e}"
-        raise checkpoints.CheckpointError(message) from e
+        raise checkpoint_tree.CheckpointError(message) from e
     return _as_step(restored["state"]["step"], f"{item_dir}: state/step")

@@ -16,22 +16,17 @@ renames it when complete, so an interrupted save never leaves a half-written che
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from prompt_tuning.prompts import files
-from prompt_tuning.t5 import precision
-from prompt_tuning.train import prompt_files
 from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
 CHECKPOINTS = "checkpoints"
@@ -43,8 +38,9 @@ BEST_JSON = "best.json"
 def _manager(directory: str | os.PathLike, keep: int | None) -> ocp.CheckpointManager:
     """An orbax manager for `directory` keeping the last `keep` steps (None: all)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(
-        os.path.abspath(os.fspath(directory)), options=options, item_names=("state", "meta")
+        os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers
     )
 
 
@@ -111,18 +107,24 @@ class TrainCheckpointer:
 
 
 def load_trained_params(
-    model_dir: str | os.PathLike, best: bool = False, step: int | None = None
+    model_dir: str | os.PathLike,
+    best: bool = False,
+    step: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[int, Any]:
-    """Reads the trainable params of a run's latest (or best, or `step`) checkpoint, as numpy.
+    """Reads the trainable params of a run's latest (or best, or `step`) checkpoint.
+
+    Every process of a multi-host run calls it (orbax restores collectively).
 
     Args:
       model_dir: the run's MODEL_DIR.
       best: read the best checkpoint (tracked by evaluation) instead of the latest.
       step: read this kept checkpoint instead of the latest.
+      mesh: restore as replicated global arrays on this mesh (None: host numpy arrays).
 
     Returns:
-      (step, trainable params nested dict); merge with the frozen model via
-      `optimizers.merge_params`.
+      (step, trainable params nested dict: numpy, or replicated arrays on `mesh`); merge with the
+      frozen model via `optimizers.merge_params`.
 
     Raises:
       FileNotFoundError: the run has no (best) checkpoint, or none of `step` (the kept steps
@@ -145,14 +147,28 @@ def load_trained_params(
                 f"MODEL_DIR {model_dir} kept no checkpoint of step {step} (kept: {kept}; KEEP "
                 "limits how many are kept)."
             )
+        # A target with this process's shardings: the checkpoint may come from another topology
+        # (a run on more or fewer processes).
+        if mesh is not None:
+            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        else:
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        metadata = manager.item_metadata(step).state
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+            dict(getattr(metadata, "tree", metadata)),
+        )
         restored = manager.restore(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+            ),
         )
     finally:
         manager.close()
-    params = jax.tree.map(np.asarray, restored.state["params"])
-    return step, params
+    if mesh is not None:
+        return step, restored.state["params"]
+    return step, jax.tree.map(np.asarray, restored.state["params"])
 
 
 def save_trained_params(
@@ -217,96 +233,3 @@ def check_initial_checkpoint(path: str | None) -> None:
             "(checkpoint_<step>) or a Hugging Face model folder, or leave it unset (None) for a "
             "randomly initialized model."
         )
-
-
-def _check_same_tree(loaded: Any, expected: Any, path: str) -> None:
-    """Checks that a loaded frozen tree has the model's parameter names and shapes.
-
-    Raises:
-      ValueError: names or shapes differ (the first few differences are listed).
-    """
-    flat = lambda tree: {  # noqa: E731
-        "/".join(str(getattr(k, "key", k)) for k in p): tuple(np.shape(v))
-        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-    got, want = flat(loaded), flat(expected)
-    problems = [f"missing {k}" for k in sorted(set(want) - set(got))]
-    problems += [f"unexpected {k}" for k in sorted(set(got) - set(want))]
-    common = sorted(set(got) & set(want))
-    problems += [f"{k}: {got[k]} != {want[k]}" for k in common if got[k] != want[k]]
-    if problems:
-        raise ValueError(
-            f"The checkpoint at INITIAL_CHECKPOINT_PATH {path} does not fit MODEL: "
-            f"{'; '.join(problems[:6])}. Use the model gin file matching the checkpoint's size."
-        )
-
-
-def initial_params(
-    model: Any,
-    mesh: jax.sharding.Mesh,
-    rng: jax.Array,
-    task_feature_lengths: Mapping[str, int],
-    initial_checkpoint_path: str | None,
-    trainable_params_regex: str,
-    frozen_dtype: str | None = None,
-    prompt_file: str | None = None,
-    allow_no_trainable: bool = False,
-) -> tuple[Any, Any]:
-    """The run's starting (trainable, frozen) parameters, placed on the mesh.
-
-    The frozen half comes from INITIAL_CHECKPOINT_PATH (`prompt_tuning.t5.checkpoints`) or, without
-    one, from a random initialization with `rng`. The trainable half is initialized by the modules'
-    initializers with `rng` (jit drops the unused frozen initializers), or read from `prompt_file`.
-
-    Args:
-      model: the `PromptModel`.
-      mesh: the device mesh.
-      rng: initialization key.
-      task_feature_lengths: for the initialization batch's shapes.
-      initial_checkpoint_path: frozen checkpoint, or None.
-      trainable_params_regex: TRAINABLE_PARAMS_REGEX.
-      frozen_dtype: FROZEN_DTYPE, the dtype of the frozen matmul weights (kernels, embedding; e.g.
-        "bfloat16"); norm scales and relative-position tables keep theirs. None keeps all as
-        initialized or stored.
-      prompt_file: PROMPT_FILE replacing the prompt parameters (`prompt_files.load_into`).
-      allow_no_trainable: an empty trainable half is fine (evaluating a model without prompt).
-
-    Returns:
-      (trainable, frozen) nested dicts of sharded `jax.Array`s.
-
-    Raises:
-      ValueError: checkpoint or prompt file shapes do not fit the model (`PromptFileError`).
-    """
-    from prompt_tuning.train import optimizers, partitioning  # noqa: PLC0415
-
-    init = functools.partial(
-        model.init_boxed,
-        input_length=task_feature_lengths.get("inputs", 8),
-        target_length=task_feature_lengths.get("targets", 8),
-    )
-    boxed = jax.eval_shape(init, rng)
-    shardings = partitioning.params_shardings(boxed, mesh)
-    split = lambda tree: optimizers.split_params(  # noqa: E731
-        tree, trainable_params_regex, allow_empty=allow_no_trainable
-    )
-    trainable_sh, frozen_sh = split(shardings)
-    dtype = None if frozen_dtype is None else jnp.dtype(frozen_dtype)
-    if initial_checkpoint_path is None:
-
-        def random_init(r: jax.Array) -> tuple[Any, Any]:
-            trainable, frozen = split(nn.unbox(init(r)))
-            # Cast inside the jit: no float32 copy of the frozen weights is ever materialised.
-            return trainable, precision.cast_matmul_weights(frozen, dtype)
-
-        trainable, frozen = jax.jit(random_init, out_shardings=(trainable_sh, frozen_sh))(rng)
-    else:
-        from prompt_tuning import t5  # noqa: PLC0415
-
-        _, loaded = t5.checkpoints.load_checkpoint(initial_checkpoint_path, model.config)
-        _check_same_tree(loaded, split(nn.unbox(boxed))[1], initial_checkpoint_path)
-        frozen = precision.cast_matmul_weights(loaded, dtype, consume=True)
-        frozen = jax.device_put(frozen, frozen_sh)
-        trainable = jax.jit(lambda r: split(nn.unbox(init(r)))[0], out_shardings=trainable_sh)(rng)
-    if prompt_file is not None:
-        trainable = prompt_files.load_into(trainable, prompt_file, model.prompt)
-    return trainable, frozen

@@ -144,3 +144,14 @@ def skip_batches(dataset: tf.data.Dataset, num_batches: int) -> tf.data.Dataset:
 def as_numpy_batches(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
     """Iterates a batched dataset as dicts of numpy arrays."""
     yield from dataset.as_numpy_iterator()
+
+
+def replica_rows(dataset: tf.data.Dataset, start: int, stop: int) -> tf.data.Dataset:
+    """Rows `start:stop` of every batch: one data-parallel replica set's share of a global batch.
+
+    The trainer shards batches, not files: every process reads the same global stream (seeded,
+    so the same everywhere) and keeps its replica set's rows (`distributed.data_layout`), so a run
+    sees the same batches whatever the number of processes, and a resumed run skips to the same
+    position on every host.
+    """
+    return dataset.map(lambda batch: {name: value[start:stop] for name, value in batch.items()})

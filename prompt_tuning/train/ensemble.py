@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from prompt_tuning.prompts.bank import PromptBank
-from prompt_tuning.train.evaluation import Batch, SinglePromptPredictor
+from prompt_tuning.train import partitioning
+from prompt_tuning.train.predictor import Batch, SinglePromptPredictor, mesh_of
 
 PROMPT_PATH = ("encoder", "prompt", "prompt")
 
@@ -48,9 +49,13 @@ def bank_params(params: Any, prompts: Sequence[np.ndarray] | np.ndarray) -> dict
       prompts: N prompts `[P, H]` (a list or a `[N, P, H]` array).
 
     Returns:
-      A new tree whose `encoder/prompt/prompt` is `[N, P, H]`; other leaves are shared.
+      A new tree whose `encoder/prompt/prompt` is `[N, P, H]` (replicated on the params' mesh
+      when they live on one); other leaves are shared.
     """
     table = np.asarray(prompts) if isinstance(prompts, np.ndarray) else stack_prompts(prompts)
+    mesh = mesh_of(params)
+    if mesh is not None:
+        table = partitioning.replicate(table, mesh)
     out = dict(params)
     encoder = dict(out["encoder"])
     encoder["prompt"] = {"prompt": table}

@@ -10,18 +10,22 @@ stopping on validation of Lester et al. (2021).
 Letters: B batch, T input length, S target length, C number of label strings, N prompts.
 """
 
-import functools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
-import jax
 import numpy as np
 import seqio
 import tensorflow_datasets as tfds
 
-from prompt_tuning.train import data, partitioning
+from prompt_tuning.train import data
 from prompt_tuning.train import rank_classification as ranking
+from prompt_tuning.train.predictor import (  # noqa: F401 (re-exported: their former home)
+    DECODE_METHODS,
+    Predictor,
+    SinglePromptPredictor,
+    place_batch,
+)
 from prompt_tuning.train.rank_classification import (  # noqa: F401 (used by callers)
     Batch,
     label_batch,
@@ -39,108 +43,6 @@ MODEL_FEATURES = (
     "decoder_target_tokens",
     "decoder_loss_weights",
 )
-DECODE_METHODS = ("greedy", "beam")
-
-
-class Predictor(Protocol):
-    """What the evaluator needs from a model: decoded tokens, scores and rank choices."""
-
-    def predict(self, params: Any, batch: Batch) -> np.ndarray:
-        """Returns decoded tokens `[B, S]`."""
-
-    def score(self, params: Any, batch: Batch) -> np.ndarray:
-        """Returns the summed target log-likelihoods `[B]`."""
-
-    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Returns the index `[B]` of the best-scoring row of `label_tokens [C, S]`."""
-
-
-def place_batch(params: Any, batch: Batch) -> Batch:
-    """Splits the batch over the "data" axis of the mesh the params live on (single host).
-
-    Params placed by the trainer (`partitioning.params_shardings`) make the jitted functions run
-    on the whole mesh; without this, every data-parallel device would decode the whole batch.
-    Params on one device, or a batch the data axis does not divide, leave the batch as is.
-    """
-    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
-    if not isinstance(sharding, jax.sharding.NamedSharding):
-        return batch
-    mesh = sharding.mesh
-    rows = batch["encoder_input_tokens"].shape[0]
-    if jax.process_count() > 1 or rows % mesh.shape[partitioning.DATA_AXIS]:
-        return batch
-    return jax.device_put(batch, partitioning.data_sharding(mesh))
-
-
-# One jitted function per model object (static, hashed by identity) and decoding options, so that
-# every evaluator and predictor of a model shares the compiled programs.
-@functools.partial(
-    jax.jit, static_argnums=(0,), static_argnames=("method", "beam_size", "max_decode_length")
-)
-def _predict(
-    model: Any, params: Any, batch: Batch, method: str, beam_size: int, max_decode_length: Any
-) -> jax.Array:
-    """`model.predict_batch`, jitted."""
-    return model.predict_batch(
-        params, batch, method=method, beam_size=beam_size, max_decode_length=max_decode_length
-    )
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _score(model: Any, params: Any, batch: Batch) -> jax.Array:
-    """`model.score_batch`, jitted."""
-    return model.score_batch(params, batch)
-
-
-class SinglePromptPredictor:
-    """Jitted decoding, scoring and rank classification with one `PromptModel`."""
-
-    def __init__(
-        self,
-        model: Any,
-        decode_method: str = "greedy",
-        beam_size: int = 4,
-        max_decode_length: int | None = None,
-    ):
-        """Binds the model and the decoding options.
-
-        Args:
-          model: a `PromptModel` (`predict_batch`, `score_batch`).
-          decode_method: "greedy" or "beam".
-          beam_size: beams for "beam".
-          max_decode_length: decode at most this many tokens (None: the target length).
-
-        Raises:
-          ValueError: unknown `decode_method`.
-        """
-        if decode_method not in DECODE_METHODS:
-            raise ValueError(
-                f"Unknown decode_method {decode_method!r}; choose one of {DECODE_METHODS}."
-            )
-        self.model = model
-        self._decode_options = dict(
-            method=decode_method, beam_size=beam_size, max_decode_length=max_decode_length
-        )
-
-    def predict(self, params: Any, batch: Batch) -> np.ndarray:
-        """Decoded tokens `[B, S]`."""
-        self.model.check_task_ids(batch)
-        batch = place_batch(params, batch)
-        return np.asarray(_predict(self.model, params, batch, **self._decode_options))
-
-    def score(self, params: Any, batch: Batch) -> np.ndarray:
-        """Summed target log-likelihoods `[B]`."""
-        self.model.check_task_ids(batch)
-        return np.asarray(_score(self.model, params, place_batch(params, batch)))
-
-    def label_scores(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Log-likelihood `[B, C]` of every label for every example."""
-        scores = self.score(params, label_batch(batch, label_tokens))  # [B*C]
-        return scores.reshape(batch["encoder_input_tokens"].shape[0], label_tokens.shape[0])
-
-    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Index `[B]` of each example's most likely label (the first one on ties)."""
-        return np.argmax(self.label_scores(params, batch, label_tokens), axis=1)
 
 
 def check_task_ids(predictor: Any, batch: Batch, where: str) -> None:

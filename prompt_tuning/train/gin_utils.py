@@ -10,6 +10,16 @@ Flags follow T5X:
                              working directory and the folder holding the installed
                              `gin_configs` package, so `gin_configs/...` resolves anywhere).
 
+Multi-process runs (T5X's flags; see `distributed.initialize` and the README):
+
+    --coordinator_address=HOST:PORT   process 0's address; with --process_count and
+                                      --process_index, joins this process to the run.
+    --process_count=N                 number of processes.
+    --process_index=I                 this process, 0 .. N-1.
+    --multiprocess_gpu                initialize even without the flags above (SLURM, Open MPI).
+
+TPU slices need none of them. Only process 0 writes the config file.
+
 This module and the entry points are the only places that import gin; the library is configured by
 the `from __gin__ import dynamic_registration` imports in `gin_configs/`.
 """
@@ -45,16 +55,58 @@ def gin_search_root() -> str:
 
 _USAGE = (
     "usage: python -m prompt_tuning.<train|eval|infer> --gin_file=FILE [--gin_file=FILE ...] "
-    "[--gin.NAME=VALUE ...] [--gin_bindings='NAME = VALUE' ...] [--gin_search_paths=A,B]"
+    "[--gin.NAME=VALUE ...] [--gin_bindings='NAME = VALUE' ...] [--gin_search_paths=A,B] "
+    "[--coordinator_address=HOST:PORT --process_count=N --process_index=I] [--multiprocess_gpu]"
 )
+_PROCESS_FLAGS = ("--coordinator_address", "--process_count", "--process_index")
 _MACRO_REFERENCE = re.compile(r"%([A-Za-z_][A-Za-z0-9_.]*)")
+
+
+def split_process_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """Takes T5X's multi-process flags out of `argv`.
+
+    Args:
+      argv: command-line arguments without the program name.
+
+    Returns:
+      (`distributed.initialize` keyword arguments, the remaining arguments).
+
+    Raises:
+      ValueError: a flag lacks its value, or a count/index is not an integer.
+    """
+    flags: dict[str, Any] = {}
+    rest, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        name, has_value, value = arg.partition("=")
+        if name in ("--multiprocess_gpu", "--nomultiprocess_gpu"):
+            flags["multiprocess_gpu"] = name == "--multiprocess_gpu" and value.lower() not in (
+                "false",
+                "0",
+            )
+            continue
+        if name not in _PROCESS_FLAGS:
+            rest.append(arg)
+            continue
+        if not has_value:
+            if not args:
+                raise ValueError(f"Flag {name} needs a value.\n{_USAGE}")
+            value = args.pop(0)
+        key = name[2:]
+        if key != "coordinator_address":
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"{name} must be an integer, got {value!r}.") from None
+        flags[key] = value
+    return flags, rest
 
 
 def _split_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
     """Splits `argv` into gin files, bindings and search paths.
 
     Args:
-      argv: command-line arguments without the program name.
+      argv: command-line arguments without the program name (no multi-process flags).
 
     Returns:
       (gin files, gin bindings, search paths), each in command-line order.
@@ -137,8 +189,10 @@ def check_macros(required: Sequence[str] = ()) -> None:
 
 
 def write_config(model_dir: str | None, filename: str) -> None:
-    """Writes the parsed gin config to `model_dir/filename` (no-op without a model_dir)."""
-    if not model_dir or not isinstance(model_dir, str):
+    """Writes the parsed gin config to `model_dir/filename` (process 0 only; needs a model_dir)."""
+    import jax  # noqa: PLC0415
+
+    if not model_dir or not isinstance(model_dir, str) or jax.process_index() != 0:
         return
     path = pathlib.Path(model_dir)
     path.mkdir(parents=True, exist_ok=True)
@@ -165,9 +219,14 @@ def run_main(
       What `fn` returns.
 
     Raises:
-      ValueError: bad flags or a missing macro (see `parse_gin_flags`, `check_macros`).
+      ValueError: bad flags, a process that cannot join the run, or a missing macro (see
+        `distributed.initialize`, `parse_gin_flags`, `check_macros`).
     """
-    parse_gin_flags(sys.argv[1:] if argv is None else argv)
+    from prompt_tuning.train import distributed  # noqa: PLC0415
+
+    process_flags, argv = split_process_flags(sys.argv[1:] if argv is None else argv)
+    distributed.initialize(**process_flags)
+    parse_gin_flags(argv)
     check_macros(required_macros)
     if config_filename:
         try:

@@ -18,23 +18,19 @@ import pathlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
-import jax
 import numpy as np
 import seqio
 
 from prompt_tuning.t5 import decoding
-from prompt_tuning.train import (
-    checkpoints,
-    data,
-    ensemble,
-    evaluation,
-    optimizers,
-    partitioning,
-    prompt_files,
-)
+from prompt_tuning.train import data, distributed, evaluation, serving
 from prompt_tuning.train import rank_classification as ranking
-from prompt_tuning.train.model import PromptModel
+from prompt_tuning.train.serving import (  # noqa: F401 (re-exported)
+    as_prompt_model,
+    load_frozen_params,
+    load_params,
+    make_predictor,
+    read_prompt_file,
+)
 
 SCORE_KINDS = (None, "prediction", "target")
 
@@ -161,211 +157,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
-def as_prompt_model(model: Any) -> PromptModel:
-    """`model` itself when it is a `PromptModel`, else `PromptModel(model)` (MODEL is a module)."""
-    return model if isinstance(model, PromptModel) else PromptModel(model)
-
-
-def read_prompt_file(
-    path: str | os.PathLike, model: PromptModel
-) -> np.ndarray | dict[str, np.ndarray]:
-    """Reads a PROMPT_FILE and checks that it fits the model's prompt (`prompt_files`).
-
-    Args:
-      path: a `[P, H]` or `[N, P, H]` `.npy`, or a parameters `.npz`.
-      model: the model whose prompt parameters it replaces.
-
-    Returns:
-      The prompt array (`[P, H]`, or `[N, P, H]` for a bank) for an array file, else the
-      parameters `{path under encoder/prompt: array}` of a `.npz`.
-
-    Raises:
-      FileNotFoundError: no such file.
-      PromptFileError (a ValueError): not a prompt file, or one of another form or shape than the
-        model's prompt (both are named, with the gin file to use).
-    """
-    abstract = jax.eval_shape(lambda: nn.unbox(model.init_boxed(jax.random.key(0), 1, 1)))
-    content = prompt_files.read_prompt_file(path)
-    shapes = prompt_files.parameter_shapes(abstract)
-    values = prompt_files.values_for(content, shapes, model.prompt, path)
-    return values["prompt"] if isinstance(content, np.ndarray) else values
-
-
-def _initial_params(
-    model: PromptModel,
-    task_feature_lengths: Mapping[str, int],
-    initial_checkpoint_path: str | None,
-    random_seed: int,
-    trainable_params_regex: str,
-    frozen_dtype: str | None,
-    prompt_file: str | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(trainable, frozen) on the first device, with the trainer's RANDOM_SEED init key."""
-    mesh = partitioning.make_mesh(1, jax.devices()[:1])
-    init_rng, _ = jax.random.split(jax.random.key(random_seed))
-    return checkpoints.initial_params(
-        model,
-        mesh,
-        init_rng,
-        task_feature_lengths,
-        initial_checkpoint_path,
-        trainable_params_regex,
-        frozen_dtype,
-        prompt_file=prompt_file,
-        allow_no_trainable=model.prompt is None,
-    )
-
-
-def load_frozen_params(
-    model: PromptModel,
-    task_feature_lengths: Mapping[str, int],
-    initial_checkpoint_path: str | None = None,
-    random_seed: int = 0,
-    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-    frozen_dtype: str | None = None,
-) -> dict[str, Any]:
-    """The frozen parameters of a run alone, as `load_params` builds them (no prompt needed).
-
-    Args:
-      model: the run's `PromptModel`.
-      task_feature_lengths: TASK_FEATURE_LENGTHS.
-      initial_checkpoint_path: the frozen T5; None: the random model of RANDOM_SEED.
-      random_seed: RANDOM_SEED.
-      trainable_params_regex: TRAINABLE_PARAMS_REGEX (what is not frozen).
-      frozen_dtype: FROZEN_DTYPE.
-
-    Returns:
-      The frozen parameter tree (arrays on the first device).
-
-    Raises:
-      FileNotFoundError: INITIAL_CHECKPOINT_PATH does not exist.
-    """
-    checkpoints.check_initial_checkpoint(initial_checkpoint_path)
-    return _initial_params(
-        model,
-        task_feature_lengths,
-        initial_checkpoint_path,
-        random_seed,
-        trainable_params_regex,
-        frozen_dtype,
-    )[1]
-
-
-def load_params(
-    model: PromptModel,
-    task_feature_lengths: Mapping[str, int],
-    initial_checkpoint_path: str | None = None,
-    prompt_file: str | None = None,
-    model_dir: str | None = None,
-    checkpoint: str = "latest",
-    random_seed: int = 0,
-    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-    frozen_dtype: str | None = None,
-) -> tuple[dict[str, Any], int | None]:
-    """Full parameters for evaluation or inference, on the first device.
-
-    The frozen weights are built as the trainer builds them (`checkpoints.initial_params` with the
-    same RANDOM_SEED key), so a run without INITIAL_CHECKPOINT_PATH gets its random frozen model
-    back.
-
-    Args:
-      model: the `PromptModel` (its prompt module as in training).
-      task_feature_lengths: TASK_FEATURE_LENGTHS (shapes of the initialization batch).
-      initial_checkpoint_path: the frozen T5 (INITIAL_CHECKPOINT_PATH); None: RANDOM_SEED init.
-      prompt_file: a prompt `.npy` (PROMPT_FILE); wins over `model_dir`.
-      model_dir: a training run's MODEL_DIR. Without it and without `prompt_file`, a model with no
-        prompt (PROMPT=None) is the frozen checkpoint alone.
-      checkpoint: "latest" or "best" checkpoint of `model_dir`.
-      random_seed: RANDOM_SEED.
-      trainable_params_regex: TRAINABLE_PARAMS_REGEX (what MODEL_DIR checkpoints hold).
-      frozen_dtype: FROZEN_DTYPE, e.g. "bfloat16" (None: as stored), as in training.
-
-    Returns:
-      (params, step): step is the restored checkpoint's step, or None for a PROMPT_FILE or the
-      frozen model alone.
-
-    Raises:
-      ValueError: a model with a prompt gets neither PROMPT_FILE nor MODEL_DIR, `checkpoint` is
-        unknown, or the PROMPT_FILE's shape does not fit the model (both shapes are named).
-      FileNotFoundError: a missing checkpoint, run or prompt file.
-    """
-    if not prompt_file and not model_dir and model.prompt is not None:
-        raise ValueError(
-            "Nothing to evaluate: set PROMPT_FILE (a .npy prompt) or MODEL_DIR (a training run), "
-            "or PROMPT=None to evaluate the frozen model alone."
-        )
-    if checkpoint not in ("latest", "best"):
-        raise ValueError(f"checkpoint must be 'latest' or 'best', got {checkpoint!r}.")
-    checkpoints.check_initial_checkpoint(initial_checkpoint_path)
-    if prompt_file:
-        read_prompt_file(prompt_file, model)  # Names both forms or shapes when they differ.
-    trainable, frozen = _initial_params(
-        model,
-        task_feature_lengths,
-        initial_checkpoint_path,
-        random_seed,
-        trainable_params_regex,
-        frozen_dtype,
-        prompt_file or None,
-    )
-    params = optimizers.merge_params(trainable, frozen)
-    if prompt_file or not model_dir:
-        return params, None
-    step, trained = checkpoints.load_trained_params(model_dir, best=checkpoint == "best")
-    return optimizers.merge_params(trained, params), step
-
-
-def make_predictor(
-    model: PromptModel,
-    params: dict[str, Any],
-    prompt_paths: Sequence[str] = (),
-    decode_method: str = "greedy",
-    beam_size: int = 4,
-) -> tuple[evaluation.Predictor, dict[str, Any]]:
-    """A single-prompt predictor, or a prompt ensemble when several prompt files are given.
-
-    Args:
-      model: the plain-prompt `PromptModel`.
-      params: its full parameters (the frozen weights are reused for the ensemble).
-      prompt_paths: two or more `.npy` prompts `[P, H]` make an ensemble over one frozen model.
-      decode_method: "greedy" or "beam".
-      beam_size: beams for "beam".
-
-    Returns:
-      (predictor, params to call it with).
-    """
-    if len(prompt_paths) < 2:
-        return evaluation.SinglePromptPredictor(model, decode_method, beam_size), params
-    prompts = [read_prompt_file(path, model) for path in prompt_paths]
-    bank = ensemble.bank_prompt(len(prompts), prompts[0].shape[0])
-    bank_model = PromptModel(model.module.clone(prompt=bank))
-    predictor = ensemble.PromptEnsemble(bank_model, len(prompts), decode_method, beam_size)
-    return predictor, ensemble.bank_params(params, prompts)
-
-
-def _restore(
-    model: Any, task_feature_lengths: Mapping[str, int], options: Mapping[str, Any]
-) -> tuple[evaluation.Predictor, dict[str, Any], int | None]:
-    """Parameters and predictor for one PROMPT_FILE, a list of them (ensemble) or a MODEL_DIR."""
-    model = as_prompt_model(model)
-    prompt_file = options["prompt_file"]
-    files = [prompt_file] if isinstance(prompt_file, str) else list(prompt_file or ())
-    params, step = load_params(
-        model,
-        task_feature_lengths,
-        options["initial_checkpoint_path"],
-        files[0] if files else None,
-        options["model_dir"],
-        options["checkpoint"],
-        options["random_seed"],
-        frozen_dtype=options["frozen_dtype"],
-    )
-    predictor, params = make_predictor(
-        model, params, files, options["decode_method"], options["beam_size"]
-    )
-    return predictor, params, step
-
-
 def evaluate(
     model: Any,
     mixture_or_task_name: str,
@@ -385,6 +176,8 @@ def evaluate(
     frozen_dtype: str | None = None,
     mixture_or_task_module: str | Sequence[str] | None = None,
     labels: ranking.Labels = None,
+    num_partitions: int = 1,
+    model_parallel_submesh: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Evaluates a prompt (or a prompt ensemble) on a split: `python -m prompt_tuning.eval`.
 
@@ -409,25 +202,30 @@ def evaluate(
         registered already).
       labels: label strings to rank (one list, or `{task: list}`); default the labels each task
         binds into its postprocessor (`rank_classification.labels_for`).
+      num_partitions: NUM_PARTITIONS ("model" mesh axis), as in training.
+      model_parallel_submesh: T5X's TPU block for the model axis instead.
 
     Returns:
-      The metrics of `evaluation.Evaluator.evaluate`.
+      The metrics of `evaluation.Evaluator.evaluate` (on every process; the primary one prints
+      and writes them).
     """
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     options = dict(locals())
-    predictor, params, step = _restore(model, task_feature_lengths, options)
+    predictor, params, step = serving.restore(model, task_feature_lengths, options)
     evaluator = evaluation.Evaluator(
         mixture_or_task_name,
         task_feature_lengths,
         predictor,
-        batch_size,
+        serving.batch_size_for(batch_size, params),
         rank_classification=rank_classification,
         split=split,
         num_examples=num_examples,
         labels=labels,
     )
     metrics = evaluator.evaluate(params, step)
+    if not distributed.is_primary():
+        return metrics
     for name, value in sorted(metrics.items()):
         print(f"{name}: {value:.4f}")
     output_dir = output_dir or (os.path.join(model_dir, "eval") if model_dir else None)
@@ -459,6 +257,8 @@ def infer(
     frozen_dtype: str | None = None,
     mixture_or_task_module: str | Sequence[str] | None = None,
     labels: ranking.Labels = None,
+    num_partitions: int = 1,
+    model_parallel_submesh: Sequence[int] | None = None,
 ) -> int:
     """Writes predictions as JSON lines: `python -m prompt_tuning.infer`.
 
@@ -483,16 +283,20 @@ def infer(
       frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
       mixture_or_task_module: MIXTURE_OR_TASK_MODULE, imported first (None: the tasks are
         registered already).
-      labels: label strings for `rank_classification` (one list, or `{task: list}`); default the
-        labels each task binds into its postprocessor.
+      labels: label strings to rank (one list, or `{task: list}`); default the labels each task
+        binds into its postprocessor (`rank_classification.labels_for`).
+      num_partitions: NUM_PARTITIONS ("model" mesh axis), as in training.
+      model_parallel_submesh: T5X's TPU block for the model axis instead.
 
     Returns:
-      The number of examples written.
+      The number of examples written (by the primary process; every process runs the model on
+      every batch, and counts the same).
     """
     data.import_task_modules(mixture_or_task_module)
     provider = data.get_task_or_mixture(mixture_or_task_name)
     options = dict(locals())
-    predictor, params, _ = _restore(model, task_feature_lengths, options)
+    predictor, params, _ = serving.restore(model, task_feature_lengths, options)
+    batch_size = serving.batch_size_for(batch_size, params)
 
     def records() -> Iterator[dict[str, Any]]:
         for task in seqio.get_subtasks(provider):
@@ -509,6 +313,8 @@ def infer(
                 ranked,
             )
 
+    if not distributed.is_primary():
+        return sum(1 for _ in records())  # the same sharded computations, nothing written
     count = write_jsonl(records(), output_path)
     print(f"Wrote {count} predictions to {output_path}")
     return count

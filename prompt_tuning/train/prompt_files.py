@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -320,9 +319,12 @@ def load_into(trainable: Any, prompt_file: str | os.PathLike, prompt_module: Any
     current = _flatten(trainable.get("encoder", {}).get("prompt", {}))
     shapes = parameter_shapes(trainable)
     values = values_for(read_prompt_file(prompt_file), shapes, prompt_module, prompt_file)
-    placed = {
-        k: jax.device_put(jnp.asarray(values[k], current[k].dtype), current[k].sharding)
-        for k in current
-    }
+    placed = {k: _place(values[k], current[k]) for k in current}
     encoder = dict(trainable["encoder"], prompt=_unflatten(placed))
     return dict(trainable, encoder=encoder)
+
+
+def _place(value: np.ndarray, like: jax.Array) -> jax.Array:
+    """`value` as a global array with `like`'s dtype and sharding (every process holds `value`)."""
+    value = np.asarray(value, like.dtype)
+    return jax.make_array_from_callback(value.shape, like.sharding, lambda index: value[index])

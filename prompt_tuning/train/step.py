@@ -1,12 +1,18 @@
-"""One optimizer update of the trainable parameters, and K of them scanned: the pure functions
-the trainer jits (`trainer.train`) and that tools reuse (tools/compare_methods.py jits a whole run).
+"""The training step: one update of the trainable parameters, K scanned, and the step on the mesh.
 
-Gradients are taken with respect to the trainable parameters only; the frozen ones are closed
-over, so they carry no gradient buffers and no optimizer state.
+`train_step(state, frozen, batch, rng)` differentiates the loss with respect to the trainable
+parameters only; the frozen ones are closed over, so they carry no gradient buffers and no
+optimizer state. `jit_train_step` compiles it with explicit shardings, donated state and the
+model's logical activation constraints active (`partitioning.on_mesh`), so the program the
+trainer runs is the program `tools/aot_memory.py` measures; `run_steps` scans K steps (tools
+jit a whole run with it, tools/compare_methods.py).
+
+Letters: B batch, T input length, S target length.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,8 +21,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning.train import optimizers
+from prompt_tuning.train import optimizers, partitioning
 from prompt_tuning.train.model import PromptModel
+
+# XLA:CPU's default scheduler maximises concurrency: it runs the backward pass's rematerialised
+# forward computations as early as it can, so their activations are live as long as without
+# remat and `remat_policy` saves nothing. The memory-optimised scheduler keeps them where they
+# belong (what TPU/GPU schedulers do under their memory limit).
+CPU_REMAT_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 
 
 @flax.struct.dataclass
@@ -103,3 +115,47 @@ def run_steps(
         return train_step(state, frozen, batch, rng, model=model, optimizer=optimizer)
 
     return jax.lax.scan(body, state, batches)
+
+
+def compiler_options(model: PromptModel, mesh: jax.sharding.Mesh) -> dict[str, str] | None:
+    """XLA options for the step: on CPU with remat, the memory-optimised scheduler."""
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    if on_cpu and model.config.remat_policy != "none":
+        return dict(CPU_REMAT_OPTIONS)
+    return None
+
+
+def jit_train_step(
+    model: PromptModel,
+    optimizer: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    state_shardings: Any,
+    frozen_shardings: Any,
+    rules: partitioning.Rules | None = None,
+) -> Any:
+    """`train_step` jitted on `mesh`: explicit shardings, donated state, activation constraints.
+
+    Args:
+      model: the `PromptModel`.
+      optimizer: the optax transformation.
+      mesh: the device mesh.
+      state_shardings: shardings of the `TrainState`.
+      frozen_shardings: shardings of the frozen parameters.
+      rules: logical axis rules (default `partitioning.standard_logical_axis_rules()`).
+
+    Returns:
+      `step(state, frozen, batch, rng) -> (state, metrics)`; metrics are replicated.
+    """
+    fn = functools.partial(train_step, model=model, optimizer=optimizer)
+    return jax.jit(
+        partitioning.on_mesh(fn, mesh, rules),
+        in_shardings=(
+            state_shardings,
+            frozen_shardings,
+            partitioning.data_sharding(mesh),
+            partitioning.replicated(mesh),
+        ),
+        out_shardings=(state_shardings, partitioning.replicated(mesh)),
+        donate_argnums=(0,),
+        compiler_options=compiler_options(model, mesh),
+    )

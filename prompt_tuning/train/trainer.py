@@ -17,21 +17,28 @@ for them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning.train import checkpoints, losses, optimizers, partitioning, prompt_files, steps
-from prompt_tuning.train import logging as train_logging
+from prompt_tuning.train import (
+    checkpoints,
+    distributed,
+    losses,
+    optimizers,
+    partitioning,
+    prompt_files,
+    setup,
+    steps,
+)
 from prompt_tuning.train.model import PromptModel
-from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (public here too)
+from prompt_tuning.train.setup import Run
+from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (re-exported)
 
 
 @dataclasses.dataclass
@@ -40,8 +47,10 @@ class TrainResult:
 
     Attributes:
       step: the last step reached.
-      trainable: trainable parameters at the end (numpy).
-      frozen: frozen parameters used (numpy, as loaded or initialized).
+      trainable: trainable parameters at the end (numpy, on every process).
+      frozen: the frozen parameters used, as global `jax.Array`s on `mesh` (never gathered to a
+        host: with a model axis over several processes no host holds all of them).
+      mesh: the device mesh of the run.
       train_metrics: the logged training metrics, one dict per log.
       eval_metrics: the evaluations, one dict per evaluation (with "step").
     """
@@ -49,18 +58,20 @@ class TrainResult:
     step: int
     trainable: Any
     frozen: Any
+    mesh: jax.sharding.Mesh
     train_metrics: list[dict[str, float]]
     eval_metrics: list[dict[str, float]]
 
-
-def _abstract(tree: Any) -> Any:
-    """`ShapeDtypeStruct`s (with shardings) of the arrays in `tree`, for orbax restores."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    def params(self) -> dict[str, Any]:
+        """The full parameters on the mesh (frozen + trained prompt), e.g. for an `Evaluator`."""
+        return optimizers.merge_params(
+            partitioning.replicate(self.trainable, self.mesh), self.frozen
+        )
 
 
 def _mean_metrics(history: Sequence[Mapping[str, jax.Array]]) -> dict[str, float]:
     """Averages per-step metrics fetched from the devices."""
-    fetched = jax.device_get(list(history))
+    fetched = partitioning.to_host(list(history))
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
@@ -74,7 +85,7 @@ def _prompt_diagnostics(prompt: Any, trainable: Any) -> dict[str, float]:
     from prompt_tuning.prompts import decomposed  # noqa: PLC0415
 
     if isinstance(prompt, decomposed.RankProbePrompt):
-        variables = {"params": jax.device_get(trainable["encoder"]["prompt"])}
+        variables = {"params": partitioning.to_host(trainable["encoder"]["prompt"])}
         sigma = np.asarray(variables["params"]["sigma"])  # [r]
         return {
             "prompt_positive_diagonal": float(decomposed.num_positive(variables)),
@@ -84,112 +95,18 @@ def _prompt_diagnostics(prompt: Any, trainable: Any) -> dict[str, float]:
     return {}
 
 
-@dataclasses.dataclass
-class _Run:
-    """Everything the loop needs once set up."""
-
-    model: PromptModel
-    mesh: jax.sharding.Mesh
-    state: TrainState
-    frozen: Any
-    step_fn: Callable[..., Any]
-    rng: jax.Array
-    start_step: int
-    checkpointer: checkpoints.TrainCheckpointer
-    logger: train_logging.MetricsLogger
-    meta: dict[str, Any]
-    first_step: int = 0  # the initial checkpoint's step, where TRAIN_STEPS counts from
+def _export(run: Run) -> Any:
+    """The run's prompt export form (`prompt_files`), from its replicated trainable params."""
+    params = partitioning.to_host(run.state.params)
+    return prompt_files.export_form(run.model.prompt, params, width=run.model.config.emb_dim)
 
 
-def _setup(
-    module: nn.Module,
-    model_dir: str,
-    task_feature_lengths: Mapping[str, int],
-    train_steps: int,
-    batch_size: int,
-    optimizer: optax.GradientTransformation,
-    options: Mapping[str, Any],
-) -> _Run:
-    """Builds the mesh, parameters, optimizer state, jitted step; restores the latest checkpoint."""
-    devices = jax.devices()[: options["num_devices"]] if options["num_devices"] else None
-    mesh = partitioning.make_mesh(options["num_partitions"], devices)
-    if batch_size % mesh.shape[partitioning.DATA_AXIS] or batch_size % jax.process_count():
-        raise ValueError(
-            f"BATCH_SIZE {batch_size} must be a multiple of the data-parallel size "
-            f"{mesh.shape[partitioning.DATA_AXIS]} and of the host count {jax.process_count()}."
-        )
-    model = PromptModel(module, **options["loss"])
-    # Adafactor factors each second moment as the parameter's logical axes say (T5X's
-    # `set_param_axes`): never for prompt axes.
-    optimizer = optimizers.with_param_axes(optimizer, model.param_logical_axes())
-    rng = jax.random.key(options["random_seed"])
-    init_rng, step_rng = jax.random.split(rng)
-    trainable, frozen = checkpoints.initial_params(
-        model,
-        mesh,
-        init_rng,
-        task_feature_lengths,
-        options["initial_checkpoint_path"],
-        options["trainable_params_regex"],
-        options["frozen_dtype"],
-        options["prompt_file"],
-    )
-    opt_sharding = partitioning.opt_state_shardings(optimizer, trainable, mesh)
-    first_step = options["first_step"]
-    init_opt = lambda p: optimizers.start_at_step(optimizer.init(p), first_step)  # noqa: E731
-    opt_state = jax.jit(init_opt, out_shardings=opt_sharding)(trainable)
-    state = TrainState(
-        jax.device_put(jnp.asarray(first_step, jnp.int32), partitioning.replicated(mesh)),
-        trainable,
-        opt_state,
-    )
-    state_sh = partitioning.shardings_of(state)
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, optimizer=optimizer),
-        in_shardings=(
-            state_sh,
-            partitioning.shardings_of(frozen),
-            partitioning.data_sharding(mesh),
-            partitioning.replicated(mesh),
-        ),
-        out_shardings=(state_sh, partitioning.replicated(mesh)),
-        donate_argnums=(0,),
-    )
-    checkpointer = checkpoints.TrainCheckpointer(model_dir, options["keep"])
-    meta = {"seed": options["random_seed"], "task": options["task"], "batch_size": batch_size}
-    start_step = first_step
-    if checkpointer.latest_step() is not None:
-        try:
-            state, saved_meta = checkpointer.restore(_abstract(state))
-        except (ValueError, KeyError) as error:
-            raise ValueError(
-                f"The checkpoint in MODEL_DIR {model_dir} does not fit this model, prompt or "
-                f"optimizer ({error}). Use a new MODEL_DIR for a different configuration."
-            ) from error
-        start_step = int(saved_meta["step"])
-        for key, value in meta.items():
-            if saved_meta.get(key) != value:
-                raise ValueError(
-                    f"MODEL_DIR {model_dir} holds a run with {key}={saved_meta.get(key)!r}, but "
-                    f"this run has {key}={value!r}; use a new MODEL_DIR or the same settings."
-                )
-    logger = train_logging.MetricsLogger(
-        model_dir, train_steps, batch_size, enabled=jax.process_index() == 0
-    )
-    return _Run(
-        model, mesh, state, frozen, step_fn, step_rng, start_step, checkpointer, logger, meta,
-        first_step,
-    )  # fmt: skip
-
-
-def _save(run: _Run, step: int, model_dir: str, best: bool = False) -> None:
+def _save(run: Run, step: int, model_dir: str, best: bool = False) -> None:
     """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
     meta = dict(run.meta, step=step, data_position=step - run.first_step)
     run.checkpointer.save(step, run.state, meta, best=best)
-    if jax.process_index() == 0:
-        export = prompt_files.export_form(
-            run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
-        )
+    if distributed.is_primary():
+        export = _export(run)
         if export is not None:
             prompt_files.write_export(model_dir, "best" if best else f"step_{step}", export)
 
@@ -226,7 +143,7 @@ def make_evaluator(
     return evaluator, evaluation.select_metric
 
 
-def _check_finite(metrics: Mapping[str, float], step: int, run: _Run) -> None:
+def _check_finite(metrics: Mapping[str, float], step: int, run: Run) -> None:
     """Stops the run on a NaN/Inf loss or trainable parameter, keeping the last good checkpoint.
 
     The loss of a step is computed before its update, so the updated parameters (`param_norm`)
@@ -283,6 +200,7 @@ def train(
     z_loss: float = 1e-4,
     label_smoothing: float = 0.0,
     num_partitions: int = 1,
+    model_parallel_submesh: Sequence[int] | None = None,
     num_devices: int | None = None,
     use_distributed: bool = False,
 ) -> TrainResult:
@@ -326,9 +244,11 @@ def train(
         `SpecialLossNormalizingFactor` (see `losses`; LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
       label_smoothing: label smoothing.
-      num_partitions: devices per model replica ("model" mesh axis).
+      num_partitions: devices per model replica ("model" mesh axis; NUM_PARTITIONS), T5X's.
+      model_parallel_submesh: T5X's `(x, y, z, cores)` TPU block for the model axis instead.
       num_devices: use only the first N devices (default all).
-      use_distributed: call `jax.distributed.initialize()` first (multi-host runs).
+      use_distributed: join a multi-process run found by JAX's cluster detection (SLURM, Open
+        MPI); the entry points' `--coordinator_address` flags do the same explicitly.
 
     Returns:
       A `TrainResult`.
@@ -340,7 +260,7 @@ def train(
     from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring)
 
     if use_distributed:
-        jax.distributed.initialize()
+        distributed.initialize(multiprocess_gpu=True)
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
@@ -358,6 +278,7 @@ def train(
     options = dict(
         num_devices=num_devices,
         num_partitions=num_partitions,
+        model_parallel_submesh=model_parallel_submesh,
         random_seed=random_seed,
         loss=dict(
             loss_normalizing_factor=loss_normalizing_factor,
@@ -373,7 +294,7 @@ def train(
         first_step=first_step,
     )
     os.makedirs(model_dir, exist_ok=True)
-    run = _setup(
+    run = setup.setup_run(
         model, model_dir, task_feature_lengths, train_steps, batch_size, optimizer, options
     )
     evaluator = make_evaluator(
@@ -381,7 +302,7 @@ def train(
         mixture_or_task_name,
         task_feature_lengths,
         run.model,
-        eval_batch_size or batch_size,
+        partitioning.evaluation_batch_size(eval_batch_size or batch_size, run.mesh),
         eval_split,
         eval_steps,
         eval_decode_method,
@@ -391,15 +312,13 @@ def train(
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
         f"Training {mixture_or_task_name} to step {train_steps} (batch {batch_size}, mesh "
-        f"{dict(run.mesh.shape)}): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; "
-        f"writing to {model_dir}."
+        f"{dict(run.mesh.shape)} over {jax.process_count()} process(es), {run.layout.num_shards} "
+        f"data shard(s)): {sizes[0]:,} trainable and {sizes[1]:,} frozen parameters; writing to "
+        f"{model_dir}."
     )
-    if jax.process_index() == 0:  # says what prompts/step_<N> will hold (prompt_files)
-        export = prompt_files.export_form(
-            run.model.prompt, jax.device_get(run.state.params), width=run.model.config.emb_dim
-        )
-        if export is not None:
-            run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
+    export = _export(run)  # says what prompts/step_<N> will hold (prompt_files)
+    if export is not None:
+        run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
@@ -420,7 +339,7 @@ def train(
 
 
 def _loop(
-    run: _Run,
+    run: Run,
     evaluator: Any,
     model_dir: str,
     task: str,
@@ -434,18 +353,11 @@ def _loop(
 
     batches = None
     if run.start_step < train_steps:
-        host_batch = batch_size // jax.process_count()
         dataset = data.get_dataset(
-            task,
-            task_feature_lengths,
-            "train",
-            host_batch,
-            shuffle=True,
-            seed=run.meta["seed"],
-            num_epochs=None,
-            shard_id=jax.process_index(),
-            num_shards=jax.process_count(),
+            task, task_feature_lengths, "train", batch_size, True, run.meta["seed"], None
         )
+        rows = run.layout.shard_id * run.layout.batch_size
+        dataset = data.replica_rows(dataset, rows, rows + run.layout.batch_size)
         batches = data.skip_batches(dataset, run.start_step - run.first_step)
         batches = batches.as_numpy_iterator()
     train_log, eval_log, pending = [], [], []
@@ -461,7 +373,7 @@ def _loop(
     for step in range(run.start_step + 1, train_steps + 1):
         numpy_batch = next(batches)
         run.model.check_task_ids(numpy_batch, f"MIXTURE_OR_TASK_NAME {task!r}")
-        batch = partitioning.shard_batch(numpy_batch, run.mesh)
+        batch = partitioning.shard_batch(numpy_batch, run.mesh, batch_size)
         run.state, metrics = run.step_fn(run.state, run.frozen, batch, run.rng)
         pending.append(metrics)
         if step == run.start_step + 1:  # exclude compilation from the throughput
@@ -481,22 +393,23 @@ def _loop(
         if due["eval"] or (last and evaluator is not None):
             best = _evaluate(run, evaluator, step, model_dir, best, eval_log)
         run.logger.start(step)  # throughput counts training steps only
-    final_step = int(jax.device_get(run.state.step))
+    final_step = int(partitioning.to_host(run.state.step))
     run.logger.message(
         f"Done at step {final_step}: checkpoints in {model_dir}/checkpoints, prompts in "
         f"{model_dir}/prompts, metrics in {model_dir}/metrics.jsonl."
     )
     return TrainResult(
         step=final_step,
-        trainable=jax.device_get(run.state.params),
-        frozen=jax.device_get(run.frozen),
+        trainable=partitioning.to_host(run.state.params),
+        frozen=run.frozen,
+        mesh=run.mesh,
         train_metrics=train_log,
         eval_metrics=eval_log,
     )
 
 
 def _evaluate(
-    run: _Run, evaluator: Any, step: int, model_dir: str, best: Any, eval_log: list
+    run: Run, evaluator: Any, step: int, model_dir: str, best: Any, eval_log: list
 ) -> dict[str, Any] | None:
     """Evaluates the current params, logs, and saves a best checkpoint when the metric improves.
 
@@ -518,7 +431,7 @@ def _evaluate(
         best = None
     if best is None or value > best["value"]:
         _save(run, step, model_dir, best=True)
-        if jax.process_index() == 0:
+        if distributed.is_primary():
             checkpoints.write_best_json(model_dir, step, name, value)
         best = {"step": step, "metric": name, "value": value}
     return best
