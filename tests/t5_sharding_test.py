@@ -72,3 +72,13 @@ def test_activation_constraints_act_only_under_a_mesh_and_rules():
     mlp = constraint.format(r'{"data"}, {}, {"model"}', r"8x\d+x64")  # [B, L, F]
     for pattern in (hidden, heads, mlp):
         assert re.search(pattern, sharded), pattern
+
+
+def test_activation_constraints_act_under_t5x_s_legacy_mesh_context():
+    # T5X's PjitPartitioner traces inside `with Mesh(...), flax_partitioning.axis_rules(...)`.
+    mesh = partitioning.make_mesh(4)
+    fn = lambda x: sharding.constrain(x, ("batch", "length", "embed")) * 2  # noqa: E731
+    x = jnp.ones((8, 6, 32))
+    with mesh, nn.logical_axis_rules(partitioning.standard_logical_axis_rules()):
+        text = jax.jit(fn).lower(x).as_text()
+    assert re.search(r'sharding_constraint %\S+ <@mesh, \[{"data"}, {}, {"model"}\]>', text), text

@@ -17,6 +17,7 @@ Activation names: `batch`, `length` (any sequence axis), `embed` (H), `heads` (N
 """
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -81,12 +82,25 @@ def logical_to_mesh_spec(
     return PartitionSpec(*spec)
 
 
+def _legacy_mesh() -> Any:
+    """The mesh of a legacy `with mesh:` context (T5X's partitioner), or an empty one.
+
+    JAX exposes it only privately; without that module the constraints are skipped, as before.
+    """
+    try:
+        from jax._src import mesh as mesh_lib  # noqa: PLC0415
+    except ImportError:  # pragma: no cover - a JAX without the legacy context
+        return jax.sharding.get_abstract_mesh()
+    return mesh_lib.thread_resources.env.physical_mesh
+
+
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     """`x` with a sharding constraint from its logical axes (T5X's `with_logical_constraint`).
 
-    A no-op unless flax logical-axis rules (`nn.logical_axis_rules`) and a mesh
-    (`jax.sharding.use_abstract_mesh`) are both active while tracing, and on a mesh whose only
-    axis of size > 1 is the batch's.
+    A no-op unless flax logical-axis rules (`nn.logical_axis_rules`) and a mesh are both active
+    while tracing — `jax.set_mesh` (our trainer, `train.partitioning.on_mesh`) or the legacy
+    `with mesh:` context T5X's `PjitPartitioner` traces under (`prompt_tuning.t5x`) — and on a
+    mesh whose only axis of size > 1 is the batch's.
 
     Args:
       x: an activation, e.g. `[B, L, H]`.
@@ -97,6 +111,8 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     """
     rules = nn.get_logical_axis_rules()
     mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        mesh = _legacy_mesh()
     if not rules or mesh.empty:
         return x
     batch_axis = dict(rules).get("batch")
