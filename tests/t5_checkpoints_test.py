@@ -17,7 +17,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from prompt_tuning.t5 import checkpoints, hf_format, network, t5x_format
+from prompt_tuning.t5 import checkpoints, hf_format, network, orbax_format
 from prompt_tuning.t5 import config as configs
 
 # transformers otherwise imports TensorFlow too (about 8 s on a busy 2-core machine).
@@ -475,7 +475,7 @@ def test_config_shape_mismatch_names_parameter_and_shapes(tmp_path):
 
 def test_legacy_checkpoint_file_path_is_accepted(tmp_path):
     config, path = _small_legacy(tmp_path)
-    assert t5x_format.find_orbax_item(str(path)) is None
+    assert orbax_format.find_orbax_item(str(path)) is None
     loaded_config, _ = checkpoints.load_checkpoint(path / "checkpoint")
     assert loaded_config == config
 

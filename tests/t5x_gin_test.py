@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
-from prompt_tuning.t5 import t5x_format
+from prompt_tuning.t5 import orbax_format
 from prompt_tuning.train import optimizers
 from prompt_tuning.train.model import PromptModel
 
@@ -173,7 +173,7 @@ def trained(tmp_path_factory):
 
 def _param_states(checkpoint: pathlib.Path) -> dict:
     """The optimizer state's leaves as stored by T5X (None where it stores none)."""
-    item = t5x_format.find_orbax_item(str(checkpoint))
+    item = orbax_format.find_orbax_item(str(checkpoint))
     metadata = ocp.PyTreeCheckpointer().metadata(item)
     tree = getattr(metadata, "item_metadata", metadata)
     tree = dict(getattr(tree, "tree", tree))

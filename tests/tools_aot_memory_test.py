@@ -41,7 +41,10 @@ def _expected_train_arguments(model_axis):
             total += int(np.prod(shape)) * 4  # the float32 prompt
         else:
             split = partitioning.MODEL_AXIS in shardings[name].spec
-            total += int(np.prod(shape)) * 2 // (model_axis if split else 1)  # bfloat16
+            # FROZEN_DTYPE="bfloat16" stores kernels and the embedding in bfloat16; layer-norm
+            # scales and relative-position tables stay float32.
+            size = 2 if name.rsplit("/", 1)[-1] in ("kernel", "embedding") else 4
+            total += int(np.prod(shape)) * size // (model_axis if split else 1)
     total += 4 * 8 // (8 // model_axis) * (T + 3 * S)  # 4 int32 batch arrays, split over data
     return total + 4 + 8  # the step counter and the PRNG key
 

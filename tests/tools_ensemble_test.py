@@ -3,12 +3,13 @@
 import collections
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from prompt_tuning import prompts
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
-from prompt_tuning.t5 import network
+from prompt_tuning.t5 import network, precision
 from prompt_tuning.train import data, evaluation, inference
 from prompt_tuning.train.model import PromptModel
 from tests import tools_fixtures
@@ -42,12 +43,17 @@ def report(seed_runs, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def alone(seed_runs, frozen_checkpoint):  # noqa: F811
-    """Each run's latest prompt evaluated alone: metrics, decoded and rank-chosen predictions."""
-    config = tools_fixtures.tiny_config()
+    """Each run's latest prompt evaluated alone: metrics, decoded and rank-chosen predictions.
+
+    In the precision the runs trained in and the tool evaluates in (runs/prompt_finetune.gin:
+    ACTIVATION_DTYPE = FROZEN_DTYPE = "bfloat16").
+    """
+    config = tools_fixtures.tiny_config().replace(dtype="bfloat16")
     model = PromptModel(
         network.EncoderDecoder(config, prompt=prompts.Prompt(length=tools_fixtures.PROMPT_LENGTH))
     )
     _, frozen = t5_checkpoints.load_checkpoint(frozen_checkpoint, config)
+    frozen = precision.cast_matmul_weights(frozen, jnp.bfloat16)
     lengths, task = tools_fixtures.LENGTHS, tools_fixtures.TASK
     evaluator = evaluation.Evaluator(task, lengths, model, BATCH, num_examples=NUM_EXAMPLES)
     predictor = evaluation.SinglePromptPredictor(model)

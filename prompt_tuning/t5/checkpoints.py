@@ -8,7 +8,7 @@ docs/DESIGN.md, no `target` level) and a `T5Config`:
 - a legacy T5X checkpoint folder (`checkpoint_N/` holding the msgpack file `checkpoint` and one
   zarr array per large parameter): see `t5x_format`;
 - an orbax / new T5X checkpoint (OCDBT: `manifest.ocdbt`, `_METADATA`, possibly under a
-  `state/`, `params/` or `default/` item folder): see `t5x_format`.
+  `state/`, `params/` or `default/` item folder): see `orbax_format`.
 
 HF folders must be local; T5X folders may also be `gs://` paths. torch, tensorstore, orbax and
 TensorFlow are imported only when the format at hand needs them.
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning.t5 import checkpoint_tree, hf_format, t5x_format
+from prompt_tuning.t5 import checkpoint_tree, hf_format, orbax_format, t5x_format
 from prompt_tuning.t5.checkpoint_tree import (  # noqa: F401 (re-exported)
     PROMPT_SCOPE,
     CheckpointError,
@@ -61,7 +61,7 @@ def detect_format(path: str) -> str:
     if hf_format.is_hf_folder(path):
         return "hf"
     # Orbax first: its item folders may also hold a msgpack `checkpoint` file.
-    if t5x_format.find_orbax_item(path) is not None:
+    if orbax_format.find_orbax_item(path) is not None:
         return "orbax"
     if t5x_format.is_legacy_t5x(path):
         return "t5x"
@@ -88,7 +88,7 @@ def open_readers(
 
     Raises:
       CheckpointError: the path is missing or unreadable, or an orbax checkpoint (restored by
-        `t5x_format.load_orbax` instead).
+        `orbax_format.load_orbax` instead).
     """
     kind = detect_format(path)
     if kind == "hf":
@@ -106,7 +106,7 @@ def checkpoint_shapes(path: str | os.PathLike) -> tuple[str, T5Config | None, di
     path = os.fspath(path)
     kind = detect_format(path)
     if kind == "orbax":
-        return kind, None, t5x_format.orbax_shapes(path)
+        return kind, None, orbax_format.orbax_shapes(path)
     _, config, readers = open_readers(path)
     return kind, config, {name: tuple(r.shape) for name, r in readers.items()}
 
@@ -160,8 +160,8 @@ def load_checkpoint(
     """
     path = os.fspath(path)
     if detect_format(path) == "orbax":
-        config = resolve_config(path, t5x_format.orbax_shapes(path), None, config)
-        return config, unflatten(t5x_format.load_orbax(path, dtype))
+        config = resolve_config(path, orbax_format.orbax_shapes(path), None, config)
+        return config, unflatten(orbax_format.load_orbax(path, dtype))
     _, found, readers = open_readers(path)
     shapes = {name: tuple(r.shape) for name, r in readers.items()}
     config = resolve_config(path, shapes, found, config)
@@ -189,9 +189,9 @@ def read_variable(path: str | os.PathLike, name: str, dtype: Any = None) -> np.n
     """
     path = os.fspath(path)
     if detect_format(path) == "orbax":
-        found = name in t5x_format.orbax_shapes(path)
+        found = name in orbax_format.orbax_shapes(path)
         if found:
-            return t5x_format.load_orbax(path, dtype, names=(name,))[name]
+            return orbax_format.load_orbax(path, dtype, names=(name,))[name]
     else:
         _, _, readers = open_readers(path, names=(name,))
         if name in readers:
@@ -235,11 +235,10 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     Raises:
       CheckpointError: the path is missing or unrecognisable, or its step is unreadable.
     """
-    from prompt_tuning.t5 import t5x_format  # noqa: PLC0415
-
     path = os.fspath(path)
     kind = detect_format(path)
     if kind == "hf":
         return 0
-    step = t5x_format.read_legacy_step(path) if kind == "t5x" else t5x_format.read_orbax_step(path)
-    return step or 0
+    if kind == "t5x":
+        return t5x_format.read_legacy_step(path) or 0
+    return orbax_format.read_orbax_step(path) or 0

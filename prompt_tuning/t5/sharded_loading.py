@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from prompt_tuning.t5 import checkpoint_tree, checkpoints, t5x_format
+from prompt_tuning.t5 import checkpoint_tree, checkpoints, orbax_format
 from prompt_tuning.t5.config import T5Config
 
 
@@ -186,7 +186,7 @@ def load_checkpoint_sharded(
     with RssMonitor() as monitor:
         if kind == "orbax":
             stats.bytes_read = -1
-            flat = t5x_format.load_orbax(path, dtype, names=set(shardings), shardings=shardings)
+            flat = orbax_format.load_orbax(path, dtype, names=set(shardings), shardings=shardings)
         else:
             _, _, readers = checkpoints.open_readers(path, names=set(shardings))
             flat = {

@@ -1,4 +1,4 @@
-"""T5X checkpoints: the legacy msgpack + tensorstore layout, and orbax (OCDBT) checkpoint_tree.
+"""T5X checkpoints: the legacy msgpack + tensorstore layout (orbax ones: `orbax_format`).
 
 Legacy layout (T5X `checkpoint_tree.py`, format version 3), e.g. `.../checkpoint_1000000/`:
 - `checkpoint`: a msgpack map `{"version": 3, "optimizer": {"target": {...}, "state": {...}}}` in
@@ -12,10 +12,6 @@ Legacy layout (T5X `checkpoint_tree.py`, format version 3), e.g. `.../checkpoint
 Only `target` is read; optimizer-state placeholders are never opened and inline optimizer arrays
 are never decoded. `gs://` folders are read through tensorstore's `gcs` kvstore and
 `tf.io.gfile` (TensorFlow is imported only for `gs://` paths).
-
-Orbax layout (new T5X, or any orbax PyTree checkpoint): a folder with `_METADATA` and/or
-`manifest.ocdbt` (the item folder itself, or its `state/`, `params/` or `default/` subfolder).
-Only the `target` (else `params`) subtree is restored, by orbax's partial restore.
 """
 
 import dataclasses
@@ -34,8 +30,6 @@ from prompt_tuning.t5 import checkpoint_tree
 
 MSGPACK_FILE = "checkpoint"
 _PLACEHOLDER = "PLACEHOLDER://"
-_ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt")
-_ORBAX_ITEMS = ("", "state", "params", "default")
 _EXT_NDARRAY, _EXT_SCALAR = 1, 3
 _CHUNK_BYTES = 64 * 2**20  # Zarr chunks written by `save_t5x_checkpoint`: at most 64 MiB.
 # Leaves stored as zarr arrays when writing (T5X does this for its partitioned parameters).
@@ -61,13 +55,13 @@ def exists(path: str) -> bool:
     return _gfile().exists(path) if _is_gcs(path) else os.path.exists(path)
 
 
-def _isfile(path: str) -> bool:
+def is_file(path: str) -> bool:
     if _is_gcs(path):
         return _gfile().exists(path) and not _gfile().isdir(path)
     return os.path.isfile(path)
 
 
-def _join(*parts: str) -> str:
+def join_path(*parts: str) -> str:
     return posixpath.join(*parts) if _is_gcs(parts[0]) else os.path.join(*parts)
 
 
@@ -94,18 +88,9 @@ def _kvstore(folder: str) -> dict[str, Any]:
 
 def is_legacy_t5x(path: str) -> bool:
     """Whether `path` is a legacy T5X folder (holds the msgpack file `checkpoint`) or that file."""
-    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and _isfile(path):
+    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and is_file(path):
         return True
-    return _isfile(_join(path, MSGPACK_FILE))
-
-
-def find_orbax_item(path: str) -> str | None:
-    """The orbax PyTree folder at `path` or in its `state/`, `params/`, `default/`; else None."""
-    for item in _ORBAX_ITEMS:
-        folder = _join(path, item) if item else path
-        if any(_isfile(_join(folder, marker)) for marker in _ORBAX_MARKERS):
-            return folder
-    return None
+    return is_file(join_path(path, MSGPACK_FILE))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +158,7 @@ def _check_chunks(store: Any, kvstore: dict[str, Any], name: str, folder: str) -
     missing = sorted(keys - present)
     if missing:
         raise checkpoint_tree.CheckpointError(
-            f"Array {name} is incomplete: chunk file {_join(folder, missing[0])} is missing"
+            f"Array {name} is incomplete: chunk file {join_path(folder, missing[0])} is missing"
             f" ({len(missing)} of {len(keys)} chunks). The checkpoint was not fully copied; copy"
             " it again."
         )
@@ -244,7 +229,7 @@ def _leaf_reader(ckpt_dir: str, name: str, leaf: Any) -> checkpoint_tree.ArrayRe
     if inline is not None:
         return checkpoint_tree.InMemoryReader(inline)
     if _is_ts_spec(leaf):
-        reader = ZarrReader(_join(ckpt_dir, _relative_folder(leaf, name)), name)
+        reader = ZarrReader(join_path(ckpt_dir, _relative_folder(leaf, name)), name)
         expected = leaf.get("metadata", {}).get("shape")
         if expected is not None and list(reader.shape) != list(expected):
             raise checkpoint_tree.CheckpointError(
@@ -253,7 +238,7 @@ def _leaf_reader(ckpt_dir: str, name: str, leaf: Any) -> checkpoint_tree.ArrayRe
             )
         return reader
     if isinstance(leaf, str) and leaf.startswith(_PLACEHOLDER):
-        return ZarrReader(_join(ckpt_dir, leaf[len(_PLACEHOLDER) :]), name)
+        return ZarrReader(join_path(ckpt_dir, leaf[len(_PLACEHOLDER) :]), name)
     raise checkpoint_tree.CheckpointError(
         f"{name}: unrecognised leaf {type(leaf).__name__} in the msgpack file."
     )
@@ -275,9 +260,9 @@ def legacy_readers(
       CheckpointError: the msgpack file is corrupt or has no `target`, or an array's metadata
         is unreadable.
     """
-    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and _isfile(path):
+    if os.path.basename(path.rstrip("/")) == MSGPACK_FILE and is_file(path):
         path = os.path.dirname(path.rstrip("/"))
-    file = _join(path, MSGPACK_FILE)
+    file = join_path(path, MSGPACK_FILE)
     try:
         contents = msgpack.unpackb(_read_bytes(file), raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as e:
@@ -338,7 +323,7 @@ def _write_zarr(ckpt_dir: str, name: str, array: np.ndarray) -> dict[str, Any]:
     spec = {
         "driver": "zarr",
         "dtype": array.dtype.name,
-        "kvstore": _kvstore(_join(ckpt_dir, relative)),
+        "kvstore": _kvstore(join_path(ckpt_dir, relative)),
         "metadata": {
             "shape": list(array.shape),
             "chunks": [rows, *array.shape[1:]],
@@ -373,10 +358,10 @@ def _write_legacy(ckpt_dir: str, flat: Mapping[str, Any], step: int) -> None:
     }
     data = msgpack.packb(contents, use_bin_type=True)
     if _is_gcs(ckpt_dir):
-        with _gfile().GFile(_join(ckpt_dir, MSGPACK_FILE), "wb") as f:
+        with _gfile().GFile(join_path(ckpt_dir, MSGPACK_FILE), "wb") as f:
             f.write(data)
     else:
-        with open(_join(ckpt_dir, MSGPACK_FILE), "wb") as f:
+        with open(join_path(ckpt_dir, MSGPACK_FILE), "wb") as f:
             f.write(data)
 
 
@@ -408,104 +393,10 @@ def save_t5x_checkpoint(params: Mapping[str, Any], path: str | os.PathLike, step
 
 
 # ----------------------------------------------------------------------------------------------
-# Orbax.
-
-
-def _orbax_metadata(path: str) -> tuple[str, str | None, dict[str, Any]]:
-    """(item folder, "target"/"params"/None, flat {name: array metadata}) of an orbax checkpoint.
-
-    Raises:
-      CheckpointError: no orbax item, or unreadable metadata.
-    """
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    item_dir = find_orbax_item(path)
-    if item_dir is None:
-        raise checkpoint_tree.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
-    try:
-        metadata = ocp.PyTreeCheckpointer().metadata(item_dir)
-    except (ValueError, OSError, KeyError, TypeError) as e:
-        raise checkpoint_tree.CheckpointError(
-            f"Orbax cannot read the metadata of {item_dir} ({e}): it is corrupt or incomplete."
-        ) from e
-    tree = getattr(metadata, "item_metadata", metadata)
-    tree = dict(getattr(tree, "tree", tree))
-    key = next((k for k in ("target", "params") if k in tree), None)
-    return item_dir, key, checkpoint_tree.flatten(tree[key] if key else tree)
-
-
-def orbax_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """`{name: shape}` of an orbax checkpoint's model parameters (only metadata is read)."""
-    return {name: tuple(m.shape) for name, m in _orbax_metadata(path)[2].items()}
-
-
-def load_orbax(
-    path: str,
-    dtype: Any = None,
-    names: Collection[str] | None = None,
-    shardings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Restores only the model parameters of an orbax PyTree (e.g. OCDBT) checkpoint.
-
-    The subtree under `target` (T5X) or `params` is restored with orbax's partial restore; the
-    optimizer state is never read. With `shardings`, every array is restored straight into a
-    global `jax.Array` of that sharding: each host reads only the shards its devices hold.
-
-    Args:
-      path: the checkpoint folder, or a step folder holding a `state/`, `params/` or `default/`
-        item.
-      dtype: cast every parameter to it (by orbax while reading), or `{name: dtype}` for some of
-        them (`checkpoint_tree.dtype_for`); None keeps the stored dtype.
-      names: restore only these parameters (e.g. one embedding); None restores all.
-      shardings: `{name: jax.sharding.Sharding}` for global arrays; None gives host numpy arrays.
-
-    Returns:
-      The flat `{t5x_name: array}` dict.
-
-    Raises:
-      CheckpointError: no orbax item is found or orbax cannot restore it.
-    """
-    import jax  # noqa: PLC0415
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    item_dir, key, flat = _orbax_metadata(path)
-    if names is not None:
-        flat = {name: m for name, m in flat.items() if name in names}
-
-    def restore_args(name: str, meta: Any) -> Any:
-        cast = checkpoint_tree.dtype_for(dtype, name)
-        if shardings is None:
-            return ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast)
-        return ocp.ArrayRestoreArgs(
-            sharding=shardings[name], global_shape=tuple(meta.shape), dtype=cast
-        )
-
-    item = checkpoint_tree.unflatten(
-        {n: jax.ShapeDtypeStruct(m.shape, m.dtype) for n, m in flat.items()}
-    )
-    args = checkpoint_tree.unflatten({n: restore_args(n, m) for n, m in flat.items()})
-    if key:
-        item, args = {key: item}, {key: args}
-    try:
-        restored = ocp.PyTreeCheckpointer().restore(
-            item_dir,
-            args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
-        )
-    except (ValueError, OSError, KeyError, TypeError) as e:
-        raise checkpoint_tree.CheckpointError(
-            f"Orbax cannot restore {item_dir} ({e}): a file is missing, truncated or corrupt."
-        ) from e
-    restored = checkpoint_tree.flatten(restored[key] if key else restored)
-    if shardings is None:
-        return {name: np.asarray(value) for name, value in restored.items()}
-    return restored
-
-
-# ----------------------------------------------------------------------------------------------
 # The training step a checkpoint was written at.
 
 
-def _as_step(value: Any, where: str) -> int:
+def as_step(value: Any, where: str) -> int:
     """An int from a msgpack/orbax step leaf (int, numpy scalar, 0-d array or ndarray ext)."""
     if isinstance(value, msgpack.ExtType):
         value = _decode_ext(value, where)
@@ -525,7 +416,7 @@ def read_legacy_step(path: str) -> int | None:
       CheckpointError: the msgpack file is unreadable or its step is not an integer.
     """
     if os.path.basename(path.rstrip("/")) != MSGPACK_FILE:
-        path = _join(path, MSGPACK_FILE)
+        path = join_path(path, MSGPACK_FILE)
     try:
         contents = msgpack.unpackb(_read_bytes(path), raw=False, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as e:
@@ -533,38 +424,4 @@ def read_legacy_step(path: str) -> int | None:
         raise checkpoint_tree.CheckpointError(message) from e
     state = contents.get("optimizer", contents) if isinstance(contents, Mapping) else {}
     step = state.get("state", {}).get("step") if isinstance(state, Mapping) else None
-    return None if step is None else _as_step(step, f"{path}: state/step")
-
-
-def read_orbax_step(path: str) -> int | None:
-    """The step of an orbax (new T5X) checkpoint (`state/step` of its tree), or None when absent.
-
-    Args:
-      path: the checkpoint folder, or a step folder holding a `state/` item (see `load_orbax`).
-
-    Raises:
-      CheckpointError: no orbax item is found or orbax cannot restore the step.
-    """
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    item_dir = find_orbax_item(path)
-    if item_dir is None:
-        raise checkpoint_tree.CheckpointError(f"{path} holds no orbax checkpoint (_METADATA).")
-    checkpointer = ocp.PyTreeCheckpointer()
-    try:
-        metadata = checkpointer.metadata(item_dir)
-        tree = getattr(metadata, "item_metadata", metadata)
-        tree = dict(getattr(tree, "tree", tree))
-        state = tree.get("state")
-        if not isinstance(state, Mapping) or "step" not in state:
-            return None
-        item = {"state": {"step": np.zeros((), np.int64)}}
-        args = {"state": {"step": ocp.RestoreArgs(restore_type=np.ndarray)}}
-        restored = checkpointer.restore(
-            item_dir,
-            args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True),
-        )
-    except (ValueError, OSError, KeyError, TypeError) as e:
-        message = f"Orbax cannot restore the step of {item_dir}: {e}"
-        raise checkpoint_tree.CheckpointError(message) from e
-    return _as_step(restored["state"]["step"], f"{item_dir}: state/step")
+    return None if step is None else as_step(step, f"{path}: state/step")
