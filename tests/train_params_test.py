@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -96,3 +97,36 @@ def test_a_random_frozen_model_lends_its_own_embedding(reads):
     assert reads == []
     with pytest.raises(ValueError, match="model's own embedding, which only the trainer"):
         model.init_boxed(jax.random.key(0), 8, 4)
+
+
+@pytest.mark.parametrize("from_checkpoint", [True, False])
+def test_bfloat16_frozen_weights_init_the_prompt_from_the_stored_embedding(
+    tmp_path, from_checkpoint
+):
+    """FROZEN_DTYPE="bfloat16": the prompt samples the checkpoint's float32 rows (as Lester et al.'s
+    code reads them), and only then is the frozen embedding stored in bfloat16."""
+    path, embedding = _checkpoint(tmp_path, 512)
+    model = _model(512, path if from_checkpoint else None)
+    trainable, frozen = params.initial_params(
+        model,
+        partitioning.make_mesh(1),
+        jax.random.key(3),
+        LENGTHS,
+        path if from_checkpoint else None,
+        "prompt",
+        frozen_dtype="bfloat16",
+        log=None,
+    )
+    table = frozen["token_embedder"]["embedding"]
+    assert table.dtype == jnp.bfloat16
+    # Norm scales keep their float32 (FROZEN_DTYPE casts matmul weights only).
+    assert frozen["encoder"]["encoder_norm"]["scale"].dtype == jnp.float32
+    prompt = np.asarray(trainable["encoder"]["prompt"]["prompt"])  # [6, 32] float32
+    rounded = np.asarray(jnp.asarray(prompt).astype(jnp.bfloat16), np.float32)
+    # Rounding the prompt gives rows of the bfloat16 table, but the prompt itself was not rounded
+    # (a prompt sampled from the bfloat16 table would equal its rounding).
+    table_rows = {tuple(row) for row in np.asarray(table[:100], np.float32)}
+    assert all(tuple(r) in table_rows for r in rounded)
+    assert not np.array_equal(rounded, prompt)
+    if from_checkpoint:  # exactly the checkpoint's float32 rows
+        assert all(tuple(r) in {tuple(row) for row in embedding[:100]} for r in prompt)

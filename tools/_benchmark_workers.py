@@ -97,6 +97,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     from prompt_tuning import prompts, t5  # noqa: PLC0415
     from prompt_tuning.train import costs, optimizers, partitioning, profiling, trainer  # noqa: PLC0415
     from prompt_tuning.train import params as run_params  # noqa: PLC0415
+    from prompt_tuning.train import step as step_lib  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     import_rss = _peak_rss_gib()
@@ -126,6 +127,8 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     step = jax.jit(
         functools.partial(trainer.train_step, model=model, optimizer=optimizer),
         donate_argnums=(0,) if spec["donate"] else (),
+        # The trainer's XLA options (with remat on CPU: the memory-optimised scheduler).
+        compiler_options=step_lib.compiler_options(model, mesh),
     )
     batch = jax.device_put(_random_batch(spec, config.vocab_size))
     rng = jax.random.key(spec["seed"] + 1)

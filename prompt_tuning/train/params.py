@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -75,6 +75,7 @@ def load_frozen(
     frozen_abstract: Any,
     dtype: Any = None,
     log: Any = print,
+    keep: Collection[str] = (),
 ) -> Any:
     """The frozen parameters from a checkpoint, straight into global arrays (sharded loading).
 
@@ -86,6 +87,7 @@ def load_frozen(
       dtype: FROZEN_DTYPE, the dtype of the matmul weights (`precision.MATMUL_WEIGHTS`); norm
         scales and relative-position tables keep the stored dtype. None: as stored.
       log: where the loading summary (bytes read, peak RSS) goes (primary process only).
+      keep: "/"-joined names loaded in their stored dtype whatever `dtype` says.
 
     Returns:
       The frozen tree of global `jax.Array`s.
@@ -98,7 +100,10 @@ def load_frozen(
     shapes = t5_checkpoints.checkpoint_shapes(path)[2]
     check_same_tree(shapes, _shapes(frozen_abstract), path)
     flat_shardings = checkpoint_tree.flatten(frozen_shardings)
-    dtypes = {name: precision.matmul_weight_dtype(name, dtype) for name in flat_shardings}
+    dtypes = {
+        name: None if name in keep else precision.matmul_weight_dtype(name, dtype)
+        for name in flat_shardings
+    }
     _, frozen, stats = sharded_loading.load_checkpoint_sharded(
         path, flat_shardings, model.config, dtypes
     )
@@ -156,6 +161,23 @@ def _embedding_inputs(
         else:
             inputs[source.key] = partitioning.replicate(source.read(), mesh)
     return inputs
+
+
+def _cast_embedding(frozen: Any, dtype: Any, frozen_shardings: Any) -> Any:
+    """`frozen` with its embedding cast to FROZEN_DTYPE `dtype` (None: as is).
+
+    The embedding is loaded in its stored dtype so that sampled-vocabulary and class-label prompt
+    initializers read the checkpoint's values (as Lester et al.'s code does), and cast only after
+    (one pass; the stored-dtype copy is freed).
+    """
+    if dtype is None or EMBEDDING[0] not in frozen:
+        return frozen
+    table = frozen[EMBEDDING[0]][EMBEDDING[1]]
+    sharding = frozen_shardings[EMBEDDING[0]][EMBEDDING[1]]
+    cast = jax.jit(lambda x: x.astype(dtype), out_shardings=sharding)
+    out = dict(frozen)
+    out[EMBEDDING[0]] = dict(frozen[EMBEDDING[0]], **{EMBEDDING[1]: cast(table)})
+    return out
 
 
 def trainable_initializer(
@@ -232,16 +254,23 @@ def initial_params(
             with initializers.provided_embeddings(placeholder_embeddings(model)):
                 frozen = split(nn.unbox(init(r)))[1]
             # Cast inside the jit: no float32 copy of the frozen weights is ever materialised.
-            return precision.cast_matmul_weights(frozen, dtype)
+            cast = precision.cast_matmul_weights(frozen, dtype)
+            if EMBEDDING[0] in frozen:  # cast once the prompt's initializers have read it
+                cast[EMBEDDING[0]] = frozen[EMBEDDING[0]]
+            return cast
 
         frozen = jax.jit(init_frozen, out_shardings=frozen_sh)(rng)
     else:
         abstract = split(nn.unbox(boxed))[1]
-        frozen = load_frozen(initial_checkpoint_path, model, frozen_sh, abstract, dtype, log)
+        frozen = load_frozen(
+            initial_checkpoint_path, model, frozen_sh, abstract, dtype, log, ("/".join(EMBEDDING),)
+        )
     embeddings = _embedding_inputs(model.prompt, frozen, initial_checkpoint_path, mesh)
     keys = list(embeddings)
     initialize = trainable_initializer(init, trainable_sh, split, keys)
     trainable = initialize(rng, [embeddings[k] for k in keys])
+    del embeddings
+    frozen = _cast_embedding(frozen, dtype, frozen_sh)
     if prompt_file is not None:
         trainable = prompt_files.load_into(trainable, prompt_file, model.prompt)
     return trainable, frozen
