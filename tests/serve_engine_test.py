@@ -197,7 +197,7 @@ def test_scan_prompt_dir_reads_files_and_runs_and_refuses_idpg(tmp_path):
     assert found["run_b"].source.endswith("step_200.npy") and found["run_b"].prompt[0, 0] == 1
     assert found["run_c"].source.endswith("best.npy") and found["run_c"].prompt[0, 0] == 2
     assert "instance-dependent" in found["idpg"].reason and found["idpg"].prompt is None
-    assert "not a readable .npy" in found["corrupt"].reason
+    assert "corrupt.npy is not a NumPy array file" in found["corrupt"].reason
     assert "3 task prompts" in found["tasks3"].reason and "--task_id" in found["tasks3"].reason
     with pytest.raises(FileNotFoundError, match="PROMPT_DIR"):
         loading.scan_prompt_dir(tmp_path / "missing")

@@ -28,10 +28,7 @@ def model_config(size: str, dropout_rate: float = 0.1, dtype: str = "float32") -
 
     if size not in SIZES:
         raise ValueError(f"Unknown size {size!r} in --cases; choose one of {', '.join(SIZES)}.")
-    overrides = {"dropout_rate": dropout_rate, "dtype": dtype}
-    if size == "tiny":
-        return t5_config.tiny(**overrides)
-    return t5_config.t5_1_1(size, **overrides)
+    return t5_config.by_size(size, dropout_rate=dropout_rate, dtype=dtype)
 
 
 def _random_batch(spec: Mapping[str, Any], vocab_size: int) -> dict[str, Any]:
@@ -92,7 +89,6 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     import functools  # noqa: PLC0415
 
     import jax  # noqa: PLC0415
-    import jax.numpy as jnp  # noqa: PLC0415
 
     from prompt_tuning import prompts, t5  # noqa: PLC0415
     from prompt_tuning.train import costs, optimizers, partitioning, profiling, trainer  # noqa: PLC0415
@@ -121,9 +117,7 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
         log=None,
     )
     optimizer = optimizers.adafactor()
-    state = trainer.TrainState(
-        jnp.zeros([], jnp.int32), trainable, jax.jit(optimizer.init)(trainable)
-    )
+    state = jax.jit(functools.partial(step_lib.init_state, optimizer))(trainable)
     step = jax.jit(
         functools.partial(trainer.train_step, model=model, optimizer=optimizer),
         donate_argnums=(0,) if spec["donate"] else (),

@@ -32,20 +32,13 @@ GiB = 2**30
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def model_config(size: str, **overrides: Any) -> Any:
-    """T5 1.1 of a named size; "tiny" is the test model (`t5.config.tiny`, 4 heads)."""
-    from prompt_tuning.t5 import config as t5_config  # noqa: PLC0415
-
-    if size == "tiny":
-        return t5_config.tiny(**overrides)
-    return t5_config.t5_1_1(size, **overrides)
-
-
 def _configs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """One spec per (size, devices, partitions, remat, activation dtype, program)."""
+    from prompt_tuning.t5 import config as t5_config  # noqa: PLC0415
+
     specs = []
     for size, devices in itertools.product(args.sizes, args.devices):
-        heads = model_config(size).num_heads
+        heads = t5_config.by_size(size).num_heads
         for parts in args.partitions:
             if devices % parts or heads % parts:
                 continue
@@ -80,12 +73,13 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from prompt_tuning import prompts  # noqa: PLC0415
+    from prompt_tuning.t5 import config as t5_config  # noqa: PLC0415
     from prompt_tuning.t5 import network  # noqa: PLC0415
     from prompt_tuning.train import aot, partitioning  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     assert jax.device_count() == spec["devices"], jax.device_count()
-    config = model_config(
+    config = t5_config.by_size(
         spec["size"],
         dtype=jnp.dtype(spec["activation_dtype"]),
         dropout_rate=spec["dropout"],

@@ -24,7 +24,8 @@ import re
 
 import numpy as np
 
-from prompt_tuning.serve.registry import PromptError, parse_npy
+from prompt_tuning.prompts import files
+from prompt_tuning.serve.registry import PromptError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 _STEP_FILE = re.compile(r"^step_(\d+)\.npy$")
@@ -102,11 +103,11 @@ def _multi_task_reason(path: pathlib.Path, prompt: np.ndarray) -> str:
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
+    """The `.npy` prompt at `path` (`prompts.files.read_npy`: a named error for anything else)."""
     try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise PromptError(f"Cannot read {path}: {error}") from None
-    return parse_npy(data, f"File {path}")
+        return files.read_npy(path, "Prompt file")
+    except (OSError, files.PromptFileError) as error:
+        raise PromptError(str(error)) from None
 
 
 def scan_prompt_dir(directory: str | pathlib.Path) -> list[Found]:

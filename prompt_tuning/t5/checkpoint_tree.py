@@ -72,11 +72,6 @@ class InMemoryReader:
         return np.asarray(self.array if not index else self.array[index])
 
 
-def full_index(shape: tuple[int, ...]) -> Index:
-    """The index that selects a whole array of `shape`."""
-    return tuple(slice(0, size) for size in shape)
-
-
 def dtype_for(dtype: Any, name: str) -> Any:
     """The dtype to load parameter `name` in: `dtype[name]` when `dtype` maps "/"-joined names to
     dtypes (a name it lacks, or None: as stored), else `dtype` itself (None: as stored)."""

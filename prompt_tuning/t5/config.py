@@ -151,6 +151,11 @@ def tiny(**overrides) -> T5Config:
     return config.replace(**overrides)
 
 
+def by_size(size: str, **overrides) -> T5Config:
+    """T5 1.1 of a named size ("small" ... "xxl"), or "tiny" (`tiny`, the unit-test model)."""
+    return tiny(**overrides) if size == "tiny" else t5_1_1(size, **overrides)
+
+
 def num_params(config: T5Config) -> int:
     """Counts the parameters of the frozen model a config describes (no prompt)."""
     h, f = config.emb_dim, config.mlp_dim

@@ -283,27 +283,6 @@ def legacy_readers(
     return {name: _leaf_reader(path, name, leaf) for name, leaf in leaves.items()}
 
 
-def load_legacy_t5x(
-    path: str, dtype: Any = None, names: Collection[str] | None = None
-) -> dict[str, np.ndarray]:
-    """Reads the `target` parameters of a legacy T5X checkpoint, one array at a time.
-
-    Args:
-      path: the checkpoint folder (`checkpoint_N/`, local or `gs://`) or its `checkpoint` file.
-      dtype: cast every parameter to it; None keeps the stored dtype.
-      names: read only these parameters (the others' arrays are never opened); None reads all.
-
-    Returns:
-      `{"encoder/layers_0/attention/query/kernel": array, ...}` (T5X names, no `target`).
-
-    Raises:
-      CheckpointError: the msgpack file is corrupt or has no `target`, or an array is
-        missing, truncated or corrupt.
-    """
-    readers = legacy_readers(path, names)
-    return {name: checkpoint_tree.cast(r.read(), dtype) for name, r in readers.items()}
-
-
 # ----------------------------------------------------------------------------------------------
 # Legacy writing.
 

@@ -112,6 +112,13 @@ def load_frozen(
     return frozen
 
 
+def run_keys(random_seed: int) -> tuple[jax.Array, jax.Array]:
+    """`(init_rng, step_rng)` of RANDOM_SEED: the first initializes the parameters, the second
+    drives dropout; evaluation and serving rebuild a run's random frozen model from the first."""
+    init_rng, step_rng = jax.random.split(jax.random.key(random_seed))
+    return init_rng, step_rng
+
+
 def placeholder_embeddings(model: Any) -> dict[Any, Any]:
     """Zero tables standing in for the initializers' embeddings while only shapes are traced.
 

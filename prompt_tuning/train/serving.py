@@ -94,11 +94,10 @@ def load_frozen_params(
     """
     checkpoints.check_initial_checkpoint(initial_checkpoint_path)
     mesh = mesh or partitioning.make_mesh(1, jax.local_devices()[:1])
-    init_rng, _ = jax.random.split(jax.random.key(random_seed))
     return run_params.initial_params(
         model,
         mesh,
-        init_rng,
+        run_params.run_keys(random_seed)[0],
         task_feature_lengths,
         initial_checkpoint_path,
         trainable_params_regex,
@@ -169,11 +168,10 @@ def load_params(
     if mesh is None:
         mesh = partitioning.make_mesh(num_partitions, None, model_parallel_submesh)
     partitioning.check_model_fits_mesh(model.config, mesh)
-    init_rng, _ = jax.random.split(jax.random.key(random_seed))
     trainable, frozen = run_params.initial_params(
         model,
         mesh,
-        init_rng,
+        run_params.run_keys(random_seed)[0],
         task_feature_lengths,
         initial_checkpoint_path,
         trainable_params_regex,

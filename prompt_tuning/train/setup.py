@@ -174,7 +174,7 @@ def setup_run(
     logger = train_logging.MetricsLogger(
         model_dir, train_steps, batch_size, enabled=distributed.is_primary()
     )
-    init_rng, step_rng = jax.random.split(jax.random.key(options["random_seed"]))
+    init_rng, step_rng = params.run_keys(options["random_seed"])
     state, frozen = initial_state(
         model, mesh, optimizer, init_rng, task_feature_lengths, options, logger.message
     )
