@@ -46,6 +46,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python tools/benchmark_train.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from prompt_tuning.train import host_memory  # noqa: E402
 from tools._benchmark_workers import SIZES, WORKERS, model_config  # noqa: E402
 
 DEFAULT_CASES = ("small:8", "small:32", "base:8")
@@ -63,6 +64,7 @@ def _spawn(kind: str, spec: Mapping[str, Any], xla_flags: str, timeout: float) -
       RuntimeError: the worker failed or printed no JSON (its stderr tail is included).
     """
     env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", USE_TF="0")
+    env[host_memory.ENV_VAR] = spec["host_malloc"]
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     command = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", kind]
     load_before = os.getloadavg()[0]
@@ -252,6 +254,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="jax_default_prng_impl of ours (default: jax's)",
     )
     parser.add_argument("--xla-flags", default="", help="XLA_FLAGS of our runs")
+    parser.add_argument(
+        "--host-malloc",
+        default="reuse",
+        choices=["reuse", "system"],
+        help="glibc malloc of every worker, ours and PEFT alike (prompt_tuning.train.host_memory)",
+    )
     parser.add_argument("--profile", action="store_true", help="profile one step of ours")
     parser.add_argument("--input-length", type=int, default=128)
     parser.add_argument("--prompt-length", type=int, default=100)
@@ -285,6 +293,7 @@ def _specs(args: argparse.Namespace, size: str, batch: int) -> list[tuple[str, d
         "trainable_regex": args.trainable_regex,
         "prng_impl": args.prng_impl,
         "profile": args.profile,
+        "host_malloc": args.host_malloc,
     }
     hf_config = hf_format.config_to_hf(model_config(size, args.dropout))
     out = []
@@ -304,6 +313,7 @@ def _matmul_peaks(args: argparse.Namespace) -> list[dict[str, Any]]:
         "backends": ["jax", "torch"] if args.vs_peft else ["jax"],
         "dtypes": list(args.dtypes),
         "n": args.matmul_size,
+        "host_malloc": args.host_malloc,
     }
     return _spawn("matmul", spec, args.xla_flags, args.timeout)["matmul"]
 
@@ -363,6 +373,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "steps",
                 "warmup",
                 "rounds",
+                "host_malloc",
                 "prng_impl",
             )
         },
@@ -378,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: a worker (internal `--worker`) or the whole benchmark."""
     args = _parse(argv)
     if args.worker:
+        # Before any import of jax or torch: their threads keep the malloc arena they start with.
+        host_memory.reuse_freed_memory()  # PROMPT_TUNING_HOST_MALLOC, set by _spawn
         print(json.dumps(WORKERS[args.worker](json.loads(args.spec))), flush=True)
         return
     print(json.dumps(run_benchmark(args), indent=1))
