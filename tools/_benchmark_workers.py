@@ -70,16 +70,23 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _minor_faults() -> int:
+    """Minor page faults this process has taken so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _time_steps(run_step, warmup: int, steps: int) -> dict[str, list[float]]:
     """`warmup` untimed then `steps` timed calls of `run_step() -> loss` (which blocks)."""
     for _ in range(warmup):
         run_step()
-    out = {"times_s": [], "cpu_s": [], "losses": []}
+    out = {"times_s": [], "cpu_s": [], "minor_faults": [], "losses": []}
     for _ in range(steps):
-        start, cpu = time.perf_counter(), _cpu_seconds()
+        start, cpu, faults = time.perf_counter(), _cpu_seconds(), _minor_faults()
         loss = run_step()
         out["times_s"].append(time.perf_counter() - start)
         out["cpu_s"].append(_cpu_seconds() - cpu)
+        # Pages the step touched for the first time (fresh memory the kernel had to zero).
+        out["minor_faults"].append(_minor_faults() - faults)
         out["losses"].append(float(loss))
     return out
 

@@ -75,8 +75,8 @@ def reuse_freed_memory() -> bool:
     Raises:
       ValueError: `PROMPT_TUNING_HOST_MALLOC` is neither "reuse" nor "system".
     """
-    libc = _glibc()
-    if libc is None or _choice() == "system":
+    choice, libc = _choice(), _glibc()
+    if libc is None or choice == "system":
         return False
     # mallopt's value is a C int: -1 converts to SIZE_MAX inside glibc (an unlimited threshold).
     applied = all(

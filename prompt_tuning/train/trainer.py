@@ -29,6 +29,7 @@ import optax
 from prompt_tuning.train import (
     checkpoints,
     distributed,
+    host_memory,
     losses,
     optimizers,
     partitioning,
@@ -378,6 +379,7 @@ def _loop(
         pending.append(metrics)
         if step == run.start_step + 1:  # exclude compilation from the throughput
             jax.block_until_ready(metrics)
+            host_memory.release_free_memory()  # what compiling freed (see host_memory)
             run.logger.start(step)
         due = {k: bool(p) and step % p == 0 for k, p in periods.items()}
         last = step == train_steps
@@ -392,6 +394,7 @@ def _loop(
             _save(run, step, model_dir)
         if due["eval"] or (last and evaluator is not None):
             best = _evaluate(run, evaluator, step, model_dir, best, eval_log)
+            host_memory.release_free_memory()  # what evaluation's programs freed
         run.logger.start(step)  # throughput counts training steps only
     final_step = int(partitioning.to_host(run.state.step))
     run.logger.message(
