@@ -46,6 +46,26 @@ _ACTIVATIONS = {
 }
 
 
+def _activation_product(names: Sequence[str]) -> Callable[..., Array]:
+    """`(x_0, x_1, ...) -> act_0(x_0) * act_1(x_1) * ...`, recomputed in the backward pass.
+
+    Autodiff of the tanh-approximated GELU keeps half a dozen float32 intermediates of the
+    `[B, L, F]` hidden layer for the backward pass, which then reads them all back (on XLA:CPU
+    that memory traffic cost more than the MLP's matmuls). Under `jax.checkpoint` only the inputs
+    are kept and the backward pass recomputes the elementwise activations, fused with their
+    gradient.
+    """
+
+    def product(*inputs: Array) -> Array:
+        out = None
+        for name, x in zip(names, inputs, strict=True):
+            y = _ACTIVATIONS[name](x)
+            out = y if out is None else out * y
+        return out
+
+    return jax.checkpoint(product)
+
+
 def _dense_spec(ndim: int) -> str:
     """The einsum of a kernel `[D_in, D_out]` applied to the last axis of an `ndim` array."""
     batch = "abcdefgh"[: ndim - 1]
@@ -397,7 +417,7 @@ class MlpBlock(nn.Module):
         """
         h = x.shape[-1]
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        hidden = None
+        inputs = []
         for i, name in enumerate(self.activations):
             if name not in _ACTIVATIONS:
                 raise ValueError(
@@ -415,8 +435,8 @@ class MlpBlock(nn.Module):
                 output_dtype=jnp.float32,
                 name=dense_name,
             )
-            y = _ACTIVATIONS[name](wi(x))  # [B, L, F] float32
-            hidden = y if hidden is None else hidden * y
+            inputs.append(wi(x))  # [B, L, F] float32
+        hidden = _activation_product(tuple(self.activations))(*inputs)
         # Stays float32 into `wo`, whose matmul casts it (and returns a float32 gradient).
         hidden = constrain(hidden, ("batch", "length", "mlp"))  # [B, L, F]
         hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
