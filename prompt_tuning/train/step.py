@@ -30,10 +30,15 @@ from prompt_tuning.train.model import PromptModel
 # belong (what TPU/GPU schedulers do under their memory limit).
 CPU_REMAT_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 # XLA:CPU's YNNPACK library fusions by default also take in the elementwise ops around a dot (the
-# MLP activation, norms, the softmax and their gradients), which YNNPACK runs slower than XLA's
-# own loop fusions: with dots alone the mixed-precision step of T5 1.1 small at batch 32 takes
-# 1.75 s instead of 2.03 s, and float32 3.5 s instead of 3.7 s (docs/performance.md).
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# MLP activation, norms, the softmax and their gradients). With a narrow MLP (T5 1.1 small,
+# mlp_dim 1024) YNNPACK runs those slower than XLA's own loop fusions: with dots alone the
+# mixed-precision step at batch 32 takes 1.75 s instead of 2.03 s, float32 3.5 s instead of
+# 3.7 s (batch 8 and 16 unchanged). With base's 2048-wide MLP it is the other way round (batch 8:
+# 1.45 s with XLA's default, 1.57 s with dots alone), so the option applies up to this width.
+DOTS_ONLY_MAX_MLP_DIM = 1024
+CPU_DOTS_ONLY_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+}
 
 
 @flax.struct.dataclass
@@ -123,13 +128,17 @@ def run_steps(
 
 
 def compiler_options(model: PromptModel, mesh: jax.sharding.Mesh) -> dict[str, str] | None:
-    """XLA options for the step: on CPU, YNNPACK for dots only and, with remat, the
-    memory-optimised scheduler; None (XLA's defaults) on accelerators."""
+    """XLA options for the step: on CPU, YNNPACK fusions of dots alone for MLPs up to
+    `DOTS_ONLY_MAX_MLP_DIM` wide and, with remat, the memory-optimised scheduler; None (XLA's
+    defaults) otherwise."""
     if mesh.devices.flat[0].platform != "cpu":
         return None
+    options = {}
+    if model.config.mlp_dim <= DOTS_ONLY_MAX_MLP_DIM:
+        options |= CPU_DOTS_ONLY_OPTIONS
     if model.config.remat_policy != "none":
-        return CPU_OPTIONS | CPU_REMAT_OPTIONS
-    return dict(CPU_OPTIONS)
+        options |= CPU_REMAT_OPTIONS
+    return options or None
 
 
 def jit_train_step(
