@@ -27,9 +27,10 @@ def _mesh():
 
 def test_dots_only_fusions_for_narrow_mlps_and_the_remat_scheduler():
     small, base = t5.config.by_size("small"), t5.config.by_size("base")
-    assert small.mlp_dim <= step.DOTS_ONLY_MAX_MLP_DIM < base.mlp_dim
+    assert small.mlp_dim == 1024 and base.mlp_dim == 2048  # T5 1.1's widths
     assert step.compiler_options(_model(small), _mesh()) == step.CPU_DOTS_ONLY_OPTIONS
     assert step.compiler_options(_model(base), _mesh()) is None  # XLA's defaults
+    assert step.compiler_options(_model(t5.config.by_size("tiny")), _mesh()) is None
     remat = step.compiler_options(_model(base.replace(remat_policy="full")), _mesh())
     assert remat == step.CPU_REMAT_OPTIONS
     both = step.compiler_options(_model(small.replace(remat_policy="dots")), _mesh())

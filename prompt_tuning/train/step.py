@@ -34,8 +34,11 @@ CPU_REMAT_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMI
 # mlp_dim 1024) YNNPACK runs those slower than XLA's own loop fusions: with dots alone the
 # mixed-precision step at batch 32 takes 1.75 s instead of 2.03 s, float32 3.5 s instead of
 # 3.7 s (batch 8 and 16 unchanged). With base's 2048-wide MLP it is the other way round (batch 8:
-# 1.45 s with XLA's default, 1.57 s with dots alone), so the option applies up to this width.
-DOTS_ONLY_MAX_MLP_DIM = 1024
+# 1.45 s with XLA's default, 1.57 s with dots alone), so the option applies to the width where it
+# was measured faster. The tiny models keep XLA's default: their steps are too small for it to
+# matter, and with dots alone a tiny model trained on 2 x 4 devices drifted 3e-4 from the same run
+# on 8 devices of one process within 3 steps (1e-5 with XLA's default; not understood).
+DOTS_ONLY_MLP_DIMS = (1024,)
 CPU_DOTS_ONLY_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 }
@@ -128,13 +131,13 @@ def run_steps(
 
 
 def compiler_options(model: PromptModel, mesh: jax.sharding.Mesh) -> dict[str, str] | None:
-    """XLA options for the step: on CPU, YNNPACK fusions of dots alone for MLPs up to
-    `DOTS_ONLY_MAX_MLP_DIM` wide and, with remat, the memory-optimised scheduler; None (XLA's
-    defaults) otherwise."""
+    """XLA options for the step: on CPU, YNNPACK fusions of dots alone for MLPs of the widths in
+    `DOTS_ONLY_MLP_DIMS` and, with remat, the memory-optimised scheduler; None (XLA's defaults)
+    otherwise."""
     if mesh.devices.flat[0].platform != "cpu":
         return None
     options = {}
-    if model.config.mlp_dim <= DOTS_ONLY_MAX_MLP_DIM:
+    if model.config.mlp_dim in DOTS_ONLY_MLP_DIMS:
         options |= CPU_DOTS_ONLY_OPTIONS
     if model.config.remat_policy != "none":
         options |= CPU_REMAT_OPTIONS
