@@ -11,10 +11,11 @@ glibc falls back to `mmap` for anything larger, whatever the thresholds.
 `reuse_freed_memory()` sets glibc's malloc (`mallopt`) so that freed memory is kept and reused:
 one arena (`M_ARENA_MAX=1`: every thread allocates from the main heap), no `mmap` for large
 requests (`M_MMAP_MAX=0`) and no trimming of the heap's top (`M_TRIM_THRESHOLD` unlimited). After
-the first step or two, steps usually allocate no new pages. `release_free_memory()` (`malloc_trim`) gives the
-pages of freed blocks back to the kernel; call it after compiling, whose freed memory would
-otherwise stay resident. The trade-off (docs/performance.md, "round two"): when small allocations
-split a freed buffer, a step faults in a second one, which then stays resident beside the first.
+the first step or two, steps usually allocate no new pages. `release_free_memory()`
+(`malloc_trim`) gives the pages of freed blocks back to the kernel; call it after compiling, whose
+freed memory would otherwise stay resident. The trade-off (docs/performance.md, "round two"):
+when small allocations split a freed buffer, a step faults in a second one, which then stays
+resident beside the first.
 
 Both are no-ops where the C library is not glibc. `reuse_freed_memory` has full effect only before
 JAX's CPU client has started its threads (threads keep the arena they first allocated from): the
