@@ -117,6 +117,19 @@ def test_beam_search_with_per_row_lengths_equals_separate_searches(frozen, promp
         np.testing.assert_allclose(scores[i], ref_scores[0], rtol=1e-5)
 
 
+def _serving(config, params, prompts, inputs):
+    """An engine over `params`, a registry holding `prompts` as p0, p1, ..., and the request rows:
+    (engine, bank snapshot, unpadded token rows, the bank rows of p0 and p1)."""
+    buckets = engine_lib.Buckets((4,), (16,), (8,), (4,))
+    engine = engine_lib.Engine(EncoderDecoder(config), params, buckets, beam_sizes=(2,))
+    reg = registry.PromptRegistry(H, C, P, lambda a: jax.device_put(a, engine.replicated()))
+    for i, prompt in enumerate(prompts):
+        reg.add(f"p{i}", prompt, "test")
+    bank = reg.snapshot()
+    tokens = [row[row > 0] for row in inputs]
+    return engine, bank, tokens, [bank.slots["p0"], bank.slots["p1"]]
+
+
 @pytest.mark.parametrize("mesh_shape", [None, (2, 2)])
 def test_engine_serves_rows_like_each_prompt_alone(frozen, prompts, inputs, mesh_shape):
     """Padded buckets and, on a (data 2, model 2) mesh, sharded params give the same outputs."""
@@ -127,14 +140,7 @@ def test_engine_serves_rows_like_each_prompt_alone(frozen, prompts, inputs, mesh
             lambda: EncoderDecoder(CONFIG).init(jax.random.key(0), *[np.ones((1, 4), np.int32)] * 3)
         )["params"]
         params = jax.device_put(frozen, partitioning.params_shardings(boxed, mesh))
-    buckets = engine_lib.Buckets((4,), (16,), (8,), (4,))
-    engine = engine_lib.Engine(EncoderDecoder(CONFIG), params, buckets, beam_sizes=(2,))
-    reg = registry.PromptRegistry(H, C, P, lambda a: jax.device_put(a, engine.replicated()))
-    for i, prompt in enumerate(prompts):
-        reg.add(f"p{i}", prompt, "test")
-    bank = reg.snapshot()
-    tokens = [row[row > 0] for row in inputs]
-    rows = [bank.slots["p0"], bank.slots["p1"]]
+    engine, bank, tokens, rows = _serving(CONFIG, params, prompts, inputs)
     out, _ = engine.generate(bank, tokens, rows, [6, 4])
     for i, prompt in enumerate(prompts):
         alone, alone_params = _alone(frozen, prompt)
@@ -272,14 +278,8 @@ def test_engine_serves_a_mixed_precision_model_like_each_prompt_alone(frozen, pr
 
     config = CONFIG.replace(dtype="bfloat16")
     params = precision.cast_matmul_weights(frozen, "bfloat16")  # FROZEN_DTYPE
-    buckets = engine_lib.Buckets((4,), (16,), (8,), (4,))
-    engine = engine_lib.Engine(EncoderDecoder(config), params, buckets, beam_sizes=(2,))
-    reg = registry.PromptRegistry(H, C, P, lambda a: jax.device_put(a, engine.replicated()))
-    for i, prompt in enumerate(prompts):
-        reg.add(f"p{i}", prompt, "test")
-    bank = reg.snapshot()
-    tokens = [row[row > 0] for row in inputs]
-    out, _ = engine.generate(bank, tokens, [bank.slots["p0"], bank.slots["p1"]], [6, 6])
+    engine, bank, tokens, rows = _serving(config, params, prompts, inputs)
+    out, _ = engine.generate(bank, tokens, rows, [6, 6])
     for i, prompt in enumerate(prompts):
         model = EncoderDecoder(config, prompt=Prompt(len(prompt)))
         alone = dict(params, encoder=dict(params["encoder"], prompt={"prompt": prompt}))
