@@ -86,7 +86,7 @@ def _task_names(count: int, task_names: Sequence[str] | None, source: pathlib.Pa
         )
     for name in names:
         if not _TASK_NAME.match(name):
-            raise ExportError(f"--task_names: {name!r} is not a folder name (letters, digits, _.-).")
+            raise ExportError(f"--task_names: {name!r} is not a folder name (letters, digits, _.-)")
     return names
 
 

@@ -142,7 +142,8 @@ def card(
         "",
     ]
     if task:
-        lines += [f"- Task: `{task}`" + (f" (training mixture `{facts.task}`)" if task_name else "")]
+        mixture = f" (training mixture `{facts.task}`)" if task_name and facts.task else ""
+        lines += [f"- Task: `{task}`{mixture}"]
     if facts.step is not None:
         lines += [f"- Training step: {facts.step}"]
     if facts.metrics:

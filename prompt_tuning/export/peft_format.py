@@ -25,12 +25,14 @@ Letters: P prompt length (num_virtual_tokens), H model dim (token_dim).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
 import shutil
 import struct
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,7 +55,8 @@ _DTYPES = {
     "BF16": np.dtype(ml_dtypes.bfloat16),
 }
 _TRAIN_ONE = (
-    "Train it with PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_transformer_submodules=1)"
+    "Train it with PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, "
+    "num_transformer_submodules=1)"
 )
 _OTHER_PEFT_TYPES = {
     "PREFIX_TUNING": "prefix tuning adds key/value prefixes inside every attention layer",
@@ -145,7 +148,8 @@ def write_files(
     from safetensors.numpy import save_file  # noqa: PLC0415
 
     prompt = np.asarray(prompt, np.float32)
-    want = (config["num_virtual_tokens"] * config["num_transformer_submodules"], config["token_dim"])
+    rows = config["num_virtual_tokens"] * config["num_transformer_submodules"]
+    want = (rows, config["token_dim"])
     if prompt.shape != want:
         raise ValueError(f"The prompt {prompt.shape} does not fit the adapter config {want}.")
     folder.mkdir(parents=True, exist_ok=True)
@@ -240,6 +244,35 @@ def parse_adapter(
     return np.asarray(prompt, np.float32)
 
 
+def read_adapter_archive(data: bytes, where: str, width: int | None = None) -> np.ndarray:
+    """The encoder prompt `[P, H]` of an adapter folder sent as a zip archive (e.g. an upload).
+
+    The archive holds `adapter_config.json` and `adapter_model.safetensors`, at its top level or in
+    one folder (`zip -r a.zip adapter/`); other members (the model card) are ignored.
+
+    Raises:
+      AdapterError: not a zip, a file missing or present twice, or an invalid adapter.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise AdapterError(f"{where} is not a zip archive of a PEFT adapter folder.") from None
+    with archive:
+        found = {}
+        for wanted in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            members = [m for m in archive.namelist() if m.rsplit("/", 1)[-1] == wanted]
+            if len(members) != 1:
+                raise AdapterError(
+                    f"{where} holds {len(members)} files named {wanted}; zip one adapter folder "
+                    f"(its {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS})."
+                )
+            try:
+                found[wanted] = archive.read(members[0])
+            except (zipfile.BadZipFile, OSError, ValueError) as error:
+                raise AdapterError(f"{where}: {members[0]} is damaged ({error}).") from None
+    return parse_adapter(found[ADAPTER_CONFIG], found[ADAPTER_WEIGHTS], where, width)
+
+
 def check_config(config: Mapping[str, Any], where: str) -> tuple[int, int]:
     """Checks that an adapter config means an encoder prompt; returns (P, H).
 
@@ -318,7 +351,8 @@ def read_safetensors(data: bytes, where: str) -> dict[str, np.ndarray]:
         begin, end = info.get("data_offsets", (0, -1))
         count = int(np.prod(info.get("shape", ()), dtype=np.int64))
         if dtype is None:
-            raise AdapterError(f"{where}: tensor {name!r} has dtype {info.get('dtype')}, not float.")
+            kind = info.get("dtype")
+            raise AdapterError(f"{where}: tensor {name!r} has dtype {kind}, not a float type.")
         if end > len(body) or end - begin != count * dtype.itemsize:
             raise AdapterError(f"{where}: tensor {name!r} is truncated or damaged.")
         flat = np.frombuffer(body[begin:end], dtype.newbyteorder("<"))

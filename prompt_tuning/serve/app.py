@@ -5,7 +5,8 @@
     POST   /v1/classify          {"prompt", "inputs", "labels", "truncate"}
     GET    /v1/prompts           served prompts, the bank's size, prompts not served and why
     GET    /v1/prompts/{name}
-    PUT    /v1/prompts/{name}    body: a .npy file (application/octet-stream) or {"prompt": [[...]]}
+    PUT    /v1/prompts/{name}    body: a .npy file (application/octet-stream), {"prompt": [[...]]},
+                                 or a zipped PEFT prompt-tuning adapter folder (application/zip)
     DELETE /v1/prompts/{name}
     GET    /healthz              status, bank size, queue, compile counts
     GET    /metrics              Prometheus text format
@@ -29,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from prompt_tuning.export import peft_format
 from prompt_tuning.serve import batcher as batcher_lib
 from prompt_tuning.serve import registry
 from prompt_tuning.serve.metrics import CONTENT_TYPE
@@ -104,13 +106,19 @@ def _install_handlers(app: fastapi.FastAPI) -> None:
 
 
 async def _read_prompt(request: Request, name: str, limit: int) -> tuple[Any, str]:
-    """The uploaded prompt: a .npy body, or JSON {"prompt": [[...]]}."""
+    """The uploaded prompt: a .npy body, JSON {"prompt": [[...]]}, or a zipped PEFT adapter."""
     size = int(request.headers.get("content-length") or 0)
     if size > limit:
         raise ApiError(413, f"The upload has {size} bytes; the limit is {limit}.")
     body = await request.body()
     if len(body) > limit:
         raise ApiError(413, f"The upload has {len(body)} bytes; the limit is {limit}.")
+    if request.headers.get("content-type", "").startswith("application/zip"):
+        what = f"The upload for {name!r}"
+        try:
+            return peft_format.read_adapter_archive(body, what), "upload (PEFT adapter)"
+        except peft_format.AdapterError as error:
+            raise ApiError(400, str(error)) from None
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             value = json.loads(body)["prompt"]
@@ -234,6 +242,7 @@ def _add_prompt_routes(app: fastapi.FastAPI, service: Service) -> None:
                 "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                     "application/json": {"schema": {"type": "object"}},
+                    "application/zip": {"schema": {"type": "string", "format": "binary"}},
                 },
             }
         },
