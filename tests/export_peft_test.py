@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import pytest
 
-peft = pytest.importorskip("peft", reason="the PEFT reference needs `pip install peft` (test extra)")
+peft = pytest.importorskip("peft", reason="the PEFT reference: `pip install peft` (test extra)")
 torch = pytest.importorskip("torch", reason="the PEFT reference runs on torch (test extra)")
 transformers = pytest.importorskip("transformers", reason="test extra")
 
@@ -108,7 +108,8 @@ def test_exported_adapter_in_peft_equals_our_prompted_model(tiny, tmp_path):
     peft_logits, peft_greedy, model = _peft(hf_dir, adapter, tokens, targets, 8)
     weight = model.prompt_encoder["default"].embedding.weight.detach().numpy()
     np.testing.assert_array_equal(weight, prompt)
-    np.testing.assert_allclose(peft_logits, ours_logits, rtol=1e-5, atol=1e-5 * np.abs(ours_logits).max())
+    scale = np.abs(ours_logits).max()
+    np.testing.assert_allclose(peft_logits, ours_logits, rtol=1e-5, atol=1e-5 * scale)
     np.testing.assert_array_equal(peft_greedy, ours_greedy)
     # The prompt matters: without it PEFT's base model decodes something else.
     assert not np.allclose(peft_logits, _base_logits(hf_dir, tokens, targets), atol=1e-3)
@@ -163,14 +164,16 @@ def test_read_prompt_file_refuses_other_peft_types(tmp_path, kind):
     folder, _ = _peft_saved(tmp_path, width=24)
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps(dict(config, peft_type=kind)))
-    with pytest.raises(peft_format.AdapterError, match=f"peft_type is '{kind}'.*PromptTuningConfig"):
+    match = f"peft_type is '{kind}'.*PromptTuningConfig"
+    with pytest.raises(peft_format.AdapterError, match=match):
         prompt_files.read_prompt_file(folder)
 
 
 def test_token_dim_other_than_model_width_names_both(tmp_path):
     folder, _ = _peft_saved(tmp_path, width=24)
     content = prompt_files.read_prompt_file(folder)
-    with pytest.raises(peft_format.AdapterError, match=r"token_dim is 24.*width \(emb_dim\) is 128"):
+    match = r"token_dim is 24.*width \(emb_dim\) is 128"
+    with pytest.raises(peft_format.AdapterError, match=match):
         prompt_files.values_for(content, {"prompt": (P, 128)}, prompts.Prompt(length=P), folder)
 
 
@@ -206,7 +209,8 @@ def _run_dir(tmp_path, prompt_module: str, export) -> pathlib.Path:
         "PROMPT_LENGTH = 6\nTRAIN_STEPS = 300\n"
     )
     (run / "best.json").write_text(json.dumps({"step": 200, "metric": "accuracy", "value": 0.9}))
-    lines = [{"step": 200, "kind": "eval", "accuracy": 0.9}, {"step": 300, "kind": "eval", "accuracy": 0.8}]
+    lines = [{"step": 200, "kind": "eval", "accuracy": 0.9}]
+    lines += [{"step": 300, "kind": "eval", "accuracy": 0.8}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     prompt_files.write_export(run, "best", export)
     return run
@@ -221,7 +225,8 @@ def test_run_dir_exports_best_with_card(tiny, tmp_path):
     [adapter] = exporter.export_peft(run, str(hf_dir), tmp_path / "adapter")
     np.testing.assert_array_equal(prompt_files.read_prompt_file(adapter), prompt)
     card = (adapter / "README.md").read_text()
-    for fact in ("builtin_sentiment", "step: 200", "accuracy = 0.9", "TRAIN_STEPS = 300", str(hf_dir)):
+    facts = ("builtin_sentiment", "step: 200", "accuracy = 0.9", "TRAIN_STEPS = 300", str(hf_dir))
+    for fact in facts:
         assert fact in card
 
 
