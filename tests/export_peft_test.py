@@ -14,6 +14,7 @@ import subprocess
 import sys
 import warnings
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -151,6 +152,16 @@ def test_read_prompt_file_returns_peft_embedding(tmp_path):
     assert value.shape == (P, 24)
     np.testing.assert_array_equal(value, weight)
     np.testing.assert_array_equal(prompt_files.load_prompt_npy(folder, (P, 24)), weight)
+
+
+def test_prompt_file_loads_an_adapter_into_the_trainable_prompt(tmp_path):
+    folder, weight = _peft_saved(tmp_path, width=24)
+    trainable = {"encoder": {"prompt": {"prompt": jnp.zeros((P, 24), jnp.float32)}}}
+    loaded = prompt_files.load_into(trainable, folder, prompts.Prompt(length=P))
+    np.testing.assert_array_equal(np.asarray(loaded["encoder"]["prompt"]["prompt"]), weight)
+    with pytest.raises(prompt_files.PromptFileError, match=r"\(6, 24\).*\(4, 24\)"):
+        trainable = {"encoder": {"prompt": {"prompt": jnp.zeros((4, 24), jnp.float32)}}}
+        prompt_files.load_into(trainable, folder, prompts.Prompt(length=4))
 
 
 def test_read_prompt_file_refuses_decoder_prompts(tmp_path):

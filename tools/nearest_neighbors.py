@@ -215,7 +215,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model_dir", help="a training run's MODEL_DIR")
-    parser.add_argument("--prompt", help="a .npy prompt [P, H] or a PEFT adapter folder (instead of --model_dir)")
+    parser.add_argument(
+        "--prompt", help="a .npy prompt [P, H] or a PEFT adapter folder (instead of --model_dir)"
+    )
     parser.add_argument("--step", type=int, help="MODEL_DIR/prompts/step_<STEP>.npy")
     parser.add_argument("--best", action="store_true", help="MODEL_DIR/prompts/best.npy")
     parser.add_argument(

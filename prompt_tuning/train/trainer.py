@@ -238,7 +238,7 @@ def train(
       eval_labels: label strings rank classification scores (one list, or `{task: list}`);
         default the labels each task binds into its postprocessor (`rank_classification`).
       prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
-        `[N, P, H]` `.npy`, or a parameters `.npz`).
+        `[N, P, H]` `.npy`, a parameters `.npz`, or a PEFT prompt-tuning adapter folder).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
       loss_normalizing_factor: T5X's: None sums the token losses, a number divides the sum,
         "NUM_REAL_TARGET_TOKENS" / "NUM_TOTAL_TARGET_TOKENS" / "AVERAGE_PER_SEQUENCE" as T5X's
