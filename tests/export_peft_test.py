@@ -17,6 +17,7 @@ import warnings
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentencepiece
 
 peft = pytest.importorskip("peft", reason="the PEFT reference: `pip install peft` (test extra)")
 torch = pytest.importorskip("torch", reason="the PEFT reference runs on torch (test extra)")
@@ -27,6 +28,7 @@ from prompt_tuning.export import __main__ as export_main  # noqa: E402
 from prompt_tuning.export import exporter, peft_format  # noqa: E402
 from prompt_tuning.t5 import checkpoints  # noqa: E402
 from prompt_tuning.train import prompt_files  # noqa: E402
+from tasks import vocabularies  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 P = 6
@@ -46,11 +48,15 @@ def _random_prompt(width: int, seed: int = 0, length: int = P) -> np.ndarray:
 
 
 def _inputs() -> tuple[np.ndarray, np.ndarray]:
-    """Encoder tokens [2, 9] (row 1 padded) and decoder targets [2, 5]."""
-    rng = np.random.default_rng(1)
-    tokens = rng.integers(3, 500, (2, 9)).astype(np.int32)
-    tokens[1, 6:] = 0
-    targets = rng.integers(3, 500, (2, 5)).astype(np.int32)
+    """Encoder tokens [2, T] of two pretraining-style texts (row 1 padded); targets [2, 5]."""
+    processor = sentencepiece.SentencePieceProcessor(model_file=vocabularies.TINY_SPM_PATH)
+    texts = ["sentiment: a great film with a moving story", "topic: the team won the match"]
+    rows = [processor.encode(text) + [1] for text in texts]  # EOS = 1
+    tokens = np.zeros((2, max(map(len, rows))), np.int32)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = row
+    assert (tokens[1] == 0).any()
+    targets = np.random.default_rng(1).integers(3, 500, (2, 5)).astype(np.int32)
     return tokens, targets
 
 
