@@ -25,7 +25,8 @@ transformers = pytest.importorskip("transformers", reason="test extra")
 
 from prompt_tuning import pretrained, prompts, t5  # noqa: E402
 from prompt_tuning.export import __main__ as export_main  # noqa: E402
-from prompt_tuning.export import exporter, peft_format  # noqa: E402
+from prompt_tuning.export import exporter  # noqa: E402
+from prompt_tuning.prompts import peft_format  # noqa: E402
 from prompt_tuning.t5 import checkpoints  # noqa: E402
 from prompt_tuning.train import prompt_files  # noqa: E402
 from tasks import vocabularies  # noqa: E402

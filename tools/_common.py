@@ -6,7 +6,7 @@ A training run's MODEL_DIR holds `config.gin` (the operative gin config written 
 these with the functions here:
 
 - `resolve_prompt_path` / `load_prompt`: a prompt from a `.npy` file, a PEFT prompt-tuning adapter
-  folder (`prompt_tuning.export.peft_format`) or a MODEL_DIR (latest, `step`, or best);
+  folder (`prompt_tuning.prompts.peft_format`) or a MODEL_DIR (latest, `step`, or best);
   `is_run_dir` tells a MODEL_DIR from an adapter folder;
 - `read_run_config`: MODEL, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, INITIAL_CHECKPOINT_PATH,
   ... parsed from MODEL_DIR/config.gin with gin (references such as
@@ -51,7 +51,7 @@ def prompt_files(model_dir: str | pathlib.Path) -> dict[int, pathlib.Path]:
 
 def is_adapter(path: str | pathlib.Path) -> bool:
     """Whether `path` is a PEFT prompt-tuning adapter folder (read like a prompt file)."""
-    from prompt_tuning.export import peft_format  # noqa: PLC0415
+    from prompt_tuning.prompts import peft_format  # noqa: PLC0415
 
     return peft_format.is_adapter(path)
 

@@ -5,7 +5,7 @@
 `--prompt` is a prompt file (what `train.prompt_files.read_prompt_file` reads: a `.npy`, or an
 adapter folder) or a training run's MODEL_DIR (its `prompts/best`, else its latest
 `prompts/step_<N>`: `prompt_files.run_export_path`). What is written:
-- a plain prompt `[P, H]`: one adapter folder (`export.peft_format`) with a model card;
+- a plain prompt `[P, H]`: one adapter folder (`prompts.peft_format`) with a model card;
 - a multi-task prompt `[N, P, H]` (row t for task id t): one adapter per task, in subfolders named
   by `task_names` (else `task_0` ... `task_<N-1>`), all in one atomic write;
 - a parameters `.npz` (IDPG's `InstancePrompt`, `DeepPrompt`): refused with the reason the server
@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from prompt_tuning.export import model_card, peft_format
+from prompt_tuning.export import model_card
+from prompt_tuning.prompts import peft_format
 from prompt_tuning.prompts.files import PromptFileError
 from prompt_tuning.train import prompt_files
 

@@ -30,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from prompt_tuning.export import peft_format
+from prompt_tuning.prompts import peft_format
 from prompt_tuning.serve import batcher as batcher_lib
 from prompt_tuning.serve import registry
 from prompt_tuning.serve.metrics import CONTENT_TYPE

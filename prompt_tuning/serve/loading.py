@@ -13,7 +13,7 @@ export `[N, P, H]` (one prompt per task id) is skipped with a reason naming how 
 task's prompt. Instance-dependent prompts (IDPG's `InstancePrompt`) and per-layer prompts
 (`DeepPrompt`) have no plain form: their runs export a parameters `.npz`, and they are skipped with
 a reason that says so. A PEFT prompt-tuning adapter folder (`adapter_config.json` +
-`adapter_model.safetensors`, `export.peft_format`) serves its `prompt_embeddings` [P, H]; one PEFT
+`adapter_model.safetensors`, `prompts.peft_format`) serves its `prompt_embeddings` [P, H]; one PEFT
 cannot mean as an encoder prompt is skipped with the field that says so.
 
 Letters: P prompt length, H model dim.
@@ -27,8 +27,7 @@ import re
 
 import numpy as np
 
-from prompt_tuning.export import peft_format
-from prompt_tuning.prompts import files
+from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.serve.registry import PromptError
 from prompt_tuning.train import prompt_files
 from prompt_tuning.train.prompt_files import NOT_FOLDABLE  # shared with pt-export

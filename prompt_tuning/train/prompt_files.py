@@ -21,7 +21,7 @@ plain `Prompt` of length P, an `[N, P, H]` file into a `PromptBank` of N prompts
 the gin file to use; nothing is loaded half-way.
 
 A Hugging Face PEFT prompt-tuning adapter folder (`adapter_config.json` +
-`adapter_model.safetensors`, `prompt_tuning.export.peft_format`) is accepted wherever a prompt file
+`adapter_model.safetensors`, `prompt_tuning.prompts.peft_format`) is accepted wherever a prompt file
 is: it reads as its `prompt_embeddings` `[P, H]`, a plain prompt.
 
 A MODEL_DIR's prompt (`run_export_path`) is its `prompts/best`, else its latest `prompts/step_<N>`.
@@ -43,8 +43,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from prompt_tuning.export import peft_format
-from prompt_tuning.prompts import files
+from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.prompts.files import PromptFileError
 
 PROMPTS = "prompts"
@@ -224,7 +223,7 @@ def prompt_module_name(model_dir: str | os.PathLike) -> str | None:
 
 def read_prompt_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
     """Reads a PROMPT_FILE: a `[P, H]` / `[N, P, H]` `.npy`, a parameters `.npz`, or a PEFT
-    prompt-tuning adapter folder (its `prompt_embeddings` `[P, H]`, `export.peft_format`).
+    prompt-tuning adapter folder (its `prompt_embeddings` `[P, H]`, `prompts.peft_format`).
 
     Raises:
       FileNotFoundError: no such file or folder.
