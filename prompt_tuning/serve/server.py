@@ -138,6 +138,21 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server that, on SIGINT/SIGTERM, also starts draining the service at once: queued
+    requests run without waiting for company (BATCH_WAIT_MS), new ones are refused (503), and
+    /readyz answers 503."""
+
+    def __init__(self, config: uvicorn.Config, service: Service):
+        super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # Off the signal handler: draining takes the batcher's lock, which this thread may hold.
+        threading.Thread(target=self._service.begin_drain, daemon=True).start()
+        super().handle_exit(sig, frame)
+
+
 def make_server(
     service: Service,
     drain_timeout: float = 30.0,
@@ -152,7 +167,7 @@ def make_server(
         timeout_graceful_shutdown=drain_timeout,
         lifespan="on",
     )
-    return uvicorn.Server(config)
+    return _Server(config, service)
 
 
 class BackgroundServer:

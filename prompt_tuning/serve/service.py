@@ -436,10 +436,15 @@ class Service:
             "xla_compiles": self.metrics.xla.count,
         }
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Drains the queue (queued requests still get answers) and stops the worker."""
+    def begin_drain(self) -> None:
+        """Starts draining without waiting: queued requests run at once, new ones get 503."""
         self.draining = True
         self.warmup.cancel()
+        self.batcher.stop(timeout=0)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drains the queue (queued requests still get answers) and stops the worker."""
+        self.begin_drain()
         done = self.batcher.stop(timeout)
         self.metrics.close()
         return done
