@@ -10,8 +10,9 @@ COMPILATION_CACHE_DIR, polls GET /healthz and GET /readyz every 20 ms and sends 
 and starts it again on the same cache folder ("warm"). For each start it prints, in seconds from
 the process start: live (first /healthz 200), first answer (that request answered), ready (first
 /readyz 200); plus the warm-up's own duration as /readyz reports it (from the listener coming up),
-the number of programs and the load average. Extra `--gin.NAME=VALUE` flags go to the server.
-Traffic goes to 127.0.0.1 only.
+the CPU seconds the server process used until ready (user + system: on a busy shared machine a
+figure that does not depend on the load), the number of programs and the load average. Extra
+`--gin.NAME=VALUE` flags go to the server. Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -46,6 +47,15 @@ def _get(port: int, method: str, path: str, body: bytes | None = None) -> tuple[
         return response.status, json.loads(response.read() or b"null")
     finally:
         connection.close()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (Linux /proc; None elsewhere)."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(cache: pathlib.Path, prompts: pathlib.Path, flags: Sequence[str], timeout: float):
@@ -90,6 +100,7 @@ def measure(cache: pathlib.Path, prompts: pathlib.Path, flags: Sequence[str], ti
                 asker.start()
             if status == 200:
                 times["ready"] = time.perf_counter() - start
+                times["cpu"] = cpu_seconds(process.pid)
                 times["warmup"] = progress["seconds"]
                 times["programs"] = progress["total"]
                 break
@@ -121,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         prompts.mkdir()
         prompt = np.random.default_rng(0).uniform(-0.5, 0.5, (20, 128)).astype(np.float32)
         np.save(prompts / "task.npy", prompt)
-        print("| start | live s | first answer s | ready s | warm-up s | programs | load |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        print("| start | live s | first answer s | ready s | warm-up s | CPU s | programs | load |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for run in range(args.runs):
             cache = pathlib.Path(tmp) / f"cache_{run}"  # fresh and empty for each pair
             for start in ("cold", "warm"):
@@ -130,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 rows.append({"start": start, **t})
                 print(
                     f"| {start} | {t['live']:.1f} | {t['first_answer']:.1f} | {t['ready']:.1f} "
-                    f"| {t['warmup']:.1f} | {t['programs']} | {t['load']:.1f} |",
+                    f"| {t['warmup']:.1f} | {t['cpu'] or 0:.1f} | {t['programs']} "
+                    f"| {t['load']:.1f} |",
                     flush=True,
                 )
     return rows
