@@ -53,7 +53,7 @@ class Buckets:
       label_length: label lengths S of `classify` (the largest is the longest label).
     """
 
-    batch: tuple[int, ...] = (1, 8, 32)
+    batch: tuple[int, ...] = (1, 32)
     input_length: tuple[int, ...] = (64, 256)
     decode_length: tuple[int, ...] = (64,)
     label_length: tuple[int, ...] = (8,)
