@@ -178,6 +178,11 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(setup):
     assert status == 404 and answer["known"] == ["builtin_sentiment", "builtin_topic"]
     status, answer, _ = call(url, "POST", "/v1/generate", {**good, "prompt": "idpg_run"})
     assert status == 404 and "instance-dependent" in answer["error"]
+    _, before, _ = call(url, "GET", "/v1/prompts")
+    # A failed replacement keeps the served value (checked by the truncated request below).
+    upload = _npy(np.ones((40, 128), np.float32) * np.nan)
+    status, answer, _ = call(url, "PUT", "/v1/prompts/builtin_topic", upload)
+    assert status == 400 and "NaN" in answer["error"]
     status, answer, _ = call(url, "PUT", "/v1/prompts/x", _npy(np.ones((4, 64), np.float32)))
     assert status == 400 and "[4, 64]" in answer["error"] and "[p, 128]" in answer["error"]
     status, answer, _ = call(url, "PUT", "/v1/prompts/x", _npy(np.ones((4, 128), np.int32)))
@@ -186,6 +191,9 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(setup):
     assert status == 400 and "not a readable .npy" in answer["error"]
     status, answer, _ = call(url, "PUT", "/v1/prompts/bad%20name", _npy(np.ones((4, 128))))
     assert status == 400 and "not allowed" in answer["error"]
+    _, after, _ = call(url, "GET", "/v1/prompts")  # failed uploads changed nothing
+    assert (after["prompts"], after["bank"]) == (before["prompts"], before["bank"])
+    assert _compile_counts(url)[0] == {"warmup": 3}  # a 40-row prompt did not grow the bank
     status, answer, _ = call(url, "POST", "/v1/generate", '{"prompt": "builtin_topic",',
                              {"Content-Type": "application/json"})  # fmt: skip
     assert status == 400 and answer["error"].startswith("Malformed JSON")

@@ -5,7 +5,8 @@ bucket S, so a server compiles a fixed set of programs at start (warm-up) and no
 programs are compiled ahead of time (`jax.jit(...).lower(...).compile()`) against the shardings the
 frozen parameters carry: the batch is split over the mesh's "data" axis when B divides by it, the
 parameters stay as placed (`inference.load_params`), the bank is replicated. Each compile is counted
-and logged; a request never compiles unless its shape is outside the warmed set.
+and logged; a request never compiles unless its shape is outside the warmed set, or the warm-up
+(in the background, smallest buckets first: `plan_warm_up`) has not reached it yet.
 
 Programs (all outputs per row, equal to running the row alone with its prompt):
 - greedy: `decoding.greedy_decode` with each row's own maximum length (`lengths`: the loop stops
@@ -260,7 +261,7 @@ class Engine:
             return compiled
 
     def state(self, key: ProgramKey) -> str:
-        """ "compiled", "compiling" or "pending"."""
+        """The key's state: "compiled", "compiling" or "pending"."""
         with self._lock:
             if key in self._programs:
                 return "compiled"
