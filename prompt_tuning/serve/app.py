@@ -8,8 +8,14 @@
     PUT    /v1/prompts/{name}    body: a .npy file (application/octet-stream), {"prompt": [[...]]},
                                  or a zipped PEFT prompt-tuning adapter folder (application/zip)
     DELETE /v1/prompts/{name}
-    GET    /healthz              status, bank size, queue, compile counts
+    GET    /healthz              liveness: 200 as soon as the listener is up (status, ready,
+                                  bank size, queue, compile counts)
+    GET    /readyz               readiness: 200 once every warm-up program is compiled, else 503;
+                                  both with the progress (compiled / total, which programs)
     GET    /metrics              Prometheus text format
+
+Requests are answered before the server is ready: one whose program is not compiled yet has it
+compiled at once, ahead of the warm-up's order, and waits for that program only.
 
 Errors are JSON `{"error": message, ...}`: 400 bad input (malformed JSON, missing or unknown
 fields, over-long inputs, a prompt of the wrong shape or dtype, a corrupt .npy), 404 unknown prompt
@@ -137,10 +143,12 @@ async def _read_prompt(request: Request, name: str, limit: int) -> tuple[Any, st
 
 
 def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.FastAPI:
-    """The FastAPI app over `service`; on shutdown it drains the service's queue."""
+    """The FastAPI app over `service`: on start-up it starts the service's warm-up (if not yet
+    started), on shutdown it drains the service's queue."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):
+        service.start_warm_up()  # in the background: the listener comes up meanwhile
         yield
         service.close(drain_timeout)
 
@@ -218,7 +226,7 @@ def _prompt_json(info: registry.PromptInfo) -> dict[str, Any]:
 
 
 def _add_prompt_routes(app: fastapi.FastAPI, service: Service) -> None:
-    """The prompt routes, /healthz and /metrics."""
+    """The prompt routes, /healthz, /readyz and /metrics."""
 
     @app.get("/v1/prompts")
     async def list_prompts() -> dict[str, Any]:
@@ -266,6 +274,12 @@ def _add_prompt_routes(app: fastapi.FastAPI, service: Service) -> None:
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
         return service.health()
+
+    @app.get("/readyz")
+    async def ready() -> JSONResponse:
+        progress = service.readiness()
+        ok = progress["ready"] and not progress["draining"]
+        return JSONResponse(progress, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:
