@@ -153,7 +153,7 @@ def _run(env: dict, binary: str, runs_gin: str, *flags: str) -> subprocess.Compl
 @pytest.fixture(scope="module")
 def t5x_env(tmp_path_factory) -> dict:
     """The binaries' environment: this repository first, one CPU device, and one persistent JAX
-    compilation cache for all of them (the second, identical training run compiles nothing)."""
+    compilation cache for all of them (the second, identical training run reuses the first's)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return dict(
         os.environ,
