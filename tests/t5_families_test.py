@@ -300,7 +300,8 @@ def _scalable_t5_tree(state: dict, hf_config, scanned: bool) -> dict:
                 stacked = np.stack([one[name] for one in layers], axis=1)  # layer axis 1
                 flat[f"{stack}/{stack}/{name}"] = stacked
             else:
-                flat.update({f"{stack}/layers_{i}/{name}": one[name] for i, one in enumerate(layers)})
+                for i, one in enumerate(layers):
+                    flat[f"{stack}/layers_{i}/{name}"] = one[name]
     return checkpoints.unflatten({name: np.ascontiguousarray(a) for name, a in flat.items()})
 
 
