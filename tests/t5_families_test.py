@@ -411,3 +411,26 @@ def test_a_gin_config_that_differs_from_config_json_names_the_field(tmp_path, fi
     # Dropout and dtypes are run settings, not architecture: they may differ.
     fine = found.replace(dropout_rate=0.3, dtype="bfloat16")
     assert checkpoints.load_checkpoint(folder, config=fine)[0] is fine
+
+
+def test_per_layer_tables_have_scalable_t5_names_and_remat_keeps_gradients():
+    config = configs.tiny(relative_attention_per_layer=True, num_decoder_layers=1)
+    model = network.EncoderDecoder(config)
+    params = model.init(jax.random.key(0), INPUTS, DECODER_INPUTS, TARGETS, enable_dropout=False)
+    shapes = {name: a.shape for name, a in checkpoints.flatten(params["params"]).items()}
+    assert shapes == checkpoints.expected_shapes(config)
+    assert shapes["decoder/layers_0/relpos_bias/rel_embedding"] == (4, 32)
+    assert "encoder/relpos_bias/rel_embedding" not in shapes
+    assert configs.num_params(config) == sum(np.prod(s) for s in shapes.values())
+
+    def loss(p, remat_policy):
+        remat_model = network.EncoderDecoder(config.replace(remat_policy=remat_policy))
+        return remat_model.apply(p, INPUTS, DECODER_INPUTS, TARGETS, enable_dropout=False).sum()
+
+    plain = jax.grad(loss)(params, "none")
+    for policy in ("full", "dots"):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            jax.grad(loss)(params, policy),
+            plain,
+        )

@@ -129,6 +129,28 @@ def checkpoint_shapes(path: str | os.PathLike) -> tuple[str, T5Config | None, di
     return kind, config, {name: tuple(r.shape) for name, r in readers.items()}
 
 
+def checkpoint_config(path: str | os.PathLike, **overrides: Any) -> T5Config:
+    """The architecture a checkpoint states, so that it needs no model gin file.
+
+    A Hugging Face folder's `config.json` gives every field (its `model_type` t5, mt5 or umt5);
+    a T5X or orbax checkpoint gives what its shapes tell (`infer_config`), the rest keeps
+    `T5Config`'s defaults (relative_attention_max_distance 128 and epsilon 1e-6, as every public
+    T5 family has). No array is read.
+
+    Args:
+      path: the checkpoint (INITIAL_CHECKPOINT_PATH).
+      **overrides: run settings applied on top, e.g. `dropout_rate`, `dtype`.
+
+    Returns:
+      The config.
+
+    Raises:
+      CheckpointError: the checkpoint is missing, unrecognisable or unsupported.
+    """
+    _, found, shapes = checkpoint_shapes(path)
+    return (found or infer_config(shapes)).replace(**overrides)
+
+
 def resolve_config(
     path: str, shapes: Mapping[str, tuple], found: T5Config | None, config: T5Config | None
 ) -> T5Config:
