@@ -416,7 +416,9 @@ def test_a_gin_config_that_differs_from_config_json_names_the_field(tmp_path, fi
 def test_per_layer_tables_have_scalable_t5_names_and_remat_keeps_gradients():
     config = configs.tiny(relative_attention_per_layer=True, num_decoder_layers=1)
     model = network.EncoderDecoder(config)
-    params = model.init(jax.random.key(0), INPUTS, DECODER_INPUTS, TARGETS, enable_dropout=False)
+    params = nn.unbox(
+        model.init(jax.random.key(0), INPUTS, DECODER_INPUTS, TARGETS, enable_dropout=False)
+    )
     shapes = {name: a.shape for name, a in checkpoints.flatten(params["params"]).items()}
     assert shapes == checkpoints.expected_shapes(config)
     assert shapes["decoder/layers_0/relpos_bias/rel_embedding"] == (4, 32)
