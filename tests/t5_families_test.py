@@ -242,6 +242,23 @@ def test_t5x_checkpoint_of_t5_layout_families_gives_transformers_logits(tmp_path
     _assert_close(_our_logits(config, loaded), want)
 
 
+def test_umt5_orbax_checkpoint_gives_transformers_logits(tmp_path):
+    """Our per-layer names in an orbax (new T5X) checkpoint: read and inferred as UMT5."""
+    import orbax.checkpoint as ocp
+    import torch
+
+    model, folder = _saved("umt5", tmp_path)
+    config, params = checkpoints.load_checkpoint(folder)
+    item = tmp_path / "checkpoint_3" / "state"
+    ocp.PyTreeCheckpointer().save(item, {"target": params, "state": {"step": np.int32(3)}})
+    inferred, loaded = checkpoints.load_checkpoint(tmp_path / "checkpoint_3")
+    assert inferred.relative_attention_per_layer
+    assert inferred == config.replace(relative_attention_max_distance=128, dropout_rate=0.0)
+    with torch.no_grad():
+        want = _hf_logits(model).numpy()
+    _assert_close(_our_logits(config, loaded), want)
+
+
 def _scalable_t5_tree(state: dict, hf_config, scanned: bool) -> dict:
     """UMT5's tensors in T5X scalable_t5's layout, built from the transformers state dict.
 
