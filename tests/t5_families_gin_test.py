@@ -84,16 +84,17 @@ def _parse(model_file, *flags):
     )
 
 
+def _model_config(model_file):
+    _parse(model_file, "--gin.TRAIN_STEPS=1", "--gin.INITIAL_CHECKPOINT_PATH='/x'")
+    gin_utils.check_macros(["MODEL", "VOCABULARY", "NUM_ENCODER_LAYERS"])
+    return _build("MODEL").config
+
+
 @needs_t5x
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("family", sorted(T5X_FILES))
-def test_family_gin_file_builds_t5xs_sizes_and_names_its_checkpoint(family, size):
-    model_file = ROOT / "gin_configs" / "models" / f"{family}_{size}.gin"
-    header = [line for line in model_file.read_text().splitlines() if line.startswith("#")]
-    assert header and model_file.read_text().startswith("# ")
-    _parse(model_file, "--gin.TRAIN_STEPS=1", "--gin.INITIAL_CHECKPOINT_PATH='/x'")
-    gin_utils.check_macros(["MODEL", "VOCABULARY", "NUM_ENCODER_LAYERS"])
-    config = _build("MODEL").config
+def test_family_gin_file_builds_t5xs_sizes(family, size):
+    config = _model_config(ROOT / "gin_configs" / "models" / f"{family}_{size}.gin")
     gin_file, vocab_file = T5X_FILES[family]
     theirs = _t5x_config(gin_file.format(size))
     for field in ("emb_dim", "num_heads", "num_encoder_layers", "num_decoder_layers", "head_dim"):
@@ -106,7 +107,18 @@ def test_family_gin_file_builds_t5xs_sizes_and_names_its_checkpoint(family, size
         assert config.vocab_size == int(vocab_size)
     else:
         assert config.vocab_size == theirs["vocab_size"]
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("family", sorted(T5X_FILES))
+def test_family_gin_file_names_its_checkpoint_vocabulary_and_layers(family, size):
+    model_file = ROOT / "gin_configs" / "models" / f"{family}_{size}.gin"
+    header = [line for line in model_file.read_text().splitlines() if line.startswith("#")]
+    assert header and model_file.read_text().startswith("# ")
+    config = _model_config(model_file)
     assert config.relative_attention_per_layer == (family == "umt5")
+    if family == "byt5":  # the encoder three times deeper than the decoder
+        assert config.num_encoder_layers == 3 * config.num_decoder_layers
     assert gin.query_parameter("%NUM_ENCODER_LAYERS") == config.num_encoder_layers
     assert config.dropout_rate == 0.1  # the run file's DROPOUT_RATE
 
