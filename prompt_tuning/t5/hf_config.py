@@ -12,7 +12,7 @@ Fields a `config.json` leaves out take the defaults of that model type's transfo
 embeddings, mT5 to gated GELU and untied, UMT5 to gated GELU and tied. Anything else (another
 model type, an activation our MLP does not have) is refused with the field and what is supported.
 
-Output layer, three layouts (T5 and UMT5 scale tied logits by H**-0.5 as transformers 4.x does):
+Output layer, three layouts (every model type scales tied logits by H**-0.5 in transformers 4):
 - `tie_word_embeddings: false` -> untied `decoder/logits_dense` (T5 1.1, mT5, ByT5, Flan-T5, UMT5);
 - tied, no `scale_decoder_outputs` or true: tied to `shared.weight`, scaled (original T5);
 - transformers 5.x: `tie_word_embeddings: true, scale_decoder_outputs: false` -> tied, unscaled.
