@@ -169,7 +169,7 @@ def test_prompt_gradient_matches_torch_autograd_on_inputs_embeds(tmp_path, famil
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(np.asarray(ours), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(
-        float(loss({"prompt": jnp.asarray(prompt_value)})), float(torch_loss), rtol=1e-5
+        float(loss({"prompt": jnp.asarray(prompt_value)})), float(torch_loss.detach()), rtol=1e-5
     )
 
 
