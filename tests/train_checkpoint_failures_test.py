@@ -256,3 +256,18 @@ def test_full_disk_during_a_save_names_the_path_and_keeps_the_previous_checkpoin
         params["encoder"]["prompt"]["prompt"], np.load(model_dir / "prompts" / "step_2.npy")
     )
     assert json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
+def test_reading_a_damaged_checkpoint_for_evaluation_names_it(trained, tmp_path):
+    model_dir = _copy(trained, tmp_path)
+    _damage(model_dir / "checkpoints" / "3", "data file cut short")
+    with pytest.raises(checkpoint_checks.DamagedCheckpointError) as raised:
+        checkpoints.load_trained_params(model_dir)
+    message = str(raised.value)
+    assert f"Checkpoint {model_dir / 'checkpoints' / '3'} is damaged: reading it failed" in message
+    assert "another kept step ([2]" in message and "PROMPT_FILE" in message
+    step, params = checkpoints.load_trained_params(model_dir, step=2)  # the intact one reads
+    assert step == 2
+    np.testing.assert_array_equal(
+        params["encoder"]["prompt"]["prompt"], np.load(trained / "prompts" / "step_2.npy")
+    )

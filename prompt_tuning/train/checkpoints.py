@@ -244,6 +244,8 @@ def load_trained_params(
     Raises:
       FileNotFoundError: the run has no (best) checkpoint, or none of `step` (the kept steps
         are listed).
+      DamagedCheckpointError: that checkpoint does not read back whole (the folder, what is
+        wrong, and the other kept steps).
     """
     directory = pathlib.Path(model_dir) / (BEST if best else CHECKPOINTS)
     if not directory.exists():
@@ -262,28 +264,54 @@ def load_trained_params(
                 f"MODEL_DIR {model_dir} kept no checkpoint of step {step} (kept: {kept}; KEEP "
                 "limits how many are kept)."
             )
-        # A target with this process's shardings: the checkpoint may come from another topology
-        # (a run on more or fewer processes).
-        if mesh is not None:
-            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        else:
-            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        metadata = manager.item_metadata(step).state
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-            dict(getattr(metadata, "tree", metadata)),
-        )
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
-        )
+        restored = _read_params(manager, directory / str(step), step, mesh, kept)
     finally:
         manager.close()
     if mesh is not None:
         return step, restored.state["params"]
     return step, jax.tree.map(np.asarray, restored.state["params"])
+
+
+def _read_params(
+    manager: ocp.CheckpointManager,
+    step_dir: pathlib.Path,
+    step: int,
+    mesh: jax.sharding.Mesh | None,
+    kept: list[int],
+) -> Any:
+    """Restores one step of `load_trained_params`, naming any damage.
+
+    Raises:
+      DamagedCheckpointError: the step folder is damaged (what is wrong, the other kept steps).
+    """
+    # A target with this process's shardings: the checkpoint may come from another topology
+    # (a run on more or fewer processes).
+    if mesh is not None:
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    else:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    problem = checkpoint_checks.step_problem(step_dir)
+    if problem is None:
+        try:
+            metadata = manager.item_metadata(step).state
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                dict(getattr(metadata, "tree", metadata)),
+            )
+            return manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:  # noqa: BLE001 (orbax/tensorstore: many types, all damage)
+            problem = checkpoint_checks.restore_problem(error)
+    others = [s for s in kept if s != step]
+    choice = f"another kept step ({others}; the tools' --step), or " if others else ""
+    raise checkpoint_checks.DamagedCheckpointError(
+        f"Checkpoint {step_dir} is damaged: {problem}. Restore it from a backup, or read "
+        f"{choice}the prompt exported at that step (MODEL_DIR/prompts/, as PROMPT_FILE)."
+    )
 
 
 def save_trained_params(
