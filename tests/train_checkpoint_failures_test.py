@@ -54,6 +54,8 @@ def _damage(step_dir: pathlib.Path, kind: str) -> None:
             path.unlink()
     elif kind == "array metadata cut short":
         _cut_short(step_dir / "state" / "_METADATA")
+    elif kind == "array metadata missing":
+        (step_dir / "state" / "_METADATA").unlink()
     elif kind == "item missing":
         shutil.rmtree(step_dir / "meta")
     elif kind == "meta does not parse":
@@ -65,6 +67,7 @@ EXPECTED = {
     "data file cut short": r"reading it failed: ValueError: OUT_OF_RANGE",
     "data file missing": r"reading it failed: ValueError: NOT_FOUND",
     "array metadata cut short": r"state/_METADATA does not parse as JSON .*cut short",
+    "array metadata missing": r"state/_METADATA is missing",
     "item missing": r"the item 'meta' is missing",
     "meta does not parse": r"meta/metadata does not parse as JSON .*cut short",
 }

@@ -9,9 +9,14 @@ Layout under MODEL_DIR:
     prompts/step_<N>.npy|.npz   the exported prompt at each saved step, and prompts/best.*
                                 (`prompt_files`: [P, H], [N, P, H] or a parameters .npz)
 
+    damaged_checkpoints/<step>  damaged steps set aside by a resume (`restore_newest_intact`)
+
 Only trainable parameters are saved: the frozen model is read again from INITIAL_CHECKPOINT_PATH
 (or re-initialized from RANDOM_SEED) on restart. orbax writes each step into a temporary folder and
-renames it when complete, so an interrupted save never leaves a half-written checkpoint behind.
+renames it when complete, so an interrupted save never leaves a half-written checkpoint behind; a
+save that fails (full disk, read-only MODEL_DIR) removes that folder and names the file and the
+fix. A resume restores the newest step that reads back whole and names the damaged ones
+(`checkpoint_checks`; docs/failures_checkpoints.md).
 """
 
 from __future__ import annotations
