@@ -274,3 +274,44 @@ def test_reading_a_damaged_checkpoint_for_evaluation_names_it(trained, tmp_path)
     np.testing.assert_array_equal(
         params["encoder"]["prompt"]["prompt"], np.load(trained / "prompts" / "step_2.npy")
     )
+
+
+FULL_METRICS = textwrap.dedent(
+    """
+    import io, os, resource, signal, sys
+    from prompt_tuning.train import logging
+    model_dir, path = sys.argv[1], os.path.join(sys.argv[1], "metrics.jsonl")
+    logger = logging.MetricsLogger(model_dir, 100, 8, stream=io.StringIO())
+    for step in range(1, 21):
+        logger.log_train(step, {"loss": 1.0 / step, "accuracy": 0.5})
+    logger.close()
+    before = open(path, "rb").read()
+    logger = logging.MetricsLogger(model_dir, 100, 8, stream=io.StringIO())  # a new events file
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # Room for 30 more bytes in any file: the next record (~150 bytes) is cut short by the OS.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 30, resource.RLIM_INFINITY))
+    try:
+        logger.log_train(21, {"loss": 0.04, "accuracy": 0.5})
+    except OSError as error:
+        print("FAILED:", type(error).__name__, error)
+    print("UNCHANGED:", open(path, "rb").read() == before)
+    """
+)
+
+
+def test_full_disk_during_a_metrics_record_names_it_and_leaves_no_half_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_METRICS, str(tmp_path)],
+        capture_output=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    lines = done.stdout.decode().splitlines()
+    (failed,) = [x for x in lines if x.startswith("FAILED:")]
+    assert failed.startswith("FAILED: CheckpointWriteError [Errno 27] Could not write a metrics")
+    assert str(tmp_path / "metrics.jsonl") in failed and "Free space" in failed
+    assert "UNCHANGED: True" in lines
+    records = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in records] == list(range(1, 21))
