@@ -158,12 +158,15 @@ def check_fits(saved: Any, wanted: Any, step_dir: pathlib.Path, model_dir: str) 
 def check_model_dir_writable(model_dir: str | os.PathLike) -> None:
     """Creates MODEL_DIR and writes (then removes) a small file in it, before any training.
 
-    A real write, not `os.access`: root passes permission checks, not a read-only mount.
+    A real write, not `os.access`: root passes permission checks, not a read-only mount. Remote
+    paths (`gs://...`) are left to orbax.
 
     Raises:
       CheckpointWriteError: MODEL_DIR cannot be created or written (the path, the OS error and
         the fix).
     """
+    if "://" in os.fspath(model_dir):
+        return
     path = pathlib.Path(model_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
