@@ -315,3 +315,27 @@ def test_full_disk_during_a_metrics_record_names_it_and_leaves_no_half_line(tmp_
     assert "UNCHANGED: True" in lines
     records = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in records] == list(range(1, 21))
+
+
+def test_fit_problems_lists_every_difference_with_both_shapes():
+    import jax  # noqa: PLC0415
+
+    def arrays(**shapes):
+        return {k: jax.ShapeDtypeStruct(v, np.float32) for k, v in shapes.items()}
+
+    saved = {"params": arrays(prompt=(4, 32), scale=(32,)), "opt_state": [arrays(v=(4, 32))]}
+    wanted = {"params": arrays(prompt=(8, 32)), "opt_state": [arrays(v=(4, 32))]}
+    assert checkpoint_checks.fit_problems(saved, wanted) == [
+        "params/prompt: checkpoint [4, 32] float32, this run [8, 32] float32",
+        "params/scale: checkpoint [32] float32, not in this run",
+    ]
+    assert checkpoint_checks.fit_problems(wanted, wanted) == []
+
+
+def test_write_error_keeps_errors_that_are_not_about_the_disk(tmp_path):
+    other = ValueError("Checkpoint for step 4 already exists.")
+    assert checkpoint_checks.write_error(other, "x", tmp_path, "y") is other
+    full = OSError(28, "No space left on device", str(tmp_path / "f"))
+    converted = checkpoint_checks.write_error(full, "the checkpoint of step 4", tmp_path, "kept")
+    assert isinstance(converted, checkpoint_checks.CheckpointWriteError)
+    assert converted.errno == 28 and f"No space left on device ({tmp_path / 'f'})" in str(converted)

@@ -194,7 +194,7 @@ _OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
 _FAILED_FILE = re.compile(r'Failed writing: "([^"]+)"')
 
 
-def write_error(error: BaseException, what: str, path: pathlib.Path, kept: str) -> Exception:
+def write_error(error: Exception, what: str, path: pathlib.Path, kept: str) -> Exception:
     """The `CheckpointWriteError` for a failed save of `what` into `path`, or `error` itself.
 
     Args:
@@ -205,7 +205,8 @@ def write_error(error: BaseException, what: str, path: pathlib.Path, kept: str) 
       kept: e.g. "the checkpoint of step 2 is intact".
 
     Returns:
-      A `CheckpointWriteError` when the error is a disk or permission failure, else `error`.
+      A `CheckpointWriteError` when the error is a disk or permission failure, else `error`
+      itself (the caller re-raises it unchanged).
     """
     code, where = None, None
     if isinstance(error, OSError):
@@ -216,7 +217,7 @@ def write_error(error: BaseException, what: str, path: pathlib.Path, kept: str) 
         failed = _FAILED_FILE.search(str(error))
         where = failed.group(1) if failed else None
     if code not in DISK_ERRNOS:
-        return error if isinstance(error, Exception) else RuntimeError(str(error))
+        return error
     return CheckpointWriteError(
         code,
         f"Could not write {what} to {path}: {os.strerror(code)} ({where or path}). Nothing of "

@@ -8,7 +8,6 @@ Layout under MODEL_DIR:
     best.json                   {"step": ..., "metric": name, "value": ...}
     prompts/step_<N>.npy|.npz   the exported prompt at each saved step, and prompts/best.*
                                 (`prompt_files`: [P, H], [N, P, H] or a parameters .npz)
-
     damaged_checkpoints/<step>  damaged steps set aside by a resume (`restore_newest_intact`)
 
 Only trainable parameters are saved: the frozen model is read again from INITIAL_CHECKPOINT_PATH
@@ -102,9 +101,12 @@ class TrainCheckpointer:
             kept = "no earlier checkpoint was saved"
             if last is not None:
                 kept = f"the checkpoint of step {last} ({directory / str(last)}) is intact"
-            raise checkpoint_checks.write_error(
+            converted = checkpoint_checks.write_error(
                 error, f"the checkpoint of step {step}", directory / str(step), kept
-            ) from error
+            )
+            if converted is error:
+                raise
+            raise converted from error
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores a checkpoint into the structure and shardings of `abstract_state`.

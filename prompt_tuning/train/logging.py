@@ -107,9 +107,12 @@ class MetricsLogger:
                     line = line[f.write(line) :]
             except OSError as error:
                 f.truncate(size)
-                raise checkpoint_checks.write_error(
+                converted = checkpoint_checks.write_error(
                     error, "a metrics record", self._jsonl, "the earlier records are unchanged"
-                ) from error
+                )
+                if converted is error:
+                    raise
+                raise converted from error
 
     def log_train(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """Logs training metrics averaged since the last log, with throughput and ETA.

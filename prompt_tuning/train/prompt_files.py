@@ -170,7 +170,10 @@ def write_export(model_dir: str | os.PathLike, name: str, export: PromptExport) 
         kept = "no half-written file is left"
         if path.exists():
             kept = f"the earlier {path.name} is unchanged"
-        raise checkpoint_checks.write_error(error, "the prompt export", path, kept) from error
+        converted = checkpoint_checks.write_error(error, "the prompt export", path, kept)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 def write_file(path: str | os.PathLike, export: PromptExport) -> pathlib.Path:
