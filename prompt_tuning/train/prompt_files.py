@@ -45,6 +45,7 @@ from flax import traverse_util
 
 from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.prompts.files import PromptFileError
+from prompt_tuning.train import checkpoint_checks
 
 PROMPTS = "prompts"
 PLAIN, MULTI_TASK, PARAMETERS = "plain", "multi_task", "parameters"
@@ -176,8 +177,22 @@ def write_export(model_dir: str | os.PathLike, name: str, export: PromptExport) 
 
     Returns:
       The written path.
+
+    Raises:
+      CheckpointWriteError: the disk is full or MODEL_DIR is not writable (the path and the
+        fix); the earlier files are unchanged.
     """
-    return write_file(pathlib.Path(model_dir) / PROMPTS / f"{name}{export.suffix}", export)
+    path = pathlib.Path(model_dir) / PROMPTS / f"{name}{export.suffix}"
+    try:
+        return write_file(path, export)
+    except OSError as error:
+        kept = "no half-written file is left"
+        if path.exists():
+            kept = f"the earlier {path.name} is unchanged"
+        converted = checkpoint_checks.write_error(error, "the prompt export", path, kept)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 def write_file(path: str | os.PathLike, export: PromptExport) -> pathlib.Path:

@@ -17,7 +17,6 @@ for them.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ import numpy as np
 import optax
 
 from prompt_tuning.train import (
+    checkpoint_checks,
     checkpoints,
     distributed,
     host_memory,
@@ -294,7 +294,7 @@ def train(
         task=mixture_or_task_name,
         first_step=first_step,
     )
-    os.makedirs(model_dir, exist_ok=True)
+    checkpoint_checks.check_model_dir_writable(model_dir)  # before loading anything
     run = setup.setup_run(
         model, model_dir, task_feature_lengths, train_steps, batch_size, optimizer, options
     )
