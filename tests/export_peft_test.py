@@ -14,6 +14,7 @@ import subprocess
 import sys
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ transformers = pytest.importorskip("transformers", reason="test extra")
 from prompt_tuning import pretrained, prompts, t5  # noqa: E402
 from prompt_tuning.export import __main__ as export_main  # noqa: E402
 from prompt_tuning.export import exporter  # noqa: E402
-from prompt_tuning.prompts import peft_format  # noqa: E402
+from prompt_tuning.prompts import initializers, peft_format  # noqa: E402
 from prompt_tuning.t5 import checkpoints  # noqa: E402
 from prompt_tuning.train import prompt_files  # noqa: E402
 from tasks import vocabularies  # noqa: E402
@@ -169,6 +170,18 @@ def test_prompt_file_loads_an_adapter_into_the_trainable_prompt(tmp_path):
     with pytest.raises(prompt_files.PromptFileError, match=r"\(6, 24\).*\(4, 24\)"):
         trainable = {"encoder": {"prompt": {"prompt": jnp.zeros((4, 24), jnp.float32)}}}
         prompt_files.load_into(trainable, folder, prompts.Prompt(length=4))
+
+
+def test_from_npy_initializer_starts_a_prompt_from_an_adapter(tmp_path):
+    # prompt_tuning_from_npy.gin's PROMPT_FILE (the SPoT recipe) takes a PEFT adapter folder too.
+    folder, weight = _peft_saved(tmp_path, width=24)
+    init = initializers.from_npy(str(folder))
+    np.testing.assert_array_equal(np.asarray(init(jax.random.key(0), (P, 24))), weight)
+    with pytest.raises(ValueError, match=r"\(4, 24\)"):
+        initializers.from_npy(str(folder))(jax.random.key(0), (4, 24))
+    decoder_too, _ = _peft_saved(tmp_path / "two", width=24, submodules=2)
+    with pytest.raises(peft_format.AdapterError, match="num_transformer_submodules"):
+        initializers.from_npy(str(decoder_too))(jax.random.key(0), (P, 24))
 
 
 def test_read_prompt_file_refuses_decoder_prompts(tmp_path):

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.prompts import files
+from prompt_tuning.prompts import files, peft_format
 
 Initializer = Callable[..., jax.Array]
 EMBEDDING_VARIABLE = "token_embedder/embedding"
@@ -122,16 +122,22 @@ def class_labels(
 
 
 def from_npy(path: str) -> Initializer:
-    """A prompt saved with `numpy.save`.
+    """A prompt saved with `numpy.save`, or a Hugging Face PEFT prompt-tuning adapter folder.
 
     Args:
-      path: a `.npy` file holding a [P, H] array.
+      path: a `.npy` file holding a [P, H] array, or a PEFT adapter folder (`adapter_config.json`,
+        `adapter_model.safetensors`: its `prompt_embeddings` [P, H], `prompts.peft_format`).
 
     Returns:
       An initializer `init(rng, shape=[P, H], dtype)` (rng unused).
     """
 
-    read = _read_once(lambda: files.read_npy(path, "The prompt initialization file (from_npy)"))
+    def load() -> np.ndarray:
+        if os.path.isdir(path):
+            return peft_format.read_adapter(path)
+        return files.read_npy(path, "The prompt initialization file (from_npy)")
+
+    read = _read_once(load)
 
     def init(rng: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         del rng
