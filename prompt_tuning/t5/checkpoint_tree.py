@@ -343,18 +343,13 @@ ARCHITECTURE_FIELDS = (
     "layer_norm_epsilon",
 )
 # What a T5X checkpoint's shapes tell (`infer_config`); the rest only a config.json states.
-SHAPE_FIELDS = (
-    "vocab_size",
-    "emb_dim",
-    "num_heads",
-    "head_dim",
-    "mlp_dim",
-    "num_encoder_layers",
-    "num_decoder_layers",
-    "logits_via_embedding",
-    "relative_attention_num_buckets",
-    "relative_attention_per_layer",
+_NOT_IN_SHAPES = (
+    "mlp_activations",
+    "scale_tied_logits",
+    "relative_attention_max_distance",
+    "layer_norm_epsilon",
 )
+SHAPE_FIELDS = tuple(f for f in ARCHITECTURE_FIELDS if f not in _NOT_IN_SHAPES)
 
 
 def check_same_architecture(

@@ -126,34 +126,33 @@ class T5Config:
         return dataclasses.replace(self, **changes)
 
 
-def t5_1_1(size: str = "small", **overrides) -> T5Config:
-    """T5 1.1 / LM-adapted T5 of a named size ("small", "base", "large", "xl", "xxl")."""
-    if size not in _T5_1_1_SIZES:
-        raise ValueError(f"Unknown T5 1.1 size {size!r}; choose one of {sorted(_T5_1_1_SIZES)}.")
-    h, f, n, k, layers = _T5_1_1_SIZES[size]
-    config = T5Config(
+def _sized(family: str, sizes: dict[str, tuple[int, ...]], size: str, **fields: Any) -> T5Config:
+    """The named size of a family's table (H, F, N, K, layers[, decoder layers]) with `fields`."""
+    if size not in sizes:
+        raise ValueError(f"Unknown {family} size {size!r}; choose one of {sorted(sizes)}.")
+    h, f, n, k, encoder_layers, *decoder_layers = sizes[size]
+    return T5Config(
         emb_dim=h,
         mlp_dim=f,
         num_heads=n,
         head_dim=k,
-        num_encoder_layers=layers,
-        num_decoder_layers=layers,
+        num_encoder_layers=encoder_layers,
+        num_decoder_layers=decoder_layers[0] if decoder_layers else encoder_layers,
+        **fields,
     )
-    return config.replace(**overrides)
+
+
+def t5_1_1(size: str = "small", **overrides) -> T5Config:
+    """T5 1.1 / LM-adapted T5 of a named size ("small", "base", "large", "xl", "xxl")."""
+    return _sized("T5 1.1", _T5_1_1_SIZES, size).replace(**overrides)
 
 
 def t5_original(size: str = "small", **overrides) -> T5Config:
     """Original T5 ("small", "base", "large", "3b", "11b"): ReLU MLP, tied and scaled logits."""
-    if size not in _T5_ORIGINAL_SIZES:
-        raise ValueError(f"Unknown T5 size {size!r}; choose one of {sorted(_T5_ORIGINAL_SIZES)}.")
-    h, f, n, k, layers = _T5_ORIGINAL_SIZES[size]
-    config = T5Config(
-        emb_dim=h,
-        mlp_dim=f,
-        num_heads=n,
-        head_dim=k,
-        num_encoder_layers=layers,
-        num_decoder_layers=layers,
+    config = _sized(
+        "T5",
+        _T5_ORIGINAL_SIZES,
+        size,
         mlp_activations=("relu",),
         logits_via_embedding=True,
         scale_tied_logits=True,
@@ -179,19 +178,7 @@ def umt5(size: str = "small", **overrides) -> T5Config:
 
 def byt5(size: str = "small", **overrides) -> T5Config:
     """ByT5 ("small" ... "xxl"): 384 rows (bytes), an encoder 3x deeper than the decoder."""
-    if size not in _BYT5_SIZES:
-        raise ValueError(f"Unknown ByT5 size {size!r}; choose one of {sorted(_BYT5_SIZES)}.")
-    h, f, n, k, encoder_layers, decoder_layers = _BYT5_SIZES[size]
-    config = T5Config(
-        vocab_size=BYT5_VOCAB_SIZE,
-        emb_dim=h,
-        mlp_dim=f,
-        num_heads=n,
-        head_dim=k,
-        num_encoder_layers=encoder_layers,
-        num_decoder_layers=decoder_layers,
-    )
-    return config.replace(**overrides)
+    return _sized("ByT5", _BYT5_SIZES, size, vocab_size=BYT5_VOCAB_SIZE).replace(**overrides)
 
 
 def tiny(**overrides) -> T5Config:
