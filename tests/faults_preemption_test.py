@@ -9,20 +9,22 @@ cut a save short (the previous checkpoint intact).
 """
 
 import json
-import os
 import pathlib
 import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import pytest
 
 from prompt_tuning.faults import EXIT_STOPPED
+from tests.faults_fixtures import Process, run, subprocess_env
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """One device per process, one compilation cache for the module."""
+    return subprocess_env(tmp_path_factory.mktemp("jax_cache"))
 
 
 def _train_args(model_dir, *extra):
@@ -41,70 +43,6 @@ def _train_args(model_dir, *extra):
     ]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """One device per process and one persistent compilation cache (restarts reuse programs)."""
-    return dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        JAX_PLATFORMS="cpu",
-        PYTHONPATH=str(ROOT),
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-
-
-class Process:
-    """A subprocess whose merged output is read by a thread; `wait_for` waits on an event."""
-
-    def __init__(self, args, env):
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.popen.stdout:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self.lines.append(None)  # end of output
-            self._changed.notify_all()
-
-    def wait_for(self, text, timeout=240):
-        """Blocks until a line starts with `text`; fails if the process ends first."""
-
-        def seen():
-            return any(line and line.startswith(text) for line in self.lines)
-
-        with self._changed:
-            ended = lambda: bool(self.lines) and self.lines[-1] is None  # noqa: E731
-            self._changed.wait_for(lambda: seen() or ended(), timeout)
-            assert seen(), f"no line {text!r}:\n{self.output()[-3000:]}"
-
-    def finish(self, timeout=240):
-        self.popen.wait(timeout)
-        self._reader.join(timeout)
-        return self.popen.returncode, self.output()
-
-    def output(self):
-        return "".join(line for line in self.lines if line)
-
-
-def _run(args, env):
-    return Process(args, env).finish()
-
-
 def _train_steps(model_dir):
     lines = (pathlib.Path(model_dir) / "metrics.jsonl").read_text().splitlines()
     return [r["step"] for r in map(json.loads, lines) if r["kind"] == "train"]
@@ -117,7 +55,7 @@ def _kept_steps(model_dir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, env):
     model_dir = tmp_path_factory.mktemp("uninterrupted")
-    status, output = _run(["prompt_tuning.train", *_train_args(model_dir)], env)
+    status, output = run(["prompt_tuning.train", *_train_args(model_dir)], env)
     assert status == 0, output[-3000:]
     return np.load(model_dir / "prompts" / f"step_{STEPS}.npy")
 
@@ -142,7 +80,7 @@ def test_signal_saves_the_step_reached_and_the_rerun_ends_on_the_same_prompt(
     assert _train_steps(tmp_path)[-1] == stop
     assert (tmp_path / "prompts" / f"step_{stop}.npy").exists()
 
-    status, output = _run(args, env)
+    status, output = run(args, env)
     assert status == 0, output[-3000:]
     assert f"Resuming from step {stop} of {STEPS}." in output
     assert _train_steps(tmp_path) == list(range(1, STEPS + 1))
@@ -169,7 +107,7 @@ def test_second_signal_during_a_save_exits_at_once_keeping_the_previous_checkpoi
     assert _kept_steps(tmp_path) == [2]
     assert not (tmp_path / "prompts" / f"step_{held}.npy").exists()
 
-    status, output = _run(args, env)
+    status, output = run(args, env)
     assert status == 0, output[-3000:]
     assert f"Resuming from step 2 of {STEPS}." in output
     final = np.load(tmp_path / "prompts" / f"step_{STEPS}.npy")
