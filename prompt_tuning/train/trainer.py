@@ -209,6 +209,7 @@ def train(
     model_parallel_submesh: Sequence[int] | None = None,
     num_devices: int | None = None,
     use_distributed: bool = False,
+    stop_check_period: int = 1,
 ) -> TrainResult:
     """Trains the prompt (the TRAINABLE_PARAMS_REGEX parameters) of a frozen T5.
 
@@ -255,6 +256,9 @@ def train(
       num_devices: use only the first N devices (default all).
       use_distributed: join a multi-process run found by JAX's cluster detection (SLURM, Open
         MPI); the entry points' `--coordinator_address` flags do the same explicitly.
+      stop_check_period: with several processes, agree on a stop (SIGTERM/SIGINT) every this
+        many steps (`faults.agreement`: one 4-byte all-reduce each time); one process checks
+        every step for free.
 
     Returns:
       A `TrainResult`.
@@ -341,7 +345,7 @@ def train(
                 train_steps,
                 batch_size,
                 periods,
-                StopAgreement(signals),
+                StopAgreement(signals, stop_check_period),
             )
     finally:
         run.checkpointer.close()
