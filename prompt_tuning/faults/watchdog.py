@@ -95,6 +95,7 @@ class PeerWatchdog:
 
     def stop(self) -> None:
         """Stops the thread (tests)."""
+        atexit.unregister(self.mark_done)
         self._stop.set()
         self._thread.join()
 
