@@ -36,6 +36,7 @@ def _train_args(model_dir):
         "--gin.DROPOUT_RATE=0.1",
         "--gin.SAVE_PERIOD=2",
         "--gin.trainer.train.log_period=1",
+        "--gin.trainer.train.stop_check_period=1",  # CPUs default to 10 (faults.agreement)
         f"--lost_process_timeout={LOST_PROCESS_TIMEOUT}",
     ]
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from prompt_tuning.faults import EXIT_LOST_PROCESS
+from prompt_tuning.faults import EXIT_LOST_PROCESS, agreement
 from prompt_tuning.faults.agreement import StopAgreement
 from prompt_tuning.faults.signals import StopSignals
 from prompt_tuning.faults.watchdog import PeerWatchdog
@@ -21,13 +21,17 @@ from prompt_tuning.train import gin_utils
 def test_first_signal_requests_a_stop_and_handlers_are_restored():
     before = signal.getsignal(signal.SIGTERM)
     with StopSignals("training") as signals:
-        agreement = StopAgreement(signals)
-        assert not agreement.should_stop()
+        stop = StopAgreement(signals)
+        assert not stop.should_stop()
         os.kill(os.getpid(), signal.SIGTERM)
         assert signals.received.wait(10)
         assert signals.signal_name == "SIGTERM"
-        assert agreement.should_stop()  # one process: the step it is on
+        assert stop.should_stop()  # one process: the step it is on
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stop_check_period_defaults_to_10_on_cpus():
+    assert agreement.default_period() == agreement.CPU_PERIOD == 10
 
 
 def test_stop_check_period_must_be_positive():

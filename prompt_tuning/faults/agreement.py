@@ -7,7 +7,8 @@ host never waits for the devices on its account: the processes agree on stopping
 b + 1. A single process needs no collective and stops after the step it is on.
 
 The cost per boundary is one 4-byte all-reduce (measured in docs/failures.md); with `period` N
-it runs at every Nth boundary only (the processes agree within 2N boundaries of the signal).
+it runs at every Nth boundary only (the processes agree within 2N boundaries of the signal; the
+default is 1 on accelerators and 10 on CPUs, `default_period`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,19 @@ from prompt_tuning.faults.signals import StopSignals
 _AXIS = "processes"
 
 
+CPU_PERIOD = 10
+
+
+def default_period() -> int:
+    """1 on accelerators; `CPU_PERIOD` on CPUs, whose collectives run as they are dispatched.
+
+    On TPUs and GPUs the all-reduce is queued behind the step and read a step later, costing the
+    host nothing. A CPU (gloo) collective runs when it is dispatched, after the step before it,
+    so the host waits for every step: measured in docs/failures.md.
+    """
+    return CPU_PERIOD if jax.devices()[0].platform == "cpu" else 1
+
+
 class StopAgreement:
     """Whether every process of the run stops at this boundary.
 
@@ -32,16 +46,18 @@ class StopAgreement:
       signals: this process's `StopSignals`.
     """
 
-    def __init__(self, signals: StopSignals, period: int = 1):
+    def __init__(self, signals: StopSignals, period: int | None = None):
         """Prepares the all-reduce (several processes only).
 
         Args:
           signals: this process's `StopSignals`.
-          period: agree at every `period`-th boundary (the same on every process).
+          period: agree at every `period`-th boundary (the same on every process); None for
+            `default_period()`.
 
         Raises:
           ValueError: `period` is not a positive integer.
         """
+        period = default_period() if period is None else period
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"The stop check period must be a positive integer, got {period!r}.")
         self.signals = signals

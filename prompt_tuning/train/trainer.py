@@ -209,7 +209,7 @@ def train(
     model_parallel_submesh: Sequence[int] | None = None,
     num_devices: int | None = None,
     use_distributed: bool = False,
-    stop_check_period: int = 1,
+    stop_check_period: int | None = None,
 ) -> TrainResult:
     """Trains the prompt (the TRAINABLE_PARAMS_REGEX parameters) of a frozen T5.
 
@@ -257,8 +257,8 @@ def train(
       use_distributed: join a multi-process run found by JAX's cluster detection (SLURM, Open
         MPI); the entry points' `--coordinator_address` flags do the same explicitly.
       stop_check_period: with several processes, agree on a stop (SIGTERM/SIGINT) every this
-        many steps (`faults.agreement`: one 4-byte all-reduce each time); one process checks
-        every step for free.
+        many steps (`faults.agreement`: one 4-byte all-reduce each time); None: every step on
+        accelerators, every 10 on CPUs. One process checks every step for free.
 
     Returns:
       A `TrainResult`.
