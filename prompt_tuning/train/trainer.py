@@ -334,9 +334,8 @@ def train(
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
     try:
-        with StopSignals(
-            "training"
-        ) as signals:  # before: a signal ends the process, losing nothing
+        # Signals before this point end the process at once: no step has run, nothing is lost.
+        with StopSignals("training") as signals:
             return _loop(
                 run,
                 evaluator,
