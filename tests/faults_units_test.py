@@ -9,9 +9,10 @@ import os
 import signal
 import threading
 
+import gin
 import pytest
 
-from prompt_tuning.faults import EXIT_LOST_PROCESS, agreement
+from prompt_tuning.faults import EXIT_LOST_PROCESS, EXIT_STOPPED, Stopped, agreement
 from prompt_tuning.faults.agreement import StopAgreement
 from prompt_tuning.faults.signals import StopSignals
 from prompt_tuning.faults.watchdog import PeerWatchdog
@@ -108,3 +109,16 @@ def test_processes_that_beat_or_are_done_are_not_lost():
         watchdog.stop()
         thread.join()
     assert exited == []
+
+
+def test_entry_points_print_a_stop_and_exit_75(tmp_path, capsys):
+    def stopped_run():
+        raise Stopped("Stopped by SIGTERM at step 5 of 8: resume.", "SIGTERM", 5)
+
+    (tmp_path / "empty.gin").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        gin_utils.main(gin.external_configurable(stopped_run), [f"--gin_file={tmp_path}/empty.gin"])
+    assert exit_info.value.code == EXIT_STOPPED == 75
+    err = capsys.readouterr().err
+    assert "Stopped by SIGTERM at step 5 of 8: resume. (exit status 75)" in err
+    assert "In call to configurable" not in err  # gin's call context is left out

@@ -26,6 +26,7 @@ class Stopped(Exception):  # noqa: N818 (a stop, not an error)
     """A run stopped cleanly on SIGTERM/SIGINT; the message says where and how to resume.
 
     Attributes:
+      message: what happened and how to resume (also `str()`, to which gin may append).
       signal_name: "SIGTERM" or "SIGINT".
       step: the step (training) or number of batches (evaluation, inference) completed.
     """
@@ -34,5 +35,6 @@ class Stopped(Exception):  # noqa: N818 (a stop, not an error)
 
     def __init__(self, message: str, signal_name: str, step: int):
         super().__init__(message)
+        self.message = message
         self.signal_name = signal_name
         self.step = step

@@ -34,7 +34,9 @@ def stop_at_batches(
         try:
             yield
         except Stopped as stopped:
-            raise Stopped(f"{stopped} {resume}", stopped.signal_name, stopped.step) from None
+            raise Stopped(
+                f"{stopped.message} {resume}", stopped.signal_name, stopped.step
+            ) from None
         finally:
             _active.pop()
 

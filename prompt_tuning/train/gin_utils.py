@@ -271,7 +271,8 @@ def main(
     try:
         return run_main(fn, argv, required_macros, config_filename)
     except Stopped as stopped:
-        print(f"\n{stopped} (exit status {stopped.exit_status})", file=sys.stderr, flush=True)
+        status = stopped.exit_status
+        print(f"\n{stopped.message} (exit status {status})", file=sys.stderr, flush=True)
         sys.exit(stopped.exit_status)
     except (ValueError, KeyError, FileNotFoundError, OSError) as error:
         traceback.print_exc()
