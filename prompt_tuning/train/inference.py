@@ -147,6 +147,9 @@ def write_jsonl(records: Iterator[Mapping[str, Any]], path: str | os.PathLike) -
             f.close()
             os.unlink(f.name)
             raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)  # as `open` would have made it (the temporary file is 0600)
     os.replace(f.name, path)
     return count
 
