@@ -65,10 +65,10 @@ def test_signal_saves_the_step_reached_and_the_rerun_ends_on_the_same_prompt(
     tmp_path, env, uninterrupted, signum
 ):
     args = ["prompt_tuning.train", *_train_args(tmp_path)]
-    run = Process(args, env)
-    run.wait_for("step 3/")  # step 3 done, its save (SAVE_PERIOD 2) not due
-    run.popen.send_signal(signum)
-    status, output = run.finish()
+    proc = Process(args, env)
+    proc.wait_for("step 3/")  # step 3 done, its save (SAVE_PERIOD 2) not due
+    proc.popen.send_signal(signum)
+    status, output = proc.finish()
     assert status == EXIT_STOPPED, output[-3000:]
     name = signal.Signals(signum).name
     stop = int(output.split(f"Stopped by {name} at step ")[1].split(" ")[0])
@@ -92,13 +92,13 @@ def test_second_signal_during_a_save_exits_at_once_keeping_the_previous_checkpoi
     tmp_path, env, uninterrupted
 ):
     args = ["prompt_tuning.train", *_train_args(tmp_path)]
-    run = Process(["tests.faults_driver", "train", "--hold_save_after=2", *args[1:]], env)
-    run.wait_for("step 3/")
-    run.popen.send_signal(signal.SIGTERM)  # stop at step 3 or 4: that save is held
-    run.wait_for("HOLDING SAVE")
-    held = int(next(line for line in run.lines if line and "HOLDING" in line).split()[-1])
-    run.popen.send_signal(signal.SIGTERM)
-    status, output = run.finish()
+    proc = Process(["tests.faults_driver", "train", "--hold_save_after=2", *args[1:]], env)
+    proc.wait_for("step 3/")
+    proc.popen.send_signal(signal.SIGTERM)  # stop at step 3 or 4: that save is held
+    proc.wait_for("HOLDING SAVE")
+    held = int(next(line for line in proc.lines if line and "HOLDING" in line).split()[-1])
+    proc.popen.send_signal(signal.SIGTERM)
+    status, output = proc.finish()
     assert status == 128 + signal.SIGTERM, output[-3000:]
     assert "Second SIGTERM: exiting at once" in output
     # The save cut short left only its temporary folder; step 2 is whole and is resumed.
@@ -135,10 +135,10 @@ def test_signal_stops_inference_and_evaluation_between_batches_writing_nothing(
     tmp_path, env, entry
 ):
     output_path = tmp_path / ("out.jsonl" if entry == "infer" else "eval")
-    run = Process(["tests.faults_driver", entry, *_infer_args(output_path, entry)], env)
-    run.wait_for("BATCH 2")
-    run.popen.send_signal(signal.SIGTERM)
-    status, output = run.finish()
+    proc = Process(["tests.faults_driver", entry, *_infer_args(output_path, entry)], env)
+    proc.wait_for("BATCH 2")
+    proc.popen.send_signal(signal.SIGTERM)
+    status, output = proc.finish()
     assert status == EXIT_STOPPED, output[-3000:]
     what = "Inference" if entry == "infer" else "Evaluation"
     assert f"{what} stopped by SIGTERM after " in output
