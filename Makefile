@@ -7,6 +7,18 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 EXTRAS := $(VENV)/.installed-test
 T5_REFERENCE := t5 babel rouge-score nltk sacrebleu tabulate colorama lxml portalocker
+# T5X, Flaxformer, AirIO and jestimator from source beside the repository (CI's copy of shared/; never
+# copied into the project). When the folder exists the tests put it on PYTHONPATH, with the registry
+# packages T5X needs installed beside it (--no-deps, pinned in constraints.txt), and run every T5X test;
+# without it (a user's clone) those tests skip with a reason.
+T5X_SRC := $(abspath ../shared/t5x)
+T5X_HELPERS := fiddle chex jaxtyping cached_property wadler_lindig libcst typeguard graphviz toolz grain \
+  portpicker aqtp
+T5X_STAMP := $(VENV)/.installed-t5x
+ifneq ($(wildcard $(T5X_SRC)/t5x/train.py),)
+TEST_T5X := $(T5X_STAMP)
+TEST_ENV := PYTHONPATH=$(T5X_SRC)$(if $(PYTHONPATH),:$(PYTHONPATH)) PROMPT_TUNING_EXPECT_T5X=1
+endif
 
 .PHONY: install install-runtime test lint format demo clean
 
@@ -25,6 +37,10 @@ $(EXTRAS): $(RUNTIME)
 	$(BIN)/pip install -q --no-deps -c constraints.txt $(T5_REFERENCE)
 	touch $(EXTRAS)
 
+$(T5X_STAMP): $(EXTRAS)
+	$(BIN)/pip install -q --no-deps -c constraints.txt $(T5X_HELPERS)
+	touch $(T5X_STAMP)
+
 install-runtime: $(RUNTIME)
 
 install: $(EXTRAS)
@@ -37,8 +53,8 @@ format: $(EXTRAS)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+test: lint $(TEST_T5X)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests
 
 demo: $(RUNTIME)
 	rm -rf runs/demo

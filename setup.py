@@ -52,6 +52,7 @@ setuptools.setup(
             "transformers>=4.57,<4.58",
             "scipy",
             "scikit-learn",
+            "peft==0.17.1",  # the PEFT adapter tests (prompt_tuning.export)
         ],
         "bench": ["peft"],
         # pt-serve: the HTTP server (FastAPI on uvicorn with its C HTTP parser and event loop,
@@ -72,6 +73,7 @@ setuptools.setup(
             "pt-eval=prompt_tuning.eval:console_main",
             "pt-infer=prompt_tuning.infer:console_main",
             "pt-serve=prompt_tuning.serve.__main__:console_main",
+            "pt-export=prompt_tuning.export.__main__:console_main",
         ]
     },
 )

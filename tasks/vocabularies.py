@@ -7,6 +7,16 @@ pieces, pad 0, EOS 1, UNK 2, no extra ids).
 T5's public SentencePiece model is read from its standard path unless the environment variable
 `PROMPT_TUNING_SPM_PATH` names another copy (a local file, or any path `tf.io.gfile` reads). The
 vocabulary is resolved when a task is registered; seqio reads the file only when it first tokenizes.
+
+The other T5 families' vocabularies (their gin model files bind VOCABULARY to them), as T5X's gin
+files configure them:
+
+- Flan-T5: T5's (`t5_vocabulary`).
+- mT5: `mc4.250000.100extra` (250,000 pieces + 100 extra ids; the model pads to 250,112 rows),
+  `$PROMPT_TUNING_MT5_SPM_PATH` or `MT5_SPM_PATH`.
+- UMT5: `umt5.256000` with 300 extra ids (256,300; the model pads to 256,384),
+  `$PROMPT_TUNING_UMT5_SPM_PATH` or `UMT5_SPM_PATH`.
+- ByT5: `seqio.ByteVocabulary` (UTF-8 bytes offset by 3 special ids; needs no file).
 """
 
 import os
@@ -19,6 +29,12 @@ from google.protobuf import message
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 T5_EXTRA_IDS = 100
 SPM_PATH_ENV = "PROMPT_TUNING_SPM_PATH"
+MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"
+MT5_EXTRA_IDS = 100
+MT5_SPM_PATH_ENV = "PROMPT_TUNING_MT5_SPM_PATH"
+UMT5_SPM_PATH = "gs://t5-data/vocabs/umt5.256000/sentencepiece.model"
+UMT5_EXTRA_IDS = 300
+UMT5_SPM_PATH_ENV = "PROMPT_TUNING_UMT5_SPM_PATH"
 TINY_SPM_PATH = str(
     pathlib.Path(__file__).resolve().parents[1]
     / "prompt_tuning"
@@ -46,7 +62,9 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
             raise (FileNotFoundError if missing else ValueError)(
                 f"The vocabulary file {path} {what}. T5's tasks read T5's sentencepiece.model "
                 f"(cc_all.32000.100extra) from ${SPM_PATH_ENV} or {T5_SPM_PATH}; the built-in "
-                f"tasks read the embedded {TINY_SPM_PATH}."
+                f"tasks read the embedded {TINY_SPM_PATH}; mT5's and UMT5's vocabularies are "
+                f"read from ${MT5_SPM_PATH_ENV} or {MT5_SPM_PATH} and ${UMT5_SPM_PATH_ENV} or "
+                f"{UMT5_SPM_PATH}."
             ) from None
 
 
@@ -58,6 +76,23 @@ def t5_spm_path() -> str:
 def t5_vocabulary() -> seqio.SentencePieceVocabulary:
     """T5's vocabulary: 32,000 SentencePiece pieces plus 100 extra ids."""
     return SentencePieceVocabulary(t5_spm_path(), extra_ids=T5_EXTRA_IDS)
+
+
+def mt5_vocabulary() -> seqio.SentencePieceVocabulary:
+    """mT5's vocabulary: 250,000 SentencePiece pieces plus 100 extra ids."""
+    path = os.environ.get(MT5_SPM_PATH_ENV) or MT5_SPM_PATH
+    return SentencePieceVocabulary(path, extra_ids=MT5_EXTRA_IDS)
+
+
+def umt5_vocabulary() -> seqio.SentencePieceVocabulary:
+    """UMT5's vocabulary: 256,000 SentencePiece pieces plus 300 extra ids."""
+    path = os.environ.get(UMT5_SPM_PATH_ENV) or UMT5_SPM_PATH
+    return SentencePieceVocabulary(path, extra_ids=UMT5_EXTRA_IDS)
+
+
+def byt5_vocabulary() -> seqio.ByteVocabulary:
+    """ByT5's vocabulary: UTF-8 bytes as ids 3..258 (0 pad, 1 EOS, 2 UNK); no file."""
+    return seqio.ByteVocabulary()
 
 
 def t5_output_features(add_eos: bool = True) -> dict[str, seqio.Feature]:

@@ -1,5 +1,6 @@
 """Test-session set-up: 8 simulated CPU devices and a local SentencePiece model for T5 tasks."""
 
+import importlib.util
 import os
 import pathlib
 
@@ -8,6 +9,14 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # transformers (the numerical reference) would otherwise import TensorFlow too.
 os.environ.setdefault("USE_TF", "0")
+
+# `make test` sets this when ../shared/t5x (T5X from source) is on PYTHONPATH: the T5X tests must
+# then run, not skip because T5X does not import.
+if os.environ.get("PROMPT_TUNING_EXPECT_T5X") and importlib.util.find_spec("t5x") is None:
+    raise RuntimeError(
+        "PROMPT_TUNING_EXPECT_T5X is set but T5X is not importable: put T5X's sources on "
+        "PYTHONPATH (the Makefile uses ../shared/t5x) or unset the variable"
+    )
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 _SPM_FIXTURE = FIXTURES / "t5_sentencepiece.model"

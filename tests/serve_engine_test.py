@@ -6,7 +6,6 @@ prompt prepended as in training), never against the serving code itself.
 
 import logging
 import threading
-import time
 
 import flax.linen as nn
 import jax
@@ -117,6 +116,18 @@ def test_beam_search_with_per_row_lengths_equals_separate_searches(frozen, promp
         np.testing.assert_allclose(scores[i], ref_scores[0], rtol=1e-5)
 
 
+def test_greedy_with_per_row_lengths_keeps_each_rows_prefix(frozen, prompts, inputs):
+    """A row stops after its own length; its tokens are the first ones of a full-length decode."""
+    model, params = _alone(frozen, prompts[0])
+    full = np.asarray(greedy_decode(model, params, inputs, 6))
+    lengths = np.array([2, 5], np.int32)
+    short = np.asarray(greedy_decode(model, params, inputs, 6, lengths=lengths))
+    for i, length in enumerate(lengths):
+        np.testing.assert_array_equal(short[i, :length], full[i, :length])
+        assert not np.any(short[i, length:])
+    assert np.any(full[0, 2:])  # control: the full decode does go on past row 0's length
+
+
 def _serving(config, params, prompts, inputs):
     """An engine over `params`, a registry holding `prompts` as p0, p1, ..., and the request rows:
     (engine, bank snapshot, unpadded token rows, the bank rows of p0 and p1)."""
@@ -215,9 +226,10 @@ def _items(prompts, kind="greedy"):
 
 @pytest.mark.parametrize("policy", ["mixed", "per_prompt"])
 def test_batcher_groups_by_policy_bounds_the_queue_and_drains(policy):
-    gate, batches = threading.Event(), []
+    gate, entered, batches = threading.Event(), threading.Event(), []
 
     def run(items):
+        entered.set()
         gate.wait(10)
         batches.append([item.prompt for item in items])
         return [item.prompt for item in items]
@@ -225,7 +237,7 @@ def test_batcher_groups_by_policy_bounds_the_queue_and_drains(policy):
     batcher = batcher_lib.Batcher(run, max_rows=8, policy=policy, max_wait_s=0.2, max_queue_rows=6)
     first = _items(["a"])
     batcher.submit(first)
-    time.sleep(0.4)  # the worker took `first` and waits at the gate
+    assert entered.wait(10)  # the worker took `first` and waits at the gate
     queued = _items(["a", "b", "a", "b"]) + _items(["c"], kind="score")
     batcher.submit(queued)
     with pytest.raises(batcher_lib.QueueFull, match="bound is 6"):
@@ -254,6 +266,7 @@ def test_growing_the_bank_is_one_logged_recompilation(frozen, prompts, inputs, c
         return svc.engine.generate(bank, [tokens[i]], [bank.slots[name]], [6])[0][0]
 
     try:
+        assert svc.wait_ready(120)  # the warm-up compiles in the background
         assert svc.engine.compiles == {"warmup": 1} and svc.registry.shape == (1, LENGTHS[0])
         before = greedy("p0", 0)
         with caplog.at_level(logging.WARNING):

@@ -8,7 +8,6 @@ the same task examples.
 import concurrent.futures
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from prompt_tuning.serve import engine, loading, server, service
 from prompt_tuning.t5.network import EncoderDecoder
 from prompt_tuning.train import inference
 from tasks import vocabularies
-from tests.serve_fixtures import call
+from tests.serve_fixtures import call, reference_texts
 
 LENGTHS = {"inputs": 32, "targets": 8}
 PROMPT_LENGTHS = {"builtin_sentiment": 4, "builtin_topic": 9}
@@ -85,6 +84,8 @@ def setup(tmp_path_factory):
         str(folder),
         label_lookup=tasks.label_strings,
     )
+    refs["prompts"] = {task: np.load(folder / f"{task}.npy") for task in PROMPT_LENGTHS}
+    assert svc.wait_ready(600), svc.readiness()
     running = server.BackgroundServer(svc)
     yield running, svc, refs
     running.stop()
@@ -141,18 +142,27 @@ def _npy(array):
     return buffer.getvalue()
 
 
+def _reference(svc, prompt, texts, max_length):
+    """The plain-prompt model's greedy outputs (tests/serve_fixtures.py)."""
+    length = CONFIG.buckets.input_length[-1]
+    return reference_texts(svc.engine.params, prompt, svc.vocabulary, texts, max_length, length)
+
+
 def test_no_compilation_after_warm_up_even_when_prompts_change(setup):
-    running, _, _ = setup
-    before = _compile_counts(running.url)
-    assert before[0] == {"warmup": 3}  # greedy, beam, score at the one bucket
+    running, svc, _ = setup
     url, texts = running.url, ["the movie was great", "a dull , long film", "cats"]
     new = np.random.default_rng(3).normal(size=(5, 128)).astype(np.float32)
+    cases = [((texts * 3)[:n], max_length) for n, max_length in ((1, 1), (3, 8), (8, 5))]
+    # The references compile in this process: before counting the server's compilations.
+    expected = [_reference(svc, 2 * new, inputs, m) for inputs, m in cases]  # the replaced value
+    before = _compile_counts(running.url)
+    assert before[0] == {"warmup": 3}  # greedy, beam, score at the one bucket
     assert call(url, "PUT", "/v1/prompts/fresh", _npy(new))[0] == 201
     assert call(url, "PUT", "/v1/prompts/fresh", {"prompt": (2 * new).tolist()})[0] == 200
-    for n, max_length in ((1, 1), (3, 8), (8, 5)):
-        body = {"prompt": "fresh", "inputs": (texts * 3)[:n], "max_length": max_length}
+    for (inputs, max_length), texts_expected in zip(cases, expected):
+        body = {"prompt": "fresh", "inputs": inputs, "max_length": max_length}
         status, answer, _ = call(url, "POST", "/v1/generate", body)
-        assert status == 200 and all(len(o["text"]) >= 0 for o in answer["outputs"])
+        assert status == 200 and [o["text"] for o in answer["outputs"]] == texts_expected
     body = {"prompt": "fresh", "inputs": texts, "method": "beam", "max_length": 3}
     assert call(url, "POST", "/v1/generate", body)[0] == 200
     body = {"prompt": "fresh", "inputs": texts, "labels": ["yes", "no", "maybe"]}
@@ -162,12 +172,17 @@ def test_no_compilation_after_warm_up_even_when_prompts_change(setup):
 
 
 def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(setup):
-    running, _, refs = setup
+    running, svc, refs = setup
     url, good = running.url, {"prompt": "builtin_topic", "inputs": "news about the game"}
     status, answer, _ = call(url, "POST", "/v1/generate", {**good, "prompt": "nope"})
     assert status == 404 and answer["known"] == ["builtin_sentiment", "builtin_topic"]
     status, answer, _ = call(url, "POST", "/v1/generate", {**good, "prompt": "idpg_run"})
     assert status == 404 and "instance-dependent" in answer["error"]
+    _, before, _ = call(url, "GET", "/v1/prompts")
+    # A failed replacement keeps the served value (checked by the truncated request below).
+    upload = _npy(np.ones((40, 128), np.float32) * np.nan)
+    status, answer, _ = call(url, "PUT", "/v1/prompts/builtin_topic", upload)
+    assert status == 400 and "NaN" in answer["error"]
     status, answer, _ = call(url, "PUT", "/v1/prompts/x", _npy(np.ones((4, 64), np.float32)))
     assert status == 400 and "[4, 64]" in answer["error"] and "[p, 128]" in answer["error"]
     status, answer, _ = call(url, "PUT", "/v1/prompts/x", _npy(np.ones((4, 128), np.int32)))
@@ -176,6 +191,9 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(setup):
     assert status == 400 and "not a readable .npy" in answer["error"]
     status, answer, _ = call(url, "PUT", "/v1/prompts/bad%20name", _npy(np.ones((4, 128))))
     assert status == 400 and "not allowed" in answer["error"]
+    _, after, _ = call(url, "GET", "/v1/prompts")  # failed uploads changed nothing
+    assert (after["prompts"], after["bank"]) == (before["prompts"], before["bank"])
+    assert _compile_counts(url)[0] == {"warmup": 3}  # a 40-row prompt did not grow the bank
     status, answer, _ = call(url, "POST", "/v1/generate", '{"prompt": "builtin_topic",',
                              {"Content-Type": "application/json"})  # fmt: skip
     assert status == 400 and answer["error"].startswith("Malformed JSON")
@@ -204,26 +222,36 @@ def test_bad_input_gets_clear_errors_and_the_server_keeps_serving(setup):
     assert status == 200  # the task's labels
     assert call(url, "GET", "/healthz")[1]["status"] == "ok"
     status, answer, _ = call(
-        url, "POST", "/v1/generate", {**good, "max_length": 8, "truncate": True}
+        url,
+        "POST",
+        "/v1/generate",
+        {**good, "inputs": long_text, "max_length": 8, "truncate": True},
     )
-    assert status == 200 and answer["outputs"][0]["text"] is not None
+    topic = refs["prompts"]["builtin_topic"]
+    assert status == 200  # the first 31 tokens and EOS, as seqio's append_eos_after_trim
+    assert answer["outputs"][0]["text"] == _reference(svc, topic, [long_text], 8)[0]
     _, prompts, _ = call(url, "GET", "/v1/prompts")
     assert {p["name"] for p in prompts["not_served"]} == {"corrupt", "idpg_run"}
 
 
 def test_a_full_queue_answers_429_while_other_requests_are_served(setup):
     running, svc, _ = setup
-    gate, original = threading.Event(), svc.batcher._run_batch
-    svc.batcher._run_batch = lambda items: gate.wait(60) and original(items)
+    gate, entered, original = threading.Event(), threading.Event(), svc.batcher._run_batch
+
+    def gated(items):
+        entered.set()
+        return gate.wait(60) and original(items)
+
+    svc.batcher._run_batch = gated
     body = {"prompt": "builtin_sentiment", "inputs": ["good"] * 8}
     try:
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
             first = pool.submit(call, running.url, "POST", "/v1/generate", body)
-            time.sleep(1.0)  # the worker holds the first 8 rows at the gate
+            assert entered.wait(60)  # the worker holds the first 8 rows at the gate
             rest = [pool.submit(call, running.url, "POST", "/v1/generate", body) for _ in range(4)]
-            deadline = time.time() + 30
-            while not any(f.done() for f in rest) and time.time() < deadline:
-                time.sleep(0.05)
+            # One of the four is refused once the other three (24 rows) fill the queue.
+            done, _ = concurrent.futures.wait(rest, 60, concurrent.futures.FIRST_COMPLETED)
+            assert [f.result()[0] for f in done] == [429]
             health = call(running.url, "GET", "/healthz")[1]  # served while the model is busy
             assert health["queue_rows"] == 24
             gate.set()

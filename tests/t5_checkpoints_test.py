@@ -5,6 +5,7 @@ T5ForConditionalGeneration 4.x (its saved files, its reloading of ours, its logi
 """
 
 import gzip
+import importlib.util
 import json
 import os
 import pathlib
@@ -342,6 +343,97 @@ def test_network_logits_on_loaded_params_match_transformers(tmp_path, tied):
             decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long),
         ).logits.numpy()
     np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Our legacy T5X writer, read without our reader: by hand (msgpack + zarr .zarray + gzip chunks, as
+# T5X's tensorstore writes them) and, when T5X is importable, with T5X's own reader.
+
+_ZARR_DTYPES = {"bfloat16": ml_dtypes.bfloat16}
+
+
+def _ext_array(ext: msgpack.ExtType) -> np.ndarray:
+    """A flax msgpack ndarray ext (type 1: shape, dtype name, C-order bytes), decoded by hand."""
+    assert ext.code == 1
+    shape, dtype, buffer = msgpack.unpackb(ext.data, raw=False)
+    dtype = _ZARR_DTYPES.get(dtype, dtype)
+    return np.frombuffer(buffer, np.dtype(dtype)).reshape(shape)
+
+
+def _zarr_array(folder: pathlib.Path) -> np.ndarray:
+    """A zarr v2 array by hand: `.zarray`, then every gzip chunk file `i.j...` in C order."""
+    meta = json.loads((folder / ".zarray").read_text())
+    assert meta["compressor"]["id"] == "gzip" and meta["order"] == "C" and meta["filters"] is None
+    dtype = np.dtype(_ZARR_DTYPES.get(meta["dtype"], meta["dtype"]))
+    shape, chunks = meta["shape"], meta["chunks"]
+    out = np.zeros(shape, dtype)
+    grid = [range(-(-n // c)) for n, c in zip(shape, chunks, strict=True)]
+    separator = meta.get("dimension_separator", ".")
+    for index in np.ndindex(*(len(g) for g in grid)):
+        raw = gzip.decompress((folder / separator.join(map(str, index))).read_bytes())
+        chunk = np.frombuffer(raw, dtype).reshape(chunks)  # edge chunks are stored whole
+        where = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
+        out[where] = chunk[tuple(slice(0, w.stop - w.start) for w in where)]
+    return out
+
+
+def _read_by_hand(path: pathlib.Path) -> tuple[dict[str, np.ndarray], int]:
+    """`(target leaves by slash name, step)` of a legacy checkpoint, without prompt_tuning."""
+    contents = msgpack.unpackb((path / "checkpoint").read_bytes(), raw=False)
+    assert contents["version"] == 3 and set(contents) == {"version", "optimizer"}
+    leaves = {}
+
+    def walk(tree, prefix):
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, msgpack.ExtType):
+                leaves[name] = _ext_array(value)
+            elif isinstance(value, dict) and value.get("driver") == "zarr":
+                assert value["kvstore"] == {
+                    "driver": "file",
+                    "path": "target." + name.replace("/", "."),
+                }
+                leaves[name] = _zarr_array(path / value["kvstore"]["path"])
+                assert list(leaves[name].shape) == value["metadata"]["shape"]
+            else:
+                walk(value, name + "/")
+
+    walk(contents["optimizer"]["target"], "")
+    return leaves, int(_ext_array(contents["optimizer"]["state"]["step"]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_legacy_t5x_writer_read_by_hand(tmp_path, dtype):
+    config = configs.tiny(num_decoder_layers=3)
+    params = _random_params(config, seed=6, dtype=dtype)
+    params["encoder"]["prompt"] = {"prompt": np.arange(5 * 32, dtype=dtype).reshape(5, 32)}
+    checkpoints.save_t5x_checkpoint(params, tmp_path / "checkpoint_11", step=11)
+    leaves, step = _read_by_hand(tmp_path / "checkpoint_11")
+    assert step == 11
+    want = _flat(params)
+    assert sorted(leaves) == sorted(want)
+    for name, value in want.items():
+        assert leaves[name].dtype == value.dtype, name
+        np.testing.assert_array_equal(leaves[name], value, err_msg=name)
+    zarr = {p.name for p in (tmp_path / "checkpoint_11").iterdir() if p.is_dir()}
+    assert "target.token_embedder.embedding" in zarr and len(zarr) > 10  # kernels as zarr arrays
+
+
+@pytest.mark.skipif(importlib.util.find_spec("t5x") is None, reason="T5X is not installed")
+def test_legacy_t5x_writer_read_by_t5x(tmp_path):
+    from t5x import checkpoints as t5x_checkpoints  # noqa: PLC0415
+
+    config = configs.tiny(num_encoder_layers=1, num_decoder_layers=2)
+    params = _random_params(config, seed=7)
+    params["encoder"]["prompt"] = {"prompt": np.linspace(-1, 1, 3 * 32, dtype=np.float32)}
+    params["encoder"]["prompt"]["prompt"] = params["encoder"]["prompt"]["prompt"].reshape(3, 32)
+    checkpoints.save_t5x_checkpoint(params, tmp_path / "checkpoint_5", step=5)
+    state = t5x_checkpoints.load_t5x_checkpoint(str(tmp_path / "checkpoint_5"))
+    assert set(state) == {"target", "state"} and int(state["state"]["step"]) == 5
+    got, want = _flat(state["target"]), _flat(params)
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(np.asarray(got[name]), value, err_msg=name)
 
 
 # ----------------------------------------------------------------------------------------------

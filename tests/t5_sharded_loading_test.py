@@ -75,7 +75,8 @@ def test_a_wrong_config_fails_before_any_array_is_read(saved, monkeypatch):
     root, _ = saved
     read = []
     monkeypatch.setattr(hf_format.SafetensorsReader, "read", lambda self, i=None: read.append(1))
-    with pytest.raises(checkpoint_tree.CheckpointError, match=r"mlp/wi_0/kernel.*\(32, 48\)"):
+    # A Hugging Face folder's config.json names the field (a T5X checkpoint: the parameter).
+    with pytest.raises(checkpoint_tree.CheckpointError, match=r"mlp_dim is 48 but.*mlp_dim=64"):
         sharded_loading.load_checkpoint_sharded(
             root / "hf", _shardings(partitioning.make_mesh(1)), config=CONFIG.replace(mlp_dim=48)
         )

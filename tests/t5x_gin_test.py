@@ -1,10 +1,10 @@
 """gin_configs/t5x/: every prompt parameterization under T5X's model and optimizer, and the real
 `python -m t5x.train`, `t5x.eval` and `t5x.infer` binaries on the embedded tiny T5.
 
-Needs T5X installed from source (the README's steps; `PYTHONPATH=/work/t5x_site` here); skipped
-without it, so CI stays green. References: T5X's own `EncoderDecoderModel.loss_fn` against our
-`PromptModel.loss_fn`, T5X's checkpoints (the frozen weights as restored, no optimizer state for
-them), T5X's evaluation and inference outputs.
+Needs T5X from source on PYTHONPATH (`make test` puts ../shared/t5x there when it exists; the
+README's steps otherwise); skipped without it. References: T5X's own `EncoderDecoderModel.loss_fn`
+against our `PromptModel.loss_fn`, T5X's checkpoints (the frozen weights as restored, no optimizer
+state for them), T5X's evaluation and inference outputs against the task's generated examples.
 """
 
 import importlib.util
@@ -26,6 +26,7 @@ from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import orbax_format
 from prompt_tuning.train import optimizers
 from prompt_tuning.train.model import PromptModel
+from tasks import builtin
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("t5x") is None, reason="T5X is not installed (see the README)"
@@ -139,10 +140,8 @@ def test_every_prompt_trains_only_itself_under_t5x_as_under_our_trainer(prompt_g
     assert with_state == set(t5_checkpoints.flatten(trainable))
 
 
-def _run(binary: str, runs_gin: str, *flags: str) -> subprocess.CompletedProcess:
-    """`python -m t5x.<binary>` with our gin files, from the repository root, on one CPU device."""
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=path, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+def _run(env: dict, binary: str, runs_gin: str, *flags: str) -> subprocess.CompletedProcess:
+    """`python -m t5x.<binary>` with our gin files from the repository root, as in the README."""
     gin_files = [MODEL_GIN, "gin_configs/prompts/prompt_tuning_class_labels.gin"]
     gin_files += ["gin_configs/t5x/models/prompt.gin", f"gin_configs/t5x/runs/{runs_gin}"]
     command = [sys.executable, "-m", f"t5x.{binary}", "--gin_search_paths=."]
@@ -152,10 +151,23 @@ def _run(binary: str, runs_gin: str, *flags: str) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def t5x_env(tmp_path_factory) -> dict:
+    """The binaries' environment: this repository first, one CPU device, and one persistent JAX
+    compilation cache for all of them (the second, identical training run reuses the first's)."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(
+        os.environ,
+        PYTHONPATH=path,
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
+    )
+
+
+def _train(env: dict, model_dir: pathlib.Path) -> pathlib.Path:
     """`t5x.train`: 6 steps from the tiny checkpoint's step 2,500, a checkpoint every 3."""
-    model_dir = tmp_path_factory.mktemp("t5x_train")
     done = _run(
+        env,
         "train",
         "prompt_finetune.gin",
         f"--gin.INITIAL_CHECKPOINT_PATH='{CHECKPOINT}'",
@@ -169,6 +181,11 @@ def trained(tmp_path_factory):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     return model_dir
+
+
+@pytest.fixture(scope="module")
+def trained(t5x_env, tmp_path_factory) -> pathlib.Path:
+    return _train(t5x_env, tmp_path_factory.mktemp("t5x_train"))
 
 
 def _param_states(checkpoint: pathlib.Path) -> dict:
@@ -198,20 +215,47 @@ def test_t5x_train_tunes_only_the_prompt_from_the_checkpoints_step(trained):
     assert steps == [2503, 2506]
 
 
-def test_t5x_eval_and_infer_read_the_trained_checkpoint(trained, tmp_path):
+def test_t5x_train_twice_gives_the_same_prompt_and_predictions(trained, t5x_env, tmp_path):
+    """gin_configs/t5x seed initialization, dropout and the data order (RANDOM_SEED): the same
+    command again writes the same prompt and decodes the same in-training evaluations."""
+    again = _train(t5x_env, tmp_path / "again")
+    first, second = (
+        t5_checkpoints.flatten(t5_checkpoints.load_checkpoint(d / "checkpoint_2506")[1])
+        for d in (trained, again)
+    )
+    np.testing.assert_array_equal(first["encoder/prompt/prompt"], second["encoder/prompt/prompt"])
+    for name in (f"{TASK}-metrics.jsonl", f"{TASK}-002503.jsonl", f"{TASK}-002506.jsonl"):
+        want = (trained / "inference_eval" / name).read_text()
+        assert (again / "inference_eval" / name).read_text() == want, name
+
+
+def test_t5x_eval_and_infer_read_the_trained_checkpoint(trained, t5x_env, tmp_path):
     checkpoint = f"--gin.CHECKPOINT_PATH='{trained / 'checkpoint_2506'}'"
-    done = _run("eval", "prompt_eval.gin", checkpoint, f"--gin.EVAL_OUTPUT_DIR='{tmp_path}'")
+    done = _run(
+        t5x_env, "eval", "prompt_eval.gin", checkpoint, f"--gin.EVAL_OUTPUT_DIR='{tmp_path}'"
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     (line,) = (tmp_path / "inference_eval" / f"{TASK}-metrics.jsonl").read_text().splitlines()
-    metrics = json.loads(line)  # the task's seqio metrics on the test split
-    assert metrics["step"] == 2506 and 0 <= metrics["accuracy"] <= 100
-    assert 0 <= metrics["invalid_predictions"] <= 500
+    metrics = json.loads(line)  # the task's seqio metrics on the test split (eval.gin's)
+    rows = (tmp_path / "inference_eval" / f"{TASK}-002506.jsonl").read_text().splitlines()
+    rows = [json.loads(row) for row in rows]  # T5X's decoded examples, in the split's order
+    inputs, targets = builtin.generate_examples("sentiment", "test")
+    labels = builtin.LABELS["sentiment"]
+    assert [r["input"]["inputs_pretokenized"] for r in rows] == list(inputs)
+    assert [r["target"] for r in rows] == [labels.index(t) for t in targets]
+    predictions = [r["prediction"] for r in rows]  # class ids; -1 for text that is no label
+    assert metrics == {
+        "step": 2506,
+        "accuracy": pytest.approx(100 * np.mean([r["prediction"] == r["target"] for r in rows])),
+        "invalid_predictions": predictions.count(-1),
+    }
     out = tmp_path / "infer"
     done = _run(
-        "infer", "prompt_infer.gin", checkpoint, f"--gin.INFER_OUTPUT_DIR='{out}'",
+        t5x_env, "infer", "prompt_infer.gin", checkpoint, f"--gin.INFER_OUTPUT_DIR='{out}'",
         f"--gin.TASK_FEATURE_LENGTHS={LENGTHS!r}",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
     (predictions,) = out.glob(f"{TASK}-predict.jsonl-*-of-*[0-9]")
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
-    assert len(rows) == 500 and all("prediction" in row for row in rows)
+    assert [r["inputs"]["inputs_pretokenized"] for r in rows] == list(inputs)
+    assert all(isinstance(r["prediction"], str) for r in rows)

@@ -157,8 +157,10 @@ def test_a_mixed_precision_network_behind_the_wrapper(wrapped):
         )  # fmt: skip
         cache = state["cache"]
         valid = batch["decoder_target_tokens"][:, i] > 0
-        # Different matmul shapes round bfloat16 hidden states differently: a few units of 2^-9.
-        np.testing.assert_allclose(logits[valid, 0], forced[valid, i], atol=0.05 * scale)
+        # Matmuls of other shapes may round bfloat16 hidden states differently: allow 4 units of
+        # bfloat16 rounding (2^-9) of the logits' RMS. Measured on XLA:CPU: 0 (bit-identical) for
+        # batches of seeds 2-7; the logits of adjacent positions differ by over 1,000 units.
+        np.testing.assert_allclose(logits[valid, 0], forced[valid, i], atol=4 * 2**-9 * scale)
 
 
 def test_packed_batches_are_refused(wrapped):

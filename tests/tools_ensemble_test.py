@@ -9,6 +9,7 @@ import pytest
 
 from prompt_tuning import prompts
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
+from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import network, precision
 from prompt_tuning.train import data, evaluation, inference
 from prompt_tuning.train.model import PromptModel
@@ -136,3 +137,19 @@ def test_npy_sources_need_a_config_run(seed_runs, tmp_path):  # noqa: F811
         ensemble.main(paths)
     with pytest.raises(_common.ToolError, match="at least two prompts"):
         ensemble.main(paths[:1])
+
+
+def test_a_peft_adapter_folder_is_a_prompt_source_not_a_run(tmp_path):
+    pytest.importorskip("peft", reason="the PEFT reference: `pip install peft` (test extra)")
+    from tests.export_peft_test import _peft_saved  # noqa: PLC0415
+
+    folder, weight = _peft_saved(tmp_path, 32, length=3)
+    assert not _common.is_run_dir(folder) and _common.is_run_dir(tmp_path)
+    assert ensemble._source_prompt(str(folder), best=False) == folder
+    model = PromptModel(network.EncoderDecoder(t5_config.tiny(), prompt=prompts.Prompt(length=3)))
+    np.testing.assert_array_equal(inference.read_prompt_file(folder, model), weight)
+    wide = PromptModel(
+        network.EncoderDecoder(t5_config.tiny(emb_dim=48), prompt=prompts.Prompt(length=3))
+    )
+    with pytest.raises(ValueError, match=r"token_dim is 32.*width \(emb_dim\) is 48"):
+        inference.read_prompt_file(folder, wide)

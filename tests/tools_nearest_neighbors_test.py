@@ -112,3 +112,16 @@ def test_multi_task_prompts_need_a_task_id_and_instance_dependent_ones_are_refus
     np.savez(tmp_path / "idpg.npz", prompt=table[0], **{"generator/up_kernel": table})
     with pytest.raises(_common.ToolError, match="no fixed \\[P, H\\] prompt"):
         nearest_neighbors.prompt_matrix(tmp_path / "idpg.npz", None)
+
+
+def test_a_peft_adapter_folder_is_read_as_its_prompt_embedding(frozen_checkpoint, tmp_path):  # noqa: F811
+    pytest.importorskip("peft", reason="the PEFT reference: `pip install peft` (test extra)")
+    from tests.export_peft_test import _peft_saved  # noqa: PLC0415
+
+    embedding = t5_checkpoints.read_variable(frozen_checkpoint, "token_embedder/embedding")
+    folder, weight = _peft_saved(tmp_path, embedding.shape[1], length=3)
+    argv = [f"--prompt={folder}", f"--checkpoint={frozen_checkpoint}", "--top_k=3"]
+    result = nearest_neighbors.main(argv)
+    args = nearest_neighbors.parse_args(argv)
+    vocab = len(nearest_neighbors.vocabulary_pieces(args.spm, args.extra_ids))
+    assert result.ids.tolist() == _cosine_top_k(weight, embedding[:vocab], 3)

@@ -5,8 +5,9 @@ A training run's MODEL_DIR holds `config.gin` (the operative gin config written 
 [P, H], folded for DPT/residual prompts), orbax checkpoints and `metrics.jsonl`. The tools read
 these with the functions here:
 
-- `resolve_prompt_path` / `load_prompt`: a prompt from a `.npy` file or a MODEL_DIR (latest,
-  `step`, or best);
+- `resolve_prompt_path` / `load_prompt`: a prompt from a `.npy` file, a PEFT prompt-tuning adapter
+  folder (`prompt_tuning.prompts.peft_format`) or a MODEL_DIR (latest, `step`, or best);
+  `is_run_dir` tells a MODEL_DIR from an adapter folder;
 - `read_run_config`: MODEL, MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, INITIAL_CHECKPOINT_PATH,
   ... parsed from MODEL_DIR/config.gin with gin (references such as
   `@pretrained.tiny_t5_checkpoint()` are evaluated, not pattern-matched);
@@ -23,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
-import re
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -34,7 +34,6 @@ CONFIG_GIN = "config.gin"
 METRICS_JSONL = "metrics.jsonl"
 PROMPTS = "prompts"
 EMBEDDING = "token_embedder/embedding"
-_STEP_FILE = re.compile(r"^step_(\d+)\.(npy|npz)$")
 _FORMS = (".npy", ".npz")  # see prompt_tuning.train.prompt_files
 
 
@@ -44,15 +43,22 @@ class ToolError(ValueError):
 
 def prompt_files(model_dir: str | pathlib.Path) -> dict[int, pathlib.Path]:
     """The exported prompts of a run, `{step: MODEL_DIR/prompts/step_<step>.npy}` (`.npz` for
-    instance-dependent and per-layer prompts), by step."""
-    folder = pathlib.Path(model_dir) / PROMPTS
-    found = {}
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = _STEP_FILE.match(path.name)
-            if match:
-                found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
+    instance-dependent and per-layer prompts), by step (`train.prompt_files.exported_steps`)."""
+    from prompt_tuning.train import prompt_files as files  # noqa: PLC0415
+
+    return files.exported_steps(model_dir)
+
+
+def is_adapter(path: str | pathlib.Path) -> bool:
+    """Whether `path` is a PEFT prompt-tuning adapter folder (read like a prompt file)."""
+    from prompt_tuning.prompts import peft_format  # noqa: PLC0415
+
+    return peft_format.is_adapter(path)
+
+
+def is_run_dir(path: str | pathlib.Path) -> bool:
+    """Whether `path` is a folder standing for a training run (a folder, not an adapter)."""
+    return pathlib.Path(path).is_dir() and not is_adapter(path)
 
 
 def resolve_prompt_path(
@@ -65,7 +71,8 @@ def resolve_prompt_path(
 
     Args:
       model_dir: a training run's MODEL_DIR (used when `prompt` is None).
-      prompt: a prompt file (`.npy` [P, H] or [N, P, H], or a parameters `.npz`).
+      prompt: a prompt file (`.npy` [P, H] or [N, P, H], or a parameters `.npz`) or a PEFT
+        prompt-tuning adapter folder.
       step: MODEL_DIR/prompts/step_<step>.npy (default: the latest step).
       best: MODEL_DIR/prompts/best.npy instead (the early-stopping pick).
 
@@ -82,8 +89,8 @@ def resolve_prompt_path(
         raise ToolError("Give at most one of --step and --best.")
     if prompt is not None:
         path = pathlib.Path(prompt)
-        if not path.is_file():
-            raise ToolError(f"Prompt file {path} does not exist.")
+        if not (path.is_file() or is_adapter(path)):
+            raise ToolError(f"Prompt file {path} does not exist (nor is it a PEFT adapter folder).")
         return path
     model_dir = pathlib.Path(model_dir)
     if best:

@@ -2,9 +2,10 @@
 
     python tools/ensemble.py runs/seed0 runs/seed1 runs/seed2 --output ensemble.md
 
-Each source is a training run's MODEL_DIR (its latest exported prompt, or `--best`) or a `.npy`
-prompt [P, H]. The N prompts go into one `PromptBank` over the shared frozen model and the batch
-is replicated N times (`prompt_tuning.train.ensemble.PromptEnsemble`), so one forward pass gives
+Each source is a training run's MODEL_DIR (its latest exported prompt, or `--best`), a `.npy`
+prompt [P, H] or a PEFT prompt-tuning adapter folder. The N prompts go into one `PromptBank` over
+the shared frozen model and the batch is replicated N times
+(`prompt_tuning.train.ensemble.PromptEnsemble`), so one forward pass gives
 every prompt's decodes, rank-classification choices and scores. The ensemble's prediction is the
 majority vote (ties: the earliest prompt). Each prompt's own metrics are computed from the same
 pass, through the same `evaluation.Evaluator`, so its rows equal evaluating that prompt alone.
@@ -141,9 +142,10 @@ class EnsembleReport:
 
 
 def _source_prompt(source: str, best: bool) -> pathlib.Path:
-    """A source's `.npy` prompt: the file itself, or MODEL_DIR's latest (or best) prompt."""
+    """A source's prompt: the file (or PEFT adapter folder) itself, or MODEL_DIR's latest (or
+    best) prompt."""
     path = pathlib.Path(source)
-    if path.is_dir():
+    if _common.is_run_dir(path):
         return _common.resolve_prompt_path(model_dir=path, best=best)
     return _common.resolve_prompt_path(prompt=path)
 
@@ -330,9 +332,7 @@ def main(argv: Sequence[str] | None = None) -> EnsembleReport:
     args = parse_args(argv)
     if len(args.sources) < 2:
         raise _common.ToolError("An ensemble needs at least two prompts (MODEL_DIRs or .npy).")
-    config_dir = args.config_dir or next(
-        (s for s in args.sources if pathlib.Path(s).is_dir()), None
-    )
+    config_dir = args.config_dir or next((s for s in args.sources if _common.is_run_dir(s)), None)
     if config_dir is None:
         raise _common.ToolError(
             "Every source is a .npy prompt: pass --config_dir, a run whose config.gin defines the "

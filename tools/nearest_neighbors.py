@@ -13,7 +13,8 @@ each label, the prompt positions having one of the label's tokens among their to
 
 Inputs:
 - the prompt: `--model_dir` (prompts/step_<N>.npy of the latest step, `--step N`, or `--best`)
-  or `--prompt p.npy`; `--task_id T` picks task T of a multi-task export [N, P, H]
+  or `--prompt p.npy` (or a PEFT adapter folder); `--task_id T` picks task T of a multi-task
+  export [N, P, H]
   (an instance-dependent prompt's `.npz` has no fixed prompt and is refused);
 - the frozen embedding: `--checkpoint` (a T5X, orbax or Hugging Face checkpoint), default the
   INITIAL_CHECKPOINT_PATH of MODEL_DIR/config.gin (without one, the random frozen model the
@@ -214,7 +215,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model_dir", help="a training run's MODEL_DIR")
-    parser.add_argument("--prompt", help="a .npy prompt [P, H] (instead of --model_dir)")
+    parser.add_argument(
+        "--prompt", help="a .npy prompt [P, H] or a PEFT adapter folder (instead of --model_dir)"
+    )
     parser.add_argument("--step", type=int, help="MODEL_DIR/prompts/step_<STEP>.npy")
     parser.add_argument("--best", action="store_true", help="MODEL_DIR/prompts/best.npy")
     parser.add_argument(

@@ -250,7 +250,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         help="write a MODEL_DIR holding a .npy prompt",
         description="Extra --gin_file=F and --gin.NAME=VALUE flags amend the config.",
     )
-    imp.add_argument("--prompt", required=True, help="the .npy prompt [P, H]")
+    imp.add_argument(
+        "--prompt", required=True, help="the .npy prompt [P, H] or a PEFT adapter folder"
+    )
     imp.add_argument("--model_dir", required=True, help="the new MODEL_DIR to write")
     imp.add_argument("--config", help="a run's MODEL_DIR (its config.gin) or a .gin file")
     args, rest = parser.parse_known_args(argv)

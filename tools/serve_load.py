@@ -92,7 +92,7 @@ def write_prompts(folder: pathlib.Path, count: int, length: int, width: int) -> 
 
 
 def start_server(model: str, policy: str, folder: pathlib.Path, args, log) -> tuple[Any, str]:
-    """Starts pt-serve for one policy; returns (process, url) once it serves."""
+    """Starts pt-serve for one policy; returns (process, url) once it is ready (/readyz)."""
     gin_file = MODELS[model][0]
     if gin_file is None:
         gin_file = folder.parent / f"{model}.gin"
@@ -126,11 +126,29 @@ def start_server(model: str, policy: str, folder: pathlib.Path, args, log) -> tu
         match = re.search(r"http://\S+:\d+", line)
         if "Serving" in line and match:
             threading.Thread(target=process.stdout.read, daemon=True).start()
+            wait_ready(match.group(0), deadline)
             return process, match.group(0)
         if time.time() > deadline:
             break
     process.kill()
     raise SystemExit(f"error: the {model}/{policy} server did not start; see {log.name}.")
+
+
+def wait_ready(url: str, deadline: float) -> None:
+    """Waits until GET /readyz answers 200 (every program compiled), polling every 50 ms."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    while time.time() < deadline:
+        connection = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            connection.request("GET", "/readyz")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.05)
+    raise SystemExit(f"error: {url} was not ready within --startup_timeout.")
 
 
 def _post(connection: http.client.HTTPConnection, body: bytes) -> int:

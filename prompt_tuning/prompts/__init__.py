@@ -16,6 +16,9 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
 | `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
 
+Prompt files: `prompts.files` (`.npy`, `.npz`) and `prompts.peft_format` (Hugging Face PEFT
+prompt-tuning adapter folders), read the same way everywhere a prompt file is accepted.
+
 Initializers (`prompts.initializers`) are passed as `prompt_init` (not `init`, which would shadow
 `flax.linen.Module.init`).
 

@@ -5,10 +5,17 @@
     POST   /v1/classify          {"prompt", "inputs", "labels", "truncate"}
     GET    /v1/prompts           served prompts, the bank's size, prompts not served and why
     GET    /v1/prompts/{name}
-    PUT    /v1/prompts/{name}    body: a .npy file (application/octet-stream) or {"prompt": [[...]]}
+    PUT    /v1/prompts/{name}    body: a .npy file (application/octet-stream), {"prompt": [[...]]},
+                                 or a zipped PEFT prompt-tuning adapter folder (application/zip)
     DELETE /v1/prompts/{name}
-    GET    /healthz              status, bank size, queue, compile counts
+    GET    /healthz              liveness: 200 as soon as the listener is up (status, ready,
+                                  bank size, queue, compile counts)
+    GET    /readyz               readiness: 200 once every warm-up program is compiled, else 503;
+                                  both with the progress (compiled / total, which programs)
     GET    /metrics              Prometheus text format
+
+Requests are answered before the server is ready: one whose program is not compiled yet has it
+compiled at once, ahead of the warm-up's order, and waits for that program only.
 
 Errors are JSON `{"error": message, ...}`: 400 bad input (malformed JSON, missing or unknown
 fields, over-long inputs, a prompt of the wrong shape or dtype, a corrupt .npy), 404 unknown prompt
@@ -29,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from prompt_tuning.prompts import peft_format
 from prompt_tuning.serve import batcher as batcher_lib
 from prompt_tuning.serve import registry
 from prompt_tuning.serve.metrics import CONTENT_TYPE
@@ -104,13 +112,19 @@ def _install_handlers(app: fastapi.FastAPI) -> None:
 
 
 async def _read_prompt(request: Request, name: str, limit: int) -> tuple[Any, str]:
-    """The uploaded prompt: a .npy body, or JSON {"prompt": [[...]]}."""
+    """The uploaded prompt: a .npy body, JSON {"prompt": [[...]]}, or a zipped PEFT adapter."""
     size = int(request.headers.get("content-length") or 0)
     if size > limit:
         raise ApiError(413, f"The upload has {size} bytes; the limit is {limit}.")
     body = await request.body()
     if len(body) > limit:
         raise ApiError(413, f"The upload has {len(body)} bytes; the limit is {limit}.")
+    if request.headers.get("content-type", "").startswith("application/zip"):
+        what = f"The upload for {name!r}"
+        try:
+            return peft_format.read_adapter_archive(body, what), "upload (PEFT adapter)"
+        except peft_format.AdapterError as error:
+            raise ApiError(400, str(error)) from None
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             value = json.loads(body)["prompt"]
@@ -129,10 +143,12 @@ async def _read_prompt(request: Request, name: str, limit: int) -> tuple[Any, st
 
 
 def create_app(service: Service, drain_timeout: float | None = 30.0) -> fastapi.FastAPI:
-    """The FastAPI app over `service`; on shutdown it drains the service's queue."""
+    """The FastAPI app over `service`: on start-up it starts the service's warm-up (if not yet
+    started), on shutdown it drains the service's queue."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: fastapi.FastAPI):
+        service.start_warm_up()  # in the background: the listener comes up meanwhile
         yield
         service.close(drain_timeout)
 
@@ -210,7 +226,7 @@ def _prompt_json(info: registry.PromptInfo) -> dict[str, Any]:
 
 
 def _add_prompt_routes(app: fastapi.FastAPI, service: Service) -> None:
-    """The prompt routes, /healthz and /metrics."""
+    """The prompt routes, /healthz, /readyz and /metrics."""
 
     @app.get("/v1/prompts")
     async def list_prompts() -> dict[str, Any]:
@@ -234,6 +250,7 @@ def _add_prompt_routes(app: fastapi.FastAPI, service: Service) -> None:
                 "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
                     "application/json": {"schema": {"type": "object"}},
+                    "application/zip": {"schema": {"type": "string", "format": "binary"}},
                 },
             }
         },
@@ -257,6 +274,12 @@ def _add_prompt_routes(app: fastapi.FastAPI, service: Service) -> None:
     @app.get("/healthz")
     async def health() -> dict[str, Any]:
         return service.health()
+
+    @app.get("/readyz")
+    async def ready() -> JSONResponse:
+        progress = service.readiness()
+        ok = progress["ready"] and not progress["draining"]
+        return JSONResponse(progress, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -5,11 +5,13 @@ bucket S, so a server compiles a fixed set of programs at start (warm-up) and no
 programs are compiled ahead of time (`jax.jit(...).lower(...).compile()`) against the shardings the
 frozen parameters carry: the batch is split over the mesh's "data" axis when B divides by it, the
 parameters stay as placed (`inference.load_params`), the bank is replicated. Each compile is counted
-and logged; a request never compiles unless its shape is outside the warmed set.
+and logged; a request never compiles unless its shape is outside the warmed set, or the warm-up
+(in the background, smallest buckets first: `plan_warm_up`) has not reached it yet.
 
 Programs (all outputs per row, equal to running the row alone with its prompt):
-- greedy: `decoding.greedy_decode` to S tokens (a row asking for fewer keeps its first ones:
-  greedy decoding of a shorter length is a prefix of a longer one);
+- greedy: `decoding.greedy_decode` with each row's own maximum length (`lengths`: the loop stops
+  once every row has its EOS or its length, so one decode bucket S serves short requests without
+  decoding past them; greedy decoding of a shorter length is a prefix of a longer one);
 - beam: `decoding.beam_search` with each row's own maximum length (`lengths`), best beam and score;
 - score: `decoding.score`, the summed log-likelihood of target rows (rank classification).
 
@@ -19,7 +21,6 @@ H model dim, W beams.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import functools
 import logging
@@ -36,6 +37,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from prompt_tuning.prompts.serving_bank import ServingPromptBank
+from prompt_tuning.serve.warmup import WarmUp
 from prompt_tuning.t5 import decoding
 
 KINDS = ("greedy", "beam", "score")
@@ -52,9 +54,9 @@ class Buckets:
       label_length: label lengths S of `classify` (the largest is the longest label).
     """
 
-    batch: tuple[int, ...] = (1, 4, 16, 32)
+    batch: tuple[int, ...] = (1, 32)
     input_length: tuple[int, ...] = (64, 256)
-    decode_length: tuple[int, ...] = (16, 64)
+    decode_length: tuple[int, ...] = (64,)
     label_length: tuple[int, ...] = (8,)
 
     def __post_init__(self):
@@ -95,6 +97,16 @@ class ProgramKey:
     capacity: int
     prompt_length: int
 
+    def label(self) -> str:
+        """A short name for progress reports, e.g. "beam B=4 T=64 S=64 W=4"."""
+        name = f"{self.kind} B={self.batch} T={self.input_length} S={self.target_length}"
+        return name + (f" W={self.beam_size}" if self.kind == "beam" else "")
+
+    def order(self) -> tuple[int, ...]:
+        """Compilation order: smaller buckets first (batch, then input length, then kind)."""
+        kind = KINDS.index(self.kind) if self.kind in KINDS else len(KINDS)
+        return (self.batch, self.input_length, kind, self.target_length, self.beam_size)
+
 
 def _with_bank(params: Any, table: jax.Array, lengths: jax.Array) -> dict:
     """The frozen params with the bank at `encoder/prompt/{prompt, lengths}`."""
@@ -102,9 +114,14 @@ def _with_bank(params: Any, table: jax.Array, lengths: jax.Array) -> dict:
     return dict(params, encoder=encoder)
 
 
-def _greedy(model, length, params, table, lengths, tokens, rows):
+def _greedy(model, length, params, table, lengths, tokens, rows, max_lengths):
     return decoding.greedy_decode(
-        model, _with_bank(params, table, lengths), tokens, length, task_ids=rows
+        model,
+        _with_bank(params, table, lengths),
+        tokens,
+        length,
+        task_ids=rows,
+        lengths=max_lengths,
     )  # [B, S]
 
 
@@ -136,7 +153,8 @@ class Engine:
       params: its parameters (frozen, placed on a mesh by `inference.load_params`).
       buckets: the padded shapes.
       beam_sizes: the beam sizes served.
-      compiles: programs compiled so far, by reason ("warmup", "new_shape", "bank_resize").
+      compiles: programs compiled so far, by reason ("warmup", "new_shape", "bank_resize"); a
+        program of a warm-up set compiled early for a request counts as that warm-up's.
       compile_threads: programs compiled at once by `warm_up` (default: the CPU count).
     """
 
@@ -160,6 +178,7 @@ class Engine:
         self._programs: dict[ProgramKey, Any] = {}
         self._modules: dict[tuple[int, int], Any] = {}
         self._pending: dict[ProgramKey, threading.Lock] = {}
+        self._planned: dict[ProgramKey, str] = {}  # warm-up keys -> their reason
         self._lock = threading.Lock()
         sharding = jax.tree.leaves(params)[0].sharding
         self._mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
@@ -199,7 +218,7 @@ class Engine:
         )
         batch = (spec((b, t), jnp.int32, data), spec((b,), jnp.int32, data))
         if key.kind == "greedy":
-            fn, extra = functools.partial(_greedy, model, s), ()
+            fn, extra = functools.partial(_greedy, model, s), (spec((b,), jnp.int32, data),)
         elif key.kind == "beam":
             fn = functools.partial(_beam, model, s, key.beam_size)
             extra = (spec((b,), jnp.int32, data),)
@@ -208,30 +227,48 @@ class Engine:
         return jax.jit(fn).lower(self.params, *bank, *batch, *extra).compile()
 
     def program(self, key: ProgramKey, reason: str = "new_shape") -> Any:
-        """The compiled program of `key`, compiling it (once, even from several threads)."""
+        """The compiled program of `key`, compiling it (once, even from several threads).
+
+        A request whose program a warm-up has not compiled yet compiles it here, ahead of the
+        warm-up's order, and waits only for it; a program being compiled is waited for.
+        """
         with self._lock:
             compiled = self._programs.get(key)
             if compiled is not None:
                 return compiled
+            reason = self._planned.get(key, reason)
             lock = self._pending.setdefault(key, threading.Lock())
         with lock:
             with self._lock:
                 if key in self._programs:
                     return self._programs[key]
             start = time.perf_counter()
-            compiled = self._lower(key)
+            try:
+                compiled = self._lower(key)
+            except BaseException:
+                with self._lock:
+                    self._pending.pop(key, None)
+                raise
             seconds = time.perf_counter() - start
             with self._lock:
                 self._programs[key] = compiled
+                self._pending.pop(key, None)
                 self.compiles[reason] = self.compiles.get(reason, 0) + 1
-            level = logging.DEBUG if reason == "warmup" else logging.WARNING
+            level = logging.DEBUG if key in self._planned else logging.WARNING
             logging.log(level, "Compiled %s (%s) in %.1f s", key, reason, seconds)
             if self._on_compile is not None:
                 self._on_compile(key, reason, seconds)
             return compiled
 
+    def state(self, key: ProgramKey) -> str:
+        """The key's state: "compiled", "compiling" or "pending"."""
+        with self._lock:
+            if key in self._programs:
+                return "compiled"
+            return "compiling" if key in self._pending else "pending"
+
     def warm_keys(self, kinds: Sequence[str], capacity: int, length: int) -> list[ProgramKey]:
-        """Every program of `kinds` for the bank shape (C, P): all bucket combinations."""
+        """Every program of `kinds` for the bank shape (C, P), smallest buckets first."""
         keys = []
         for kind in kinds:
             if kind not in KINDS:
@@ -242,17 +279,39 @@ class Engine:
                     for t in self.buckets.input_length:
                         for s in self.buckets.lengths(kind):
                             keys.append(ProgramKey(kind, b, t, s, w, capacity, length))
-        return keys
+        return sorted(keys, key=ProgramKey.order)
+
+    def plan_warm_up(
+        self, kinds: Sequence[str], capacity: int, length: int, reason: str = "warmup"
+    ) -> WarmUp:
+        """A `WarmUp` (not started) of every program of `kinds` for the bank shape; from now on a
+        request compiling one of them counts it under `reason`."""
+        keys = self.warm_keys(kinds, capacity, length)
+        with self._lock:
+            for key in keys:
+                self._planned.setdefault(key, reason)
+        return WarmUp(
+            keys,
+            lambda key: self.program(key, reason),
+            self.state,
+            ProgramKey.label,
+            self.compile_threads,
+        )
 
     def warm_up(
         self, kinds: Sequence[str], capacity: int, length: int, reason: str = "warmup"
     ) -> int:
-        """Compiles every program of `kinds` for the bank shape; returns how many were new."""
-        keys = [k for k in self.warm_keys(kinds, capacity, length) if k not in self._programs]
-        # XLA compiles mostly on one thread: compiling several programs at once uses the cores.
-        with concurrent.futures.ThreadPoolExecutor(self.compile_threads) as pool:
-            list(pool.map(lambda key: self.program(key, reason), keys))
-        return len(keys)
+        """Compiles every program of `kinds` for the bank shape (blocking); returns how many were
+        new.
+
+        Raises:
+          RuntimeError: a program failed to compile (naming it).
+        """
+        before = self.num_programs()
+        warm = self.plan_warm_up(kinds, capacity, length, reason).start()
+        if not warm.wait():
+            raise RuntimeError(f"Compiling the serving programs failed: {warm.error}")
+        return self.num_programs() - before
 
     def num_programs(self) -> int:
         """Programs compiled so far."""
@@ -307,11 +366,9 @@ class Engine:
         b, t, batch, ids, (limits,) = self._pad(tokens, rows, (limits,))
         key = ProgramKey(kind, b, t, s, beam_size if kind == "beam" else 0, *bank.shape)
         program = self.program(key)
-        args = self._put(b, batch, ids)
+        args = self._put(b, batch, ids, limits[:, 0])
         if kind == "beam":
-            out, scores = program(
-                self.params, bank.table, bank.lengths, *args, *self._put(b, limits[:, 0])
-            )
+            out, scores = program(self.params, bank.table, bank.lengths, *args)
             scores = np.asarray(jax.device_get(scores))[: len(tokens)].tolist()
         else:
             out, scores = program(self.params, bank.table, bank.lengths, *args), None

@@ -4,6 +4,7 @@
       builtin_sentiment.npy        -> prompt "builtin_sentiment"
       builtin_topic/               -> a MODEL_DIR: prompts/best.npy, else the latest step_<N>.npy
       idpg_run/                    -> skipped: an IDPG run has no plain prompt (reason reported)
+      rte_adapter/                 -> a PEFT prompt-tuning adapter folder (its prompt_embeddings)
 
 A training run exports its prompt at every save (`train.prompt_files`): a plain `[P, H]` `.npy`,
 folded for the parameterizations that have a plain form (Lester's prompt, single-task structured
@@ -11,7 +12,9 @@ prompts, DPT, the rank probe, residual prompts), which is served as a plain prom
 export `[N, P, H]` (one prompt per task id) is skipped with a reason naming how to export one
 task's prompt. Instance-dependent prompts (IDPG's `InstancePrompt`) and per-layer prompts
 (`DeepPrompt`) have no plain form: their runs export a parameters `.npz`, and they are skipped with
-a reason that says so.
+a reason that says so. A PEFT prompt-tuning adapter folder (`adapter_config.json` +
+`adapter_model.safetensors`, `prompts.peft_format`) serves its `prompt_embeddings` [P, H]; one PEFT
+cannot mean as an encoder prompt is skipped with the field that says so.
 
 Letters: P prompt length, H model dim.
 """
@@ -24,17 +27,12 @@ import re
 
 import numpy as np
 
-from prompt_tuning.prompts import files
+from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.serve.registry import PromptError
+from prompt_tuning.train import prompt_files
+from prompt_tuning.train.prompt_files import NOT_FOLDABLE  # shared with pt-export
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
-_STEP_FILE = re.compile(r"^step_(\d+)\.npy$")
-_PROMPT_BINDING = re.compile(r"^PROMPT\s*=\s*@([\w.]+)\(", re.MULTILINE)
-# Parameterizations without a plain [P, H] form, and why.
-NOT_FOLDABLE = {
-    "InstancePrompt": "instance-dependent (IDPG: a generator computes each example's prompt)",
-    "DeepPrompt": "per-layer (a prompt at every encoder layer)",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,24 +62,15 @@ def check_name(name: str) -> None:
 
 
 def _run_prompt(folder: pathlib.Path) -> pathlib.Path | None:
-    """A run's exported prompt: prompts/best.npy, else the latest prompts/step_<N>.npy."""
-    prompts = folder / "prompts"
-    if (prompts / "best.npy").is_file():
-        return prompts / "best.npy"
-    steps = {}
-    if prompts.is_dir():
-        for path in prompts.iterdir():
-            match = _STEP_FILE.match(path.name)
-            if match:
-                steps[int(match.group(1))] = path
-    return steps[max(steps)] if steps else None
+    """A run's exported prompt: prompts/best.npy, else the latest prompts/step_<N>.npy
+    (`prompt_files.run_export_path`); None for a parameters `.npz` (no plain prompt)."""
+    found = prompt_files.run_export_path(folder)
+    return found if found is not None and found.suffix == ".npy" else None
 
 
 def _no_prompt_reason(folder: pathlib.Path) -> str:
     """Why a run folder has no plain prompt, from its config.gin's PROMPT binding."""
-    config = folder / "config.gin"
-    binding = _PROMPT_BINDING.search(config.read_text()) if config.is_file() else None
-    module = binding.group(1).rsplit(".", 1)[-1] if binding else None
+    module = prompt_files.prompt_module_name(folder)
     if module in NOT_FOLDABLE:
         return (
             f"its prompt {module} is {NOT_FOLDABLE[module]} and has no plain [P, H] form; "
@@ -103,15 +92,18 @@ def _multi_task_reason(path: pathlib.Path, prompt: np.ndarray) -> str:
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
-    """The `.npy` prompt at `path` (`prompts.files.read_npy`: a named error for anything else)."""
+    """The `.npy` prompt (or adapter folder) at `path`: a named error for anything else."""
     try:
+        if path.is_dir():
+            return peft_format.read_adapter(path)
         return files.read_npy(path, "Prompt file")
     except (OSError, files.PromptFileError) as error:
         raise PromptError(str(error)) from None
 
 
 def scan_prompt_dir(directory: str | pathlib.Path) -> list[Found]:
-    """Reads every `.npy` file and run folder directly under `directory`, sorted by name.
+    """Reads every `.npy` file, adapter folder and run folder directly under `directory`, sorted
+    by name.
 
     Entries that cannot be served (a corrupt file, a run without a plain prompt, a bad name) come
     back with `reason` set instead of raising, so one bad entry does not stop the server.
@@ -135,7 +127,8 @@ def scan_prompt_dir(directory: str | pathlib.Path) -> list[Found]:
             continue
         try:
             check_name(name)
-            source = path if path.is_file() else _run_prompt(path)
+            adapter = path.is_dir() and peft_format.is_adapter(path)
+            source = path if path.is_file() or adapter else _run_prompt(path)
             if source is None:
                 found.append(Found(name, str(path), reason=_no_prompt_reason(path)))
                 continue

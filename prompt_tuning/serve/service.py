@@ -71,8 +71,9 @@ class ServiceConfig:
       max_wait_s: how long the oldest request waits for others to share its batch.
       max_queue_rows: queued rows before HTTP 429.
       beam_sizes: beam widths served.
-      warmup: program kinds compiled at start ("greedy", "beam", "score").
+      warmup: program kinds compiled at start, in the background ("greedy", "beam", "score").
       limits: per-request limits.
+      compile_threads: programs compiled at once (None: the CPU count).
     """
 
     buckets: engine_lib.Buckets = dataclasses.field(default_factory=engine_lib.Buckets)
@@ -86,6 +87,7 @@ class ServiceConfig:
     beam_sizes: tuple[int, ...] = (4,)
     warmup: tuple[str, ...] = engine_lib.KINDS
     limits: Limits = dataclasses.field(default_factory=Limits)
+    compile_threads: int | None = None
 
 
 class Service:
@@ -99,8 +101,10 @@ class Service:
         config: ServiceConfig,
         initial_prompts: Sequence[loading.Found] = (),
         label_lookup: Callable[[str], Sequence[str] | None] | None = None,
+        start_warm_up: bool = True,
     ):
-        """Builds the bank from `initial_prompts`, compiles the warm-up programs, starts batching.
+        """Builds the bank from `initial_prompts`, starts compiling the warm-up programs in the
+        background (`ready` once done) and starts batching.
 
         Args:
           module: the frozen `EncoderDecoder` (MODEL; any prompt of its own is ignored).
@@ -110,6 +114,8 @@ class Service:
           initial_prompts: `loading.scan_prompt_dir` entries; skipped ones keep their reason.
           label_lookup: a task name -> its label strings (None for generative tasks); classify
             uses it when a request gives no labels.
+          start_warm_up: start compiling now (else at `start_warm_up()`: `pt-serve` starts it
+            when its HTTP listener comes up).
         """
         self.config = config
         self.vocabulary = vocabulary
@@ -119,7 +125,12 @@ class Service:
             logging.warning("Not serving %s: %s", name, reason)
         self._label_lookup = label_lookup
         self.engine = engine_lib.Engine(
-            module, params, config.buckets, config.beam_sizes, self._compiled
+            module,
+            params,
+            config.buckets,
+            config.beam_sizes,
+            self._compiled,
+            config.compile_threads,
         )
         served = [f for f in initial_prompts if f.reason is None]
         self.registry = self._build_registry(served)
@@ -130,8 +141,10 @@ class Service:
                 self.skipped[found.name] = str(error)
                 logging.warning("Not serving %s: %s", found.name, error)
         capacity, length = self.registry.shape
-        count = self.engine.warm_up(config.warmup, capacity, length)
-        logging.info("Compiled %d programs for a bank of %d x %d", count, capacity, length)
+        # In the background, smallest buckets first: requests are served meanwhile (`ready`).
+        self.warmup = self.engine.plan_warm_up(config.warmup, capacity, length)
+        if start_warm_up:
+            self.start_warm_up()
         self.draining = False
         self._update_gauges()
         self.batcher = batcher_lib.Batcher(
@@ -383,11 +396,37 @@ class Service:
         self._update_gauges()
         return info
 
+    def start_warm_up(self) -> None:
+        """Starts compiling the start-up programs in the background (once)."""
+        if not self.warmup.started:
+            capacity, length = self.registry.shape
+            logging.info(
+                "Compiling %d programs for a bank of %d x %d in the background",
+                len(self.warmup.keys),
+                capacity,
+                length,
+            )
+        self.warmup.start()
+
+    @property
+    def ready(self) -> bool:
+        """Every program of the start-up warm-up set is compiled."""
+        return self.warmup.ready
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Blocks until the start-up programs are compiled (or `timeout` s); returns `ready`."""
+        return self.warmup.wait(timeout)
+
+    def readiness(self) -> dict[str, Any]:
+        """The warm-up's progress (`warmup.WarmUp.progress`) and whether the server is draining."""
+        return {**self.warmup.progress(), "draining": self.draining}
+
     def health(self) -> dict[str, Any]:
-        """Status, sizes and compile counts."""
+        """Status, readiness, sizes and compile counts."""
         capacity, length = self.registry.shape
         return {
             "status": "draining" if self.draining else "ok",
+            "ready": self.ready,
             "prompts": len(self.registry.names()),
             "bank": {"capacity": capacity, "prompt_length": length},
             "queue_rows": self.batcher.queued_rows,
@@ -397,9 +436,15 @@ class Service:
             "xla_compiles": self.metrics.xla.count,
         }
 
+    def begin_drain(self) -> None:
+        """Starts draining without waiting: queued requests run at once, new ones get 503."""
+        self.draining = True
+        self.warmup.cancel()
+        self.batcher.stop(timeout=0)
+
     def close(self, timeout: float | None = None) -> bool:
         """Drains the queue (queued requests still get answers) and stops the worker."""
-        self.draining = True
+        self.begin_drain()
         done = self.batcher.stop(timeout)
         self.metrics.close()
         return done

@@ -183,10 +183,13 @@ def expected_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
 
     Returns:
       `{"token_embedder/embedding": (V, H), "encoder/layers_0/attention/query/kernel": (H, N*K),
-      ...}` for every parameter of `EncoderDecoder(config)` without a prompt (DESIGN.md's tree).
+      ...}` for every parameter of `EncoderDecoder(config)` without a prompt (DESIGN.md's tree);
+      with `relative_attention_per_layer` the tables are `{encoder,decoder}/layers_i/relpos_bias/
+      rel_embedding` instead of `{encoder,decoder}/relpos_bias/rel_embedding`.
     """
     h = config.emb_dim
     relpos = (config.num_heads, config.relative_attention_num_buckets)
+    per_layer = config.relative_attention_per_layer
     shapes = {"token_embedder/embedding": (config.vocab_size, h)}
     attention, mlp = _attention_shapes(config), _mlp_shapes(config)
     for i in range(config.num_encoder_layers):
@@ -194,16 +197,22 @@ def expected_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
         shapes.update({f"{prefix}/{norm}/scale": (h,) for norm in _ENCODER_NORMS})
         shapes.update({f"{prefix}/attention/{k}": v for k, v in attention.items()})
         shapes.update({f"{prefix}/mlp/{k}": v for k, v in mlp.items()})
+        if per_layer:
+            shapes[f"{prefix}/relpos_bias/rel_embedding"] = relpos
     shapes["encoder/encoder_norm/scale"] = (h,)
-    shapes["encoder/relpos_bias/rel_embedding"] = relpos
+    if not per_layer:
+        shapes["encoder/relpos_bias/rel_embedding"] = relpos
     for i in range(config.num_decoder_layers):
         prefix = f"decoder/layers_{i}"
         shapes.update({f"{prefix}/{norm}/scale": (h,) for norm in _DECODER_NORMS})
         for block in ("self_attention", "encoder_decoder_attention"):
             shapes.update({f"{prefix}/{block}/{k}": v for k, v in attention.items()})
         shapes.update({f"{prefix}/mlp/{k}": v for k, v in mlp.items()})
+        if per_layer:
+            shapes[f"{prefix}/relpos_bias/rel_embedding"] = relpos
     shapes["decoder/decoder_norm/scale"] = (h,)
-    shapes["decoder/relpos_bias/rel_embedding"] = relpos
+    if not per_layer:
+        shapes["decoder/relpos_bias/rel_embedding"] = relpos
     if not config.logits_via_embedding:
         shapes["decoder/logits_dense/kernel"] = (h, config.vocab_size)
     return shapes
@@ -225,8 +234,9 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], **hints: Any) -> T5Confi
     """Infers a `T5Config` from a flat `{name: shape}` map in the T5X layout.
 
     V and H come from the embedding, N*K from the encoder's first query kernel, N and the number
-    of buckets from `encoder/relpos_bias/rel_embedding [N, buckets]` (so K = N*K / N needs no
-    assumption), F from `mlp/wo`, the layer counts from `layers_i`, the MLP from `wi_0`/`wi_1`
+    of buckets from `encoder/relpos_bias/rel_embedding [N, buckets]` (or, one table per layer as
+    in UMT5, `encoder/layers_0/relpos_bias/rel_embedding`; so K = N*K / N needs no assumption),
+    F from `mlp/wo`, the layer counts from `layers_i`, the MLP from `wi_0`/`wi_1`
     (gated GELU, T5 1.1) or `wi` (ReLU, original T5), tying from `decoder/logits_dense`.
     Tied logits are taken as scaled (T5X and original T5). Things shapes cannot tell
     (`relative_attention_max_distance`, epsilon, dropout, dtypes) keep `T5Config`'s defaults
@@ -242,11 +252,13 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], **hints: Any) -> T5Confi
     Raises:
       CheckpointError: a parameter needed for the inference is missing.
     """
+    per_layer = "encoder/layers_0/relpos_bias/rel_embedding" in shapes
+    relpos = f"encoder/{'layers_0/' if per_layer else ''}relpos_bias/rel_embedding"
     required = (
         "token_embedder/embedding",
         "encoder/layers_0/attention/query/kernel",
         "encoder/layers_0/mlp/wo/kernel",
-        "encoder/relpos_bias/rel_embedding",
+        relpos,
     )
     missing = [name for name in required if name not in shapes]
     if missing:
@@ -256,7 +268,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], **hints: Any) -> T5Confi
         )
     vocab, h = shapes["token_embedder/embedding"]
     joined = shapes["encoder/layers_0/attention/query/kernel"][1]
-    heads, buckets = shapes["encoder/relpos_bias/rel_embedding"]
+    heads, buckets = shapes[relpos]
     names = set(shapes)
     gated = "encoder/layers_0/mlp/wi_0/kernel" in names
     tied = "decoder/logits_dense/kernel" not in names
@@ -272,6 +284,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], **hints: Any) -> T5Confi
         logits_via_embedding=tied,
         scale_tied_logits=True,
         relative_attention_num_buckets=buckets,
+        relative_attention_per_layer=per_layer,
     )
     inferred.update(hints)
     return T5Config(**inferred)
@@ -310,3 +323,63 @@ def check_shapes(shapes: Mapping[str, tuple[int, ...]], config: T5Config) -> Non
             f"{' ...' if len(unexpected) > 8 else ''}. Check the layer counts, the MLP kind"
             " (mlp_activations) and logits_via_embedding of the config."
         )
+
+
+# Fields that shape the function a checkpoint computes (not dropout, dtypes or remat).
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "emb_dim",
+    "num_heads",
+    "head_dim",
+    "mlp_dim",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "mlp_activations",
+    "logits_via_embedding",
+    "scale_tied_logits",
+    "relative_attention_num_buckets",
+    "relative_attention_max_distance",
+    "relative_attention_per_layer",
+    "layer_norm_epsilon",
+)
+# What a T5X checkpoint's shapes tell (`infer_config`); the rest only a config.json states.
+SHAPE_FIELDS = (
+    "vocab_size",
+    "emb_dim",
+    "num_heads",
+    "head_dim",
+    "mlp_dim",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "logits_via_embedding",
+    "relative_attention_num_buckets",
+    "relative_attention_per_layer",
+)
+
+
+def check_same_architecture(
+    config: T5Config, found: T5Config, where: str, fields: tuple[str, ...] = ARCHITECTURE_FIELDS
+) -> None:
+    """Checks that a model's config and a checkpoint's config describe the same network.
+
+    Args:
+      config: the model's config (a gin model file's `T5Config`).
+      found: the checkpoint's (its `config.json`, or inferred from its shapes).
+      where: the checkpoint, for the message (e.g. "the Hugging Face folder /x (config.json)").
+      fields: the fields to compare (`SHAPE_FIELDS` for a config inferred from shapes).
+
+    Raises:
+      CheckpointError: naming the first differing field and both values.
+    """
+    for field in fields:
+        if field == "scale_tied_logits" and not config.logits_via_embedding:
+            continue  # Untied logits are never scaled; the field does not matter.
+        mine, theirs = getattr(config, field), getattr(found, field)
+        if field == "mlp_activations":
+            mine, theirs = tuple(mine), tuple(theirs)
+        if mine != theirs:
+            raise CheckpointError(
+                f"The model's T5Config.{field} is {mine!r} but {where} has {field}={theirs!r}. "
+                "Use the model gin file matching the checkpoint (gin_configs/models/), or "
+                "gin_configs/models/from_checkpoint.gin to take the architecture from it."
+            )

@@ -6,7 +6,9 @@ docs/DESIGN.md, no `target` level) and a `T5Config`:
 - a Hugging Face folder (`config.json` + `model.safetensors`, a sharded
   `model.safetensors.index.json`, or `pytorch_model.bin`): see `hf_format`;
 - a legacy T5X checkpoint folder (`checkpoint_N/` holding the msgpack file `checkpoint` and one
-  zarr array per large parameter): see `t5x_format`;
+  zarr array per large parameter): see `t5x_format`; T5X scalable_t5's layouts (UMT5's public
+  checkpoints: scanned layers, 3-D attention kernels) are read under our names
+  (`scanned_layout`);
 - an orbax / new T5X checkpoint (OCDBT: `manifest.ocdbt`, `_METADATA`, possibly under a
   `state/`, `params/` or `default/` item folder): see `orbax_format`.
 
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning.t5 import checkpoint_tree, hf_format, orbax_format, t5x_format
+from prompt_tuning.t5 import checkpoint_tree, hf_format, orbax_format, scanned_layout, t5x_format
 from prompt_tuning.t5.checkpoint_tree import (  # noqa: F401 (re-exported)
     PROMPT_SCOPE,
     CheckpointError,
@@ -97,8 +99,24 @@ def open_readers(
             readers = {name: r for name, r in readers.items() if name in names}
         return kind, config, readers
     if kind == "t5x":
-        return kind, None, t5x_format.legacy_readers(path, names)
+        return kind, None, _t5x_readers(path, names)
     raise CheckpointError(f"{path} is an orbax checkpoint; it has no slice readers.")
+
+
+def _t5x_readers(path: str, names: Any) -> dict[str, checkpoint_tree.ArrayReader]:
+    """A legacy T5X checkpoint's readers under our names; a scalable_t5 layout (UMT5's scanned
+    layers, 3-D attention kernels) is converted by `scanned_layout.unscan`."""
+    readers = t5x_format.legacy_readers(path, names)
+    if names is not None and set(names) - set(readers):  # Perhaps stored scanned: list them all.
+        everything = t5x_format.legacy_readers(path)
+        shapes = {name: tuple(r.shape) for name, r in everything.items()}
+        if scanned_layout.is_scalable_layout(shapes):
+            readers = everything
+    if scanned_layout.is_scalable_layout({n: tuple(r.shape) for n, r in readers.items()}):
+        readers = scanned_layout.unscan(readers)
+        if names is not None:
+            readers = {name: r for name, r in readers.items() if name in names}
+    return readers
 
 
 def checkpoint_shapes(path: str | os.PathLike) -> tuple[str, T5Config | None, dict[str, tuple]]:
@@ -109,6 +127,28 @@ def checkpoint_shapes(path: str | os.PathLike) -> tuple[str, T5Config | None, di
         return kind, None, orbax_format.orbax_shapes(path)
     _, config, readers = open_readers(path)
     return kind, config, {name: tuple(r.shape) for name, r in readers.items()}
+
+
+def checkpoint_config(path: str | os.PathLike, **overrides: Any) -> T5Config:
+    """The architecture a checkpoint states, so that it needs no model gin file.
+
+    A Hugging Face folder's `config.json` gives every field (its `model_type` t5, mt5 or umt5);
+    a T5X or orbax checkpoint gives what its shapes tell (`infer_config`), the rest keeps
+    `T5Config`'s defaults (relative_attention_max_distance 128 and epsilon 1e-6, as every public
+    T5 family has). No array is read.
+
+    Args:
+      path: the checkpoint (INITIAL_CHECKPOINT_PATH).
+      **overrides: run settings applied on top, e.g. `dropout_rate`, `dtype`.
+
+    Returns:
+      The config.
+
+    Raises:
+      CheckpointError: the checkpoint is missing, unrecognisable or unsupported.
+    """
+    _, found, shapes = checkpoint_shapes(path)
+    return (found or infer_config(shapes)).replace(**overrides)
 
 
 def resolve_config(
@@ -126,9 +166,12 @@ def resolve_config(
       `config`, `found` or the inferred config.
 
     Raises:
-      CheckpointError: the shapes do not fit the config (naming the parameter and both shapes).
+      CheckpointError: `config` and `found` differ (naming the field and both values), or the
+        shapes do not fit the config (naming the parameter and both shapes).
     """
-    del path
+    if config is not None and found is not None:
+        where = f"the Hugging Face folder {path} ({hf_format.CONFIG_FILE})"
+        checkpoint_tree.check_same_architecture(config, found, where)
     config = config or found or infer_config(shapes)
     check_shapes(shapes, config)
     return config

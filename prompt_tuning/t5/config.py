@@ -1,6 +1,14 @@
 """The frozen T5 configuration: one dataclass, presets override fields only.
 
-Sizes follow the public T5 1.1 (and LM-adapted) and original T5 checkpoints.
+Sizes follow the public checkpoints: T5 1.1 (and LM-adapted), original T5, and the families built
+on T5 1.1's architecture (T5X's gin files `t5x/examples/t5/{t5_1_1,mt5,byt5}/*.gin` and
+`t5x/examples/scalable_t5/{mt5,umt5}/*.gin`, and transformers' published `config.json`s):
+
+- Flan-T5: T5 1.1's sizes and vocabulary.
+- mT5: T5 1.1's sizes with a 250,112-row embedding (mc4.250000.100extra SentencePiece).
+- ByT5: 384 rows (seqio's byte vocabulary, padded) and an encoder 3x deeper than the decoder.
+- UMT5: mT5's sizes, 256,384 rows (umt5.256000 SentencePiece, 300 extra ids) and a relative
+  position bias in every layer (`relative_attention_per_layer`), as T5X's scalable_t5 builds it.
 """
 
 import dataclasses
@@ -26,6 +34,18 @@ _T5_ORIGINAL_SIZES = {
 }
 
 
+# ByT5 (T5X's t5x/examples/t5/byt5/*.gin): H, F, N, K, encoder layers, decoder layers.
+_BYT5_SIZES = {
+    "small": (1472, 3584, 6, 64, 12, 4),
+    "base": (1536, 3968, 12, 64, 18, 6),
+    "large": (1536, 3840, 16, 64, 36, 12),
+    "xl": (2560, 6720, 32, 64, 36, 12),
+    "xxl": (4672, 12352, 64, 64, 36, 12),
+}
+MT5_VOCAB_SIZE = 250112  # mc4.250000.100extra: 250,100 ids, padded to a multiple of 128.
+BYT5_VOCAB_SIZE = 384  # seqio.ByteVocabulary: 3 special ids + 256 bytes (+ 125 unused), padded.
+UMT5_VOCAB_SIZE = 256384  # umt5.256000 with 300 extra ids (T5X's scalable_t5/umt5/vocab.gin).
+
 _FLOAT_DTYPES = tuple(jnp.dtype(t) for t in (jnp.float32, jnp.bfloat16, jnp.float16))
 
 
@@ -50,6 +70,9 @@ class T5Config:
         and T5X do; checkpoints written by transformers 5.x for T5 1.1 do not).
       relative_attention_num_buckets: relative position buckets per stack.
       relative_attention_max_distance: distance beyond which positions share the last bucket.
+      relative_attention_per_layer: every layer has its own relative position table
+        (`layers_i/relpos_bias/rel_embedding`, UMT5 and T5X's scalable_t5) instead of one per stack
+        shared by its layers (`encoder/relpos_bias`, `decoder/relpos_bias`, T5 and T5 1.1).
       layer_norm_epsilon: RMS norm epsilon.
       dtype: activation dtype, "float32" or "bfloat16" (T5X's ACTIVATION_DTYPE; a name or a
         dtype). bfloat16 is mixed precision: matmul and einsum operands in bfloat16 with float32
@@ -75,6 +98,7 @@ class T5Config:
     scale_tied_logits: bool = True
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
+    relative_attention_per_layer: bool = False
     layer_norm_epsilon: float = 1e-6
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -137,6 +161,39 @@ def t5_original(size: str = "small", **overrides) -> T5Config:
     return config.replace(**overrides)
 
 
+def flan_t5(size: str = "small", **overrides) -> T5Config:
+    """Flan-T5 ("small" ... "xxl"): T5 1.1 (LM-adapted) instruction-finetuned, same architecture."""
+    return t5_1_1(size, **overrides)
+
+
+def mt5(size: str = "small", **overrides) -> T5Config:
+    """mT5 ("small" ... "xxl"): T5 1.1's sizes with mT5's 250,112-row embedding."""
+    return t5_1_1(size, vocab_size=MT5_VOCAB_SIZE).replace(**overrides)
+
+
+def umt5(size: str = "small", **overrides) -> T5Config:
+    """UMT5 ("small" ... "xxl"): mT5's sizes, a 256,384-row embedding, a bias table per layer."""
+    config = t5_1_1(size, vocab_size=UMT5_VOCAB_SIZE, relative_attention_per_layer=True)
+    return config.replace(**overrides)
+
+
+def byt5(size: str = "small", **overrides) -> T5Config:
+    """ByT5 ("small" ... "xxl"): 384 rows (bytes), an encoder 3x deeper than the decoder."""
+    if size not in _BYT5_SIZES:
+        raise ValueError(f"Unknown ByT5 size {size!r}; choose one of {sorted(_BYT5_SIZES)}.")
+    h, f, n, k, encoder_layers, decoder_layers = _BYT5_SIZES[size]
+    config = T5Config(
+        vocab_size=BYT5_VOCAB_SIZE,
+        emb_dim=h,
+        mlp_dim=f,
+        num_heads=n,
+        head_dim=k,
+        num_encoder_layers=encoder_layers,
+        num_decoder_layers=decoder_layers,
+    )
+    return config.replace(**overrides)
+
+
 def tiny(**overrides) -> T5Config:
     """A T5 1.1-shaped model small enough for unit tests (H=32, 2+2 layers, V=128)."""
     config = T5Config(
@@ -163,7 +220,8 @@ def num_params(config: T5Config) -> int:
     attention = 4 * h * joined
     mlp = (len(config.mlp_activations) + 1) * h * f
     relpos = config.num_heads * config.relative_attention_num_buckets
-    encoder = config.num_encoder_layers * (attention + mlp + 2 * h) + h + relpos
-    decoder = config.num_decoder_layers * (2 * attention + mlp + 3 * h) + h + relpos
+    per_layer, per_stack = (relpos, 0) if config.relative_attention_per_layer else (0, relpos)
+    encoder = config.num_encoder_layers * (attention + mlp + 2 * h + per_layer) + h + per_stack
+    decoder = config.num_decoder_layers * (2 * attention + mlp + 3 * h + per_layer) + h + per_stack
     embeddings = config.vocab_size * h * (1 if config.logits_via_embedding else 2)
     return embeddings + encoder + decoder

@@ -113,14 +113,18 @@ def _sample_loop(
     eos_id: int,
     choose: Callable[[Array, Array], Array],
     rng: Array,
+    lengths: Array | None = None,
 ) -> Array:
-    """Decodes one token per step with `choose(logits [B, V], rng) -> [B]` until all hit EOS."""
+    """Decodes one token per step with `choose(logits [B, V], rng) -> [B]` until every row has
+    its EOS or its `lengths` tokens."""
     params = nn.unbox(params)
     encoded, encoder_mask = _encode(model, params, encoder_input_tokens, task_ids)
     b = encoder_input_tokens.shape[0]
     cache = init_cache(model, params, encoded, encoder_mask, max_decode_length)
     tokens = jnp.zeros((b, max_decode_length), jnp.int32)
     done = jnp.zeros((b,), bool)
+    if lengths is None:
+        lengths = jnp.full((b,), max_decode_length, jnp.int32)
 
     def cond(state):
         i, _, _, done, _ = state
@@ -133,7 +137,8 @@ def _sample_loop(
         logits, cache = decode_step(model, params, cache, encoded, encoder_mask, previous)
         new = jnp.where(done, 0, choose(logits, step_rng).astype(jnp.int32))  # [B]
         tokens = tokens.at[:, i].set(new)
-        return i + 1, tokens, cache, jnp.logical_or(done, new == eos_id), rng
+        done = jnp.logical_or(done, jnp.logical_or(new == eos_id, i + 1 >= lengths))  # [B]
+        return i + 1, tokens, cache, done, rng
 
     state = (jnp.asarray(0), tokens, cache, done, rng)
     _, tokens, _, _, _ = jax.lax.while_loop(cond, body, state)
@@ -147,6 +152,7 @@ def greedy_decode(
     max_decode_length: int,
     task_ids: Array | None = None,
     eos_id: int = 1,
+    lengths: Array | None = None,
 ) -> Array:
     """Greedy (argmax) decoding.
 
@@ -157,14 +163,26 @@ def greedy_decode(
       max_decode_length: S, the maximum number of generated tokens (EOS included).
       task_ids: optional `[B]` int passed to the prompt.
       eos_id: end-of-sequence id; decoding of a row stops after it.
+      lengths: optional `[B]` int, each row's own maximum length (<= S; a traced value): a row
+        stops after that many tokens, and the loop once every row has stopped, so one compiled
+        program serves short and long requests without decoding past them. A row's tokens equal
+        the first `lengths` tokens of decoding it to S (0 after).
 
     Returns:
-      `[B, S]` int32 tokens, 0 after EOS.
+      `[B, S]` int32 tokens, 0 after EOS (and after a row's length).
     """
     choose = lambda logits, _: jnp.argmax(logits, axis=-1)
     rng = jax.random.key(0)  # Unused by argmax; keeps one loop for greedy and sampling.
     return _sample_loop(
-        model, params, encoder_input_tokens, max_decode_length, task_ids, eos_id, choose, rng
+        model,
+        params,
+        encoder_input_tokens,
+        max_decode_length,
+        task_ids,
+        eos_id,
+        choose,
+        rng,
+        lengths,
     )
 
 

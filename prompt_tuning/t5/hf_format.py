@@ -1,16 +1,11 @@
-"""Hugging Face (transformers) T5 checkpoints <-> the T5X parameter tree.
+"""Hugging Face (transformers) T5, mT5 and UMT5 checkpoints <-> the T5X parameter tree.
 
 transformers stores `nn.Linear` weights as `[out, in]`; T5X kernels are `[in, out]`, so every
 kernel is transposed. The relative position table is `[buckets, N]` in transformers (an
-`nn.Embedding`, only in block 0 of each stack) and `[N, buckets]` in T5X.
-
-Output layer, three layouts:
-- transformers 4.x, T5 1.1: `lm_head.weight` with `tie_word_embeddings: false` -> untied
-  `decoder/logits_dense`;
-- original T5 (`tie_word_embeddings` true or absent, no `scale_decoder_outputs` or true): tied to
-  `shared.weight`, decoder output scaled by H**-0.5;
-- transformers 5.x: only `shared.weight`, `tie_word_embeddings: true, scale_decoder_outputs: false`
-  -> tied, unscaled (`scale_tied_logits=False`).
+`nn.Embedding`) and `[N, buckets]` in T5X: only in block 0 of each stack for T5 and mT5
+(`{encoder,decoder}/relpos_bias`), in every block's self-attention for UMT5
+(`{encoder,decoder}/layers_i/relpos_bias`). `config.json` <-> `T5Config`, the model types and the
+three output-layer layouts (untied `lm_head`, tied and scaled, tied unscaled): `hf_config`.
 
 Safetensors files are read with the `safetensors` library (`safe_open`, `get_slice`), so a host
 can read just the slice of a tensor its devices hold (`hf_readers`).
@@ -30,6 +25,12 @@ import safetensors
 
 from prompt_tuning.t5 import checkpoint_tree
 from prompt_tuning.t5.config import T5Config
+from prompt_tuning.t5.hf_config import (  # noqa: F401 (re-exported)
+    config_from_hf,
+    config_to_hf,
+    model_type,
+    writes_tied,
+)
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -117,119 +118,20 @@ def name_map(config: T5Config) -> dict[str, tuple[str, bool]]:
     ):
         for i in range(count):
             names.update(_layer_names(config, stack, i))
-        bias = f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
-        names[f"{stack}/relpos_bias/rel_embedding"] = (bias, True)
+        bias = "layer.0.SelfAttention.relative_attention_bias.weight"
+        if config.relative_attention_per_layer:
+            for i in range(count):
+                names[f"{stack}/layers_{i}/relpos_bias/rel_embedding"] = (
+                    f"{stack}.block.{i}.{bias}",
+                    True,
+                )
+        else:
+            names[f"{stack}/relpos_bias/rel_embedding"] = (f"{stack}.block.0.{bias}", True)
         norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
         names[f"{stack}/{norm}/scale"] = (f"{stack}.final_layer_norm.weight", False)
     if not config.logits_via_embedding:
         names["decoder/logits_dense/kernel"] = ("lm_head.weight", True)
     return names
-
-
-# ----------------------------------------------------------------------------------------------
-# Configs.
-
-
-def _activations(feed_forward_proj: str) -> tuple[str, ...]:
-    parts = feed_forward_proj.split("-")
-    activation = parts[-1]
-    if (
-        activation not in ("relu", "gelu")
-        or len(parts) > 2
-        or parts[0] not in ("gated", activation)
-    ):
-        raise checkpoint_tree.CheckpointError(
-            f"Unsupported feed_forward_proj {feed_forward_proj!r} in config.json; supported:"
-            " 'relu', 'gelu', 'gated-gelu', 'gated-relu'."
-        )
-    return (activation, "linear") if parts[0] == "gated" else (activation,)
-
-
-def config_from_hf(hf: Mapping[str, Any]) -> T5Config:
-    """Builds a `T5Config` from the fields of a transformers `config.json`.
-
-    Args:
-      hf: the parsed `config.json` of a T5 model.
-
-    Returns:
-      The equivalent config (tying and tied-logit scaling as in the module docstring).
-
-    Raises:
-      CheckpointError: a required field is missing or the MLP kind is unsupported.
-    """
-    try:
-        tied = bool(hf.get("tie_word_embeddings", True))
-        return T5Config(
-            vocab_size=hf["vocab_size"],
-            emb_dim=hf["d_model"],
-            num_heads=hf["num_heads"],
-            head_dim=hf["d_kv"],
-            mlp_dim=hf["d_ff"],
-            num_encoder_layers=hf["num_layers"],
-            num_decoder_layers=hf.get("num_decoder_layers") or hf["num_layers"],
-            mlp_activations=_activations(hf.get("feed_forward_proj", "relu")),
-            dropout_rate=hf.get("dropout_rate", 0.1),
-            logits_via_embedding=tied,
-            scale_tied_logits=bool(hf.get("scale_decoder_outputs", True)),
-            relative_attention_num_buckets=hf.get("relative_attention_num_buckets", 32),
-            relative_attention_max_distance=hf.get("relative_attention_max_distance", 128),
-            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-6),
-        )
-    except KeyError as e:
-        raise checkpoint_tree.CheckpointError(
-            f"config.json lacks the T5 field {e.args[0]!r}; is this a T5 model's config?"
-        ) from e
-
-
-def config_to_hf(config: T5Config, transformers_version: int = 4) -> dict[str, Any]:
-    """The transformers `config.json` fields for `config`.
-
-    Args:
-      config: the model configuration.
-      transformers_version: 4 or 5; 5 adds `scale_decoder_outputs`. transformers 4 cannot
-        express tied-but-unscaled logits, so such a model is written untied there (`lm_head` a
-        copy of the embedding; the same function).
-
-    Returns:
-      A JSON-serialisable dict.
-    """
-    gated = len(config.mlp_activations) > 1
-    activation = config.mlp_activations[0]
-    tied = _writes_tied(config, transformers_version)
-    hf = {
-        "architectures": ["T5ForConditionalGeneration"],
-        "model_type": "t5",
-        "vocab_size": config.vocab_size,
-        "d_model": config.emb_dim,
-        "d_kv": config.head_dim,
-        "d_ff": config.mlp_dim,
-        "num_layers": config.num_encoder_layers,
-        "num_decoder_layers": config.num_decoder_layers,
-        "num_heads": config.num_heads,
-        "relative_attention_num_buckets": config.relative_attention_num_buckets,
-        "relative_attention_max_distance": config.relative_attention_max_distance,
-        "dropout_rate": config.dropout_rate,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "initializer_factor": 1.0,
-        "feed_forward_proj": f"gated-{activation}" if gated else activation,
-        "is_encoder_decoder": True,
-        "tie_word_embeddings": tied,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-        "transformers_version": "4.57.0" if transformers_version == 4 else "5.0.0",
-    }
-    if transformers_version >= 5:
-        hf["scale_decoder_outputs"] = bool(tied and config.scale_tied_logits)
-    return hf
-
-
-def _writes_tied(config: T5Config, transformers_version: int) -> bool:
-    if transformers_version not in (4, 5):
-        raise ValueError(f"transformers_version must be 4 or 5, got {transformers_version}.")
-    if not config.logits_via_embedding:
-        return False
-    return transformers_version == 5 or config.scale_tied_logits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,10 +277,10 @@ def _stored_tensors(path: str, transposed: Mapping[str, bool]) -> dict[str, Any]
 
 
 def read_config(path: str) -> T5Config:
-    """The `T5Config` of an HF folder's `config.json`.
+    """The `T5Config` of an HF folder's `config.json` (`hf_config.config_from_hf`).
 
     Raises:
-      CheckpointError: the file is not JSON or lacks a T5 field.
+      CheckpointError: the file is not JSON, lacks a T5 field or names an unsupported model.
     """
     file = os.path.join(path, CONFIG_FILE)
     try:
@@ -414,7 +316,8 @@ def hf_readers(path: str) -> tuple[T5Config, dict[str, checkpoint_tree.ArrayRead
     if unknown or missing:
         raise checkpoint_tree.CheckpointError(
             f"The tensors in {path} do not match its config.json: missing {missing[:8]},"
-            f" unknown {unknown[:8]}. Is this a T5ForConditionalGeneration checkpoint?"
+            f" unknown {unknown[:8]}. Is this a T5, MT5 or UMT5 ForConditionalGeneration"
+            " checkpoint (an encoder-only or other model is not supported)?"
         )
     out = {}
     for hf_name, (ours, _) in wanted.items():
@@ -475,7 +378,7 @@ def params_to_hf_state_dict(
     state = {}
     for ours, (hf_name, transpose) in name_map(config).items():
         state[hf_name] = np.ascontiguousarray(flat[ours].T if transpose else flat[ours])
-    if config.logits_via_embedding and not _writes_tied(config, transformers_version):
+    if config.logits_via_embedding and not writes_tied(config, transformers_version):
         state["lm_head.weight"] = state["shared.weight"].copy()
     return state
 
@@ -486,7 +389,8 @@ def save_hf_checkpoint(
     path: str | os.PathLike,
     transformers_version: int = 4,
 ) -> None:
-    """Writes `config.json` + `model.safetensors` that `T5ForConditionalGeneration` loads.
+    """Writes `config.json` + `model.safetensors` that `T5ForConditionalGeneration` (or, with a
+    table per layer, `UMT5ForConditionalGeneration`) loads.
 
     The folder is written under a temporary name beside `path` and renamed when complete.
 

@@ -2,7 +2,9 @@
 
 Parameter tree (T5X/Flaxformer names, no `target` level): `token_embedder/embedding [V, H]`,
 `encoder/{layers_i, encoder_norm, relpos_bias, prompt}`, `decoder/{layers_i, decoder_norm,
-relpos_bias, logits_dense}`. See docs/DESIGN.md for the full contract.
+relpos_bias, logits_dense}`. With `relative_attention_per_layer` (UMT5) each layer has its own
+table, `{encoder,decoder}/layers_i/relpos_bias/rel_embedding` (T5X scalable_t5's names), and the
+stacks have none. See docs/DESIGN.md for the full contract.
 
 Letters: B batch, T encoder input length, P prompt length, H model dim, S decoder length,
 V vocabulary, N heads.
@@ -78,8 +80,16 @@ class EncoderLayer(nn.Module):
     config: T5Config
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, bias: Array, enable_dropout: bool = False) -> Array:
-        """Maps hidden states `x` `[B, L, H]` with mask `[B, 1, L, L]`, bias `[1, N, L, L]`."""
+    def __call__(
+        self, x: Array, mask: Array, bias: Array | None, enable_dropout: bool = False
+    ) -> Array:
+        """Maps hidden states `x` `[B, L, H]` with mask `[B, 1, L, L]`, bias `[1, N, L, L]`.
+
+        `bias` is None when the layer has its own table (`relative_attention_per_layer`).
+        """
+        if bias is None:
+            positions = np.arange(x.shape[1])  # static: the buckets become constants
+            bias = _relpos(self.config)(positions, positions, bidirectional=True)  # [1, N, L, L]
         dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
         y = _norm(self.config, "pre_attention_layer_norm")(x)
         y = _attention(self.config, "attention")(y, y, mask, bias, enable_dropout)
@@ -101,7 +111,7 @@ class DecoderLayer(nn.Module):
         encoded: Array,
         self_mask: Array | None,
         cross_mask: Array,
-        bias: Array,
+        bias: Array | None,
         enable_dropout: bool = False,
         decode: bool = False,
         decode_position: Array | None = None,
@@ -113,7 +123,8 @@ class DecoderLayer(nn.Module):
           encoded: encoder output `[B, T, H]`.
           self_mask: `[B or 1, 1, S, S_keys]` self-attention mask.
           cross_mask: `[B, 1, S, T]` encoder-decoder mask.
-          bias: relative position bias `[1, N, S, S_keys]`.
+          bias: relative position bias `[1, N, S, S_keys]`, or None when the layer has its own
+            table (`relative_attention_per_layer`).
           enable_dropout: apply dropout.
           decode: one-token cached decoding.
           decode_position: the position of the token in decode mode.
@@ -122,6 +133,8 @@ class DecoderLayer(nn.Module):
           `[B, S, H]`.
         """
         deterministic = not enable_dropout
+        if bias is None:
+            bias = self._own_bias(x, self_mask, decode_position)
         dropout = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))
         y = _norm(self.config, "pre_self_attention_layer_norm")(x)
         y = _attention(self.config, "self_attention")(
@@ -136,6 +149,15 @@ class DecoderLayer(nn.Module):
         y = _norm(self.config, "pre_mlp_layer_norm")(x)
         y = _mlp(self.config)(y, enable_dropout)
         return constrain(x + dropout(y, deterministic=deterministic), layers.HIDDEN_AXES)
+
+    def _own_bias(self, x: Array, self_mask: Array, decode_position: Array | None) -> Array:
+        """This layer's causal bias: `[1, N, S, S]`, or `[1, N, 1, S_max]` for one cached token."""
+        relpos = _relpos(self.config)
+        if decode_position is not None:
+            keys = jnp.arange(self_mask.shape[-1])  # [S_max]
+            return relpos(decode_position[None], keys, bidirectional=False)  # [1, N, 1, S_max]
+        positions = np.arange(x.shape[1])  # static: the buckets become constants
+        return relpos(positions, positions, bidirectional=False)  # [1, N, S, S]
 
 
 _REMAT_POLICIES = {
@@ -182,7 +204,7 @@ class Encoder(nn.Module):
         layer_cls = _layer_class(EncoderLayer, cfg, static_argnums=(4,))
         self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_encoder_layers)]
         self.encoder_norm = _norm(cfg, "encoder_norm")
-        self.relpos_bias = _relpos(cfg)
+        self.relpos_bias = None if cfg.relative_attention_per_layer else _relpos(cfg)
         self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
     def __call__(
@@ -237,8 +259,10 @@ class Encoder(nn.Module):
         """Runs dropout, the layers and the final norm over embedded inputs `x` `[B, L, H]`."""
         deterministic = not enable_dropout
         x = self.dropout(x, deterministic=deterministic)
-        positions = np.arange(x.shape[1])  # static: the relpos buckets become constants
-        bias = self.relpos_bias(positions, positions, bidirectional=True)  # [1, N, L, L]
+        bias = None  # per-layer tables: each layer computes its own
+        if self.relpos_bias is not None:
+            positions = np.arange(x.shape[1])  # static: the relpos buckets become constants
+            bias = self.relpos_bias(positions, positions, bidirectional=True)  # [1, N, L, L]
         pair_mask = layers.attention_mask(mask, mask)  # [B, 1, L, L]
         for i, layer in enumerate(self.layers):
             if layer_prompt is not None and i >= 1:
@@ -286,7 +310,8 @@ class Decoder(nn.Module):
         cfg = self.config
         deterministic = not enable_dropout
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
-        relpos = _relpos(cfg)
+        shared = not cfg.relative_attention_per_layer
+        relpos = _relpos(cfg) if shared else None  # per-layer tables live in the layers
         b, s = decoder_input_tokens.shape
         query_valid = jnp.ones((b, s), bool)  # [B, S]
         position = None
@@ -294,14 +319,16 @@ class Decoder(nn.Module):
             position_var = self.variable("cache", "position", jnp.zeros, (), jnp.int32)
             position = position_var.value
             keys = jnp.arange(self._cache_length())  # [S_max]
-            bias = relpos(position[None], keys, bidirectional=False)  # [1, N, 1, S_max]
+            bias = relpos(position[None], keys, bidirectional=False) if shared else None
+            # bias: [1, N, 1, S_max]
             self_mask = (keys <= position)[None, None, None, :]  # [1, 1, 1, S_max]
             position_var.value = position + 1
         else:
             if decode:  # First call: create the cache; attend over the full dummy input.
                 self.variable("cache", "position", jnp.zeros, (), jnp.int32)
             positions = np.arange(s)  # static: the relpos buckets become constants
-            bias = relpos(positions, positions, bidirectional=False)  # [1, N, S, S]
+            bias = relpos(positions, positions, bidirectional=False) if shared else None
+            # bias: [1, N, S, S]
             self_mask = layers.causal_mask(s)  # [1, 1, S, S]
             if decoder_target_tokens is not None:
                 query_valid = decoder_target_tokens > 0

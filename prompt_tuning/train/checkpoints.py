@@ -8,10 +8,14 @@ Layout under MODEL_DIR:
     best.json                   {"step": ..., "metric": name, "value": ...}
     prompts/step_<N>.npy|.npz   the exported prompt at each saved step, and prompts/best.*
                                 (`prompt_files`: [P, H], [N, P, H] or a parameters .npz)
+    damaged_checkpoints/<step>  damaged steps set aside by a resume (`restore_newest_intact`)
 
 Only trainable parameters are saved: the frozen model is read again from INITIAL_CHECKPOINT_PATH
 (or re-initialized from RANDOM_SEED) on restart. orbax writes each step into a temporary folder and
-renames it when complete, so an interrupted save never leaves a half-written checkpoint behind.
+renames it when complete, so an interrupted save never leaves a half-written checkpoint behind; a
+save that fails (full disk, read-only MODEL_DIR) removes that folder and names the file and the
+fix. A resume restores the newest step that reads back whole and names the damaged ones
+(`checkpoint_checks`; docs/failures_checkpoints.md).
 """
 
 from __future__ import annotations
@@ -19,20 +23,25 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from prompt_tuning.prompts import files
+from prompt_tuning.train import checkpoint_checks, distributed
 from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 PROMPTS = "prompts"
 BEST_JSON = "best.json"
+DAMAGED = "damaged_checkpoints"
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's unfinished step folders
 
 
 def _manager(directory: str | os.PathLike, keep: int | None) -> ocp.CheckpointManager:
@@ -57,6 +66,7 @@ class TrainCheckpointer:
         self.keep = keep
         self._latest = _manager(self.model_dir / CHECKPOINTS, keep)
         self._best = _manager(self.model_dir / BEST, 1)
+        self._failed = False
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
@@ -70,13 +80,33 @@ class TrainCheckpointer:
           state: trainable params, optimizer state and step.
           meta: data position and run identity (JSON).
           best: save into `best/` (one kept) instead of `checkpoints/`.
+
+        Raises:
+          CheckpointWriteError: the disk is full or MODEL_DIR is not writable (the file, the OS
+            error and the fix); the unfinished folder is removed and the earlier checkpoints
+            are left as they were.
         """
         manager = self._best if best else self._latest
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))
         )
-        manager.save(step, args=args, force=True)
-        manager.wait_until_finished()
+        try:
+            manager.save(step, args=args, force=True)
+            manager.wait_until_finished()
+        except (OSError, ValueError) as error:
+            self._failed = True
+            directory = self.model_dir / (BEST if best else CHECKPOINTS)
+            _remove_unfinished(directory, step)
+            last = manager.latest_step()
+            kept = "no earlier checkpoint was saved"
+            if last is not None:
+                kept = f"the checkpoint of step {last} ({directory / str(last)}) is intact"
+            converted = checkpoint_checks.write_error(
+                error, f"the checkpoint of step {step}", directory / str(step), kept
+            )
+            if converted is error:
+                raise
+            raise converted from error
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores a checkpoint into the structure and shardings of `abstract_state`.
@@ -100,10 +130,102 @@ class TrainCheckpointer:
         restored = self._latest.restore(step, args=args)
         return restored.state, dict(restored.meta)
 
+    def restore_newest_intact(
+        self, abstract_state: Any, log: Callable[[str], None] = print
+    ) -> tuple[int, Any, dict[str, Any]] | None:
+        """Restores the newest checkpoint that reads back whole, skipping damaged ones.
+
+        Each kept step, newest first, is checked (`checkpoint_checks.step_problem`), compared
+        with `abstract_state` (a mismatch stops: it is another run, not damage) and restored.
+        A damaged step is logged with what is wrong; when an older one is intact, the damaged
+        folders are moved to MODEL_DIR/damaged_checkpoints/ (kept, not deleted) so that the run
+        can save those steps again.
+
+        Args:
+          abstract_state: pytree of `jax.ShapeDtypeStruct`s (with `sharding`) like the saved state.
+          log: where the messages go (the run's logger).
+
+        Returns:
+          (step, state, meta), or None when MODEL_DIR holds no checkpoint.
+
+        Raises:
+          CheckpointMismatchError: the newest readable checkpoint holds another model, prompt
+            or optimizer (every differing array with both shapes).
+          DamagedCheckpointError: every kept checkpoint is damaged (each folder and its problem;
+            nothing is moved).
+        """
+        directory = self.model_dir / CHECKPOINTS
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self._latest.all_steps(), reverse=True):
+            step_dir = directory / str(step)
+            problem = checkpoint_checks.step_problem(step_dir)
+            if problem is None:
+                try:
+                    saved = self._latest.item_metadata(step).state
+                except Exception as error:  # noqa: BLE001 (orbax raises many types; all damage)
+                    problem = checkpoint_checks.restore_problem(error)
+            if problem is None:
+                saved = getattr(saved, "tree", saved)
+                checkpoint_checks.check_fits(saved, abstract_state, step_dir, str(self.model_dir))
+                try:
+                    state, meta = self.restore(abstract_state, step)
+                except Exception as error:  # noqa: BLE001 (tensorstore: ValueError of any kind)
+                    problem = checkpoint_checks.restore_problem(error)
+            if problem is None:
+                if damaged:
+                    self._set_aside(damaged, step, log)
+                return step, state, meta
+            log(f"Checkpoint {step_dir} is damaged: {problem}.")
+            damaged.append((step, problem))
+        if not damaged:
+            return None
+        listed = "\n  ".join(f"{directory / str(s)}: {p}" for s, p in damaged)
+        raise checkpoint_checks.DamagedCheckpointError(
+            f"MODEL_DIR {self.model_dir} holds no intact checkpoint (KEEP={self.keep}):\n  "
+            f"{listed}\nNothing was changed. Restore those files from a backup; or move "
+            f"{directory} aside to start again from the initial checkpoint; or use another "
+            "MODEL_DIR. (KEEP >= 2 keeps an older checkpoint to fall back on.)"
+        )
+
+    def _set_aside(self, damaged: list[tuple[int, str]], step: int, log: Callable) -> None:
+        """Moves damaged step folders to MODEL_DIR/damaged_checkpoints/ (primary process)."""
+        aside = self.model_dir / DAMAGED
+        if distributed.is_primary():
+            aside.mkdir(exist_ok=True)
+            for bad, _ in damaged:
+                target, n = aside / str(bad), 0
+                while target.exists():
+                    n += 1
+                    target = aside / f"{bad}.{n}"
+                os.replace(self.model_dir / CHECKPOINTS / str(bad), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("prompt_tuning_damaged_checkpoints_set_aside")
+        self._latest.reload()
+        steps = ", ".join(str(s) for s, _ in damaged)
+        log(
+            f"Resuming from step {step}, the newest intact checkpoint (KEEP={self.keep}); the "
+            f"damaged step(s) {steps} were moved to {aside} (delete them once inspected)."
+        )
+
     def close(self) -> None:
-        """Waits for pending saves and releases the managers."""
-        self._latest.close()
-        self._best.close()
+        """Waits for pending saves and releases the managers.
+
+        After a failed save the managers' own errors are not raised again (the save raised).
+        """
+        for manager in (self._latest, self._best):
+            try:
+                manager.close()
+            except (OSError, ValueError):
+                if not self._failed:
+                    raise
+
+
+def _remove_unfinished(directory: pathlib.Path, step: int) -> None:
+    """Deletes the temporary folder of a failed save of `step` (primary process), freeing space."""
+    if not distributed.is_primary():
+        return
+    for path in directory.glob(f"{step}{TMP_SUFFIX}*"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def load_trained_params(
@@ -129,6 +251,8 @@ def load_trained_params(
     Raises:
       FileNotFoundError: the run has no (best) checkpoint, or none of `step` (the kept steps
         are listed).
+      DamagedCheckpointError: that checkpoint does not read back whole (the folder, what is
+        wrong, and the other kept steps).
     """
     directory = pathlib.Path(model_dir) / (BEST if best else CHECKPOINTS)
     if not directory.exists():
@@ -147,28 +271,54 @@ def load_trained_params(
                 f"MODEL_DIR {model_dir} kept no checkpoint of step {step} (kept: {kept}; KEEP "
                 "limits how many are kept)."
             )
-        # A target with this process's shardings: the checkpoint may come from another topology
-        # (a run on more or fewer processes).
-        if mesh is not None:
-            sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        else:
-            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        metadata = manager.item_metadata(step).state
-        target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-            dict(getattr(metadata, "tree", metadata)),
-        )
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
-            ),
-        )
+        restored = _read_params(manager, directory / str(step), step, mesh, kept)
     finally:
         manager.close()
     if mesh is not None:
         return step, restored.state["params"]
     return step, jax.tree.map(np.asarray, restored.state["params"])
+
+
+def _read_params(
+    manager: ocp.CheckpointManager,
+    step_dir: pathlib.Path,
+    step: int,
+    mesh: jax.sharding.Mesh | None,
+    kept: list[int],
+) -> Any:
+    """Restores one step of `load_trained_params`, naming any damage.
+
+    Raises:
+      DamagedCheckpointError: the step folder is damaged (what is wrong, the other kept steps).
+    """
+    # A target with this process's shardings: the checkpoint may come from another topology
+    # (a run on more or fewer processes).
+    if mesh is not None:
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    else:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    problem = checkpoint_checks.step_problem(step_dir)
+    if problem is None:
+        try:
+            metadata = manager.item_metadata(step).state
+            target = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                dict(getattr(metadata, "tree", metadata)),
+            )
+            return manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:  # noqa: BLE001 (orbax/tensorstore: many types, all damage)
+            problem = checkpoint_checks.restore_problem(error)
+    others = [s for s in kept if s != step]
+    choice = f"another kept step ({others}; the tools' --step), or " if others else ""
+    raise checkpoint_checks.DamagedCheckpointError(
+        f"Checkpoint {step_dir} is damaged: {problem}. Restore it from a backup, or read "
+        f"{choice}the prompt exported at that step (MODEL_DIR/prompts/, as PROMPT_FILE)."
+    )
 
 
 def save_trained_params(

@@ -18,6 +18,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from prompt_tuning.train import checkpoint_checks
+
 
 def _tensorboard_writer(logdir: pathlib.Path, enabled: bool) -> Any:
     """clu's default metric writer (TensorBoard events + absl logs), or None without tensorboard.
@@ -90,10 +92,27 @@ class MetricsLogger:
             self._writer.flush()
 
     def _append(self, record: Mapping[str, Any]) -> None:
-        """Appends one JSON line to metrics.jsonl."""
+        """Appends one JSON line to metrics.jsonl, whole or not at all.
+
+        Raises:
+          CheckpointWriteError: the disk is full or the file cannot be written (the path and the
+            fix); a partly written line is cut off again.
+        """
         self._jsonl.parent.mkdir(parents=True, exist_ok=True)
-        with self._jsonl.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = memoryview((json.dumps(record) + "\n").encode())
+        with self._jsonl.open("ab", buffering=0) as f:
+            size = f.tell()
+            try:
+                while line:  # a write that reaches a file-size limit may be short
+                    line = line[f.write(line) :]
+            except OSError as error:
+                f.truncate(size)
+                converted = checkpoint_checks.write_error(
+                    error, "a metrics record", self._jsonl, "the earlier records are unchanged"
+                )
+                if converted is error:
+                    raise
+                raise converted from error
 
     def log_train(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """Logs training metrics averaged since the last log, with throughput and ETA.

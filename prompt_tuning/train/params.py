@@ -93,11 +93,15 @@ def load_frozen(
       The frozen tree of global `jax.Array`s.
 
     Raises:
-      ValueError: the checkpoint does not fit the model (before reading any array).
+      ValueError: the checkpoint does not fit the model (before reading any array); for a Hugging
+        Face folder, the first `T5Config` field its config.json states otherwise is named.
     """
     from prompt_tuning.t5 import checkpoints as t5_checkpoints  # noqa: PLC0415
 
-    shapes = t5_checkpoints.checkpoint_shapes(path)[2]
+    _, found, shapes = t5_checkpoints.checkpoint_shapes(path)
+    if found is not None:  # A Hugging Face folder: its config.json must describe MODEL.
+        where = f"INITIAL_CHECKPOINT_PATH {path} (config.json)"
+        checkpoint_tree.check_same_architecture(model.config, found, where)
     check_same_tree(shapes, _shapes(frozen_abstract), path)
     flat_shardings = checkpoint_tree.flatten(frozen_shardings)
     dtypes = {

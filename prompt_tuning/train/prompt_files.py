@@ -20,6 +20,12 @@ plain `Prompt` of length P, an `[N, P, H]` file into a `PromptBank` of N prompts
 (every name and shape must match). Anything else is an error that names the file, both shapes and
 the gin file to use; nothing is loaded half-way.
 
+A Hugging Face PEFT prompt-tuning adapter folder (`adapter_config.json` +
+`adapter_model.safetensors`, `prompt_tuning.prompts.peft_format`) is accepted wherever a prompt file
+is: it reads as its `prompt_embeddings` `[P, H]`, a plain prompt.
+
+A MODEL_DIR's prompt (`run_export_path`) is its `prompts/best`, else its latest `prompts/step_<N>`.
+
 Letters: P prompt length, H model dim, N tasks (or prompts of a bank), L encoder layers.
 """
 
@@ -29,6 +35,7 @@ import dataclasses
 import io
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,23 +43,36 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from prompt_tuning.prompts import files
+from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.prompts.files import PromptFileError
+from prompt_tuning.train import checkpoint_checks
 
 PROMPTS = "prompts"
 PLAIN, MULTI_TASK, PARAMETERS = "plain", "multi_task", "parameters"
 SUFFIXES = {PLAIN: ".npy", MULTI_TASK: ".npy", PARAMETERS: ".npz"}
 PLAIN_GIN = "gin_configs/prompts/prompt_tuning_random_uniform.gin"
 BANK_GIN = "gin_configs/prompts/prompt_bank.gin"
+BEST = "best"
+_STEP_FILE = re.compile(r"^step_(\d+)\.(npy|npz)$")
+_PROMPT_BINDING = re.compile(r"^PROMPT\s*=\s*@([\w.]+)\(", re.MULTILINE)
+# Parameterizations without a plain [P, H] form, and why (their runs export a parameters .npz).
+NOT_FOLDABLE = {
+    "InstancePrompt": "instance-dependent (IDPG: a generator computes each example's prompt)",
+    "DeepPrompt": "per-layer (a prompt at every encoder layer)",
+}
 
 __all__ = [
+    "NOT_FOLDABLE",
     "PromptExport",
     "PromptFileError",
     "export_form",
+    "exported_steps",
     "load_into",
     "load_prompt_npy",
     "parameter_shapes",
+    "prompt_module_name",
     "read_prompt_file",
+    "run_export_path",
     "values_for",
     "write_export",
     "write_file",
@@ -157,8 +177,22 @@ def write_export(model_dir: str | os.PathLike, name: str, export: PromptExport) 
 
     Returns:
       The written path.
+
+    Raises:
+      CheckpointWriteError: the disk is full or MODEL_DIR is not writable (the path and the
+        fix); the earlier files are unchanged.
     """
-    return write_file(pathlib.Path(model_dir) / PROMPTS / f"{name}{export.suffix}", export)
+    path = pathlib.Path(model_dir) / PROMPTS / f"{name}{export.suffix}"
+    try:
+        return write_file(path, export)
+    except OSError as error:
+        kept = "no half-written file is left"
+        if path.exists():
+            kept = f"the earlier {path.name} is unchanged"
+        converted = checkpoint_checks.write_error(error, "the prompt export", path, kept)
+        if converted is error:
+            raise
+        raise converted from error
 
 
 def write_file(path: str | os.PathLike, export: PromptExport) -> pathlib.Path:
@@ -172,13 +206,53 @@ def write_file(path: str | os.PathLike, export: PromptExport) -> pathlib.Path:
     return pathlib.Path(path)
 
 
+def exported_steps(model_dir: str | os.PathLike) -> dict[int, pathlib.Path]:
+    """A run's exported prompts `{step: MODEL_DIR/prompts/step_<step>.npy (or .npz)}`, by step."""
+    folder = pathlib.Path(model_dir) / PROMPTS
+    found = {}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _STEP_FILE.match(path.name)
+            if match:
+                found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def run_export_path(model_dir: str | os.PathLike) -> pathlib.Path | None:
+    """A run's prompt: `prompts/best.npy` (or `.npz`), else its latest `prompts/step_<N>`; None
+    when it exported none."""
+    for suffix in (".npy", ".npz"):
+        best = pathlib.Path(model_dir) / PROMPTS / f"{BEST}{suffix}"
+        if best.is_file():
+            return best
+    steps = exported_steps(model_dir)
+    return steps[max(steps)] if steps else None
+
+
+def prompt_module_name(model_dir: str | os.PathLike) -> str | None:
+    """The prompt module MODEL_DIR/config.gin binds to PROMPT (e.g. "InstancePrompt"), if any."""
+    config = pathlib.Path(model_dir) / "config.gin"
+    binding = _PROMPT_BINDING.search(config.read_text()) if config.is_file() else None
+    return binding.group(1).rsplit(".", 1)[-1] if binding else None
+
+
 def read_prompt_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
-    """Reads a PROMPT_FILE: a `[P, H]` / `[N, P, H]` `.npy`, or a parameters `.npz`.
+    """Reads a PROMPT_FILE: a `[P, H]` / `[N, P, H]` `.npy`, a parameters `.npz`, or a PEFT
+    prompt-tuning adapter folder (its `prompt_embeddings` `[P, H]`, `prompts.peft_format`).
 
     Raises:
-      FileNotFoundError: no such file.
-      PromptFileError: not a NumPy array file, or an array that is not 2-D or 3-D.
+      FileNotFoundError: no such file or folder.
+      PromptFileError: not a NumPy array file, or an array that is not 2-D or 3-D; a folder that
+        is not a PEFT adapter, or an adapter that is not an encoder prompt (`AdapterError`).
     """
+    if pathlib.Path(path).is_dir():
+        if not peft_format.is_adapter(path):
+            raise PromptFileError(
+                f"PROMPT_FILE {path} is a folder without {peft_format.ADAPTER_CONFIG}: give a "
+                "prompt .npy file, a parameters .npz, or a PEFT prompt-tuning adapter folder "
+                "(for a training run, its prompts/best.npy)."
+            )
+        return peft_format.read_adapter(path)
     value = files.read_arrays(path)
     if isinstance(value, np.ndarray) and value.ndim not in (2, 3):
         raise PromptFileError(
@@ -295,7 +369,10 @@ def values_for(
             f"[N, P, H] one with a PromptBank ({BANK_GIN}); an instance-dependent or per-layer "
             "prompt loads from its run's prompts/step_<N>.npz."
         )
-    if tuple(value.shape) != tuple(shapes["prompt"]):
+    want = tuple(shapes["prompt"])
+    if value.shape[-1] != want[-1] and peft_format.is_adapter(path):
+        peft_format.check_width(peft_format.read_config(path), want[-1], str(path))
+    if tuple(value.shape) != want:
         raise PromptFileError(
             _array_mismatch(path, tuple(value.shape), tuple(shapes["prompt"]), name)
         )

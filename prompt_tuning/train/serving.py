@@ -47,7 +47,7 @@ def read_prompt_file(
     """Reads a PROMPT_FILE and checks that it fits the model's prompt (`prompt_files`).
 
     Args:
-      path: a `[P, H]` or `[N, P, H]` `.npy`, or a parameters `.npz`.
+      path: a `[P, H]` or `[N, P, H]` `.npy`, a parameters `.npz`, or a PEFT adapter folder.
       model: the model whose prompt parameters it replaces.
 
     Returns:
@@ -133,7 +133,7 @@ def load_params(
       model: the `PromptModel` (its prompt module as in training).
       task_feature_lengths: TASK_FEATURE_LENGTHS (shapes of the initialization batch).
       initial_checkpoint_path: the frozen T5 (INITIAL_CHECKPOINT_PATH); None: RANDOM_SEED init.
-      prompt_file: a prompt `.npy` (PROMPT_FILE); wins over `model_dir`.
+      prompt_file: a prompt `.npy` or PEFT adapter folder (PROMPT_FILE); wins over `model_dir`.
       model_dir: a training run's MODEL_DIR. Without it and without `prompt_file`, a model with no
         prompt (PROMPT=None) is the frozen checkpoint alone.
       checkpoint: "latest" or "best" checkpoint of `model_dir`.

@@ -11,6 +11,7 @@ one, checking that it belongs to the same run.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -112,21 +113,24 @@ def initial_state(
 
 
 def restore(run: Run, model_dir: str) -> Run:
-    """Restores MODEL_DIR's latest checkpoint into `run` (when there is one).
+    """Restores MODEL_DIR's newest intact checkpoint into `run` (when there is one).
+
+    A damaged newest checkpoint is named in the log and an older intact one (KEEP >= 2) is
+    restored instead (`checkpoints.TrainCheckpointer.restore_newest_intact`); the run never
+    starts again from the initial checkpoint over a MODEL_DIR that holds one.
 
     Raises:
-      ValueError: the checkpoint does not fit this model, prompt or optimizer, or holds a run
-        with another seed, task or batch size.
+      CheckpointMismatchError: the checkpoint holds another model, prompt or optimizer (both
+        shapes of every differing array).
+      DamagedCheckpointError: no kept checkpoint reads back whole (each folder and its problem).
+      ValueError: the checkpoint holds a run with another seed, task or batch size, or MODEL_DIR
+        holds exported prompts but no checkpoint.
     """
-    if run.checkpointer.latest_step() is None:
+    found = run.checkpointer.restore_newest_intact(abstract(run.state), run.logger.message)
+    if found is None:
+        _check_no_lost_run(model_dir, run.first_step)
         return run
-    try:
-        state, saved_meta = run.checkpointer.restore(abstract(run.state))
-    except (ValueError, KeyError) as error:
-        raise ValueError(
-            f"The checkpoint in MODEL_DIR {model_dir} does not fit this model, prompt or "
-            f"optimizer ({error}). Use a new MODEL_DIR for a different configuration."
-        ) from error
+    _, state, saved_meta = found
     for key in ("seed", "task", "batch_size"):
         if saved_meta.get(key) != run.meta[key]:
             raise ValueError(
@@ -136,6 +140,28 @@ def restore(run: Run, model_dir: str) -> Run:
     run.state = state
     run.start_step = int(saved_meta["step"])
     return run
+
+
+def _check_no_lost_run(model_dir: str, first_step: int) -> None:
+    """Refuses to start again over prompt exports of a run whose checkpoints are gone.
+
+    Raises:
+      ValueError: MODEL_DIR/prompts holds `step_<N>` exports beyond the initial step but
+        MODEL_DIR/checkpoints holds no checkpoint.
+    """
+    folder = pathlib.Path(model_dir) / checkpoints.PROMPTS
+    exported = [
+        int(p.stem.split("_")[1])
+        for p in folder.glob("step_*.np[yz]")
+        if p.stem.split("_")[1].isdigit()
+    ]
+    if any(step > first_step for step in exported):
+        raise ValueError(
+            f"MODEL_DIR {model_dir} holds prompts of a run up to step {max(exported)} "
+            f"({folder}) but no checkpoint in {pathlib.Path(model_dir) / checkpoints.CHECKPOINTS}:"
+            " starting again here would mix two runs. Use another MODEL_DIR, or move prompts/ "
+            "aside to start again in this one."
+        )
 
 
 def setup_run(

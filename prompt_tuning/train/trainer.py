@@ -19,7 +19,6 @@ for them.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +31,7 @@ from prompt_tuning.faults import Stopped
 from prompt_tuning.faults.agreement import StopAgreement
 from prompt_tuning.faults.signals import StopSignals
 from prompt_tuning.train import (
+    checkpoint_checks,
     checkpoints,
     distributed,
     host_memory,
@@ -244,7 +244,7 @@ def train(
       eval_labels: label strings rank classification scores (one list, or `{task: list}`);
         default the labels each task binds into its postprocessor (`rank_classification`).
       prompt_file: start from this prompt file (PROMPT_FILE; `prompt_files`: a `[P, H]` or
-        `[N, P, H]` `.npy`, or a parameters `.npz`).
+        `[N, P, H]` `.npy`, a parameters `.npz`, or a PEFT prompt-tuning adapter folder).
       frozen_dtype: store frozen weights in this dtype (e.g. "bfloat16"; FROZEN_DTYPE).
       loss_normalizing_factor: T5X's: None sums the token losses, a number divides the sum,
         "NUM_REAL_TARGET_TOKENS" / "NUM_TOTAL_TARGET_TOKENS" / "AVERAGE_PER_SEQUENCE" as T5X's
@@ -304,7 +304,7 @@ def train(
         task=mixture_or_task_name,
         first_step=first_step,
     )
-    os.makedirs(model_dir, exist_ok=True)
+    checkpoint_checks.check_model_dir_writable(model_dir)  # before loading anything
     run = setup.setup_run(
         model, model_dir, task_feature_lengths, train_steps, batch_size, optimizer, options
     )

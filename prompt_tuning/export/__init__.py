@@ -1,0 +1,6 @@
+"""Sharing trained prompts with other toolkits (`pt-export`).
+
+- Hugging Face PEFT prompt-tuning adapters are read and written by `prompts.peft_format`
+  (a leaf module: the prompt files, the server and the exporter all use it).
+- `exporter`: a prompt file or a run's prompt as adapter folder(s); `model_card`: their README.md.
+"""
