@@ -7,6 +7,8 @@
 - `watchdog.PeerWatchdog`: a process that stops sending heartbeats (killed, crashed, host lost) is
   named, and the others exit with `EXIT_LOST_PROCESS` instead of waiting in a collective.
 - `batches.stop_at_batches`: evaluation and inference runs check for a stop between batches.
+- `checkpoint_checks`: a damaged checkpoint, a run of another shape, an unwritable MODEL_DIR and a
+  full disk named with the path, the problem and the fix (used by `train.checkpoints`).
 
 Exit statuses (the README's "Preemption and failures" section and docs/failures.md):
 
