@@ -27,11 +27,10 @@ import jax
 import numpy as np
 import optax
 
-from prompt_tuning.faults import Stopped
+from prompt_tuning.faults import Stopped, checkpoint_checks
 from prompt_tuning.faults.agreement import StopAgreement
 from prompt_tuning.faults.signals import StopSignals
 from prompt_tuning.train import (
-    checkpoint_checks,
     checkpoints,
     distributed,
     host_memory,
