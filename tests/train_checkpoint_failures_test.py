@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from train_trainer_test import run, tiny_module
 
-from prompt_tuning.train import checkpoint_checks, checkpoints
+from prompt_tuning.faults import checkpoint_checks
+from prompt_tuning.train import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

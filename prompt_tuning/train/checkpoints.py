@@ -32,8 +32,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from prompt_tuning.faults import checkpoint_checks
 from prompt_tuning.prompts import files
-from prompt_tuning.train import checkpoint_checks, distributed
+from prompt_tuning.train import distributed
 from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
 CHECKPOINTS = "checkpoints"

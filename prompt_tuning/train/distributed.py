@@ -23,7 +23,10 @@ import logging
 import jax
 from jax.sharding import Mesh
 
+from prompt_tuning.faults import watchdog
 from prompt_tuning.train.partitioning import DATA_AXIS
+
+_watchdog: list[watchdog.PeerWatchdog] = []  # this process's, once it joined a run
 
 
 def initialize(
@@ -32,6 +35,7 @@ def initialize(
     process_index: int | None = None,
     multiprocess_gpu: bool = False,
     initialization_timeout: int = 300,
+    lost_process_timeout: float = watchdog.DEFAULT_TIMEOUT,
 ) -> bool:
     """Joins this process to a multi-process JAX run (T5X's launch flags); checks them first.
 
@@ -45,6 +49,9 @@ def initialize(
       multiprocess_gpu: T5X's `--multiprocess_gpu`: initialize even without the flags above
         (cluster auto-detection: SLURM, Open MPI).
       initialization_timeout: seconds to wait for every process to join.
+      lost_process_timeout: seconds without a heartbeat after which another process counts as
+        lost and this one exits with status 69, naming it (`--lost_process_timeout`; see
+        `faults.watchdog`). JAX's own heartbeat timeout is set above it.
 
     Returns:
       Whether `jax.distributed.initialize` was called.
@@ -61,7 +68,11 @@ def initialize(
             )
         if not _cloud_tpu() or jax.distributed.is_initialized():
             return False
-        jax.distributed.initialize()  # JAX's TPU cluster detection finds every host
+        _disable_jax_preemption_service()
+        jax.distributed.initialize(  # JAX's TPU cluster detection finds every host
+            heartbeat_timeout_seconds=_jax_heartbeat_timeout(lost_process_timeout)
+        )
+        _start_watchdog(lost_process_timeout)
         return True
     if coordinator_address:
         if process_count is None or process_index is None:
@@ -78,12 +89,14 @@ def initialize(
         return False
     # CPU collectives across processes need gloo (accelerators use their own; this is harmless).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    _disable_jax_preemption_service()
     try:
         jax.distributed.initialize(
             coordinator_address,
             process_count,
             process_index,
             initialization_timeout=initialization_timeout,
+            heartbeat_timeout_seconds=_jax_heartbeat_timeout(lost_process_timeout),
         )
     except Exception as error:  # noqa: BLE001 (jaxlib raises bare XlaRuntimeErrors)
         raise ValueError(
@@ -104,7 +117,38 @@ def initialize(
         jax.local_device_count(),
         jax.device_count(),
     )
+    _start_watchdog(lost_process_timeout)
     return True
+
+
+def _disable_jax_preemption_service() -> None:
+    """Turns off JAX's C++ SIGTERM notifier: `faults.signals` handles SIGTERM (and SIGINT)."""
+    jax.config.update("jax_enable_preemption_service", False)
+
+
+def _jax_heartbeat_timeout(lost_process_timeout: float) -> int:
+    """JAX's heartbeat timeout: above ours, so that the watchdog names the lost process first."""
+    if lost_process_timeout <= 0:
+        raise ValueError(
+            f"--lost_process_timeout={lost_process_timeout} must be a positive number of seconds."
+        )
+    return max(100, int(2 * lost_process_timeout) + 10)
+
+
+def _start_watchdog(lost_process_timeout: float) -> None:
+    """Starts this process's `faults.watchdog.PeerWatchdog` (several processes only)."""
+    from jax._src import distributed as jax_distributed  # noqa: PLC0415 (its client)
+
+    client = jax_distributed.global_state.client
+    if jax.process_count() < 2 or client is None or _watchdog:
+        return
+    _watchdog.append(
+        watchdog.PeerWatchdog(
+            client, jax.process_index(), jax.process_count(), lost_process_timeout
+        )
+    )
+    if is_primary():
+        logging.warning(watchdog.describe_coordinator_loss())
 
 
 def _cloud_tpu() -> bool:

@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow_datasets as tfds
 
+from prompt_tuning.faults import batches
 from prompt_tuning.train import data
 from prompt_tuning.train import rank_classification as ranking
 from prompt_tuning.train.predictor import (  # noqa: F401 (re-exported: their former home)
@@ -73,12 +74,17 @@ def iterate_batches(
 
     Yields:
       `(batch, n)`: a batch of B rows of which the first n are real examples.
+
+    Raises:
+      faults.Stopped: inside `faults.batches.stop_at_batches` (evaluation and inference runs),
+        after a batch when every process agreed to stop on a signal.
     """
     keys = [k for k in (*MODEL_FEATURES, "task_ids") if examples and k in examples[0]]
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = {k: np.stack([np.asarray(ex[k]) for ex in chunk]) for k in keys}
         yield pad_batch(batch, batch_size), len(chunk)
+        batches.batch_boundary()
 
 
 def target_text(example: Mapping[str, Any], vocabulary: seqio.Vocabulary) -> str:

@@ -17,6 +17,10 @@ Multi-process runs (T5X's flags; see `distributed.initialize` and the README):
     --process_count=N                 number of processes.
     --process_index=I                 this process, 0 .. N-1.
     --multiprocess_gpu                initialize even without the flags above (SLURM, Open MPI).
+    --lost_process_timeout=SECONDS    when another process sends no heartbeat for this long
+                                      (default 60), exit with status 69 naming it.
+
+SIGTERM/SIGINT stop a run cleanly (exit status 75, `prompt_tuning.faults`).
 
 TPU slices need none of them. Only process 0 writes the config file.
 
@@ -37,6 +41,8 @@ from typing import Any
 
 import gin
 
+from prompt_tuning.faults import Stopped
+
 
 def gin_search_root() -> str:
     """The folder holding the `gin_configs` package (package data of this project), which makes
@@ -56,9 +62,15 @@ def gin_search_root() -> str:
 _USAGE = (
     "usage: python -m prompt_tuning.<train|eval|infer> --gin_file=FILE [--gin_file=FILE ...] "
     "[--gin.NAME=VALUE ...] [--gin_bindings='NAME = VALUE' ...] [--gin_search_paths=A,B] "
-    "[--coordinator_address=HOST:PORT --process_count=N --process_index=I] [--multiprocess_gpu]"
+    "[--coordinator_address=HOST:PORT --process_count=N --process_index=I] [--multiprocess_gpu] "
+    "[--lost_process_timeout=SECONDS]"
 )
-_PROCESS_FLAGS = ("--coordinator_address", "--process_count", "--process_index")
+_PROCESS_FLAGS = (
+    "--coordinator_address",
+    "--process_count",
+    "--process_index",
+    "--lost_process_timeout",
+)
 _MACRO_REFERENCE = re.compile(r"%([A-Za-z_][A-Za-z0-9_.]*)")
 
 
@@ -93,7 +105,12 @@ def split_process_flags(argv: Sequence[str]) -> tuple[dict[str, Any], list[str]]
                 raise ValueError(f"Flag {name} needs a value.\n{_USAGE}")
             value = args.pop(0)
         key = name[2:]
-        if key != "coordinator_address":
+        if key == "lost_process_timeout":
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number of seconds, got {value!r}.") from None
+        elif key != "coordinator_address":
             try:
                 value = int(value)
             except ValueError:
@@ -253,6 +270,10 @@ def main(
     """
     try:
         return run_main(fn, argv, required_macros, config_filename)
+    except Stopped as stopped:
+        status = stopped.exit_status
+        print(f"\n{stopped.message} (exit status {status})", file=sys.stderr, flush=True)
+        sys.exit(stopped.exit_status)
     except (ValueError, KeyError, FileNotFoundError, OSError) as error:
         traceback.print_exc()
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

@@ -15,12 +15,15 @@ import json
 import logging
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import seqio
 
+from prompt_tuning.faults.batches import stop_at_batches
+from prompt_tuning.prompts import files
 from prompt_tuning.t5 import decoding
 from prompt_tuning.train import data, distributed, evaluation, serving
 from prompt_tuning.train import rank_classification as ranking
@@ -125,14 +128,29 @@ def predict_task(
 
 
 def write_jsonl(records: Iterator[Mapping[str, Any]], path: str | os.PathLike) -> int:
-    """Writes one JSON object per line (UTF-8, non-ASCII kept); returns the number written."""
+    """Writes one JSON object per line (UTF-8, non-ASCII kept); returns the number written.
+
+    The lines go to a temporary file next to `path`, renamed over it once every record is
+    written: an interrupted run (an error, a stop signal) leaves no partial file.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with path.open("w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as f:
+        try:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+        except BaseException:
+            f.close()
+            os.unlink(f.name)
+            raise
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)  # as `open` would have made it (the temporary file is 0600)
+    os.replace(f.name, path)
     return count
 
 
@@ -208,6 +226,9 @@ def evaluate(
     Returns:
       The metrics of `evaluation.Evaluator.evaluate` (on every process; the primary one prints
       and writes them).
+
+    Raises:
+      faults.Stopped: SIGTERM/SIGINT stopped the run between batches; nothing was written.
     """
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
@@ -223,7 +244,8 @@ def evaluate(
         num_examples=num_examples,
         labels=labels,
     )
-    metrics = evaluator.evaluate(params, step)
+    with stop_at_batches("evaluation"):
+        metrics = evaluator.evaluate(params, step)
     if not distributed.is_primary():
         return metrics
     for name, value in sorted(metrics.items()):
@@ -231,8 +253,7 @@ def evaluate(
     output_dir = output_dir or (os.path.join(model_dir, "eval") if model_dir else None)
     if output_dir:
         path = pathlib.Path(output_dir) / f"metrics_{split}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"step": step, "metrics": metrics}, indent=1))
+        files.atomic_write(path, json.dumps({"step": step, "metrics": metrics}, indent=1).encode())
         logging.info("Wrote %s", path)
     return metrics
 
@@ -291,6 +312,10 @@ def infer(
     Returns:
       The number of examples written (by the primary process; every process runs the model on
       every batch, and counts the same).
+
+    Raises:
+      faults.Stopped: SIGTERM/SIGINT stopped the run between batches; `output_path` was not
+        written (predictions go to a temporary file renamed when complete).
     """
     data.import_task_modules(mixture_or_task_module)
     provider = data.get_task_or_mixture(mixture_or_task_name)
@@ -313,8 +338,9 @@ def infer(
                 ranked,
             )
 
-    if not distributed.is_primary():
-        return sum(1 for _ in records())  # the same sharded computations, nothing written
-    count = write_jsonl(records(), output_path)
+    with stop_at_batches("inference"):
+        if not distributed.is_primary():
+            return sum(1 for _ in records())  # the same sharded computations, nothing written
+        count = write_jsonl(records(), output_path)
     print(f"Wrote {count} predictions to {output_path}")
     return count

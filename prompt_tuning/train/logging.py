@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prompt_tuning.train import checkpoint_checks
+from prompt_tuning.faults import checkpoint_checks
 
 
 def _tensorboard_writer(logdir: pathlib.Path, enabled: bool) -> Any:

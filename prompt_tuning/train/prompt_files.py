@@ -43,9 +43,9 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from prompt_tuning.faults import checkpoint_checks
 from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.prompts.files import PromptFileError
-from prompt_tuning.train import checkpoint_checks
 
 PROMPTS = "prompts"
 PLAIN, MULTI_TASK, PARAMETERS = "plain", "multi_task", "parameters"

@@ -8,6 +8,8 @@ INITIAL_CHECKPOINT_PATH (or initializes a random one from RANDOM_SEED), splits t
 TRAINABLE_PARAMS_REGEX, restores MODEL_DIR's latest checkpoint when there is one, and runs
 `train_step` until TRAIN_STEPS, logging, saving, exporting the prompt and evaluating periodically.
 Running the same command again resumes and ends with the same prompt as an uninterrupted run.
+SIGTERM or SIGINT stops the run after the step it is on (the same step in every process), with a
+checkpoint and the prompt export of that step: `faults.Stopped` (exit status 75 from the command).
 
 `data` and `evaluation` (seqio, TensorFlow: ~0.9 GiB of memory) are imported where the loop needs
 them, so a process that only builds and runs `train_step` (tools/benchmark_train.py) does not pay
@@ -25,8 +27,10 @@ import jax
 import numpy as np
 import optax
 
+from prompt_tuning.faults import Stopped, checkpoint_checks
+from prompt_tuning.faults.agreement import StopAgreement
+from prompt_tuning.faults.signals import StopSignals
 from prompt_tuning.train import (
-    checkpoint_checks,
     checkpoints,
     distributed,
     host_memory,
@@ -204,6 +208,7 @@ def train(
     model_parallel_submesh: Sequence[int] | None = None,
     num_devices: int | None = None,
     use_distributed: bool = False,
+    stop_check_period: int | None = None,
 ) -> TrainResult:
     """Trains the prompt (the TRAINABLE_PARAMS_REGEX parameters) of a frozen T5.
 
@@ -250,6 +255,9 @@ def train(
       num_devices: use only the first N devices (default all).
       use_distributed: join a multi-process run found by JAX's cluster detection (SLURM, Open
         MPI); the entry points' `--coordinator_address` flags do the same explicitly.
+      stop_check_period: with several processes, agree on a stop (SIGTERM/SIGINT) every this
+        many steps (`faults.agreement`: one 4-byte all-reduce each time); None: every step on
+        accelerators, every 10 on CPUs. One process checks every step for free.
 
     Returns:
       A `TrainResult`.
@@ -257,6 +265,7 @@ def train(
     Raises:
       ValueError, KeyError, FileNotFoundError: bad configuration, before any training.
       FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
+      faults.Stopped: SIGTERM/SIGINT stopped the run after saving (its message says how to resume).
     """
     from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring)
 
@@ -324,16 +333,18 @@ def train(
     if evaluator is not None:
         evaluator = (*evaluator, best_metric)
     try:
-        return _loop(
-            run,
-            evaluator,
-            model_dir,
-            mixture_or_task_name,
-            task_feature_lengths,
-            train_steps,
-            batch_size,
-            periods,
-        )
+        # Signals before this point end the process at once: no step has run, nothing is lost.
+        with StopSignals("training") as signals:
+            return _loop(
+                run,
+                evaluator,
+                model_dir,
+                (mixture_or_task_name, task_feature_lengths),
+                train_steps,
+                batch_size,
+                periods,
+                StopAgreement(signals, stop_check_period),
+            )
     finally:
         run.checkpointer.close()
         run.logger.close()
@@ -343,14 +354,20 @@ def _loop(
     run: Run,
     evaluator: Any,
     model_dir: str,
-    task: str,
-    task_feature_lengths: Mapping[str, int],
+    task_and_lengths: tuple[str, Mapping[str, int]],
     train_steps: int,
     batch_size: int,
     periods: Mapping[str, int],
+    stop: StopAgreement,
 ) -> TrainResult:
-    """Runs steps `start_step + 1 .. train_steps` with logging, saving and evaluation."""
+    """Runs steps `start_step + 1 .. train_steps` with logging, saving and evaluation.
+
+    Raises:
+      faults.Stopped: every process agreed to stop (a signal) and saved the step reached.
+    """
     from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring)
+
+    task, task_feature_lengths = task_and_lengths
 
     batches = None
     if run.start_step < train_steps:
@@ -383,15 +400,18 @@ def _loop(
             run.logger.start(step)
         due = {k: bool(p) and step % p == 0 for k, p in periods.items()}
         last = step == train_steps
-        if not (due["log"] or due["save"] or due["eval"] or last):
+        stopping = stop.should_stop() and not last
+        if not (due["log"] or due["save"] or due["eval"] or last or stopping):
             continue
         averaged = _mean_metrics(pending)
         pending = []
         _check_finite(averaged, step, run)
         averaged.update(_prompt_diagnostics(run.model.prompt, run.state.params))
         train_log.append(dict(run.logger.log_train(step, averaged), step=step))
-        if due["save"] or last:
+        if due["save"] or last or stopping:
             _save(run, step, model_dir)
+        if stopping:
+            raise _stopped(stop, step, train_steps, model_dir)
         if due["eval"] or (last and evaluator is not None):
             best = _evaluate(run, evaluator, step, model_dir, best, eval_log)
             host_memory.release_free_memory()  # what evaluation's programs freed
@@ -409,6 +429,17 @@ def _loop(
         train_metrics=train_log,
         eval_metrics=eval_log,
     )
+
+
+def _stopped(stop: StopAgreement, step: int, train_steps: int, model_dir: str) -> Stopped:
+    """The `Stopped` of a run that saved `step` on a signal (the entry points print it)."""
+    name = stop.signals.signal_name or "a signal in another process"
+    message = (
+        f"Stopped by {name} at step {step} of {train_steps}: the checkpoint and the prompt "
+        f"export of step {step} are saved in {model_dir}. Run the same command to resume from "
+        f"step {step}."
+    )
+    return Stopped(message, name, step)
 
 
 def _evaluate(
