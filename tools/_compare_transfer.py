@@ -55,9 +55,13 @@ def needed_tasks(methods: Sequence[lib.Method], targets: Sequence[str]) -> list[
 
 
 def settings_key(frozen: lib.FrozenModel, settings: Mapping[str, Any]) -> str:
-    """A short hash of what a source prompt depends on (model, checkpoint, training settings)."""
+    """A short hash of what a source prompt depends on (model, training settings).
+
+    The model is named by its gin file and description (the checkpoint for a pretrained one; a
+    random one is always seed 0, saved in a fresh temporary folder each time).
+    """
     text = json.dumps(
-        dict(settings, model=frozen.model_gin, checkpoint=frozen.checkpoint, method=SOURCE_METHOD),
+        dict(settings, model=frozen.model_gin, frozen=frozen.description, method=SOURCE_METHOD),
         sort_keys=True,
     )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
