@@ -118,7 +118,9 @@ def test_planning_skips_a_methods_own_sources():
     assert {(r["method"], r["task"]) for r in plan} == {
         ("spot_topic", TARGET), ("spot_best", TARGET),
     }  # fmt: skip
-    assert transfer.needed_tasks([lib.METHODS["spot_best"]], [TARGET]) == [*SOURCES, TARGET]
+    runs = [(lib.METHODS[r["method"]], r["task"]) for r in plan]
+    assert transfer.needed_tasks(runs) == [*SOURCES, TARGET]
+    assert transfer.needed_tasks([(lib.METHODS["pt_random_uniform"], lib.MIXTURE)]) == []
     with pytest.raises(SystemExit):  # transfer methods are not swept
         compare_methods.parse_args(["--lr_sweep_methods", "spot_topic"])
     assert similarity.COSINE_AVERAGE == lib.METHODS["spot_best"].pick_source

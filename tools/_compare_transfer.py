@@ -47,10 +47,11 @@ class SourcePrompts:
     )
 
 
-def needed_tasks(methods: Sequence[lib.Method], targets: Sequence[str]) -> list[str]:
-    """Tasks whose prompts the methods need: their sources, and the targets of `pick_source`."""
-    names = [s for m in methods for s in m.sources]
-    names += [t for m in methods if m.pick_source for t in targets if t not in m.sources]
+def needed_tasks(runs: Sequence[tuple[lib.Method, str]]) -> list[str]:
+    """Tasks whose prompts the planned (method, target task) runs need: the methods' sources, and
+    each `pick_source` run's target (its task embedding)."""
+    names = [s for method, _ in runs for s in method.sources]
+    names += [task for method, task in runs if method.pick_source]
     return list(dict.fromkeys(names))
 
 

@@ -179,9 +179,7 @@ def execute(args: argparse.Namespace, workdir: str) -> tuple[list[dict[str, Any]
     multi = any(lib.METHODS[r["method"]].multi_task for r in plan)
     mixture_tasks = lib.mixture_task_ids()
     start = time.time()
-    methods = [lib.METHODS[name] for name in dict.fromkeys(r["method"] for r in plan)]
-    targets = sorted({r["task"] for r in plan})
-    source_tasks = transfer.needed_tasks(methods, targets)
+    source_tasks = transfer.needed_tasks([(lib.METHODS[r["method"]], r["task"]) for r in plan])
     tasks, lengths = lib.load_tasks(
         sorted({*args.tasks, *args.lr_sweep_tasks, *args.length_sweep_tasks, *source_tasks}),
         args.pool_size,
