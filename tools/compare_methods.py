@@ -306,7 +306,7 @@ def _sources_note(method: lib.Method) -> str:
     if not method.sources:
         return ""
     pick = f", the most similar by {method.pick_source}" if method.pick_source else ""
-    return f"; initialized from the prompt of {' / '.join(method.sources)}{pick}"
+    return f"; source prompts: {' / '.join(method.sources)}{pick}"
 
 
 def lr_table(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> str:
