@@ -37,6 +37,7 @@ import numpy as np
 
 import tasks
 from prompt_tuning import t5
+from prompt_tuning.analysis import similarity
 from prompt_tuning.train import data, evaluation, optimizers, step
 from prompt_tuning.train.model import PromptModel
 from tasks import mixtures
@@ -61,6 +62,13 @@ class Method:
       multi_task: trained once on `MIXTURE` with task ids, evaluated on each task.
       learning_rate: the main table's Adafactor learning rate.
       trainable_regex: TRAINABLE_PARAMS_REGEX of the method.
+      sources: prompt transfer: the source tasks whose prompts (plain prompt tuning at the
+        table's settings, one per seed, `tools/_compare_transfer.py`) the method receives, bound
+        as `SOURCE_PROMPTS` (a list of `.npy` files, in this order) and, when one file reaches
+        the method, also as `PROMPT_FILE`. Such a method is not run on its own sources.
+      pick_source: a similarity measure of `prompt_tuning.analysis.similarity` (SPoT's
+        retrieval): only the source ranked most similar to the target's own prompt-tuning
+        prompt (same seed and budget) reaches the method. None: every source does.
     """
 
     name: str
@@ -69,6 +77,8 @@ class Method:
     multi_task: bool = False
     learning_rate: float = 0.3
     trainable_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX
+    sources: tuple[str, ...] = ()
+    pick_source: str | None = None
 
     @property
     def has_length(self) -> bool:
@@ -76,12 +86,14 @@ class Method:
         return self.gin_file is not None
 
 
-_LESTER, _SPT, _DPT, _IDPG = (
+_LESTER, _SPT, _DPT, _IDPG, _SPOT = (
     "Lester et al. 2021",
     "Liu et al. 2022",
     "Xiao et al. 2023",
     "Wu et al. 2022",
+    "Vu et al. 2022 (SPoT)",
 )
+_FROM_NPY = "prompt_tuning_from_npy.gin"
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -101,6 +113,12 @@ METHODS: dict[str, Method] = {
         Method("m_idpg_dense", "m_idpg_dense.gin", _IDPG),
         Method("m_idpg_phm", "m_idpg_phm.gin", _IDPG),
         Method("deep_prompt", "deep_prompt.gin", "P-tuning v2 (IDPG's baseline)"),
+        Method("spot_topic", _FROM_NPY, _SPOT, sources=("builtin_topic",)),
+        Method("spot_keyword", _FROM_NPY, _SPOT, sources=("builtin_keyword",)),
+        Method(
+            "spot_best", _FROM_NPY, _SPOT, sources=("builtin_topic", "builtin_keyword"),
+            pick_source=similarity.COSINE_AVERAGE,
+        ),
         Method(
             "full_finetune", None, "upper bound", learning_rate=1e-3,
             trainable_regex=FULL_FINETUNE_REGEX,
@@ -311,6 +329,7 @@ def build_module(
     length: int | None = None,
     labels: Sequence[str] = ("positive", "negative"),
     num_tasks: int = 1,
+    source_files: Sequence[str] = (),
 ) -> nn.Module:
     """The gin-built `EncoderDecoder` of `method` (model gin + the method's prompt gin).
 
@@ -321,10 +340,20 @@ def build_module(
       labels: LABELS (read by the class-label initializer only; cut to the first P when the
         prompt has fewer rows than labels).
       num_tasks: NUM_TASKS (read by structured prompts only).
+      source_files: the source prompt `.npy` files of a transfer method (`Method.sources`):
+        bound as SOURCE_PROMPTS, and as PROMPT_FILE when there is exactly one.
 
     Returns:
       The linen module.
+
+    Raises:
+      ValueError: a transfer method without source files.
     """
+    if method.sources and not source_files:
+        raise ValueError(
+            f"Method {method.name!r} transfers from {method.sources}: pass their prompt files "
+            "(tools/_compare_transfer.source_prompts)."
+        )
     bindings = {"DROPOUT_RATE": frozen.dropout, "INITIAL_CHECKPOINT_PATH": frozen.checkpoint}
     files = [frozen.model_gin]
     if method.gin_file is None:
@@ -334,6 +363,10 @@ def build_module(
         bindings.update(LABELS=list(labels)[: length or None], NUM_TASKS=num_tasks)
         if length is not None:
             bindings["PROMPT_LENGTH"] = length
+        if source_files:
+            bindings["SOURCE_PROMPTS"] = [str(f) for f in source_files]
+            if len(source_files) == 1:
+                bindings["PROMPT_FILE"] = str(source_files[0])
     _parse_gin(files, bindings)
     try:
         return _gin_value("MODEL")
@@ -367,8 +400,9 @@ class MethodRunner:
     """One method compiled once: initialization, the training run and rank classification.
 
     `module_for(labels)` builds the method's module; only the initializer may depend on the labels
-    (class-label prompts), so the training and scoring programs are compiled from the first module
-    and reused for every task, seed and learning rate.
+    (class-label prompts) and, for a transfer method, on the source prompt files
+    (`module_for(labels, source_files)`), so the training and scoring programs are compiled from
+    the first module and reused for every task, seed and learning rate.
     """
 
     def __init__(
@@ -382,7 +416,7 @@ class MethodRunner:
         self._module_for = module_for
         self._lengths = lengths
         self._regex = regex
-        self._inits: dict[tuple[str, ...], Callable[[jax.Array], Any]] = {}
+        self._inits: dict[tuple, Callable[[jax.Array], Any]] = {}
         self.model = PromptModel(module_for(("positive", "negative")), **_LOSS)
         try:
             loaded, self.frozen = optimizers.split_params(frozen.params, regex)
@@ -396,19 +430,27 @@ class MethodRunner:
         merge = optimizers.merge_params
         self._score = jax.jit(lambda tr, fr, b: self.model.score_batch(merge(tr, fr), b))
 
-    def _init_fn(self, labels: Sequence[str]) -> Callable[[jax.Array], Any]:
-        key = tuple(labels)
+    def _init_fn(
+        self, labels: Sequence[str], source_files: Sequence[str] = ()
+    ) -> Callable[[jax.Array], Any]:
+        key = (tuple(labels), tuple(source_files))
         if key not in self._inits:
-            model = PromptModel(self._module_for(labels), **_LOSS)
+            module = (
+                self._module_for(labels, tuple(source_files))
+                if source_files
+                else self._module_for(labels)
+            )
+            model = PromptModel(module, **_LOSS)
             init = lambda rng: optimizers.split_params(
                 nn.unbox(model.init_boxed(rng, *self._lengths)), self._regex
             )[0]
             self._inits[key] = jax.jit(init)
         return self._inits[key]
 
-    def initial(self, seed: int, labels: Sequence[str]) -> Any:
-        """Starting trainable parameters: the checkpoint's where it has them, else initialized."""
-        fresh = self._init_fn(labels)(jax.random.key(seed))
+    def initial(self, seed: int, labels: Sequence[str], source_files: Sequence[str] = ()) -> Any:
+        """Starting trainable parameters: the checkpoint's where it has them, else initialized
+        (from `source_files` for a transfer method)."""
+        fresh = self._init_fn(labels, source_files)(jax.random.key(seed))
         return optimizers.merge_params(self._loaded, fresh)
 
     @staticmethod

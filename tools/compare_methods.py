@@ -17,6 +17,10 @@ defaults) with one shared prompt length `--length`:
   the mixture `builtin_equal_with_task_ids` with a task embedding per task, trained for
   `--steps` x number of tasks steps so it sees as many examples of each task, evaluated on each);
 - DPT (A.B), residual prompt tuning, IDPG (S- and M-IDPG, dense and PHM), deep prompts;
+- prompt transfer (SPoT): a prompt trained on another built-in task (plain prompt tuning, same
+  settings and seed, cached under `--source_cache`) initializes the target's prompt; `spot_best`
+  takes the source whose prompt is most similar to the target's own (SPoT's retrieval). A
+  transfer method is not run on its own source tasks (`tools/_compare_transfer.py`);
 - full fine-tuning of every weight (no prompt), the upper bound.
 Every run trains with Adafactor as in Lester et al. (constant rate, decay exponent 0.8, clipping
 1.0, weight decay 1e-5): rate `--prompt_lr` (default Lester's 0.3) for prompts and 1e-3 for full
@@ -59,6 +63,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tools import _compare_lib as lib  # noqa: E402
+from tools import _compare_transfer as transfer  # noqa: E402
 
 BUILTIN_TASKS = ("builtin_sentiment", "builtin_topic", "builtin_keyword")
 SWEEP_EXCLUDED = "full_finetune"
@@ -105,6 +110,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--lengths", nargs="+", type=int, help="Prompt lengths of the length sweep.")
     add("--length_sweep_methods", nargs="*", choices=list(lib.METHODS))
     add("--length_sweep_tasks", nargs="*", choices=BUILTIN_TASKS)
+    add(
+        "--source_cache",
+        help="Where source prompts of transfer methods are kept (default: OUTPUT/source_prompts).",
+    )
     add("--dropout", type=float, default=0.0, help="DROPOUT_RATE of the frozen model.")
     add(
         "--prompt_lr", type=float, default=0.3,
@@ -131,8 +140,8 @@ def main_lr(name: str, args: argparse.Namespace) -> float:
 
 
 def _sweepable(method: lib.Method) -> bool:
-    """Single-task prompt methods are swept (not multi-task runs, not full fine-tuning)."""
-    return method.has_length and not method.multi_task
+    """Single-task prompt methods are swept (not multi-task, transfer or full fine-tuning runs)."""
+    return method.has_length and not method.multi_task and not method.sources
 
 
 def plan_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -143,6 +152,8 @@ def plan_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
         method = lib.METHODS[name]
         length = length if method.has_length else None
         for task in [lib.MIXTURE] if method.multi_task else tasks:
+            if task in method.sources:  # transfer from a task to itself: not a transfer
+                continue
             for seed in args.seeds:
                 key = (name, task, seed, lr, length)
                 runs.setdefault(key, dict(method=name, task=task, seed=seed, lr=lr, length=length))
@@ -168,29 +179,42 @@ def execute(args: argparse.Namespace, workdir: str) -> tuple[list[dict[str, Any]
     multi = any(lib.METHODS[r["method"]].multi_task for r in plan)
     mixture_tasks = lib.mixture_task_ids()
     start = time.time()
+    source_tasks = transfer.needed_tasks([(lib.METHODS[r["method"]], r["task"]) for r in plan])
     tasks, lengths = lib.load_tasks(
-        sorted({*args.tasks, *args.lr_sweep_tasks, *args.length_sweep_tasks}),
+        sorted({*args.tasks, *args.lr_sweep_tasks, *args.length_sweep_tasks, *source_tasks}),
         args.pool_size,
         args.eval_examples,
         mixture_pool=args.pool_size * len(mixture_tasks) if multi else 0,
     )
     frozen = lib.load_frozen(args.model_gin, workdir, args.dropout, args.checkpoint)
     _log(f"data and model ready in {time.time() - start:.0f} s; {frozen.description}")
+    sources = transfer.train_sources(
+        source_tasks, args.seeds, tasks=tasks, frozen=frozen, lengths=lengths,
+        settings=dict(
+            length=args.length, learning_rate=args.prompt_lr, steps=args.steps,
+            batch_size=args.batch_size, pool_size=args.pool_size,
+        ),
+        cache_dir=args.source_cache or os.path.join(args.output, "source_prompts"),
+    )  # fmt: skip
     rows, groups = [], {}
     for run in plan:
         groups.setdefault((run["method"], run["length"]), []).append(run)
     for run_id, ((name, length), group) in enumerate(groups.items()):
         method = lib.METHODS[name]
         num_tasks = len(mixture_tasks) if method.multi_task else 1
-        build = lambda labels, m=method, p=length, n=num_tasks: lib.build_module(
-            frozen, m, p, labels, n
+        first = group[0]
+        first_files = tuple(transfer.files_for(method, first["task"], first["seed"], sources))
+        build = lambda labels, files=first_files, m=method, p=length, n=num_tasks: lib.build_module(
+            frozen, m, p, labels, n, files
         )
         runner = lib.MethodRunner(build, frozen, method.trainable_regex, lengths)
         for run in group:
-            rows += _one_run(args, runner, tasks, run, mixture_tasks, f"{run_id}")
+            files = transfer.files_for(method, run["task"], run["seed"], sources)
+            rows += _one_run(args, runner, tasks, run, mixture_tasks, f"{run_id}", files)
     setup = dict(
         model=frozen.description, model_gin=args.model_gin, input_length=lengths[0],
         target_length=lengths[1], runs=len(plan), setup_seconds=round(time.time() - start, 1),
+        transfer=transfer.section(sources) if source_tasks else "",
     )  # fmt: skip
     return rows, setup
 
@@ -202,6 +226,7 @@ def _one_run(
     run: Mapping[str, Any],
     mixture_tasks: Mapping[str, int],
     group_id: str,
+    source_files: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Trains one run and evaluates it (each requested task, for a multi-task run)."""
     begin = time.time()
@@ -209,7 +234,7 @@ def _one_run(
     multi = run["task"] == lib.MIXTURE
     steps = args.steps * (len(mixture_tasks) if multi else 1)
     labels = task.labels or tasks[args.tasks[0]].labels
-    trainable = runner.initial(run["seed"], labels)
+    trainable = runner.initial(run["seed"], labels, tuple(source_files))
     batches = lib.run_batches(task.train, steps, args.batch_size, run["seed"])
     trained, losses = runner.train(trainable, batches, run["seed"], run["lr"])
     evaluated = args.tasks if multi else [run["task"]]
@@ -222,6 +247,7 @@ def _one_run(
         row.update(
             params=runner.count(trainable), steps=steps, seconds=seconds,
             run=f"{group_id}/{run['seed']}/{run['lr']}/{run['task']}",
+            source_files=list(source_files),
         )  # fmt: skip
     _log(
         f"{run['method']:<24} P={run['length']} lr={run['lr']:<6} seed={run['seed']} "
@@ -264,15 +290,23 @@ def main_table(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> s
         for task in args.tasks:
             accuracies = [r["accuracy"] for r in _select(chosen, task=task)]
             cells.append(_cell(accuracies))
-            means.append(mean_std(accuracies)[0])
+            means += [mean_std(accuracies)[0]] if accuracies else []
         params = chosen[0]["params"] if chosen else 0
         lines.append(f"| {name} | {params:,} | " + " | ".join(cells) + f" | {np.mean(means):.1f} |")
     legend = [
         f"- `{name}`: `{lib.METHODS[name].gin_file or args.model_gin}` "
-        f"({lib.METHODS[name].paper}{', multi-task' if lib.METHODS[name].multi_task else ''})"
+        f"({lib.METHODS[name].paper}{', multi-task' if lib.METHODS[name].multi_task else ''}"
+        f"{_sources_note(lib.METHODS[name])})"
         for name in args.methods
     ]
     return "\n".join(lines) + "\n\n" + "\n".join(legend)
+
+
+def _sources_note(method: lib.Method) -> str:
+    if not method.sources:
+        return ""
+    pick = f", the most similar by {method.pick_source}" if method.pick_source else ""
+    return f"; source prompts: {' / '.join(method.sources)}{pick}"
 
 
 def lr_table(rows: Sequence[Mapping[str, Any]], args: argparse.Namespace) -> str:
@@ -389,10 +423,14 @@ def write_outputs(
         f"## Learning rate\n\n{lr_note}\n\n{tables['lr']}\n\n"
         f"## Prompt length\n\n{length_note}\n\n{tables['length']}\n"
     )
+    if setup.get("transfer"):
+        text += f"\n## Prompt transfer\n\n{setup['transfer']}\n"
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps(dict(setup=setup, runs=rows), indent=1) + "\n")
-    plot_lr_sweep(rows, args, str(out / "lr_sweep.png"))
-    plot_length_sweep(rows, args, str(out / "length_sweep.png"))
+    if args.lr_sweep_methods:  # (a transfer-only comparison sweeps nothing)
+        plot_lr_sweep(rows, args, str(out / "lr_sweep.png"))
+    if args.length_sweep_methods:
+        plot_length_sweep(rows, args, str(out / "length_sweep.png"))
     return dict(tables, text=text)
 
 
@@ -420,9 +458,12 @@ def write_docs(text: str, args: argparse.Namespace, command: str, seconds: float
     page = pathlib.Path(args.docs)
     images = page.with_suffix("")  # docs/results.md -> docs/results/
     images.mkdir(parents=True, exist_ok=True)
-    for name in ("lr_sweep.png", "length_sweep.png"):
+    plots = [
+        n for n in ("lr_sweep.png", "length_sweep.png") if (pathlib.Path(args.output) / n).is_file()
+    ]
+    for name in plots:
         shutil.copyfile(pathlib.Path(args.output) / name, images / name)
-    link = lambda name: f"![{name}]({images.name}/{name})"
+    link = lambda name: f"![{name}]({images.name}/{name})" if name in plots else ""
     body = text.replace("# Method comparison\n", "# Results: method comparison\n", 1)
     body = body.replace("## Prompt length\n", f"{link('lr_sweep.png')}\n\n## Prompt length\n", 1)
     page.write_text(
