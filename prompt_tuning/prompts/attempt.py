@@ -18,8 +18,8 @@ shares G and keeps one target prompt per task, picked by `task_ids`.
 The source prompts are not variables at all: `sources` is a loader returning the array, read at
 trace time and closed over as a constant, so they get no gradient, no optimizer state and no
 checkpoint entry whatever TRAINABLE_PARAMS_REGEX says (a run's export holds only P_t and G; load it
-with the same SOURCE_PROMPTS). gin binds the loader to `prompt_files.read_source_prompts`, which
-reads SOURCE_PROMPTS (prompt files, run folders, PEFT adapters).
+with the same SOURCE_PROMPTS). gin binds the loader to `prompt_files.source_prompts_loader()`,
+which reads SOURCE_PROMPTS (prompt files, run folders, PEFT adapters) once.
 
 Two choices differ from the authors' code and are deliberate: the input max-pool skips padding
 (their batches are padded to a fixed length, so padding embeddings enter the max), and the target
@@ -77,7 +77,7 @@ class AttemptPrompt(nn.Module):
     Attributes:
       length: P; every source prompt must have this length.
       sources: loader `() -> [k, P, H]` array of the frozen source prompts (gin:
-        `@prompt_files.read_source_prompts` with `paths = %SOURCE_PROMPTS`).
+        `@prompt_files.source_prompts_loader()` with `paths = %SOURCE_PROMPTS`).
       rank: r, the attention network's bottleneck (ATTEMPT_RANK; the paper uses 100).
       num_tasks: N target prompts sharing the attention network (multi-task ATTEMPT).
       temperature: T of the softmax; None means H * e (the paper's d * exp(1)).

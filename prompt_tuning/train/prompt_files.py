@@ -36,7 +36,7 @@ import io
 import os
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -77,6 +77,7 @@ __all__ = [
     "prompt_module_name",
     "read_prompt_file",
     "read_source_prompts",
+    "source_prompts_loader",
     "run_export_path",
     "values_for",
     "write_export",
@@ -455,3 +456,14 @@ def read_source_prompts(paths: Any) -> np.ndarray:
             )
         arrays.append(np.asarray(value, np.float32))
     return np.stack(arrays)  # [k, P, H]
+
+
+def source_prompts_loader(paths: Any) -> Callable[[], np.ndarray]:
+    """Reads SOURCE_PROMPTS now (errors surface before anything runs) -> `() -> [k, P, H]`.
+
+    gin binds `AttemptPrompt.sources = @prompt_files.source_prompts_loader()`: the loader keeps the
+    array, so the module needs neither gin nor the files again when it is traced.
+    """
+    sources = read_source_prompts(paths)
+    sources.setflags(write=False)
+    return lambda: sources
