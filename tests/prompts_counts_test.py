@@ -138,3 +138,24 @@ def test_structured_matches_equations(hypernetwork, expected):
         20, num_tasks=3, task_dim=64, hypernetwork=hypernetwork, rank=8, hidden_dim=128
     )
     assert count_params(module, 512) == expected
+
+
+def _attempt(num_tasks: int = 1) -> nn.Module:
+    # Six frozen source prompts as in the paper (MNLI, QNLI, QQP, SST-2, SQuAD, ReCoRD), P = 100.
+    sources = lambda: np.zeros((6, 100, 768), np.float32)  # noqa: E731
+    return prompts.AttemptPrompt(100, sources, rank=100, num_tasks=num_tasks)
+
+
+def test_attempt_matches_the_papers_232k_per_task():
+    # ATTEMPT (Asai et al., 2022) at T5-base (H = 768): target prompt P*H plus the attention
+    # network W_down [H, r], W_up [r, H] and its layer norm (2*H), r = 100 (the authors' code):
+    # 76,800 + 153,600 + 1,536 = 231,936, the paper's "232K" per target task. The six frozen
+    # source prompts (460,800 values) are not parameters.
+    assert count_params(_attempt(), 768) == 100 * 768 + 2 * 768 * 100 + 2 * 768 == 231_936
+    assert round(count_params(_attempt(), 768), -3) == 232_000
+
+
+def test_multi_task_attempt_shares_the_attention_network():
+    # Multi-task ATTEMPT: one target prompt per task, one attention network for all N tasks.
+    single = count_params(_attempt(), 768)
+    assert count_params(_attempt(num_tasks=8), 768) == single + 7 * 100 * 768

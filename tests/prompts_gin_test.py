@@ -33,6 +33,9 @@ def _macros(tmp_path_factory):
     checkpoints.save_t5x_checkpoint(params, checkpoint)
     prompt_file = str(tmp / "prompt.npy")
     np.save(prompt_file, np.full((100, CONFIG.emb_dim), 2.0, np.float32))
+    sources = [str(tmp / f"source_{i}.npy") for i in range(2)]
+    for i, path in enumerate(sources):
+        np.save(path, np.full((100, CONFIG.emb_dim), 3.0 + i, np.float32))
     return (
         f"""
         from __gin__ import dynamic_registration
@@ -40,6 +43,7 @@ def _macros(tmp_path_factory):
         INITIAL_CHECKPOINT_PATH = "{checkpoint}"
         PROMPT_CHECKPOINT_PATH = "{checkpoint}"
         PROMPT_FILE = "{prompt_file}"
+        SOURCE_PROMPTS = {sources}
         VOCABULARY = @seqio.ByteVocabulary()
         LABELS = ["positive", "negative"]
         NUM_ENCODER_LAYERS = {CONFIG.num_encoder_layers}
@@ -55,7 +59,7 @@ def test_every_parameterization_has_a_gin_file():
         "prompt_tuning_sampled_vocab.gin", "prompt_tuning_from_npy.gin",
         "prompt_tuning_from_checkpoint.gin", "structured_linear.gin", "structured_low_rank.gin",
         "structured_mlp.gin", "dpt.gin", "rank_probe.gin", "residual.gin", "idpg_dense.gin",
-        "idpg_phm.gin", "m_idpg_phm.gin", "deep_prompt.gin", "prompt_bank.gin",
+        "idpg_phm.gin", "m_idpg_phm.gin", "deep_prompt.gin", "prompt_bank.gin", "attempt.gin",
     }  # fmt: skip
     assert expected <= set(GIN_FILES)
     for name in GIN_FILES:
@@ -91,6 +95,9 @@ def test_gin_file_builds_a_prompt_that_runs_in_t5(name, macros):
         table = params["token_embedder"]["embedding"]
         positive = np.asarray([table[i] for i in np.frombuffer(b"positive", np.uint8) + 3])
         np.testing.assert_allclose(prompt_params["prompt"][0], positive.mean(0), rtol=1e-5)
+    elif name == "attempt.gin":  # NUM_TASKS = 2 target prompts, each a copy of source 0
+        np.testing.assert_array_equal(prompt_params["prompt"], 3.0)
+        assert prompt_params["prompt"].shape == (2, length, CONFIG.emb_dim)
     elif name == "prompt_tuning_random_uniform.gin":
         assert float(jnp.abs(prompt_params["prompt"]).max()) <= 0.5
     if getattr(module, "per_layer", False):

@@ -27,6 +27,9 @@ MODULES = {
     ),
     "deep": prompts.DeepPrompt(2, num_layers=LAYERS),
     "bank": prompts.PromptBank(num_prompts=2, length=3),
+    "attempt": prompts.AttemptPrompt(
+        3, lambda: np.random.default_rng(5).normal(size=(2, 3, H)), rank=4, num_tasks=2
+    ),
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import gin
 import jax
@@ -46,17 +47,23 @@ def clean_gin():
 
 
 @pytest.fixture(scope="module")
-def prompt_files(tmp_path_factory) -> dict[str, str]:
-    """A `.npy` prompt and a checkpoint holding `encoder/prompt/prompt`, [4, 128]."""
+def prompt_files(tmp_path_factory) -> dict[str, Any]:
+    """A `.npy` prompt and a checkpoint holding `encoder/prompt/prompt`, [4, 128]; two more
+    `.npy` prompts as ATTEMPT's SOURCE_PROMPTS."""
     folder = tmp_path_factory.mktemp("prompt_files")
     prompt = np.random.default_rng(0).normal(size=(4, 128)).astype(np.float32)
     np.save(folder / "prompt.npy", prompt)
     t5_checkpoints.save_t5x_checkpoint(
         {"encoder": {"prompt": {"prompt": prompt}}}, folder / "checkpoint_7"
     )
+    sources = []
+    for i in range(2):
+        sources.append(str(folder / f"source_{i}.npy"))
+        np.save(sources[-1], np.random.default_rng(i + 1).uniform(-0.5, 0.5, (4, 128)))
     return {
         "PROMPT_FILE": str(folder / "prompt.npy"),
         "PROMPT_CHECKPOINT_PATH": str(folder / "checkpoint_7"),
+        "SOURCE_PROMPTS": sources,
     }
 
 
@@ -73,7 +80,7 @@ def _batch(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def _t5x_model(prompt_gin: str, prompt_files: dict[str, str]):
+def _t5x_model(prompt_gin: str, prompt_files: dict[str, Any]):
     """MODEL of our model file, `prompt_gin` and gin_configs/t5x/models/prompt.gin."""
     bindings = {
         "DROPOUT_RATE": "0.0",

@@ -120,6 +120,10 @@ METHODS: dict[str, Method] = {
             pick_source=similarity.COSINE_AVERAGE,
         ),
         Method(
+            "attempt", "attempt.gin", "Asai et al. 2022",
+            sources=("builtin_topic", "builtin_keyword"),
+        ),
+        Method(
             "full_finetune", None, "upper bound", learning_rate=1e-3,
             trainable_regex=FULL_FINETUNE_REGEX,
         ),

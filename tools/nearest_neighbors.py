@@ -180,8 +180,8 @@ def prompt_matrix(path: pathlib.Path, task_id: int | None) -> np.ndarray:
     if isinstance(value, dict):
         raise _common.ToolError(
             f"{path} holds the parameters of an instance-dependent or per-layer prompt "
-            f"({', '.join(sorted(value))}): IDPG generates a different prompt for every input, so "
-            "there is no fixed [P, H] prompt whose neighbours could be listed."
+            f"({', '.join(sorted(value))}): IDPG and ATTEMPT compute a different prompt for every "
+            "input, so there is no fixed [P, H] prompt whose neighbours could be listed."
         )
     if value.ndim == 3:
         if task_id is None or not 0 <= task_id < value.shape[0]:

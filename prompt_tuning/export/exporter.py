@@ -121,7 +121,7 @@ def export_peft(
     if isinstance(value, dict):
         why = _not_plain(model_dir) or (
             f"it holds the parameters ({', '.join(sorted(value))}) of an instance-dependent "
-            "(IDPG) or per-layer (deep) prompt"
+            "(IDPG, ATTEMPT) or per-layer (deep) prompt"
         )
         raise ExportError(
             f"{source} cannot be a PEFT prompt-tuning adapter: {why}, which has no single [P, H] "

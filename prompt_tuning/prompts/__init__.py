@@ -12,6 +12,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `RankProbePrompt`  | DPT section 2                      | min(P, H)                       |
 | `ResidualPrompt`   | Razdaibiedina et al. 2023          | P*H + 2*H*b + b + 3*H           |
 | `InstancePrompt`   | Wu et al. 2022 (IDPG, M-IDPG)      | generator + task prompt(s)      |
+| `AttemptPrompt`    | Asai et al. 2022 (ATTEMPT)         | P*H + 2*H*r + 2*H (k frozen sources) |
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
 | `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
@@ -27,17 +28,19 @@ model, so the trainer's rules replicate every one of these names (map each to No
 - `prompt`, `prompt_embed`: rows and width of any [P, H]-like tensor.
 - `prompt_layers`: the layer axis of [L, P, H] per-layer prompts.
 - `prompt_tasks`, `prompt_task_dim`: the task-embedding table [num_tasks, k].
-- `prompt_rank`: low-rank factors (structured low_rank r, rank probe's sigma).
+- `prompt_rank`: low-rank factors (structured low_rank r, rank probe's sigma, ATTEMPT's r).
 - `prompt_hidden`: hidden units of a hypernetwork / IDPG generator (h, m).
 - `prompt_bottleneck`: DPT's b and residual PT's bottleneck.
 - `prompt_sentence`: IDPG's sentence-representation width D.
 - `prompt_phm`, `prompt_phm_rows`, `prompt_phm_cols`: PHM rules [n, n, n];
   `prompt_flat`: the flattened P*H output of a PHM factor; `prompt_phm_in`, `prompt_phm_out`:
   the default factor axes of a stand-alone `PHMDense`.
-- `prompt_bank`: the N prompts of a `PromptBank` [N, P, H] (multi-task batches, ensembles).
+- `prompt_bank`: the N prompts of a `PromptBank` [N, P, H] (multi-task batches, ensembles) and
+  ATTEMPT's N target prompts.
 """
 
 from prompt_tuning.prompts import initializers
+from prompt_tuning.prompts.attempt import AttemptPrompt
 from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.decomposed import DecomposedPrompt, RankProbePrompt, num_positive
 from prompt_tuning.prompts.deep import DeepPrompt
@@ -69,6 +72,7 @@ PROMPT_LOGICAL_AXES = (
 
 __all__ = [
     "PROMPT_LOGICAL_AXES",
+    "AttemptPrompt",
     "DecomposedPrompt",
     "DeepPrompt",
     "Generator",

@@ -36,7 +36,7 @@ import io
 import os
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -59,6 +59,10 @@ _PROMPT_BINDING = re.compile(r"^PROMPT\s*=\s*@([\w.]+)\(", re.MULTILINE)
 NOT_FOLDABLE = {
     "InstancePrompt": "instance-dependent (IDPG: a generator computes each example's prompt)",
     "DeepPrompt": "per-layer (a prompt at every encoder layer)",
+    "AttemptPrompt": (
+        "instance-dependent (ATTEMPT: an attention network mixes source prompts and the target "
+        "prompt for each example)"
+    ),
 }
 
 __all__ = [
@@ -72,6 +76,8 @@ __all__ = [
     "parameter_shapes",
     "prompt_module_name",
     "read_prompt_file",
+    "read_source_prompts",
+    "source_prompts_loader",
     "run_export_path",
     "values_for",
     "write_export",
@@ -405,3 +411,59 @@ def _place(value: np.ndarray, like: jax.Array) -> jax.Array:
     """`value` as a global array with `like`'s dtype and sharding (every process holds `value`)."""
     value = np.asarray(value, like.dtype)
     return jax.make_array_from_callback(value.shape, like.sharding, lambda index: value[index])
+
+
+def read_source_prompts(paths: Any) -> np.ndarray:
+    """ATTEMPT's SOURCE_PROMPTS: one plain prompt per entry, stacked -> `[k, P, H]`.
+
+    Each entry is a `[P, H]` `.npy`, a PEFT prompt-tuning adapter folder, or a run's MODEL_DIR
+    (its `prompts/best`, else its latest export). All must have the same shape.
+
+    Raises:
+      PromptFileError: no entries; an entry that is not a plain `[P, H]` prompt (a multi-task
+        `[N, P, H]` file, a parameters `.npz`, a run without exports); shapes that differ.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = list(paths or [])
+    if not paths:
+        raise PromptFileError(
+            "SOURCE_PROMPTS is empty: list the source prompts (.npy files, run folders or PEFT "
+            "adapters) ATTEMPT mixes, e.g. --gin.SOURCE_PROMPTS=\"['a.npy', 'runs/b']\"."
+        )
+    arrays = []
+    for path in paths:
+        source = pathlib.Path(path)
+        if source.is_dir() and (source / PROMPTS).is_dir():
+            exported = run_export_path(source)
+            if exported is None:
+                raise PromptFileError(
+                    f"SOURCE_PROMPTS entry {path} is a run folder without exported prompts "
+                    f"({PROMPTS}/best or {PROMPTS}/step_<N>); train it first or give a .npy."
+                )
+            source = exported
+        value = read_prompt_file(source)
+        if not isinstance(value, np.ndarray) or value.ndim != 2:
+            what = "parameters" if isinstance(value, dict) else f"shape {value.shape}"
+            raise PromptFileError(
+                f"SOURCE_PROMPTS entry {path} ({source}) holds {what}; ATTEMPT's sources are "
+                "plain prompts [P, H] (a prompt-tuning run's export or a PEFT adapter)."
+            )
+        if arrays and value.shape != arrays[0].shape:
+            raise PromptFileError(
+                f"SOURCE_PROMPTS entry {path} has shape {value.shape} but {paths[0]} has "
+                f"{arrays[0].shape}; every source prompt needs the same [P, H]."
+            )
+        arrays.append(np.asarray(value, np.float32))
+    return np.stack(arrays)  # [k, P, H]
+
+
+def source_prompts_loader(paths: Any) -> Callable[[], np.ndarray]:
+    """Reads SOURCE_PROMPTS now (errors surface before anything runs) -> `() -> [k, P, H]`.
+
+    gin binds `AttemptPrompt.sources = @prompt_files.source_prompts_loader()`: the loader keeps the
+    array, so the module needs neither gin nor the files again when it is traced.
+    """
+    sources = read_source_prompts(paths)
+    sources.setflags(write=False)
+    return lambda: sources
