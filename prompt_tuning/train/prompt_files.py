@@ -59,6 +59,10 @@ _PROMPT_BINDING = re.compile(r"^PROMPT\s*=\s*@([\w.]+)\(", re.MULTILINE)
 NOT_FOLDABLE = {
     "InstancePrompt": "instance-dependent (IDPG: a generator computes each example's prompt)",
     "DeepPrompt": "per-layer (a prompt at every encoder layer)",
+    "DecomposedInputPrompt": (
+        "decomposed (DePT: a prompt plus a low-rank update of the input embeddings, which a "
+        "prepended [P, H] matrix cannot express)"
+    ),
 }
 
 __all__ = [
