@@ -81,6 +81,7 @@ def _t5x_model(prompt_gin: str, prompt_files: dict[str, str]):
         "NUM_TASKS": "1",  # T5X's batches carry no task ids: multi-task prompts hold one task
         "LABELS": "('negative', 'positive')",
         "INITIAL_CHECKPOINT_PATH": repr(str(ROOT / CHECKPOINT)),
+        "TASK_FEATURE_LENGTHS": repr(LENGTHS),  # DePT's input update has s = its inputs rows
         **{k: repr(v) for k, v in prompt_files.items()},
     }
     gin.parse_config_files_and_bindings(

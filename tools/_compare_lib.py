@@ -61,6 +61,10 @@ class Method:
       multi_task: trained once on `MIXTURE` with task ids, evaluated on each task.
       learning_rate: the main table's Adafactor learning rate.
       trainable_regex: TRAINABLE_PARAMS_REGEX of the method.
+      bindings: further gin macros of the method, bound after the table's PROMPT_LENGTH (so a
+        method that fixes PROMPT_LENGTH here keeps it: DePT's m and r give the P=20 budget).
+      learning_rate_scales: `optimizers.adafactor(learning_rate_scales=...)` of the method
+        (DePT's low-rank pair), as `(regex, scale)` pairs.
     """
 
     name: str
@@ -69,6 +73,16 @@ class Method:
     multi_task: bool = False
     learning_rate: float = 0.3
     trainable_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX
+    bindings: tuple[tuple[str, Any], ...] = ()
+    learning_rate_scales: tuple[tuple[str, float], ...] = ()
+
+    def make_optimizer(self) -> Callable[..., Any]:
+        """`optimizers.adafactor`, with the method's learning-rate scales when it has some."""
+        if not self.learning_rate_scales:
+            return optimizers.adafactor
+        return functools.partial(
+            optimizers.adafactor, learning_rate_scales=dict(self.learning_rate_scales)
+        )
 
     @property
     def has_length(self) -> bool:
@@ -76,6 +90,11 @@ class Method:
         return self.gin_file is not None
 
 
+# DePT on the tiny T5 (H = 128, inputs padded to s = 13): m = 9, r = 10 give 9*128 + 13*10 +
+# 10*128 = 2,562 parameters, the P = 20 prompt's 2,560 + 2 (128m + 141r = 2,560 has no solution);
+# the pair trains at the paper code's 5e-3 / 3e-1 of the prompt's rate.
+_DEPT_BINDINGS = (("PROMPT_LENGTH", 9), ("DEPT_RANK", 10))
+_DEPT_SCALES = (("prompt/low_rank_", 5e-3 / 0.3),)
 _LESTER, _SPT, _DPT, _IDPG = (
     "Lester et al. 2021",
     "Liu et al. 2022",
@@ -101,6 +120,10 @@ METHODS: dict[str, Method] = {
         Method("m_idpg_dense", "m_idpg_dense.gin", _IDPG),
         Method("m_idpg_phm", "m_idpg_phm.gin", _IDPG),
         Method("deep_prompt", "deep_prompt.gin", "P-tuning v2 (IDPG's baseline)"),
+        Method(
+            "dept", "dept.gin", "Shi & Lipani 2024 (DePT)", bindings=_DEPT_BINDINGS,
+            learning_rate_scales=_DEPT_SCALES,
+        ),
         Method(
             "full_finetune", None, "upper bound", learning_rate=1e-3,
             trainable_regex=FULL_FINETUNE_REGEX,
@@ -311,6 +334,7 @@ def build_module(
     length: int | None = None,
     labels: Sequence[str] = ("positive", "negative"),
     num_tasks: int = 1,
+    input_length: int | None = None,
 ) -> nn.Module:
     """The gin-built `EncoderDecoder` of `method` (model gin + the method's prompt gin).
 
@@ -321,6 +345,7 @@ def build_module(
       labels: LABELS (read by the class-label initializer only; cut to the first P when the
         prompt has fewer rows than labels).
       num_tasks: NUM_TASKS (read by structured prompts only).
+      input_length: TASK_FEATURE_LENGTHS['inputs'] (read by DePT only: its s).
 
     Returns:
       The linen module.
@@ -334,6 +359,9 @@ def build_module(
         bindings.update(LABELS=list(labels)[: length or None], NUM_TASKS=num_tasks)
         if length is not None:
             bindings["PROMPT_LENGTH"] = length
+        if input_length is not None:
+            bindings["TASK_FEATURE_LENGTHS"] = {"inputs": input_length, "targets": 1}
+        bindings.update(method.bindings)
     _parse_gin(files, bindings)
     try:
         return _gin_value("MODEL")

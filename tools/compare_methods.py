@@ -183,9 +183,11 @@ def execute(args: argparse.Namespace, workdir: str) -> tuple[list[dict[str, Any]
         method = lib.METHODS[name]
         num_tasks = len(mixture_tasks) if method.multi_task else 1
         build = lambda labels, m=method, p=length, n=num_tasks: lib.build_module(
-            frozen, m, p, labels, n
+            frozen, m, p, labels, n, input_length=lengths[0]
         )
-        runner = lib.MethodRunner(build, frozen, method.trainable_regex, lengths)
+        runner = lib.MethodRunner(
+            build, frozen, method.trainable_regex, lengths, method.make_optimizer()
+        )
         for run in group:
             rows += _one_run(args, runner, tasks, run, mixture_tasks, f"{run_id}")
     setup = dict(
