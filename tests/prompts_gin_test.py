@@ -48,6 +48,7 @@ def _macros(tmp_path_factory):
         LABELS = ["positive", "negative"]
         NUM_ENCODER_LAYERS = {CONFIG.num_encoder_layers}
         NUM_TASKS = 2
+        TASK_FEATURE_LENGTHS = {{"inputs": {INPUTS.shape[1] + 3}, "targets": 4}}
     """,
         params,
     )
@@ -60,6 +61,7 @@ def test_every_parameterization_has_a_gin_file():
         "prompt_tuning_from_checkpoint.gin", "structured_linear.gin", "structured_low_rank.gin",
         "structured_mlp.gin", "dpt.gin", "rank_probe.gin", "residual.gin", "idpg_dense.gin",
         "idpg_phm.gin", "m_idpg_phm.gin", "deep_prompt.gin", "prompt_bank.gin", "attempt.gin",
+        "dept.gin",
     }  # fmt: skip
     assert expected <= set(GIN_FILES)
     for name in GIN_FILES:

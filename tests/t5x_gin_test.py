@@ -80,19 +80,24 @@ def _batch(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-def _t5x_model(prompt_gin: str, prompt_files: dict[str, Any]):
-    """MODEL of our model file, `prompt_gin` and gin_configs/t5x/models/prompt.gin."""
+def _t5x_model(
+    prompt_gin: str, prompt_files: dict[str, Any], extra: tuple[str, ...] = (), **more: str
+):
+    """MODEL of our model file, `prompt_gin`, gin_configs/t5x/models/prompt.gin and `extra`."""
     bindings = {
         "DROPOUT_RATE": "0.0",
         "PROMPT_LENGTH": "4",
         "NUM_TASKS": "1",  # T5X's batches carry no task ids: multi-task prompts hold one task
         "LABELS": "('negative', 'positive')",
         "INITIAL_CHECKPOINT_PATH": repr(str(ROOT / CHECKPOINT)),
+        "TASK_FEATURE_LENGTHS": repr(LENGTHS),  # DePT's input update has s = its inputs rows
         **{k: repr(v) for k, v in prompt_files.items()},
+        **more,
     }
     gin.parse_config_files_and_bindings(
         [str(ROOT / f) for f in (MODEL_GIN, f"gin_configs/prompts/{prompt_gin}")]
-        + [str(ROOT / "gin_configs/t5x/models/prompt.gin")],
+        + [str(ROOT / "gin_configs/t5x/models/prompt.gin")]
+        + [str(ROOT / f) for f in extra],
         [f"{k} = {v}" for k, v in bindings.items()],
     )
     return gin.query_parameter("%MODEL").scoped_configurable_fn()
@@ -100,12 +105,32 @@ def _t5x_model(prompt_gin: str, prompt_files: dict[str, Any]):
 
 @pytest.mark.parametrize("prompt_gin", PROMPTS)
 def test_every_prompt_trains_only_itself_under_t5x_as_under_our_trainer(prompt_gin, prompt_files):
+    model = _t5x_model(prompt_gin, prompt_files)
+    _check_two_steps_as_ours(model, optimizers.adafactor())
+
+
+def test_dept_low_rank_pair_trains_at_its_own_rate_under_t5x(prompt_files):
+    """gin_configs/t5x/models/dept.gin: T5X's two Adafactors (the pair's at
+    DEPT_LOW_RANK_LR_SCALE) update as our trainer's `learning_rate_scales` does."""
+    scale = 0.05  # dept.gin's 1/60 would hardly move the pair in two steps
+    model = _t5x_model(
+        "dept.gin", prompt_files, ("gin_configs/t5x/models/dept.gin",),
+        DEPT_LOW_RANK_LR_SCALE=str(scale),
+    )  # fmt: skip
+    assert [type(o).__name__ for o in model.optimizer_def.sub_optimizers] == [
+        "Adafactor", "ScaledLearningRate",
+    ]  # fmt: skip
+    ours = optimizers.adafactor(learning_rate_scales={"prompt/low_rank_": scale})
+    _check_two_steps_as_ours(model, ours)
+
+
+def _check_two_steps_as_ours(model, ours_optimizer):
+    """Two T5X steps at rate 0.3 equal two of our trainer's; frozen weights get no state."""
     from t5x import partitioning  # noqa: PLC0415
     from t5x import train_state as t5x_train_state  # noqa: PLC0415
 
     from prompt_tuning.t5x import optim as t5x_optim  # noqa: PLC0415
 
-    model = _t5x_model(prompt_gin, prompt_files)
     batches = [_batch(1), _batch(2)]
     shapes = {k: v.shape for k, v in batches[0].items() if k != "decoder_loss_weights"}
     variables = model.get_initial_variables(
@@ -121,9 +146,7 @@ def test_every_prompt_trains_only_itself_under_t5x_as_under_our_trainer(prompt_g
     trainable, _ = optimizers.split_params(dict(state.params))
     state = state.replace_params(optimizers.merge_params(trainable, frozen))
     ours_model = PromptModel(model.module.network, z_loss=1e-4)
-    ours_optimizer = optimizers.with_param_axes(
-        optimizers.adafactor(), ours_model.param_logical_axes()
-    )
+    ours_optimizer = optimizers.with_param_axes(ours_optimizer, ours_model.param_logical_axes())
     ours, ours_state = trainable, ours_optimizer.init(trainable)
     for batch in batches:  # two steps, so that the second-moment decay matters
         (loss, _), grads = jax.value_and_grad(model.loss_fn, has_aux=True)(

@@ -69,6 +69,10 @@ class Method:
       pick_source: a similarity measure of `prompt_tuning.analysis.similarity` (SPoT's
         retrieval): only the source ranked most similar to the target's own prompt-tuning
         prompt (same seed and budget) reaches the method. None: every source does.
+      bindings: further gin macros of the method, bound after the table's PROMPT_LENGTH (so a
+        method that fixes PROMPT_LENGTH here keeps it: DePT's m and r give the P=20 budget).
+      learning_rate_scales: `optimizers.adafactor(learning_rate_scales=...)` of the method
+        (DePT's low-rank pair), as `(regex, scale)` pairs.
     """
 
     name: str
@@ -79,6 +83,16 @@ class Method:
     trainable_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX
     sources: tuple[str, ...] = ()
     pick_source: str | None = None
+    bindings: tuple[tuple[str, Any], ...] = ()
+    learning_rate_scales: tuple[tuple[str, float], ...] = ()
+
+    def make_optimizer(self) -> Callable[..., Any]:
+        """`optimizers.adafactor`, with the method's learning-rate scales when it has some."""
+        if not self.learning_rate_scales:
+            return optimizers.adafactor
+        return functools.partial(
+            optimizers.adafactor, learning_rate_scales=dict(self.learning_rate_scales)
+        )
 
     @property
     def has_length(self) -> bool:
@@ -86,6 +100,11 @@ class Method:
         return self.gin_file is not None
 
 
+# DePT on the tiny T5 (H = 128, inputs padded to s = 13): m = 9, r = 10 give 9*128 + 13*10 +
+# 10*128 = 2,562 parameters, the P = 20 prompt's 2,560 + 2 (128m + 141r = 2,560 has no solution);
+# the pair trains at the paper code's 5e-3 / 3e-1 of the prompt's rate.
+_DEPT_BINDINGS = (("PROMPT_LENGTH", 9), ("DEPT_RANK", 10))
+_DEPT_SCALES = (("prompt/low_rank_", 5e-3 / 0.3),)
 _LESTER, _SPT, _DPT, _IDPG, _SPOT = (
     "Lester et al. 2021",
     "Liu et al. 2022",
@@ -122,6 +141,10 @@ METHODS: dict[str, Method] = {
         Method(
             "attempt", "attempt.gin", "Asai et al. 2022",
             sources=("builtin_topic", "builtin_keyword"),
+        ),
+        Method(
+            "dept", "dept.gin", "Shi & Lipani 2024 (DePT)", bindings=_DEPT_BINDINGS,
+            learning_rate_scales=_DEPT_SCALES,
         ),
         Method(
             "full_finetune", None, "upper bound", learning_rate=1e-3,
@@ -334,6 +357,7 @@ def build_module(
     labels: Sequence[str] = ("positive", "negative"),
     num_tasks: int = 1,
     source_files: Sequence[str] = (),
+    input_length: int | None = None,
 ) -> nn.Module:
     """The gin-built `EncoderDecoder` of `method` (model gin + the method's prompt gin).
 
@@ -346,6 +370,7 @@ def build_module(
       num_tasks: NUM_TASKS (read by structured prompts only).
       source_files: the source prompt `.npy` files of a transfer method (`Method.sources`):
         bound as SOURCE_PROMPTS, and as PROMPT_FILE when there is exactly one.
+      input_length: TASK_FEATURE_LENGTHS['inputs'] (read by DePT only: its s).
 
     Returns:
       The linen module.
@@ -371,6 +396,9 @@ def build_module(
             bindings["SOURCE_PROMPTS"] = [str(f) for f in source_files]
             if len(source_files) == 1:
                 bindings["PROMPT_FILE"] = str(source_files[0])
+        if input_length is not None:
+            bindings["TASK_FEATURE_LENGTHS"] = {"inputs": input_length, "targets": 1}
+        bindings.update(method.bindings)
     _parse_gin(files, bindings)
     try:
         return _gin_value("MODEL")

@@ -205,9 +205,11 @@ def execute(args: argparse.Namespace, workdir: str) -> tuple[list[dict[str, Any]
         first = group[0]
         first_files = tuple(transfer.files_for(method, first["task"], first["seed"], sources))
         build = lambda labels, files=first_files, m=method, p=length, n=num_tasks: lib.build_module(
-            frozen, m, p, labels, n, files
+            frozen, m, p, labels, n, files, input_length=lengths[0]
         )
-        runner = lib.MethodRunner(build, frozen, method.trainable_regex, lengths)
+        runner = lib.MethodRunner(
+            build, frozen, method.trainable_regex, lengths, method.make_optimizer()
+        )
         for run in group:
             files = transfer.files_for(method, run["task"], run["seed"], sources)
             rows += _one_run(args, runner, tasks, run, mixture_tasks, f"{run_id}", files)

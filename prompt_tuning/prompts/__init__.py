@@ -2,7 +2,8 @@
 
 Every module is called as `prompt(input_tokens [B, T], embedded_inputs [B, T, H], task_ids [B] or
 None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_layer`) also have
-`layer_prompt(i, input_tokens, hidden [B, P+T, H], task_ids) -> [B, P, H]`.
+`layer_prompt(i, input_tokens, hidden [B, P+T, H], task_ids) -> [B, P, H]`. Modules that set
+`updates_inputs` (DePT) return `(prompt [B, P, H], updated embedded_inputs [B, T, H])`.
 
 | module             | paper                              | parameters                      |
 |--------------------|------------------------------------|---------------------------------|
@@ -16,6 +17,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
 | `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
+| `DecomposedInputPrompt` | Shi & Lipani 2024 (DePT)      | m*H + s*r + r*H (+ input update) |
 
 Prompt files: `prompts.files` (`.npy`, `.npz`) and `prompts.peft_format` (Hugging Face PEFT
 prompt-tuning adapter folders), read the same way everywhere a prompt file is accepted.
@@ -28,7 +30,9 @@ model, so the trainer's rules replicate every one of these names (map each to No
 - `prompt`, `prompt_embed`: rows and width of any [P, H]-like tensor.
 - `prompt_layers`: the layer axis of [L, P, H] per-layer prompts.
 - `prompt_tasks`, `prompt_task_dim`: the task-embedding table [num_tasks, k].
-- `prompt_rank`: low-rank factors (structured low_rank r, rank probe's sigma, ATTEMPT's r).
+- `prompt_rank`: low-rank factors (structured low_rank r, rank probe's sigma, ATTEMPT's r,
+  DePT's r).
+- `prompt_positions`: input positions s of DePT's input update A [s, r].
 - `prompt_hidden`: hidden units of a hypernetwork / IDPG generator (h, m).
 - `prompt_bottleneck`: DPT's b and residual PT's bottleneck.
 - `prompt_sentence`: IDPG's sentence-representation width D.
@@ -44,6 +48,8 @@ from prompt_tuning.prompts.attempt import AttemptPrompt
 from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.decomposed import DecomposedPrompt, RankProbePrompt, num_positive
 from prompt_tuning.prompts.deep import DeepPrompt
+from prompt_tuning.prompts.dept import DecomposedInputPrompt
+from prompt_tuning.prompts.dept import input_length as dept_input_length
 from prompt_tuning.prompts.instance import Generator, InstancePrompt
 from prompt_tuning.prompts.phm import PHMDense, phm_kernel
 from prompt_tuning.prompts.prompt import Prompt, expand_to_batch, masked_mean
@@ -68,11 +74,13 @@ PROMPT_LOGICAL_AXES = (
     "prompt_phm_out",
     "prompt_flat",
     "prompt_bank",
+    "prompt_positions",
 )
 
 __all__ = [
     "PROMPT_LOGICAL_AXES",
     "AttemptPrompt",
+    "DecomposedInputPrompt",
     "DecomposedPrompt",
     "DeepPrompt",
     "Generator",
@@ -84,6 +92,7 @@ __all__ = [
     "ResidualPrompt",
     "ServingPromptBank",
     "StructuredPrompt",
+    "dept_input_length",
     "expand_to_batch",
     "initializers",
     "masked_mean",

@@ -15,9 +15,11 @@ output is prepended to the embedded inputs; prompt positions are always valid. O
 `per_layer` (then `prompt.layer_prompt(i, input_tokens, hidden, task_ids) -> [B, P, H]` replaces
 `hidden[:, :P]` before every layer i >= 1), `needs_encoder_output` (then the encoder first runs
 without the prompt and without dropout, and passes the stop-gradient result as
-`encoder_output=[B, T, H]`) and `has_prompt_mask` (then `prompt.prompt_mask(task_ids) -> [B, P]`
+`encoder_output=[B, T, H]`), `has_prompt_mask` (then `prompt.prompt_mask(task_ids) -> [B, P]`
 bool marks the valid prompt positions of each example; the others are masked like padding, so
-prompts of different lengths, right-aligned in P, share a batch).
+prompts of different lengths, right-aligned in P, share a batch) and `updates_inputs` (then the
+call returns `(prompt [B, P, H], updated_inputs [B, T, H])` and the updated embeddings replace the
+frozen ones behind the prompt: DePT; the padding mask is still `input_tokens > 0`).
 """
 
 from typing import Any
@@ -235,6 +237,14 @@ class Encoder(nn.Module):
             frozen = self._stack(embedded, mask, enable_dropout=False)
             kwargs["encoder_output"] = jax.lax.stop_gradient(frozen)  # [B, T, H]
         prompt = self.prompt(input_tokens, embedded, task_ids, **kwargs)  # [B, P, H]
+        if getattr(self.prompt, "updates_inputs", False):
+            prompt, updated = prompt  # ([B, P, H], [B, T, H])
+            if updated.shape != embedded.shape:
+                raise ValueError(
+                    f"The prompt module returned updated inputs of shape {updated.shape}; the "
+                    f"encoder needs the embedded inputs' shape {embedded.shape}."
+                )
+            embedded = updated.astype(embedded.dtype)
         b, _, h = embedded.shape
         if prompt.ndim != 3 or prompt.shape[0] != b or prompt.shape[2] != h:
             raise ValueError(

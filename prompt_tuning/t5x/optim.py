@@ -15,7 +15,10 @@ Used from gin (`gin_configs/t5x/models/prompt.gin`):
   T5X ignores factor rules for parameters of rank <= 2 and applies its size heuristic instead
   (a [P, H] prompt with P, H >= 128 would be factored), so gin_configs/t5x/models/prompt.gin
   also sets `Adafactor.factored = False`: then T5X and our trainer update every prompt alike
-  (tested for every gin_configs/prompts/ file).
+  (tested for every gin_configs/prompts/ file);
+- `ScaledLearningRate(optimizer, scale)` wraps a T5X optimizer so that its parameters train at
+  `scale` times the rate T5X's trainer passes (T5X gives every sub-optimizer of a
+  `MultiOptimizer` the same rate): DePT's low-rank pair (gin_configs/t5x/models/dept.gin).
 """
 
 from __future__ import annotations
@@ -69,3 +72,29 @@ def factor_rules(rules: Any = None) -> Any:
     rules = dict(adafactor.standard_logical_factor_rules() if rules is None else rules)
     rules.update(dict.fromkeys(PROMPT_LOGICAL_AXES, adafactor.FactorDim.NONE))
     return frozen_dict.freeze(rules)
+
+
+class ScaledLearningRate:
+    """A T5X `OptimizerDef` whose learning rate is `scale` times the one it is given.
+
+    T5X's trainer overrides `learning_rate` of every sub-optimizer of a `MultiOptimizer` with the
+    schedule's value; this wrapper multiplies it before delegating, so one group (DePT's low-rank
+    pair) trains at its own rate, as `optimizers.adafactor(learning_rate_scales=...)` does in our
+    trainer. Everything else (state, logical axes) is the wrapped optimizer's.
+
+    Attributes:
+      optimizer: the wrapped T5X optimizer (e.g. `t5x.adafactor.Adafactor`).
+      scale: the rate multiplier.
+    """
+
+    def __init__(self, optimizer: Any, scale: float):
+        self.optimizer = optimizer
+        self.scale = float(scale)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.optimizer, name)
+
+    def apply_gradient(self, hyper_params: Any, params: Any, state: Any, grads: Any) -> Any:
+        """The wrapped optimizer's step at `scale * hyper_params.learning_rate`."""
+        scaled = hyper_params.replace(learning_rate=hyper_params.learning_rate * self.scale)
+        return self.optimizer.apply_gradient(scaled, params, state, grads)

@@ -145,6 +145,46 @@ def learning_rate_schedule(
     return schedule
 
 
+def scale_by_path(scales: Mapping[str, float] | None) -> optax.GradientTransformation:
+    """Multiplies the updates of parameters whose "/"-joined path matches a regex by its scale.
+
+    Placed right after the learning-rate schedule it gives those parameters the rate
+    `scale * lr_t` (a parameter group's own rate, as DePT trains its low-rank pair). The first
+    matching regex (`re.search`) wins; other parameters are unchanged. Stateless.
+
+    Args:
+      scales: `{regex: scale}` (None or empty: the identity).
+
+    Returns:
+      An optax transformation; its `init` raises ValueError when a regex matches no parameter
+      (a misspelt name would otherwise train everything at one rate silently).
+    """
+    patterns = [(re.compile(regex), float(scale)) for regex, scale in dict(scales or {}).items()]
+
+    def scale_of(path: Any) -> float:
+        name = path_name(path)
+        return next((scale for pattern, scale in patterns if pattern.search(name)), 1.0)
+
+    def init(params: Any) -> optax.EmptyState:
+        names = [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        for pattern, _ in patterns:
+            if not any(pattern.search(name) for name in names):
+                raise ValueError(
+                    f"learning_rate_scales: {pattern.pattern!r} matches no trainable parameter "
+                    f"(they are {names}); fix the regex (e.g. DePT's 'prompt/low_rank_')."
+                )
+        return optax.EmptyState()
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        del params
+        if not patterns:
+            return updates, state
+        scaled = jax.tree_util.tree_map_with_path(lambda p, u: u * scale_of(p), updates)
+        return scaled, state
+
+    return optax.GradientTransformation(init, update)
+
+
 class ScheduleState(NamedTuple):
     """State of `scale_by_logged_schedule`: updates applied so far and the rate last used."""
 
@@ -232,6 +272,7 @@ class Adafactor:
         default_factory=lambda: factoring.FACTOR_RULES
     )
     param_axes: Mapping[str, tuple[str | None, ...] | None] | None = None
+    learning_rate_scales: Mapping[str, float] | None = None
 
     def with_param_axes(self, param_axes: Mapping[str, Any]) -> Adafactor:
         """This optimizer, factoring by the given logical axes (see `logical_axes`)."""
@@ -271,6 +312,8 @@ class Adafactor:
             core.append(optax.clip_by_block_rms(self.clipping_threshold))
         core.append(optax.scale(-1.0))
         steps = [optax.chain(*core), scale_by_logged_schedule(schedule)]  # -lr * u
+        if self.learning_rate_scales:
+            steps.append(scale_by_path(self.learning_rate_scales))  # -scale * lr * u
         if self.multiply_by_parameter_scale:
             steps.append(optax.scale_by_param_block_rms())
         if self.weight_decay_rate:
@@ -300,6 +343,7 @@ def adafactor(
     decay_factor: float | None = None,
     steps_per_decay: int | None = None,
     schedule_step_offset: int = 0,
+    learning_rate_scales: Mapping[str, float] | None = None,
 ) -> Adafactor:
     """Lester et al.'s Adafactor (see `Adafactor`), gin-configurable as `optimizers.adafactor`.
 
@@ -319,6 +363,9 @@ def adafactor(
       decay_factor: see `learning_rate_schedule`.
       steps_per_decay: see `learning_rate_schedule`.
       schedule_step_offset: `learning_rate_schedule`'s `step_offset`.
+      learning_rate_scales: `{regex: scale}`: parameters whose path matches train at
+        `scale * learning_rate` (`scale_by_path`; weight decay unscaled, T5X's decay is not
+        multiplied by the rate). DePT's gin file sets its low-rank pair's.
 
     Returns:
       An `Adafactor` (an optax transformation: `init`, `update`).
@@ -337,6 +384,7 @@ def adafactor(
         decay_factor,
         steps_per_decay,
         schedule_step_offset,
+        learning_rate_scales=None if not learning_rate_scales else dict(learning_rate_scales),
     )
 
 
@@ -358,6 +406,7 @@ def adamw(
     decay_factor: float | None = None,
     steps_per_decay: int | None = None,
     schedule_step_offset: int = 0,
+    learning_rate_scales: Mapping[str, float] | None = None,
 ) -> optax.GradientTransformation:
     """AdamW (decoupled weight decay, multiplied by the rate as in optax), optional norm clipping.
 
@@ -372,6 +421,8 @@ def adamw(
       decay_factor: see `learning_rate_schedule`.
       steps_per_decay: see `learning_rate_schedule`.
       schedule_step_offset: `learning_rate_schedule`'s `step_offset`.
+      learning_rate_scales: `{regex: scale}`: parameters whose path matches train at
+        `scale * learning_rate`, weight decay included (a torch AdamW parameter group's `lr`).
 
     Returns:
       An optax gradient transformation.
@@ -386,6 +437,8 @@ def adamw(
         scale_by_logged_schedule(schedule),
         optax.scale(-1.0),
     ]
+    if learning_rate_scales:  # only then: the state of runs without scales keeps its structure
+        steps.append(scale_by_path(learning_rate_scales))
     return optax.chain(*steps)
 
 

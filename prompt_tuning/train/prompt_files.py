@@ -63,6 +63,10 @@ NOT_FOLDABLE = {
         "instance-dependent (ATTEMPT: an attention network mixes source prompts and the target "
         "prompt for each example)"
     ),
+    "DecomposedInputPrompt": (
+        "decomposed (DePT: a prompt plus a low-rank update of the input embeddings, which a "
+        "prepended [P, H] matrix cannot express)"
+    ),
 }
 
 __all__ = [
