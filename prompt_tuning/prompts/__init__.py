@@ -14,6 +14,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `InstancePrompt`   | Wu et al. 2022 (IDPG, M-IDPG)      | generator + task prompt(s)      |
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
+| `MultitaskPrompt`  | Wang et al. 2023 (MPT)             | P*H + N*(P+H) (P* ∘ u_k v_kᵀ)   |
 | `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
 
 Prompt files: `prompts.files` (`.npy`, `.npz`) and `prompts.peft_format` (Hugging Face PEFT
@@ -42,6 +43,7 @@ from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.decomposed import DecomposedPrompt, RankProbePrompt, num_positive
 from prompt_tuning.prompts.deep import DeepPrompt
 from prompt_tuning.prompts.instance import Generator, InstancePrompt
+from prompt_tuning.prompts.mpt import MultitaskPrompt
 from prompt_tuning.prompts.phm import PHMDense, phm_kernel
 from prompt_tuning.prompts.prompt import Prompt, expand_to_batch, masked_mean
 from prompt_tuning.prompts.residual import ResidualPrompt
@@ -73,6 +75,7 @@ __all__ = [
     "DeepPrompt",
     "Generator",
     "InstancePrompt",
+    "MultitaskPrompt",
     "PHMDense",
     "Prompt",
     "PromptBank",
