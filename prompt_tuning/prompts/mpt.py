@@ -1,4 +1,4 @@
-"""Multitask prompt tuning (MPT; Wang et al., ICLR 2023): a shared prompt times a rank-one task matrix.
+"""Multitask prompt tuning (MPT; Wang et al., ICLR 2023): shared prompt ∘ rank-one task matrix.
 
 Task k's prompt is the Hadamard product of a prompt `P*` shared by all tasks with a rank-one
 matrix of the task's own vectors:
@@ -59,7 +59,8 @@ class MultitaskPrompt(nn.Module):
       embed_dim: H; None takes it from `embedded_inputs` at initialisation.
       shared_init: initializer of P* `[P, H]`; None draws uniformly from [-0.5, 0.5] (the
         original prompt tuning code's random init). Target adaptation reads the source run's P*
-        (`gin_configs/prompts/mpt.gin`: `initializers.from_checkpoint(..., "encoder/prompt/shared")`).
+        (`gin_configs/prompts/mpt.gin`: `initializers.from_checkpoint` of
+        "encoder/prompt/shared").
       task_init: initializer of `u` [N, P] and `v` [N, H]; None sets them to ones, so every task
         starts at `P_k = P*` (target adaptation starts exactly from the shared prompt).
       dtype: dtype of the returned prompts.
