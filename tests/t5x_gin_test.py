@@ -13,6 +13,7 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import gin
 import jax
@@ -46,7 +47,7 @@ def clean_gin():
 
 
 @pytest.fixture(scope="module")
-def prompt_files(tmp_path_factory) -> dict[str, str]:
+def prompt_files(tmp_path_factory) -> dict[str, Any]:
     """A `.npy` prompt and a checkpoint holding `encoder/prompt/prompt`, [4, 128]."""
     folder = tmp_path_factory.mktemp("prompt_files")
     prompt = np.random.default_rng(0).normal(size=(4, 128)).astype(np.float32)
@@ -57,6 +58,9 @@ def prompt_files(tmp_path_factory) -> dict[str, str]:
     return {
         "PROMPT_FILE": str(folder / "prompt.npy"),
         "PROMPT_CHECKPOINT_PATH": str(folder / "checkpoint_7"),
+        "MPT_SOURCE": str(folder / "prompt.npy"),  # MPT's shared prompt P*
+        # Bound for mpt_source.gin; T5X's loss has no distillation term (pt-train only).
+        "TEACHER_PROMPTS": [str(folder / "prompt.npy")],
     }
 
 

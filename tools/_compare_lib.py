@@ -61,6 +61,8 @@ class Method:
       multi_task: trained once on `MIXTURE` with task ids, evaluated on each task.
       learning_rate: the main table's Adafactor learning rate.
       trainable_regex: TRAINABLE_PARAMS_REGEX of the method.
+      sources: source tasks of a transfer method (trained first, handed to the target run);
+        empty for methods trained on the target alone.
     """
 
     name: str
@@ -69,6 +71,7 @@ class Method:
     multi_task: bool = False
     learning_rate: float = 0.3
     trainable_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX
+    sources: tuple[str, ...] = ()
 
     @property
     def has_length(self) -> bool:
@@ -101,6 +104,10 @@ METHODS: dict[str, Method] = {
         Method("m_idpg_dense", "m_idpg_dense.gin", _IDPG),
         Method("m_idpg_phm", "m_idpg_phm.gin", _IDPG),
         Method("deep_prompt", "deep_prompt.gin", "P-tuning v2 (IDPG's baseline)"),
+        Method(
+            "mpt", "mpt.gin", "Wang et al. 2023 (MPT)",
+            sources=("builtin_topic", "builtin_keyword"),
+        ),
         Method(
             "full_finetune", None, "upper bound", learning_rate=1e-3,
             trainable_regex=FULL_FINETUNE_REGEX,
