@@ -44,6 +44,8 @@ def _macros(tmp_path_factory):
         PROMPT_CHECKPOINT_PATH = "{checkpoint}"
         PROMPT_FILE = "{prompt_file}"
         SOURCE_PROMPTS = {sources}
+        MPT_SOURCE = "{prompt_file}"
+        TEACHER_PROMPTS = ["{prompt_file}", "{prompt_file}"]
         VOCABULARY = @seqio.ByteVocabulary()
         LABELS = ["positive", "negative"]
         NUM_ENCODER_LAYERS = {CONFIG.num_encoder_layers}
@@ -61,7 +63,7 @@ def test_every_parameterization_has_a_gin_file():
         "prompt_tuning_from_checkpoint.gin", "structured_linear.gin", "structured_low_rank.gin",
         "structured_mlp.gin", "dpt.gin", "rank_probe.gin", "residual.gin", "idpg_dense.gin",
         "idpg_phm.gin", "m_idpg_phm.gin", "deep_prompt.gin", "prompt_bank.gin", "attempt.gin",
-        "dept.gin",
+        "dept.gin", "mpt.gin", "mpt_source.gin",
     }  # fmt: skip
     assert expected <= set(GIN_FILES)
     for name in GIN_FILES:
@@ -91,6 +93,9 @@ def test_gin_file_builds_a_prompt_that_runs_in_t5(name, macros):
     prompt_params = nn.unbox(variables["params"]["encoder"]["prompt"])
     if name == "prompt_tuning_from_npy.gin":
         np.testing.assert_array_equal(prompt_params["prompt"], 2.0)
+    elif name == "mpt.gin":  # starts from the source's P* (here the 2.0 file), u = v = 1
+        np.testing.assert_array_equal(prompt_params["shared"], 2.0)
+        np.testing.assert_array_equal(prompt_params["u"], 1.0)
     elif name == "prompt_tuning_from_checkpoint.gin":
         np.testing.assert_array_equal(prompt_params["prompt"], 1.0)
     elif name == "prompt_tuning_class_labels.gin":

@@ -64,6 +64,9 @@ def prompt_files(tmp_path_factory) -> dict[str, Any]:
         "PROMPT_FILE": str(folder / "prompt.npy"),
         "PROMPT_CHECKPOINT_PATH": str(folder / "checkpoint_7"),
         "SOURCE_PROMPTS": sources,
+        "MPT_SOURCE": str(folder / "prompt.npy"),  # MPT's shared prompt P*
+        # Bound for mpt_source.gin; T5X's loss has no distillation term (pt-train only).
+        "TEACHER_PROMPTS": [str(folder / "prompt.npy")],
     }
 
 

@@ -16,6 +16,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `AttemptPrompt`    | Asai et al. 2022 (ATTEMPT)         | P*H + 2*H*r + 2*H (k frozen sources) |
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
+| `MultitaskPrompt`  | Wang et al. 2023 (MPT)             | P*H + N*(P+H) (P* ∘ u_k v_kᵀ)   |
 | `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
 | `DecomposedInputPrompt` | Shi & Lipani 2024 (DePT)      | m*H + s*r + r*H (+ input update) |
 
@@ -51,6 +52,7 @@ from prompt_tuning.prompts.deep import DeepPrompt
 from prompt_tuning.prompts.dept import DecomposedInputPrompt
 from prompt_tuning.prompts.dept import input_length as dept_input_length
 from prompt_tuning.prompts.instance import Generator, InstancePrompt
+from prompt_tuning.prompts.mpt import MultitaskPrompt
 from prompt_tuning.prompts.phm import PHMDense, phm_kernel
 from prompt_tuning.prompts.prompt import Prompt, expand_to_batch, masked_mean
 from prompt_tuning.prompts.residual import ResidualPrompt
@@ -85,6 +87,7 @@ __all__ = [
     "DeepPrompt",
     "Generator",
     "InstancePrompt",
+    "MultitaskPrompt",
     "PHMDense",
     "Prompt",
     "PromptBank",

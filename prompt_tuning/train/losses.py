@@ -163,3 +163,52 @@ def weighted_loss(
         "num_tokens": num_tokens,
     }
     return loss, aux
+
+
+def distillation_terms(
+    student_logits: jax.Array,
+    teacher_logits: jax.Array,
+    student_hidden: jax.Array,
+    teacher_hidden: jax.Array,
+    token_weights: jax.Array,
+    hidden_mask: jax.Array,
+    temperature: float = 1.0,
+    loss_normalizing_factor: float | str | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """MPT's distillation terms (Wang et al., 2023): logits KL and hidden-state MSE.
+
+    Per target token, with temperature τ and the teacher's distribution as the reference:
+
+        kl = sum_v p_v (log p_v - log q_v),  p = softmax(teacher / τ),  q = softmax(student / τ)
+
+    weighted by `token_weights` and normalized like the cross-entropy (LOSS_NORMALIZING_FACTOR),
+    so λ_KL is relative to the CE as configured. The hidden term is the mean of
+    `(student_hidden - teacher_hidden)^2` over the positions where `hidden_mask` is true and the
+    H features. No gradient reaches the teacher (`stop_gradient`).
+
+    Args:
+      student_logits: [B, S, V].
+      teacher_logits: [B, S, V].
+      student_hidden: [B, L, H] hidden states of the student.
+      teacher_hidden: [B, L, H] the teacher's at the same positions.
+      token_weights: [B, S] loss weights of the target tokens.
+      hidden_mask: [B, L] bool, the positions compared.
+      temperature: τ > 0.
+      loss_normalizing_factor: as `weighted_loss`'s.
+
+    Returns:
+      (kl scalar, mse scalar).
+    """
+    teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+    teacher_hidden = jax.lax.stop_gradient(teacher_hidden.astype(jnp.float32))
+    log_p = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)  # [B, S, V]
+    log_q = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    token_kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)  # [B, S]
+    weights = token_weights.astype(jnp.float32)
+    divisor, weights = normalizing_factor_and_weights(loss_normalizing_factor, weights)
+    kl = jnp.sum(token_kl * weights) / divisor
+    squared = jnp.square(student_hidden.astype(jnp.float32) - teacher_hidden)  # [B, L, H]
+    mask = hidden_mask.astype(jnp.float32)[..., None]  # [B, L, 1]
+    count = jnp.maximum(jnp.sum(mask) * squared.shape[-1], 1.0)
+    mse = jnp.sum(squared * mask) / count
+    return kl, mse

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.prompts import bank as bank_lib
 from prompt_tuning.prompts import prompt as prompt_lib
 from prompt_tuning.t5 import decoding
 from prompt_tuning.train import losses, optimizers
@@ -35,6 +36,9 @@ class PromptModel:
         divides the sum, or a T5X special factor such as "NUM_REAL_TARGET_TOKENS" (see `losses`).
       z_loss: z-loss coefficient (T5X default 1e-4).
       label_smoothing: label smoothing of the targets.
+      distillation: an optional `distillation.PromptDistillation` (MPT's source stage): the loss
+        adds its logits KL and hidden-state MSE against the frozen model with each task's
+        teacher prompt; None: the plain loss.
     """
 
     def __init__(
@@ -43,11 +47,19 @@ class PromptModel:
         loss_normalizing_factor: float | str | None = None,
         z_loss: float = 1e-4,
         label_smoothing: float = 0.0,
+        distillation: Any = None,
     ):
         self.module = module
         self.loss_normalizing_factor = loss_normalizing_factor
         self.z_loss = z_loss
         self.label_smoothing = label_smoothing
+        self.distillation = distillation
+        self._teachers = None if distillation is None else distillation.teacher_table()
+        if self._teachers is not None and self.num_task_ids not in (None, len(self._teachers)):
+            raise ValueError(
+                f"TEACHER_PROMPTS hold {len(self._teachers)} prompts but the prompt has "
+                f"{self.num_task_ids} tasks (NUM_TASKS): give one teacher per task id."
+            )
 
     @property
     def config(self) -> Any:
@@ -148,7 +160,12 @@ class PromptModel:
         Returns:
           (loss scalar, aux) with `loss`, `z_loss`, `cross_ent_loss`, `accuracy`, `num_tokens`.
         """
+        if self.distillation is not None:
+            return self._distillation_loss(params, batch, dropout_rng)
         logits = self.logits(params, batch, dropout_rng)  # [B, S, V]
+        return self._task_loss(logits, batch)
+
+    def _task_loss(self, logits: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         return losses.weighted_loss(
             logits,
             batch["decoder_target_tokens"],
@@ -157,6 +174,70 @@ class PromptModel:
             label_smoothing=self.label_smoothing,
             loss_normalizing_factor=self.loss_normalizing_factor,
         )
+
+    def encoded_and_logits(
+        self,
+        params: Params,
+        batch: Batch,
+        dropout_rng: jax.Array | None = None,
+        module: nn.Module | None = None,
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`(encoded [B, P+T, H], encoder_mask [B, P+T], logits [B, S, V])` in one pass."""
+        module = self.module if module is None else module
+        dropout = dropout_rng is not None
+
+        def run(m: nn.Module) -> tuple[jax.Array, jax.Array, jax.Array]:
+            encoded, mask = m.encode(batch["encoder_input_tokens"], batch.get("task_ids"), dropout)
+            logits = m.decode(
+                encoded,
+                mask,
+                batch["decoder_input_tokens"],
+                batch["decoder_target_tokens"],
+                dropout,
+            )
+            return encoded, mask, logits
+
+        rngs = None if dropout_rng is None else {"dropout": dropout_rng}
+        return module.apply({"params": params}, method=run, rngs=rngs)
+
+    def _distillation_loss(
+        self, params: Params, batch: Batch, dropout_rng: jax.Array | None
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """CE + λ_KL·KL(teacher ‖ student) + λ_MSE·MSE(encoder outputs at the input positions).
+
+        The teacher is the frozen model with `PromptBank` of the teacher prompts (constants, no
+        dropout): task id k's example uses teacher k. Aux adds `distill_kl` and `distill_mse`.
+        """
+        config = self.distillation
+        encoded, _, logits = self.encoded_and_logits(params, batch, dropout_rng)
+        teachers = jnp.asarray(self._teachers)  # [N, P_t, H]
+        teacher_module = self.module.clone(
+            prompt=bank_lib.PromptBank(num_prompts=teachers.shape[0], length=teachers.shape[1])
+        )
+        encoder = dict(params["encoder"], prompt={"prompt": teachers})
+        teacher_params = dict(params, encoder=encoder)
+        teacher_batch = dict(batch)
+        if teacher_batch.get("task_ids") is None:
+            teacher_batch["task_ids"] = jnp.zeros((batch["encoder_input_tokens"].shape[0],), int)
+        t_encoded, _, t_logits = self.encoded_and_logits(
+            teacher_params, teacher_batch, None, teacher_module
+        )
+        length = batch["encoder_input_tokens"].shape[1]
+        targets = batch["decoder_target_tokens"]
+        weights = batch.get("decoder_loss_weights")
+        weights = (targets > 0) if weights is None else weights
+        kl, mse = losses.distillation_terms(
+            logits, t_logits, encoded[:, -length:], t_encoded[:, -length:], weights,
+            batch["encoder_input_tokens"] > 0, config.temperature, self.loss_normalizing_factor,
+        )  # fmt: skip
+        loss, aux = self._task_loss(logits, batch)
+        loss = loss + config.kl_weight * kl + config.hidden_weight * mse
+        num_tokens = jnp.maximum(aux["num_tokens"], 1.0)
+        aux = dict(
+            aux, loss=loss, loss_per_nonpadding_target_token=loss / num_tokens,
+            distill_kl=kl, distill_mse=mse,
+        )  # fmt: skip
+        return loss, aux
 
     def score_batch(self, params: Params, batch: Batch) -> jax.Array:
         """Sum of the target tokens' log-likelihoods per example -> [B] (no dropout).

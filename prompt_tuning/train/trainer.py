@@ -204,6 +204,7 @@ def train(
     loss_normalizing_factor: float | str | None = None,
     z_loss: float = 1e-4,
     label_smoothing: float = 0.0,
+    distillation: Any = None,
     num_partitions: int = 1,
     model_parallel_submesh: Sequence[int] | None = None,
     num_devices: int | None = None,
@@ -250,6 +251,8 @@ def train(
         `SpecialLossNormalizingFactor` (see `losses`; LOSS_NORMALIZING_FACTOR).
       z_loss: z-loss coefficient.
       label_smoothing: label smoothing.
+      distillation: an optional `distillation.PromptDistillation` added to the loss (MPT's
+        source stage: `gin_configs/prompts/mpt_source.gin`); None trains on the task loss alone.
       num_partitions: devices per model replica ("model" mesh axis; NUM_PARTITIONS), T5X's.
       model_parallel_submesh: T5X's `(x, y, z, cores)` TPU block for the model axis instead.
       num_devices: use only the first N devices (default all).
@@ -294,6 +297,7 @@ def train(
             loss_normalizing_factor=loss_normalizing_factor,
             z_loss=z_loss,
             label_smoothing=label_smoothing,
+            distillation=distillation,
         ),
         initial_checkpoint_path=initial_checkpoint_path,
         trainable_params_regex=trainable_params_regex,
