@@ -19,7 +19,8 @@ def _console_scripts() -> list[str]:
 
 def test_console_scripts_resolve_to_zero_argument_callables():
     scripts = _console_scripts()
-    assert {s.split("=")[0] for s in scripts} == {"pt-train", "pt-eval", "pt-infer", "pt-serve"}
+    names = {s.split("=")[0] for s in scripts}
+    assert names == {"pt-train", "pt-eval", "pt-infer", "pt-serve", "pt-export"}
     for script in scripts:
         module_name, function_name = script.split("=")[1].split(":")
         function = getattr(importlib.import_module(module_name), function_name)
