@@ -54,7 +54,7 @@ format: $(EXTRAS)
 	$(BIN)/ruff format .
 
 test: lint $(TEST_T5X)
-	$(TEST_ENV) $(BIN)/python -m pytest -q -rs -n 2 --dist loadfile tests
+	$(TEST_ENV) $(BIN)/python -m pytest -q -rs --durations=15 -n 2 --dist loadfile tests
 
 demo: $(RUNTIME)
 	rm -rf runs/demo
