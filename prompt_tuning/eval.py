@@ -9,12 +9,13 @@
       --gin.MODEL_DIR="'/tmp/tiny_prompt'" --gin.CHECKPOINT="'best'"
 
 Metrics are printed and written to EVAL_OUTPUT_DIR (default MODEL_DIR/eval) as
-`metrics_<split>.json`; see `prompt_tuning.train.inference.evaluate`.
+`metrics_<split>.json`; see `prompt_tuning.predict.inference.evaluate`.
 """
 
 from collections.abc import Sequence
 
-from prompt_tuning.train import gin_utils, inference
+from prompt_tuning.predict import inference
+from prompt_tuning.train import gin_utils
 
 REQUIRED_MACROS = ("MODEL", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS")
 

@@ -10,12 +10,13 @@
       --gin.INFER_OUTPUT_PATH="'/tmp/tiny_prompt/predictions.jsonl'"
 
 One JSON object per example: `inputs`, `prediction`, `target` (when present), `score` (when
-INFER_SCORE is "prediction" or "target"); see `prompt_tuning.train.inference.infer`.
+INFER_SCORE is "prediction" or "target"); see `prompt_tuning.predict.inference.infer`.
 """
 
 from collections.abc import Sequence
 
-from prompt_tuning.train import gin_utils, inference
+from prompt_tuning.predict import inference
+from prompt_tuning.train import gin_utils
 
 REQUIRED_MACROS = ("MODEL", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "INFER_OUTPUT_PATH")
 

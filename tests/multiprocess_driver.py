@@ -12,7 +12,9 @@ import sys
 
 import gin
 
-from prompt_tuning.train import distributed, gin_utils, inference, trainer
+from prompt_tuning.parallel import distributed
+from prompt_tuning.predict import inference
+from prompt_tuning.train import gin_utils, trainer
 from prompt_tuning.train.__main__ import REQUIRED_MACROS as TRAIN_MACROS
 
 ENTRY_POINTS = {

@@ -12,15 +12,15 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning.prompts import Prompt, ServingPromptBank
-from prompt_tuning.prompts.serving_bank import right_align
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.prompts import Prompt, RaggedPromptBank
+from prompt_tuning.prompts.ragged_bank import right_align
 from prompt_tuning.serve import batcher as batcher_lib
 from prompt_tuning.serve import engine as engine_lib
 from prompt_tuning.serve import loading, registry, service
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import decoding
 from prompt_tuning.t5.network import EncoderDecoder
-from prompt_tuning.train import partitioning
 
 CONFIG = t5_config.tiny(vocab_size=64)
 H = CONFIG.emb_dim
@@ -70,7 +70,7 @@ def _bank(frozen, prompts, lengths=None):
     for i, prompt in enumerate(prompts):
         table[i] = right_align(prompt, P)
     lengths = np.array([len(p) for p in prompts] + [0] * (C - len(prompts)), np.int32)
-    model = EncoderDecoder(CONFIG, prompt=ServingPromptBank(C, P, H))
+    model = EncoderDecoder(CONFIG, prompt=RaggedPromptBank(C, P, H))
     encoder = dict(frozen["encoder"], prompt={"prompt": table, "lengths": lengths})
     return model, dict(frozen, encoder=encoder), table
 

@@ -14,10 +14,10 @@ import pytest
 
 import tasks
 from prompt_tuning import pretrained
+from prompt_tuning.predict import inference
 from prompt_tuning.prompts import Prompt
 from prompt_tuning.serve import engine, loading, server, service
 from prompt_tuning.t5.network import EncoderDecoder
-from prompt_tuning.train import inference
 from tasks import vocabularies
 from tests.serve_fixtures import call, reference_texts
 

@@ -11,9 +11,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from prompt_tuning.parallel import partitioning
 from prompt_tuning.t5 import checkpoint_tree, checkpoints, hf_format, network, sharded_loading
 from prompt_tuning.t5 import config as configs
-from prompt_tuning.train import partitioning
 
 CONFIG = configs.tiny(num_encoder_layers=1, num_decoder_layers=2, num_heads=4, head_dim=8)
 

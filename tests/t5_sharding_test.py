@@ -9,9 +9,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from prompt_tuning import prompts
+from prompt_tuning.parallel import partitioning
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import network, sharding
-from prompt_tuning.train import partitioning
 from prompt_tuning.train.model import PromptModel
 
 MESH = {"data": 2, "model": 4}

@@ -341,7 +341,8 @@ _FRESH_SCRIPT = textwrap.dedent("""
     names = lambda: set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     before, registered = state(), names()
     import tasks, prompt_tuning.prompts, prompt_tuning.t5x.network  # noqa
-    from prompt_tuning.train import evaluation, inference, trainer  # noqa
+    from prompt_tuning.predict import evaluation, inference
+    from prompt_tuning.train import trainer  # noqa
     after = state()
     unchanged = {k: before[k] == after[k] for k in before}
     unchanged["t5_providers"] = all(seqio.get_mixture_or_task(n) is p for n, p in theirs.items())

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.parallel import partitioning
 from prompt_tuning.t5 import checkpoint_tree, network
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.train import optimizers, params, partitioning
+from prompt_tuning.train import optimizers, params
 from prompt_tuning.train.model import PromptModel
 from tools import aot_memory
 

@@ -1,7 +1,7 @@
 """Tests of tools/benchmark_train.py: the CLI's JSON, its workers and its comparison arithmetic.
 
 No timing assertions: timings depend on the machine and its load. The FLOP model and the
-weight-gradient check are tested in train_costs_test.py; here the benchmark must report the FLOPs
+weight-gradient check are tested in perf_costs_test.py; here the benchmark must report the FLOPs
 XLA compiled for the step it times (equal to the model's count) and no frozen-weight gradient.
 """
 

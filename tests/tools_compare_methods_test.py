@@ -19,8 +19,9 @@ import jax
 import numpy as np
 import pytest
 
+from prompt_tuning.predict import evaluation
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.train import evaluation, optimizers, step
+from prompt_tuning.train import optimizers, step
 from tools import _compare_lib as lib
 from tools import compare_methods
 

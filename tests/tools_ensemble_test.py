@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.predict import evaluation, inference
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import network, precision
-from prompt_tuning.train import data, evaluation, inference
+from prompt_tuning.train import data
 from prompt_tuning.train.model import PromptModel
 from tests import tools_fixtures
 from tests.tools_fixtures import frozen_checkpoint, seed_runs  # noqa: F401 (pytest fixtures)

@@ -5,7 +5,7 @@ import pytest
 
 from prompt_tuning import eval as eval_main
 from prompt_tuning import infer, prompts
-from prompt_tuning.train import inference
+from prompt_tuning.predict import inference
 from tests import tools_fixtures
 from tests.tools_fixtures import frozen_checkpoint, tiny_run  # noqa: F401 (pytest fixtures)
 from tools import _common, prompt_io

@@ -10,7 +10,8 @@ import re
 import jax
 
 from prompt_tuning import prompts, t5
-from prompt_tuning.train import optimizers, partitioning, step
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.train import optimizers, step
 from prompt_tuning.train import params as run_params
 from prompt_tuning.train.model import PromptModel
 

@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.predict import inference
 from prompt_tuning.t5 import checkpoint_tree, network
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.train import gin_utils, inference, optimizers, partitioning, trainer
+from prompt_tuning.train import gin_utils, optimizers, trainer
 from prompt_tuning.train.__main__ import REQUIRED_MACROS
 from prompt_tuning.train.model import PromptModel
 

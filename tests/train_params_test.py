@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.parallel import partitioning
 from prompt_tuning.prompts import initializers
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import network
-from prompt_tuning.train import optimizers, params, partitioning
+from prompt_tuning.train import optimizers, params
 from prompt_tuning.train.model import PromptModel
 
 LENGTHS = {"inputs": 8, "targets": 4}

@@ -98,7 +98,9 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     import jax  # noqa: PLC0415
 
     from prompt_tuning import prompts, t5  # noqa: PLC0415
-    from prompt_tuning.train import costs, host_memory, optimizers, partitioning, profiling, trainer  # noqa: PLC0415
+    from prompt_tuning.parallel import host_memory, partitioning
+    from prompt_tuning.perf import costs, profiling
+    from prompt_tuning.train import optimizers, trainer  # noqa: PLC0415
     from prompt_tuning.train import params as run_params  # noqa: PLC0415
     from prompt_tuning.train import step as step_lib  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415

@@ -38,7 +38,8 @@ import numpy as np
 import tasks
 from prompt_tuning import t5
 from prompt_tuning.analysis import similarity
-from prompt_tuning.train import data, evaluation, optimizers, step
+from prompt_tuning.predict import evaluation
+from prompt_tuning.train import data, optimizers, step
 from prompt_tuning.train.model import PromptModel
 from tasks import mixtures
 

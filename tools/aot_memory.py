@@ -73,9 +73,10 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from prompt_tuning import prompts  # noqa: PLC0415
+    from prompt_tuning.perf import aot
     from prompt_tuning.t5 import config as t5_config  # noqa: PLC0415
     from prompt_tuning.t5 import network  # noqa: PLC0415
-    from prompt_tuning.train import aot, partitioning  # noqa: PLC0415
+    from prompt_tuning.train import partitioning  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     assert jax.device_count() == spec["devices"], jax.device_count()
@@ -187,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         choices=["simulate", "default"],
         default="simulate",
         help="'simulate': XLA:CPU with the memory-optimised scheduler and without its all-reduce "
-        "combiner (prompt_tuning.train.aot.SIMULATION_OPTIONS); 'default': XLA:CPU as it is "
+        "combiner (prompt_tuning.perf.aot.SIMULATION_OPTIONS); 'default': XLA:CPU as it is "
         "(its default scheduler, also for remat steps: aot.CPU_DEFAULT_OPTIONS)",
     )
     parser.add_argument(

@@ -16,13 +16,13 @@ library without TensorFlow or seqio).
 Per run: the median seconds per step after `--warmup` untimed steps (compilation is done ahead of
 time and reported apart), CPU seconds per step (all threads; less sensitive to other processes
 than wall time), examples/s, tokens/s (input + target tokens), peak RSS (`ru_maxrss`, also after
-the imports and, for ours, after compiling), achieved FLOP/s by `prompt_tuning.train.costs.
+the imports and, for ours, after compiling), achieved FLOP/s by `prompt_tuning.perf.costs.
 step_flops` and its fraction of the square-matmul peak of the same precision measured in the same
 run (before and after the runs; the higher counts), the FLOPs of the dots XLA compiled
 (`dot_flops`, equal to `step_flops`), XLA's own cost estimate, the frozen-weight gradient ops in
 the compiled step (0 when only the prompt is differentiated) and the losses of the timed steps.
 `--profile` adds, for ours, one profiled step's time per category (matmuls, attention softmax,
-dropout, layer norm, ...; `prompt_tuning.train.profiling`).
+dropout, layer norm, ...; `prompt_tuning.perf.profiling`).
 
 Output: one JSON document on stdout (`{"runs": [...], "summary": {...}}`), with `summary.
 comparisons` (speed and memory ratios against PEFT at the same precision, medians over rounds)
@@ -258,7 +258,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--host-malloc",
         default="reuse",
         choices=["reuse", "system"],
-        help="glibc malloc of every worker, ours and PEFT alike (prompt_tuning.train.host_memory)",
+        help="glibc malloc of every worker, ours and PEFT alike (parallel.host_memory)",
     )
     parser.add_argument("--profile", action="store_true", help="profile one step of ours")
     parser.add_argument("--input-length", type=int, default=128)

@@ -31,7 +31,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from prompt_tuning.train import gin_utils, inference, trainer  # noqa: E402
+from prompt_tuning.predict import inference
+from prompt_tuning.train import gin_utils, trainer  # noqa: E402
 
 TASK = "builtin_sentiment"
 MODEL_GIN = "gin_configs/models/t5_1_1_tiny_pretrained.gin"

@@ -5,7 +5,7 @@
 Each source is a training run's MODEL_DIR (its latest exported prompt, or `--best`), a `.npy`
 prompt [P, H] or a PEFT prompt-tuning adapter folder. The N prompts go into one `PromptBank` over
 the shared frozen model and the batch is replicated N times
-(`prompt_tuning.train.ensemble.PromptEnsemble`), so one forward pass gives
+(`prompt_tuning.predict.ensemble.PromptEnsemble`), so one forward pass gives
 every prompt's decodes, rank-classification choices and scores. The ensemble's prediction is the
 majority vote (ties: the earliest prompt). Each prompt's own metrics are computed from the same
 pass, through the same `evaluation.Evaluator`, so its rows equal evaluating that prompt alone.
@@ -205,7 +205,8 @@ def build(
       ValueError: the prompts do not fit the model or differ in shape (shapes named).
     """
     from prompt_tuning import prompts  # noqa: PLC0415
-    from prompt_tuning.train import inference, prompt_files  # noqa: PLC0415
+    from prompt_tuning.predict import inference
+    from prompt_tuning.train import prompt_files  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     length = prompt_files.load_prompt_npy(prompt_paths[0]).shape[0]
@@ -327,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> EnsembleReport:
     Raises:
       ToolError: fewer than two prompts, no config run, or runs of different frozen models.
     """
-    from prompt_tuning.train import data, evaluation, inference  # noqa: PLC0415
+    from prompt_tuning.predict import evaluation
+    from prompt_tuning.train import data, inference  # noqa: PLC0415
 
     args = parse_args(argv)
     if len(args.sources) < 2:

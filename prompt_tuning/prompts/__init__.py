@@ -17,7 +17,7 @@ None) -> [B, P, H]` (docs/DESIGN.md, "Prompt hook"). Per-layer modules (`per_lay
 | `DeepPrompt`       | Liu et al. 2022 (P-tuning v2)      | L*P*H                           |
 | `PromptBank`       | Lester et al. 2021, section 6      | N*P*H (one prompt per task id)  |
 | `MultitaskPrompt`  | Wang et al. 2023 (MPT)             | P*H + N*(P+H) (P* ∘ u_k v_kᵀ)   |
-| `ServingPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
+| `RaggedPromptBank` | serving: C prompts of length <= P | C*P*H + C (right-aligned, masked) |
 | `DecomposedInputPrompt` | Shi & Lipani 2024 (DePT)      | m*H + s*r + r*H (+ input update) |
 
 Prompt files: `prompts.files` (`.npy`, `.npz`) and `prompts.peft_format` (Hugging Face PEFT
@@ -55,8 +55,8 @@ from prompt_tuning.prompts.instance import Generator, InstancePrompt
 from prompt_tuning.prompts.mpt import MultitaskPrompt
 from prompt_tuning.prompts.phm import PHMDense, phm_kernel
 from prompt_tuning.prompts.prompt import Prompt, expand_to_batch, masked_mean
+from prompt_tuning.prompts.ragged_bank import RaggedPromptBank
 from prompt_tuning.prompts.residual import ResidualPrompt
-from prompt_tuning.prompts.serving_bank import ServingPromptBank
 from prompt_tuning.prompts.structured import StructuredPrompt
 
 PROMPT_LOGICAL_AXES = (
@@ -93,7 +93,7 @@ __all__ = [
     "PromptBank",
     "RankProbePrompt",
     "ResidualPrompt",
-    "ServingPromptBank",
+    "RaggedPromptBank",
     "StructuredPrompt",
     "dept_input_length",
     "expand_to_batch",

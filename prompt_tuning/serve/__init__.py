@@ -7,6 +7,6 @@
 - `batcher`: dynamic batching ("mixed" or "per_prompt"), back-pressure, draining.
 - `engine`: compiled programs (greedy, beam, score) in fixed shape buckets.
 - `warmup`: compiling them in the background, smallest first, with progress (`/readyz`).
-- `registry`: prompt names -> rows of the `prompts.ServingPromptBank`; `loading`: PROMPT_DIR.
+- `registry`: prompt names -> rows of the `prompts.RaggedPromptBank`; `loading`: PROMPT_DIR.
 - `metrics`: Prometheus metrics.
 """

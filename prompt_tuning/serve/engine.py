@@ -1,4 +1,4 @@
-"""Compiled serving programs over the frozen T5 and a `ServingPromptBank`, in fixed shape buckets.
+"""Compiled serving programs over the frozen T5 and a `RaggedPromptBank`, in fixed shape buckets.
 
 Every batch is padded to a batch bucket B, an input-length bucket T and a decode (or label) length
 bucket S, so a server compiles a fixed set of programs at start (warm-up) and none after. The
@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from prompt_tuning.prompts.serving_bank import ServingPromptBank
+from prompt_tuning.prompts.ragged_bank import RaggedPromptBank
 from prompt_tuning.serve.warmup import WarmUp
 from prompt_tuning.t5 import decoding
 
@@ -198,11 +198,11 @@ class Engine:
 
     # Programs ------------------------------------------------------------------------------------
     def bank_module(self, capacity: int, length: int) -> Any:
-        """The frozen model with a `ServingPromptBank(capacity, length)` (one object per shape)."""
+        """The frozen model with a `RaggedPromptBank(capacity, length)` (one object per shape)."""
         with self._lock:
             key = (capacity, length)
             if key not in self._modules:
-                bank = ServingPromptBank(capacity, length, self.embed_dim)
+                bank = RaggedPromptBank(capacity, length, self.embed_dim)
                 self._modules[key] = self.module.clone(prompt=bank)
             return self._modules[key]
 

@@ -1,6 +1,6 @@
 """The served prompts: names, their rows in the serving bank, and the bank's device arrays.
 
-The bank (`prompts.ServingPromptBank`) is a table `[C, P, H]` plus lengths `[C]`; a prompt `[p, H]`
+The bank (`prompts.RaggedPromptBank`) is a table `[C, P, H]` plus lengths `[C]`; a prompt `[p, H]`
 occupies one row, right-aligned. Adding, replacing or removing a prompt writes the host copy and
 puts a new table on the devices: same shape, so no compiled program changes. A prompt longer than
 P, or one more prompt than C rows, resizes the bank (C doubles, P grows to the prompt's length):
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from prompt_tuning.prompts.serving_bank import right_align
+from prompt_tuning.prompts.ragged_bank import right_align
 
 
 class PromptError(ValueError):

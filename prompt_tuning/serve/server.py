@@ -32,11 +32,12 @@ from typing import Any
 import jax
 import uvicorn
 
+from prompt_tuning.predict import inference
 from prompt_tuning.serve import engine as engine_lib
 from prompt_tuning.serve import loading
 from prompt_tuning.serve.app import create_app
 from prompt_tuning.serve.service import Limits, Service, ServiceConfig
-from prompt_tuning.train import data, inference
+from prompt_tuning.train import data
 
 
 def default_cache_dir() -> pathlib.Path:

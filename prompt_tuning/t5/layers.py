@@ -2,7 +2,7 @@
 
 Parameter names and layouts follow T5X/Flaxformer (attention kernels are 2-D `[H, N*K]`), and every
 parameter is declared with logical axis names (`vocab, embed, joined_kv, mlp, heads,
-relpos_buckets`) so `prompt_tuning/train/partitioning.py` can shard it.
+relpos_buckets`) so `prompt_tuning/parallel/partitioning.py` can shard it.
 
 Letters: B batch, T key length, S query length, H model dim, N heads, K head dim, F MLP dim,
 V vocabulary.

@@ -59,7 +59,7 @@ def _contract_mixed(spec: str, dtype: Any, name: str, a: Array, b: Array) -> Arr
 
 def _contract_mixed_fwd(spec: str, dtype: Any, name: str, a: Array, b: Array):
     # Custom-VJP rules lose the caller's name stack: `name` puts it back into the HLO's op_name
-    # metadata, so profiles attribute these dots (prompt_tuning.train.profiling).
+    # metadata, so profiles attribute these dots (prompt_tuning.perf.profiling).
     with jax.named_scope(name):
         a_low, b_low = a.astype(dtype), b.astype(dtype)
         out = _batched_matmul(spec, a_low, b_low)

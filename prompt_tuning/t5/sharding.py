@@ -5,7 +5,7 @@ that matter for memory carry them too: `constrain(x, ("batch", "length", "embed"
 `with_logical_constraint`. The names mean nothing until a caller maps them to mesh axes with a
 table of rules, `(logical name, mesh axis or None)` in order of priority (flax's semantics: rules
 are applied in order; a mesh axis is used at most once per array; a logical name may have several
-rules, the first free one wins). The trainer's table lives in `prompt_tuning.train.partitioning`.
+rules, the first free one wins). The trainer's table lives in `prompt_tuning.parallel.partitioning`.
 
 `constrain` reads the rules from flax's `nn.logical_axis_rules` context (also what T5X's
 partitioner sets) and the mesh from `jax.set_mesh`; outside both it returns `x` unchanged, so the
@@ -63,7 +63,7 @@ def logical_to_mesh_spec(
             if name not in known:
                 raise ValueError(
                     f"Logical axis {name!r} has no partitioning rule; add it to "
-                    "prompt_tuning.train.partitioning.LOGICAL_AXIS_RULES."
+                    "prompt_tuning.parallel.partitioning.LOGICAL_AXIS_RULES."
                 )
     spec: list[str | None] = [None] * len(shape)
     assigned = [False] * len(shape)
@@ -98,7 +98,7 @@ def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
     """`x` with a sharding constraint from its logical axes (T5X's `with_logical_constraint`).
 
     A no-op unless flax logical-axis rules (`nn.logical_axis_rules`) and a mesh are both active
-    while tracing — `jax.set_mesh` (our trainer, `train.partitioning.on_mesh`) or the legacy
+    while tracing — `jax.set_mesh` (our trainer, `parallel.partitioning.on_mesh`) or the legacy
     `with mesh:` context T5X's `PjitPartitioner` traces under (`prompt_tuning.t5x`) — and on a
     mesh whose only axis of size > 1 is the batch's.
 

@@ -8,7 +8,7 @@ Used from gin (`gin_configs/t5x/models/prompt.gin`):
   optimizer state (`None`) and keep their values;
 - `logical_axis_rules()` adds the prompt axes (`prompts.PROMPT_LOGICAL_AXES`) to T5X's
   `standard_logical_axis_rules(additional_rules=...)`, replicated as in
-  `prompt_tuning.train.partitioning`: prompts are small, and every model shard needs all of them;
+  `prompt_tuning.parallel.partitioning`: prompts are small, and every model shard needs all of them;
 - `factor_rules()` extends T5X's Adafactor `standard_logical_factor_rules` with the prompt axes,
   all NONE (Lester et al.'s rule `prompt: NONE`): a prompt's second moment is not factored and its
   update is clipped by the RMS of the whole array, as `optimizers.Adafactor` (`factoring`) does.

@@ -33,8 +33,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from prompt_tuning.faults import checkpoint_checks
+from prompt_tuning.parallel import distributed
 from prompt_tuning.prompts import files
-from prompt_tuning.train import distributed
 from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
 
 CHECKPOINTS = "checkpoints"

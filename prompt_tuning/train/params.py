@@ -27,9 +27,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from prompt_tuning.parallel import partitioning
 from prompt_tuning.prompts import initializers
 from prompt_tuning.t5 import checkpoint_tree, precision, sharded_loading
-from prompt_tuning.train import optimizers, partitioning, prompt_files
+from prompt_tuning.train import optimizers, prompt_files
 
 EMBEDDING = ("token_embedder", "embedding")
 

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning.train import checkpoints, distributed, optimizers, params, partitioning, step
+from prompt_tuning.parallel import distributed, partitioning
+from prompt_tuning.train import checkpoints, optimizers, params, step
 from prompt_tuning.train import logging as train_logging
 from prompt_tuning.train.model import PromptModel
 

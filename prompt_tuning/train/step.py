@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prompt_tuning.train import optimizers, partitioning
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.train import optimizers
 from prompt_tuning.train.model import PromptModel
 
 # XLA:CPU's default scheduler maximises concurrency: it runs the backward pass's rematerialised

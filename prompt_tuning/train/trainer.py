@@ -30,17 +30,8 @@ import optax
 from prompt_tuning.faults import Stopped, checkpoint_checks
 from prompt_tuning.faults.agreement import StopAgreement
 from prompt_tuning.faults.signals import StopSignals
-from prompt_tuning.train import (
-    checkpoints,
-    distributed,
-    host_memory,
-    losses,
-    optimizers,
-    partitioning,
-    prompt_files,
-    setup,
-    steps,
-)
+from prompt_tuning.parallel import distributed, host_memory, partitioning
+from prompt_tuning.train import checkpoints, losses, optimizers, prompt_files, setup, steps
 from prompt_tuning.train.model import PromptModel
 from prompt_tuning.train.setup import Run
 from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (re-exported)
@@ -129,7 +120,7 @@ def make_evaluator(
     labels: Any = None,
 ) -> tuple[Any, Callable[..., float]] | None:
     """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
-    from prompt_tuning.train import evaluation  # noqa: PLC0415 (seqio/TF: see the module docstring)
+    from prompt_tuning.train import evaluation  # noqa: PLC0415 (seqio/TF: see the module docstring
 
     if not eval_period:
         return None
@@ -270,7 +261,7 @@ def train(
       FloatingPointError: the loss became NaN/Inf (the last good checkpoint is kept).
       faults.Stopped: SIGTERM/SIGINT stopped the run after saving (its message says how to resume).
     """
-    from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring)
+    from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring
 
     if use_distributed:
         distributed.initialize(multiprocess_gpu=True)
@@ -369,7 +360,7 @@ def _loop(
     Raises:
       faults.Stopped: every process agreed to stop (a signal) and saved the step reached.
     """
-    from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring)
+    from prompt_tuning.train import data  # noqa: PLC0415 (seqio/TF: see the module docstring
 
     task, task_feature_lengths = task_and_lengths
 

@@ -38,7 +38,7 @@ def right_align(prompt: np.ndarray, length: int) -> np.ndarray:
     return row
 
 
-class ServingPromptBank(nn.Module):
+class RaggedPromptBank(nn.Module):
     """C prompt rows `prompt [C, P, H]` with their lengths `lengths [C]` (int32).
 
     Both are parameters under `encoder/prompt/` (a server writes them; nothing trains them). The
@@ -82,7 +82,7 @@ class ServingPromptBank(nn.Module):
         if task_ids is None:
             if self.capacity != 1:
                 raise ValueError(
-                    f"ServingPromptBank holds {self.capacity} rows but the batch has no "
+                    f"RaggedPromptBank holds {self.capacity} rows but the batch has no "
                     "`task_ids`; pass each example's row as `task_ids [B]`."
                 )
             task_ids = jnp.zeros((batch_size,), jnp.int32)

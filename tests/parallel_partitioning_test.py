@@ -10,8 +10,9 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from prompt_tuning.parallel import distributed, partitioning
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.train import distributed, gin_utils, partitioning
+from prompt_tuning.train import gin_utils
 
 
 def test_optimizer_state_follows_each_parameter_by_path_not_by_shape():

@@ -1,4 +1,4 @@
-"""Tests of prompt_tuning.train.host_memory: training steps stop faulting in fresh pages.
+"""Tests of prompt_tuning.parallel.host_memory: training steps stop faulting in fresh pages.
 
 The check is the kernel's own count of minor page faults (`getrusage`), taken by the benchmark's
 worker around each step of a T5 (tiny, batch 8, 236 tokens: XLA:CPU's temporary buffer is ~45 MiB
@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from prompt_tuning.train import host_memory
+from prompt_tuning.parallel import host_memory
 from tools import benchmark_train
 
 GLIBC = host_memory._glibc() is not None
@@ -46,7 +46,7 @@ def test_steps_reuse_their_buffers_instead_of_faulting_in_fresh_pages():
 # `release_free_memory` (MiB, from /proc/self/statm).
 _RELEASE_PROBE = """
 import numpy as np
-from prompt_tuning.train import host_memory as h
+from prompt_tuning.parallel import host_memory as h
 applied = h.reuse_freed_memory()
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
 block = np.ones(64 << 20, np.float32)

@@ -1,10 +1,10 @@
-"""Tests of prompt_tuning.train.profiling: HLO parsing, categories and a real profiled step."""
+"""Tests of prompt_tuning.perf.profiling: HLO parsing, categories and a real profiled step."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.train import profiling
+from prompt_tuning.perf import profiling
 
 ENC = "jit(step)/jvp(EncoderDecoder)/EncoderDecoder.encode/encoder/layers_0"
 BWD = "jit(step)/transpose(jvp(EncoderDecoder))/EncoderDecoder.encode/encoder/layers_0"

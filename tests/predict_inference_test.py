@@ -1,4 +1,4 @@
-"""Tests of `prompt_tuning.train.inference` and the eval/infer entry points with their gin files."""
+"""Tests of `predict.inference` and the eval/infer entry points with their gin files."""
 
 import json
 
@@ -13,13 +13,14 @@ import tensorflow as tf
 
 from prompt_tuning import eval as eval_main
 from prompt_tuning import infer as infer_main
+from prompt_tuning.predict import evaluation, inference
 from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.instance import InstancePrompt
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import decoding
 from prompt_tuning.t5.network import EncoderDecoder
-from prompt_tuning.train import checkpoints, evaluation, inference
+from prompt_tuning.train import checkpoints
 from prompt_tuning.train.model import PromptModel
 
 LENGTHS = {"inputs": 12, "targets": 4}

@@ -1,4 +1,4 @@
-"""Tests of prompt_tuning.train.costs: the FLOP model against the dots XLA compiles, and the check
+"""Tests of prompt_tuning.perf.costs: the FLOP model against the dots XLA compiles, and the check
 that a prompt-tuning step computes no frozen-weight gradient (while full fine-tuning does).
 
 The compiled programs are the library's real `trainer.train_step` on tiny T5s, so the FLOP model
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts, t5
+from prompt_tuning.perf import costs
 from prompt_tuning.t5 import config as t5_config
-from prompt_tuning.train import costs, optimizers, trainer
+from prompt_tuning.train import optimizers, trainer
 from prompt_tuning.train.model import PromptModel
 
 B, T, P, S = 2, 7, 3, 5  # B*(P+T) = 20 and B*S = 10 equal no weight dimension

@@ -23,17 +23,19 @@ import numpy as np
 import seqio
 
 from prompt_tuning.faults.batches import stop_at_batches
-from prompt_tuning.prompts import files
-from prompt_tuning.t5 import decoding
-from prompt_tuning.train import data, distributed, evaluation, serving
-from prompt_tuning.train import rank_classification as ranking
-from prompt_tuning.train.serving import (  # noqa: F401 (re-exported)
+from prompt_tuning.parallel import distributed
+from prompt_tuning.predict import evaluation, restore
+from prompt_tuning.predict import rank_classification as ranking
+from prompt_tuning.predict.restore import (  # noqa: F401 (re-exported)
     as_prompt_model,
     load_frozen_params,
     load_params,
     make_predictor,
     read_prompt_file,
 )
+from prompt_tuning.prompts import files
+from prompt_tuning.t5 import decoding
+from prompt_tuning.train import data
 
 SCORE_KINDS = (None, "prediction", "target")
 
@@ -233,12 +235,12 @@ def evaluate(
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
     options = dict(locals())
-    predictor, params, step = serving.restore(model, task_feature_lengths, options)
+    predictor, params, step = restore.restore(model, task_feature_lengths, options)
     evaluator = evaluation.Evaluator(
         mixture_or_task_name,
         task_feature_lengths,
         predictor,
-        serving.batch_size_for(batch_size, params),
+        restore.batch_size_for(batch_size, params),
         rank_classification=rank_classification,
         split=split,
         num_examples=num_examples,
@@ -320,8 +322,8 @@ def infer(
     data.import_task_modules(mixture_or_task_module)
     provider = data.get_task_or_mixture(mixture_or_task_name)
     options = dict(locals())
-    predictor, params, _ = serving.restore(model, task_feature_lengths, options)
-    batch_size = serving.batch_size_for(batch_size, params)
+    predictor, params, _ = restore.restore(model, task_feature_lengths, options)
+    batch_size = restore.batch_size_for(batch_size, params)
 
     def records() -> Iterator[dict[str, Any]]:
         for task in seqio.get_subtasks(provider):

@@ -7,9 +7,9 @@ run's MODEL_DIR; `make_predictor` wraps one prompt, or several as a majority-vot
 the one frozen model. Predictors find the mesh from the parameters, so a server only keeps
 `(predictor, params)`:
 
-    params, _ = serving.load_params(model, {"inputs": 512, "targets": 16},
+    params, _ = restore.load_params(model, {"inputs": 512, "targets": 16},
                                     initial_checkpoint_path=..., prompt_file=..., num_partitions=8)
-    predictor, params = serving.make_predictor(model, params)
+    predictor, params = restore.make_predictor(model, params)
     tokens = predictor.predict(params, batch)      # every process calls it with the same batch
 
 Letters: P prompt length, H model dim.
@@ -24,14 +24,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from prompt_tuning.train import (
-    checkpoints,
-    ensemble,
-    optimizers,
-    partitioning,
-    predictor,
-    prompt_files,
-)
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.predict import ensemble, predictor
+from prompt_tuning.train import checkpoints, optimizers, prompt_files
 from prompt_tuning.train import params as run_params
 from prompt_tuning.train.model import PromptModel
 

@@ -24,7 +24,7 @@ import jax
 from jax.sharding import Mesh
 
 from prompt_tuning.faults import watchdog
-from prompt_tuning.train.partitioning import DATA_AXIS
+from prompt_tuning.parallel.partitioning import DATA_AXIS
 
 _watchdog: list[watchdog.PeerWatchdog] = []  # this process's, once it joined a run
 

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from prompt_tuning.train import partitioning
-from prompt_tuning.train.rank_classification import Batch, label_batch
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.predict.rank_classification import Batch, label_batch
 
 DECODE_METHODS = ("greedy", "beam")
 

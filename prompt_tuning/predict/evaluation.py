@@ -19,20 +19,20 @@ import seqio
 import tensorflow_datasets as tfds
 
 from prompt_tuning.faults import batches
-from prompt_tuning.train import data
-from prompt_tuning.train import rank_classification as ranking
-from prompt_tuning.train.predictor import (  # noqa: F401 (re-exported: their former home)
+from prompt_tuning.predict import rank_classification as ranking
+from prompt_tuning.predict.predictor import (  # noqa: F401 (re-exported: their former home)
     DECODE_METHODS,
     Predictor,
     SinglePromptPredictor,
     place_batch,
 )
-from prompt_tuning.train.rank_classification import (  # noqa: F401 (used by callers)
+from prompt_tuning.predict.rank_classification import (  # noqa: F401 (used by callers)
     Batch,
     label_batch,
     shift_right,
     tokenize_labels,
 )
+from prompt_tuning.train import data
 
 # Keys of the metric functions' outputs: a task's own selection value, and a count of predictions
 # that are no label (never a score).

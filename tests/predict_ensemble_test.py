@@ -1,15 +1,15 @@
-"""Tests of `PromptBank` and `prompt_tuning.train.ensemble`: N prompts in one pass equal N runs."""
+"""Tests of `PromptBank` and ``predict.ensemble`: N prompts in one pass equal N runs."""
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
+from prompt_tuning.predict import ensemble, evaluation
 from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5.network import EncoderDecoder
-from prompt_tuning.train import ensemble, evaluation
 from prompt_tuning.train.model import PromptModel
 
 P, T, S, B = 3, 10, 5, 4

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning.parallel import partitioning
 from prompt_tuning.t5 import decoding, precision, sharding
-from prompt_tuning.train import optimizers, params, partitioning, step
+from prompt_tuning.train import optimizers, params, step
 from prompt_tuning.train.model import PromptModel
 
 GiB = 2**30

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.predict.predictor import Batch, SinglePromptPredictor, mesh_of
 from prompt_tuning.prompts.bank import PromptBank
-from prompt_tuning.train import partitioning
-from prompt_tuning.train.predictor import Batch, SinglePromptPredictor, mesh_of
 
 PROMPT_PATH = ("encoder", "prompt", "prompt")
 

@@ -1,4 +1,4 @@
-"""Tests of `prompt_tuning.train.evaluation`: seqio metrics, rank classification, best step."""
+"""Tests of `prompt_tuning.predict.evaluation`: seqio metrics, rank classification, best step."""
 
 import functools
 import pathlib
@@ -13,10 +13,11 @@ import pytest
 import seqio
 import tensorflow as tf
 
+from prompt_tuning.parallel import partitioning
+from prompt_tuning.predict import evaluation
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5.network import EncoderDecoder
-from prompt_tuning.train import evaluation, partitioning
 from prompt_tuning.train.model import PromptModel
 from tasks import metrics as task_metrics
 
