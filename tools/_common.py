@@ -261,7 +261,7 @@ def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, An
     """
     import jax  # noqa: PLC0415
 
-    from prompt_tuning.train import inference  # noqa: PLC0415
+    from prompt_tuning.predict import inference  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     frozen = inference.load_frozen_params(
@@ -337,7 +337,7 @@ def read_metrics(model_dir: str | pathlib.Path) -> list[dict[str, Any]]:
       ToolError: the file is missing.
       ValueError: a line is not JSON (named).
     """
-    from prompt_tuning.train import inference  # noqa: PLC0415
+    from prompt_tuning.predict import inference  # noqa: PLC0415
 
     path = pathlib.Path(model_dir) / METRICS_JSONL
     if not path.is_file():

@@ -73,10 +73,10 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     import jax.numpy as jnp  # noqa: PLC0415
 
     from prompt_tuning import prompts  # noqa: PLC0415
+    from prompt_tuning.parallel import partitioning  # noqa: PLC0415
     from prompt_tuning.perf import aot
     from prompt_tuning.t5 import config as t5_config  # noqa: PLC0415
     from prompt_tuning.t5 import network  # noqa: PLC0415
-    from prompt_tuning.train import partitioning  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     assert jax.device_count() == spec["devices"], jax.device_count()

@@ -56,9 +56,9 @@ def load(path: str, size: str, partitions: int) -> dict[str, Any]:
     """Loads the checkpoint on this process's mesh; returns the stats (worker side)."""
     import jax  # noqa: PLC0415
 
+    from prompt_tuning.parallel import partitioning  # noqa: PLC0415
     from prompt_tuning.t5 import checkpoint_tree, network, sharded_loading  # noqa: PLC0415
     from prompt_tuning.t5 import config as t5_config  # noqa: PLC0415
-    from prompt_tuning.train import partitioning  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     config = t5_config.t5_1_1(size)
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     sys.path.insert(0, ROOT)
     if args.worker:
-        from prompt_tuning.train import distributed  # noqa: PLC0415
+        from prompt_tuning.parallel import distributed  # noqa: PLC0415
 
         distributed.initialize(args.coordinator, args.count, args.index)
         print(json.dumps(load(args.worker, args.size, args.partitions)), flush=True)

@@ -46,7 +46,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as `python tools/benchmark_train.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from prompt_tuning.train import host_memory  # noqa: E402
+from prompt_tuning.parallel import host_memory  # noqa: E402
 from tools._benchmark_workers import SIZES, WORKERS, model_config  # noqa: E402
 
 DEFAULT_CASES = ("small:8", "small:32", "base:8")
@@ -91,7 +91,7 @@ def _record(
     system: str, spec: Mapping[str, Any], raw: Mapping[str, Any], peak: float | None, rnd: int
 ) -> dict[str, Any]:
     """One run's JSON record from a worker's raw result."""
-    from prompt_tuning.train import costs  # noqa: PLC0415
+    from prompt_tuning.perf import costs  # noqa: PLC0415
 
     config = model_config(spec["size"], spec["dropout"])
     lengths = (spec["input_length"], spec["prompt_length"], spec["target_length"])
@@ -329,7 +329,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     Returns:
       `{"runs": [one record per run], "summary": {...}}`.
     """
-    from prompt_tuning.train import profiling  # noqa: PLC0415
+    from prompt_tuning.perf import profiling  # noqa: PLC0415
 
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     log(f"matmul peaks ({args.matmul_size}^2) ...")

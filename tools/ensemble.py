@@ -40,7 +40,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/ensemble.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from prompt_tuning.train import ensemble  # noqa: E402
+from prompt_tuning.predict import ensemble  # noqa: E402
 from tools import _common  # noqa: E402
 
 SUMMARY_ROWS = ("Average", "Best", "Ensemble")
@@ -233,7 +233,7 @@ def summary(members: Sequence[Mapping[str, float]]) -> tuple[dict[str, float], i
     The best prompt has the highest `evaluation.select_metric` value (the task's metric, or the
     mean of its metrics: what picks the best checkpoint in training); the earliest on ties.
     """
-    from prompt_tuning.train import evaluation  # noqa: PLC0415
+    from prompt_tuning.predict import evaluation  # noqa: PLC0415
 
     average = {k: float(np.mean([m[k] for m in members])) for k in members[0]}
     values = [evaluation.select_metric(m) for m in members]
@@ -267,7 +267,7 @@ def predictions(
       `ensemble` (the voted text) and, for classification tasks, `rank_predictions` and
       `rank_ensemble` (the labels chosen by rank classification).
     """
-    from prompt_tuning.train import inference  # noqa: PLC0415
+    from prompt_tuning.predict import inference  # noqa: PLC0415
 
     views = [MemberView(predictor, i) for i in range(predictor.num_prompts)]
     lengths, batch_size = evaluator.feature_lengths, evaluator.batch_size
@@ -328,8 +328,11 @@ def main(argv: Sequence[str] | None = None) -> EnsembleReport:
     Raises:
       ToolError: fewer than two prompts, no config run, or runs of different frozen models.
     """
-    from prompt_tuning.predict import evaluation
-    from prompt_tuning.train import data, inference  # noqa: PLC0415
+    from prompt_tuning.predict import (
+        evaluation,
+        inference,  # noqa: PLC0415
+    )
+    from prompt_tuning.train import data  # noqa: PLC0415
 
     args = parse_args(argv)
     if len(args.sources) < 2:

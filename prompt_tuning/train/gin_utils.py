@@ -239,8 +239,10 @@ def run_main(
       ValueError: bad flags, a process that cannot join the run, or a missing macro (see
         `distributed.initialize`, `parse_gin_flags`, `check_macros`).
     """
-    from prompt_tuning.parallel import distributed
-    from prompt_tuning.train import host_memory  # noqa: PLC0415
+    from prompt_tuning.parallel import (
+        distributed,
+        host_memory,  # noqa: PLC0415
+    )
 
     host_memory.reuse_freed_memory()  # before JAX starts its CPU threads (see host_memory)
     process_flags, argv = split_process_flags(sys.argv[1:] if argv is None else argv)

@@ -120,7 +120,7 @@ def make_evaluator(
     labels: Any = None,
 ) -> tuple[Any, Callable[..., float]] | None:
     """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
-    from prompt_tuning.train import evaluation  # noqa: PLC0415 (seqio/TF: see the module docstring
+    from prompt_tuning.predict import evaluation  # noqa: PLC0415 (seqio/TF: see the module docstring
 
     if not eval_period:
         return None
