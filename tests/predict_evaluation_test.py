@@ -197,7 +197,8 @@ def test_rank_classification_true_without_labels_is_an_error_or_takes_given_labe
 def test_training_and_evaluation_do_not_import_the_tasks_package():
     code = (
         "import sys\n"
-        "from prompt_tuning.train import evaluation, inference, trainer\n"
+        "from prompt_tuning.predict import evaluation, inference\n"
+        "from prompt_tuning.train import trainer\n"
         "from prompt_tuning import eval, infer\n"
         "assert 'tasks' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tasks'))"
     )
