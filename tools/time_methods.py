@@ -39,11 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pool_size", type=int, default=6400, help="Training examples tokenized.")
     args = parser.parse_args(argv)
     for name in args.methods:
         if name not in lib.METHODS or lib.METHODS[name].sources:
             parser.error(f"{name!r}: give a method of tools/_compare_lib.METHODS without sources.")
-    tasks, lengths = lib.load_tasks([args.task], 6400, 8)
+    tasks, lengths = lib.load_tasks([args.task], args.pool_size, 8)
     task = tasks[args.task]
     runs = {}
     with tempfile.TemporaryDirectory() as workdir:
