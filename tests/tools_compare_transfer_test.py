@@ -1,15 +1,19 @@
-"""Tests of the comparison's prompt-transfer protocol (tools/_compare_transfer.py, SPoT rows).
+"""Tests of the comparison's prompt-transfer protocol (tools/_compare_transfer.py, SPoT, MPT rows).
 
-One tiny comparison (random tiny T5, 2 seeds, a few steps) of plain prompt tuning and the SPoT
-rows on builtin_sentiment runs once per module. The checks: every source prompt is a `[P, H]`
-`.npy` per task and seed; the target's own prompt equals the plain prompt-tuning run of the
+One tiny comparison (random tiny T5, 2 seeds, a few steps) of plain prompt tuning, the SPoT
+rows and MPT on builtin_sentiment runs once per module. The checks: every source prompt is a
+`[P, H]` `.npy` per task and seed; the target's own prompt equals the plain prompt-tuning run of the
 same seed (same settings, so the same accuracy); a transfer run starts exactly from its
 seed's source file; `spot_best` receives the source that the similarity measure, recomputed
 here from the files, ranks first; the cache is reused; planning skips a method's own sources.
+MPT: its source stage is distilled from the same seed's source prompts (in task-id order, with
+the paper's weights), trains on the two sources' examples with their task ids, and the target
+run starts exactly from the stage's shared prompt P* with `P*H + P + H` trainable parameters.
 """
 
 import json
 
+import jax
 import numpy as np
 import pytest
 from flax import traverse_util
@@ -30,15 +34,36 @@ def _run(tmp_path_factory):
     argv = [
         "--model_gin", MODEL_GIN, "--output", str(tmp / "out"),
         "--source_cache", str(tmp / "cache"),
-        "--methods", "pt_random_uniform", "spot_topic", "spot_best", "--tasks", TARGET,
+        "--methods", "pt_random_uniform", "spot_topic", "spot_best", "mpt", "--tasks", TARGET,
         "--seeds", *map(str, SEEDS), "--steps", "4", "--batch_size", "8", "--eval_examples", "16",
         "--pool_size", "32", "--length", str(LENGTH), "--lr_sweep_methods",
         "--length_sweep_methods",
     ]  # fmt: skip
-    assert compare_methods.main(argv) == 0
+    seen = {"models": [], "batches": []}  # what reaches the MPT source stage's training
+    train_run, run_batches = lib._train_run, lib.run_batches
+
+    def spy_train(*args, model, make_optimizer):
+        if model.distillation is not None:
+            seen["models"].append(model)
+        return train_run(*args, model=model, make_optimizer=make_optimizer)
+
+    def spy_batches(pool, *args):
+        batches = run_batches(pool, *args)
+        if "task_ids" in pool:
+            seen["batches"].append(batches)
+        return batches
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lib, "_train_run", spy_train)
+        patch.setattr(lib, "run_batches", spy_batches)
+        assert compare_methods.main(argv) == 0
     results = json.loads((tmp / "out" / "results.json").read_text())
     cache = sorted((tmp / "cache").glob("*/*.npy"))
-    return dict(argv=argv, tmp=tmp, rows=results["runs"], cache=cache, results=results)
+    stages = sorted((tmp / "cache").glob("*/mpt-*/shared_seed*.npy"))
+    return dict(
+        argv=argv, tmp=tmp, rows=results["runs"], cache=cache, results=results, stages=stages,
+        seen=seen,
+    )  # fmt: skip
 
 
 def _row(run, method, seed):
@@ -124,3 +149,71 @@ def test_planning_skips_a_methods_own_sources():
     with pytest.raises(SystemExit):  # transfer methods are not swept
         compare_methods.parse_args(["--lr_sweep_methods", "spot_topic"])
     assert similarity.COSINE_AVERAGE == lib.METHODS["spot_best"].pick_source
+
+
+def test_mpt_source_stage_is_distilled_from_the_seeds_source_prompts(run):
+    assert [p.name for p in run["stages"]] == [f"shared_seed{s}.npy" for s in SEEDS]
+    assert len(run["seen"]["models"]) == len(SEEDS)  # one distilled stage per seed
+    files = {p.name: p for p in run["cache"]}
+    for seed, path, model in zip(SEEDS, run["stages"], run["seen"]["models"]):
+        info = json.loads(path.with_suffix(".json").read_text())
+        teachers = [files[f"{name}_seed{seed}.npy"] for name in SOURCES]  # task-id order
+        assert info["teachers"] == [str(t) for t in teachers]
+        # Wang et al. (2023): L = L_PLM + λ (L_Logits + L_Hidden), λ = 0.9; plain KL (τ = 1).
+        assert (info["kl_weight"], info["hidden_weight"], info["temperature"]) == (0.9, 0.9, 1.0)
+        config = model.distillation
+        assert (config.kl_weight, config.hidden_weight, config.temperature) == (0.9, 0.9, 1.0)
+        assert config.teacher_prompts == tuple(str(t) for t in teachers)
+        assert info["steps"] == 4 * len(SOURCES)  # steps x sources, as the multi-task rows
+        assert set(info["accuracy"]) == set(SOURCES)
+        assert np.load(path).shape == (LENGTH, H)
+        assert _row(run, "mpt", seed)["source_files"] == [str(path)]
+    assert not np.allclose(np.load(run["stages"][0]), np.load(run["stages"][1]))
+    table = (run["tmp"] / "out" / "table.md").read_text()
+    assert "Source stages" in table and "| mpt | 0 | builtin_topic" in table
+
+
+def test_mpt_source_stage_trains_on_both_sources_with_their_task_ids(run):
+    tasks, _ = lib.load_tasks([TARGET, *SOURCES], 32, 16)  # the run's tasks and shapes
+    pools = [tasks[name].train for name in SOURCES]
+    assert len(run["seen"]["batches"]) == len(SEEDS)
+    for batches in run["seen"]["batches"]:
+        ids = batches["task_ids"].reshape(-1)  # [K*B]
+        inputs = batches["encoder_input_tokens"].reshape(len(ids), -1)
+        assert set(ids.tolist()) <= {0, 1} and len(ids) == 4 * len(SOURCES) * 8
+        for task_id, row in zip(ids, inputs):  # each example comes from its task id's pool
+            assert (pools[task_id]["encoder_input_tokens"] == row).all(axis=1).any()
+
+
+def test_mixture_pool_numbers_each_pool_by_its_position():
+    a = {
+        "encoder_input_tokens": np.array([[1, 2], [3, 4]]),
+        "decoder_target_tokens": np.ones((2, 1)),
+    }
+    b = {"encoder_input_tokens": np.array([[5, 6]]), "decoder_target_tokens": np.zeros((1, 1))}
+    pool = transfer.mixture_pool([a, b])
+    np.testing.assert_array_equal(pool["encoder_input_tokens"], [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(pool["decoder_target_tokens"], [[1], [1], [0]])
+    np.testing.assert_array_equal(pool["task_ids"], [0, 0, 1])
+    assert pool["task_ids"].dtype == np.int32
+
+
+def test_mpt_target_starts_from_the_shared_prompt(run, tmp_path):
+    tasks, lengths = lib.load_tasks([TARGET], 32, 16)
+    frozen = lib.load_frozen(MODEL_GIN, str(tmp_path))
+    method = lib.METHODS["mpt"]
+    first = (str(run["stages"][0]),)
+    build = lambda labels, source_files=first: lib.build_module(
+        frozen, method, LENGTH, labels, 1, source_files
+    )
+    runner = lib.MethodRunner(build, frozen, method.trainable_regex, lengths)
+    for seed, path in zip(SEEDS, run["stages"]):
+        initial = runner.initial(seed, tasks[TARGET].labels, (str(path),))
+        prompt = jax.device_get(initial["encoder"]["prompt"])
+        np.testing.assert_array_equal(prompt["shared"], np.load(path))
+        np.testing.assert_array_equal(prompt["u"], np.ones((1, LENGTH)))
+        np.testing.assert_array_equal(prompt["v"], np.ones((1, H)))
+        # MPT's count per target task (Wang et al. 2023): P*H + P + H.
+        assert runner.count(initial) == LENGTH * H + LENGTH + H == _row(run, "mpt", seed)["params"]
+    planned = [(lib.METHODS[m], TARGET) for m in ("mpt", "attempt", "spot_topic")]
+    assert transfer.needed_stages(planned) == [("mpt", SOURCES)]

@@ -70,6 +70,9 @@ class Method:
       pick_source: a similarity measure of `prompt_tuning.analysis.similarity` (SPoT's
         retrieval): only the source ranked most similar to the target's own prompt-tuning
         prompt (same seed and budget) reaches the method. None: every source does.
+      source_stage: "mpt": the sources first train one multi-task prompt together (MPT's source
+        stage: `MultitaskPrompt` distilled from their prompts, `tools/_compare_transfer.py`),
+        and only its shared prompt P* [P, H] reaches the method, bound as `MPT_SOURCE`.
       bindings: further gin macros of the method, bound after the table's PROMPT_LENGTH (so a
         method that fixes PROMPT_LENGTH here keeps it: DePT's m and r give the P=20 budget).
       learning_rate_scales: `optimizers.adafactor(learning_rate_scales=...)` of the method
@@ -84,6 +87,7 @@ class Method:
     trainable_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX
     sources: tuple[str, ...] = ()
     pick_source: str | None = None
+    source_stage: str | None = None
     bindings: tuple[tuple[str, Any], ...] = ()
     learning_rate_scales: tuple[tuple[str, float], ...] = ()
 
@@ -114,6 +118,8 @@ _LESTER, _SPT, _DPT, _IDPG, _SPOT = (
     "Vu et al. 2022 (SPoT)",
 )
 _FROM_NPY = "prompt_tuning_from_npy.gin"
+MPT_STAGE = "mpt"  # `Method.source_stage` of MPT; its stage's gin file and macro:
+MPT_SOURCE_GIN, MPT_SOURCE_MACRO = "mpt_source.gin", "MPT_SOURCE"
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
@@ -142,6 +148,10 @@ METHODS: dict[str, Method] = {
         Method(
             "attempt", "attempt.gin", "Asai et al. 2022",
             sources=("builtin_topic", "builtin_keyword"),
+        ),
+        Method(
+            "mpt", "mpt.gin", "Wang et al. 2023 (MPT)",
+            sources=("builtin_topic", "builtin_keyword"), source_stage=MPT_STAGE,
         ),
         Method(
             "dept", "dept.gin", "Shi & Lipani 2024 (DePT)", bindings=_DEPT_BINDINGS,
@@ -370,7 +380,8 @@ def build_module(
         prompt has fewer rows than labels).
       num_tasks: NUM_TASKS (read by structured prompts only).
       source_files: the source prompt `.npy` files of a transfer method (`Method.sources`):
-        bound as SOURCE_PROMPTS, and as PROMPT_FILE when there is exactly one.
+        bound as SOURCE_PROMPTS, and as PROMPT_FILE when there is exactly one (for a method
+        with `source_stage`, the stage's one output file, bound as MPT_SOURCE).
       input_length: TASK_FEATURE_LENGTHS['inputs'] (read by DePT only: its s).
 
     Returns:
@@ -397,6 +408,8 @@ def build_module(
             bindings["SOURCE_PROMPTS"] = [str(f) for f in source_files]
             if len(source_files) == 1:
                 bindings["PROMPT_FILE"] = str(source_files[0])
+            if method.source_stage == MPT_STAGE:
+                bindings[MPT_SOURCE_MACRO] = str(source_files[0])
         if input_length is not None:
             bindings["TASK_FEATURE_LENGTHS"] = {"inputs": input_length, "targets": 1}
         bindings.update(method.bindings)

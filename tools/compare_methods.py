@@ -17,10 +17,9 @@ defaults) with one shared prompt length `--length`:
   the mixture `builtin_equal_with_task_ids` with a task embedding per task, trained for
   `--steps` x number of tasks steps so it sees as many examples of each task, evaluated on each);
 - DPT (A.B), residual prompt tuning, IDPG (S- and M-IDPG, dense and PHM), deep prompts;
-- prompt transfer (SPoT): a prompt trained on another built-in task (plain prompt tuning, same
-  settings and seed, cached under `--source_cache`) initializes the target's prompt; `spot_best`
-  takes the source whose prompt is most similar to the target's own (SPoT's retrieval). A
-  transfer method is not run on its own source tasks (`tools/_compare_transfer.py`);
+- transfer (`tools/_compare_transfer.py`, never run on its own sources): SPoT (a source prompt,
+  same settings and seed, cached in `--source_cache`, starts the target's; `spot_best`: the most
+  similar source), ATTEMPT and MPT (a source stage distilled from them); DePT (same P budget);
 - full fine-tuning of every weight (no prompt), the upper bound.
 Every run trains with Adafactor as in Lester et al. (constant rate, decay exponent 0.8, clipping
 1.0, weight decay 1e-5): rate `--prompt_lr` (default Lester's 0.3) for prompts and 1e-3 for full
@@ -179,7 +178,8 @@ def execute(args: argparse.Namespace, workdir: str) -> tuple[list[dict[str, Any]
     multi = any(lib.METHODS[r["method"]].multi_task for r in plan)
     mixture_tasks = lib.mixture_task_ids()
     start = time.time()
-    source_tasks = transfer.needed_tasks([(lib.METHODS[r["method"]], r["task"]) for r in plan])
+    planned = [(lib.METHODS[r["method"]], r["task"]) for r in plan]
+    source_tasks = transfer.needed_tasks(planned)
     tasks, lengths = lib.load_tasks(
         sorted({*args.tasks, *args.lr_sweep_tasks, *args.length_sweep_tasks, *source_tasks}),
         args.pool_size,
@@ -195,6 +195,7 @@ def execute(args: argparse.Namespace, workdir: str) -> tuple[list[dict[str, Any]
             batch_size=args.batch_size, pool_size=args.pool_size,
         ),
         cache_dir=args.source_cache or os.path.join(args.output, "source_prompts"),
+        stages=transfer.needed_stages(planned),
     )  # fmt: skip
     rows, groups = [], {}
     for run in plan:
@@ -308,6 +309,7 @@ def _sources_note(method: lib.Method) -> str:
     if not method.sources:
         return ""
     pick = f", the most similar by {method.pick_source}" if method.pick_source else ""
+    pick += ", distilled into one shared prompt (source stage)" if method.source_stage else ""
     return f"; source prompts: {' / '.join(method.sources)}{pick}"
 
 
