@@ -184,30 +184,37 @@ class ModelDir:
     # Paths.
     @property
     def config_gin(self) -> pathlib.Path:
+        """config.gin, the operative gin config."""
         return self.path / CONFIG_GIN
 
     @property
     def prompts(self) -> pathlib.Path:
+        """prompts/, the prompt exports."""
         return self.path / PROMPTS
 
     @property
     def best_json(self) -> pathlib.Path:
+        """best.json, which step best/ holds."""
         return self.path / BEST_JSON
 
     @property
     def metrics_jsonl(self) -> pathlib.Path:
+        """metrics.jsonl, the training and evaluation records."""
         return self.path / METRICS_JSONL
 
     @property
     def tensorboard(self) -> pathlib.Path:
+        """tensorboard/, clu's event files."""
         return self.path / TENSORBOARD
 
     @property
     def eval_dir(self) -> pathlib.Path:
+        """eval/, `evaluate`'s default EVAL_OUTPUT_DIR."""
         return self.path / EVAL
 
     @property
     def damaged(self) -> pathlib.Path:
+        """damaged_checkpoints/, step folders a resume set aside."""
         return self.path / DAMAGED
 
     def checkpoints(self, best: bool = False) -> pathlib.Path:
