@@ -14,6 +14,7 @@ Metrics are printed and written to EVAL_OUTPUT_DIR (default MODEL_DIR/eval) as
 
 from collections.abc import Sequence
 
+from prompt_tuning.model_dir import CONFIG_EVAL_GIN
 from prompt_tuning.predict import inference
 from prompt_tuning.train import gin_utils
 
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
       argv: command-line arguments without the program name (default `sys.argv[1:]`).
     """
     return gin_utils.main(
-        inference.evaluate, argv, REQUIRED_MACROS, config_filename="config_eval.gin"
+        inference.evaluate, argv, REQUIRED_MACROS, config_filename=CONFIG_EVAL_GIN
     )
 
 

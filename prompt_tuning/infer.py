@@ -15,6 +15,7 @@ INFER_SCORE is "prediction" or "target"); see `prompt_tuning.predict.inference.i
 
 from collections.abc import Sequence
 
+from prompt_tuning.model_dir import CONFIG_INFER_GIN
 from prompt_tuning.predict import inference
 from prompt_tuning.train import gin_utils
 
@@ -27,9 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
       argv: command-line arguments without the program name (default `sys.argv[1:]`).
     """
-    return gin_utils.main(
-        inference.infer, argv, REQUIRED_MACROS, config_filename="config_infer.gin"
-    )
+    return gin_utils.main(inference.infer, argv, REQUIRED_MACROS, config_filename=CONFIG_INFER_GIN)
 
 
 def console_main() -> None:

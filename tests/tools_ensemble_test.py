@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.model_dir import is_run
 from prompt_tuning.predict import evaluation, inference
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import config as t5_config
@@ -145,7 +146,7 @@ def test_a_peft_adapter_folder_is_a_prompt_source_not_a_run(tmp_path):
     from tests.export_peft_test import _peft_saved  # noqa: PLC0415
 
     folder, weight = _peft_saved(tmp_path, 32, length=3)
-    assert not _common.is_run_dir(folder) and _common.is_run_dir(tmp_path)
+    assert not is_run(folder) and is_run(tmp_path)
     assert ensemble._source_prompt(str(folder), best=False) == folder
     model = PromptModel(network.EncoderDecoder(t5_config.tiny(), prompt=prompts.Prompt(length=3)))
     np.testing.assert_array_equal(inference.read_prompt_file(folder, model), weight)

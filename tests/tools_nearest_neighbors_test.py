@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import sentencepiece
 
+from prompt_tuning.model_dir import ModelDirError
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from tasks import vocabularies
 from tests.tools_fixtures import frozen_checkpoint, tiny_run  # noqa: F401 (pytest fixtures)
@@ -97,7 +98,7 @@ def test_run_defaults_latest_prompt_checkpoint_and_task_labels(tiny_run, frozen_
     earlier = nearest_neighbors.main([f"--model_dir={tiny_run}", "--step=2", "--top_k=4"])
     assert earlier.prompt_path.name == "step_2.npy"
     assert earlier.ids.tolist() == _cosine_top_k(np.load(earlier.prompt_path), embedding, 4)
-    with pytest.raises(_common.ToolError, match=r"no prompt for step 7; saved steps: \[2, 4, 6\]"):
+    with pytest.raises(ModelDirError, match=r"no prompt for step 7; saved steps: \[2, 4, 6\]"):
         nearest_neighbors.main([f"--model_dir={tiny_run}", "--step=7"])
 
 

@@ -20,6 +20,7 @@ import pytest
 from train_trainer_test import run, tiny_module
 
 from prompt_tuning.faults import checkpoint_checks
+from prompt_tuning.model_dir import checkpoint_manager
 from prompt_tuning.train import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def _abstract_state(model_dir: pathlib.Path):
     """This run's state structure, read from an intact checkpoint (as `load_trained_params`)."""
     import jax  # noqa: PLC0415
 
-    manager = checkpoints._manager(model_dir / "checkpoints", None)
+    manager = checkpoint_manager(model_dir / "checkpoints")
     try:
         metadata = manager.item_metadata(2).state
     finally:

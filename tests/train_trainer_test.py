@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.model_dir import ModelDir
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import network
@@ -211,7 +212,7 @@ def test_prompt_learns_the_builtin_keyword_task(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
     (metrics,) = result.eval_metrics
     assert metrics["builtin_keyword/accuracy"] >= 80.0  # chance: 50 (balanced yes/no)
-    best = checkpoints.read_best_json(tmp_path)
+    best = ModelDir(tmp_path).read_best()
     assert best == {
         "step": 100,
         "metric": "builtin_keyword/rank_accuracy",

@@ -22,7 +22,6 @@ rank classification over the label strings (chance = 1 / number of labels). The 
 import argparse
 import json
 import os
-import pathlib
 import sys
 import time
 
@@ -31,13 +30,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from prompt_tuning.predict import inference
+from prompt_tuning.model_dir import ModelDir, write_atomic  # noqa: E402
+from prompt_tuning.predict import inference  # noqa: E402
 from prompt_tuning.train import gin_utils, trainer  # noqa: E402
 
 TASK = "builtin_sentiment"
 MODEL_GIN = "gin_configs/models/t5_1_1_tiny_pretrained.gin"
 PROMPT_GIN = "gin_configs/prompts/prompt_tuning_class_labels.gin"
 EVAL_GIN = "gin_configs/runs/prompt_eval.gin"
+DEMO_MD, DEMO_JSON = "demo.md", "demo.json"  # the table, written into the run's MODEL_DIR
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,9 +106,7 @@ def evaluate(
 
 def _latest_prompt_shape(model_dir: str) -> tuple[int, ...]:
     """(P, H) of the run's last exported prompt, prompts/step_<N>.npy."""
-    prompts = pathlib.Path(model_dir, "prompts").glob("step_*.npy")
-    latest = max(prompts, key=lambda path: int(path.stem.split("_")[1]))
-    return np.load(latest, mmap_mode="r").shape
+    return np.load(ModelDir(model_dir).latest_export(), mmap_mode="r").shape
 
 
 def table(rows: list[tuple[str, dict[str, float], str]]) -> str:
@@ -151,10 +150,9 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         f"{time.time() - trained_at:.0f}s; the run is in {args.model_dir}."
     )
     print("\n" + text + "\n\n" + footer, flush=True)
-    with open(os.path.join(args.model_dir, "demo.md"), "w") as f:
-        f.write(text + "\n\n" + footer + "\n")
-    with open(os.path.join(args.model_dir, "demo.json"), "w") as f:
-        json.dump(results, f, indent=1)
+    run_dir = ModelDir(args.model_dir)
+    write_atomic(run_dir.path / DEMO_MD, (text + "\n\n" + footer + "\n").encode(), DEMO_MD)
+    write_atomic(run_dir.path / DEMO_JSON, json.dumps(results, indent=1).encode(), DEMO_JSON)
     return results
 
 

@@ -40,6 +40,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/ensemble.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from prompt_tuning.analysis.tables import markdown_table  # noqa: E402
+from prompt_tuning.model_dir import ModelDir, is_run, resolve_prompt  # noqa: E402
 from prompt_tuning.predict import ensemble  # noqa: E402
 from tools import _common  # noqa: E402
 
@@ -145,9 +147,9 @@ def _source_prompt(source: str, best: bool) -> pathlib.Path:
     """A source's prompt: the file (or PEFT adapter folder) itself, or MODEL_DIR's latest (or
     best) prompt."""
     path = pathlib.Path(source)
-    if _common.is_run_dir(path):
-        return _common.resolve_prompt_path(model_dir=path, best=best)
-    return _common.resolve_prompt_path(prompt=path)
+    if is_run(path):
+        return resolve_prompt(model_dir=path, best=best)
+    return resolve_prompt(prompt=path)
 
 
 def _row_names(sources: Sequence[str]) -> list[str]:
@@ -173,7 +175,7 @@ def _check_same_frozen_model(
     )
     want = identity(config_run)
     for source in sources:
-        if not _common.has_run_config(source):
+        if not ModelDir(source).has_config():
             continue
         got = identity(_common.read_run_config(source))
         if got != want:
@@ -250,7 +252,7 @@ def render(
     keys = sorted(k for k in members[0] if k != "mean") + (["mean"] if "mean" in members[0] else [])
     table = [[name, *(f"{m[k]:.2f}" for k in keys)] for name, m in zip(names, members)]
     table += [[name, *(f"{rows[name][k]:.2f}" for k in keys)] for name in SUMMARY_ROWS]
-    return f"# Prompt ensemble: {title}\n\n" + _common.markdown_table(["prompt", *keys], table)
+    return f"# Prompt ensemble: {title}\n\n" + markdown_table(["prompt", *keys], table)
 
 
 def predictions(
@@ -337,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> EnsembleReport:
     args = parse_args(argv)
     if len(args.sources) < 2:
         raise _common.ToolError("An ensemble needs at least two prompts (MODEL_DIRs or .npy).")
-    config_dir = args.config_dir or next((s for s in args.sources if _common.is_run_dir(s)), None)
+    config_dir = args.config_dir or next((s for s in args.sources if is_run(s)), None)
     if config_dir is None:
         raise _common.ToolError(
             "Every source is a .npy prompt: pass --config_dir, a run whose config.gin defines the "

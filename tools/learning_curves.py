@@ -30,6 +30,7 @@ from collections.abc import Sequence
 if __package__ in (None, ""):  # run as `python tools/learning_curves.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from prompt_tuning.model_dir import ModelDir, last_per_step  # noqa: E402
 from tools import _common  # noqa: E402
 
 DEFAULT_METRICS = r"^train/loss$|^eval/"
@@ -59,10 +60,10 @@ class CurvesResult:
 
 def read_points(model_dir: str, label: str, pattern: re.Pattern) -> list[Point]:
     """The values of one run whose `kind/metric` name matches `pattern` (last record per step)."""
-    records = _common.read_metrics(model_dir)
+    records = ModelDir(model_dir).read_metrics()
     points = []
     for kind in ("train", "eval"):
-        for record in _common.last_per_step(records, kind):
+        for record in last_per_step(records, kind):
             for key, value in record.items():
                 name = f"{kind}/{key}"
                 if key in ("step", "kind") or not pattern.search(name):

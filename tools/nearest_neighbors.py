@@ -43,6 +43,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/nearest_neighbors.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from prompt_tuning.analysis.tables import markdown_table  # noqa: E402
+from prompt_tuning.model_dir import ModelDir, resolve_prompt  # noqa: E402
 from tools import _common  # noqa: E402
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's "▁"
@@ -155,14 +157,14 @@ def render(
         for p in range(ids.shape[0])
     ]
     text = f"# Nearest neighbours: {title}\n\n"
-    text += _common.markdown_table(["position", f"top-{ids.shape[1]} tokens (cosine)"], rows)
+    text += markdown_table(["position", f"top-{ids.shape[1]} tokens (cosine)"], rows)
     if labels:
         text += "\n## Class labels among the neighbours\n\n"
         label_rows = [
             [label, "yes" if found else "no", ", ".join(map(str, found)) or "-"]
             for label, found in labels.items()
         ]
-        text += _common.markdown_table(["label", "persists", "positions"], label_rows)
+        text += markdown_table(["label", "persists", "positions"], label_rows)
     return text
 
 
@@ -247,11 +249,10 @@ def main(argv: Sequence[str] | None = None) -> NeighborsResult:
     args = parse_args(argv)
     if args.top_k < 1:
         raise _common.ToolError(f"--top_k must be at least 1, got {args.top_k}.")
-    path = _common.resolve_prompt_path(args.model_dir, args.prompt, args.step, args.best)
+    path = resolve_prompt(args.model_dir, args.prompt, args.step, args.best)
     prompt = prompt_matrix(path, args.task_id)
-    run = (
-        _common.read_run_config(args.model_dir) if _common.has_run_config(args.model_dir) else None
-    )
+    has_config = args.model_dir is not None and ModelDir(args.model_dir).has_config()
+    run = _common.read_run_config(args.model_dir) if has_config else None
     embedding = _common.frozen_embedding(args.checkpoint, run)
     pieces = vocabulary_pieces(args.spm, args.extra_ids)
     ids, similarities = nearest_neighbors(prompt, embedding, len(pieces), args.top_k)

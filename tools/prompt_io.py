@@ -45,6 +45,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/prompt_io.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from prompt_tuning.model_dir import ModelDir, step_export_name  # noqa: E402
 from tools import _common  # noqa: E402
 
 PLAIN_PROMPT_BINDINGS = """
@@ -95,7 +96,7 @@ def export(
         value = exported.value
         source = f"{model_dir} checkpoint {'best/' if best else ''}{step}"
     else:
-        path = _common.resolve_prompt_path(model_dir=model_dir, step=step, best=best)
+        path = ModelDir(model_dir).prompt_export(step, best)
         value, source = prompt_files.read_prompt_file(path), str(path)
     output = pathlib.Path(output)
     if isinstance(value, dict):
@@ -132,7 +133,7 @@ def _config_files(config: str | None, gin_files: Sequence[str]) -> list[pathlib.
     files = []
     if config is not None:
         path = pathlib.Path(config)
-        path = path / _common.CONFIG_GIN if path.is_dir() else path
+        path = ModelDir(path).config_gin if path.is_dir() else path
         if not path.is_file():
             raise _common.ToolError(
                 f"--config {config} is neither a run's MODEL_DIR with config.gin nor a gin file."
@@ -226,8 +227,8 @@ def _write_run(
     }
     checkpoints.save_trained_params(folder, 0, {"encoder": {"prompt": {"prompt": prompt}}}, meta)
     export = prompt_files.PromptExport(prompt_files.PLAIN, prompt)
-    prompt_files.write_export(folder, "step_0", export)
-    (folder / _common.CONFIG_GIN).write_text(config_text)
+    prompt_files.write_export(folder, step_export_name(0), export)
+    ModelDir(folder).write_config(config_text)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str], list[str]]:

@@ -30,6 +30,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/rank_probe.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from prompt_tuning.model_dir import ModelDir  # noqa: E402
 from tools import _common  # noqa: E402
 
 POSITIVE = "prompt_positive_diagonal"
@@ -64,7 +65,7 @@ def rows_from_metrics(model_dir: str | pathlib.Path) -> list[RankRow]:
     Raises:
       ToolError: no training record holds `prompt_positive_diagonal`.
     """
-    records = _common.last_per_step(_common.read_metrics(model_dir), "train")
+    records = ModelDir(model_dir).metrics("train")
     rows = [
         RankRow(
             int(r["step"]),
@@ -94,9 +95,7 @@ def sigma_by_step(model_dir: str | pathlib.Path) -> dict[int, np.ndarray]:
 
     found = {}
     for best in (True, False):
-        if not (pathlib.Path(model_dir) / ("best" if best else "checkpoints")).is_dir():
-            continue
-        for step in _common.checkpoint_steps(model_dir, best):
+        for step in ModelDir(model_dir).checkpoint_steps(best):
             _, params = checkpoints.load_trained_params(model_dir, best, step)
             sigma = params.get("encoder", {}).get("prompt", {}).get("sigma")
             if sigma is None:

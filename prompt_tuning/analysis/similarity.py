@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from prompt_tuning.model_dir import ModelDir
 from prompt_tuning.train import prompt_files
 from prompt_tuning.train.prompt_files import PromptFileError
 
@@ -158,14 +159,15 @@ def read_task_embedding(
         prompt, a missing or out-of-range `task_id`.
     """
     path = pathlib.Path(path)
-    if path.is_dir() and (path / prompt_files.PROMPTS).is_dir():  # a run's MODEL_DIR
-        steps = prompt_files.exported_steps(path)
+    run = ModelDir(path)
+    if run.prompts.is_dir():  # a run's MODEL_DIR
+        steps = run.exported_steps()
         if step is not None and step not in steps:
             raise PromptFileError(
                 f"Run folder {path} has no prompts/step_{step}; its exported steps: "
                 f"{sorted(steps)}."
             )
-        exported = steps[step] if step is not None else prompt_files.run_export_path(path)
+        exported = steps[step] if step is not None else run.run_export()
         if exported is None:
             raise PromptFileError(f"Run folder {path} exported no prompt under prompts/ yet.")
         path = exported

@@ -4,7 +4,7 @@
 
 `--prompt` is a prompt file (what `train.prompt_files.read_prompt_file` reads: a `.npy`, or an
 adapter folder) or a training run's MODEL_DIR (its `prompts/best`, else its latest
-`prompts/step_<N>`: `prompt_files.run_export_path`). What is written:
+`prompts/step_<N>`: `model_dir.ModelDir.run_export`). What is written:
 - a plain prompt `[P, H]`: one adapter folder (`prompts.peft_format`) with a model card;
 - a multi-task prompt `[N, P, H]` (row t for task id t): one adapter per task, in subfolders named
   by `task_names` (else `task_0` ... `task_<N-1>`), all in one atomic write;
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from prompt_tuning.export import model_card
+from prompt_tuning.model_dir import PROMPTS, ModelDir
 from prompt_tuning.prompts import peft_format
 from prompt_tuning.prompts.files import PromptFileError
 from prompt_tuning.train import prompt_files
@@ -47,9 +48,9 @@ def resolve_prompt(prompt: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Pa
     if not path.exists():
         raise FileNotFoundError(f"--prompt {path} does not exist.")
     if path.is_file() or peft_format.is_adapter(path):
-        parent = path.parent.parent if path.parent.name == prompt_files.PROMPTS else None
-        return path, parent if parent is not None and (parent / "config.gin").is_file() else None
-    found = prompt_files.run_export_path(path)
+        parent = ModelDir(path.parent.parent) if path.parent.name == PROMPTS else None
+        return path, parent.path if parent is not None and parent.has_config() else None
+    found = ModelDir(path).run_export()
     if found is None:
         raise ExportError(
             f"--prompt {path} is a folder with no prompts/best.npy or prompts/step_<N>.npy: "
@@ -60,7 +61,7 @@ def resolve_prompt(prompt: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Pa
 
 def _not_plain(model_dir: pathlib.Path | None) -> str | None:
     """Why a run's prompt has no plain form, from its config.gin (None when it does not say)."""
-    module = prompt_files.prompt_module_name(model_dir) if model_dir is not None else None
+    module = ModelDir(model_dir).prompt_module_name() if model_dir is not None else None
     if module in prompt_files.NOT_FOLDABLE:
         return f"its prompt {module} is {prompt_files.NOT_FOLDABLE[module]}"
     return None

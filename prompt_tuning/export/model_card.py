@@ -13,11 +13,11 @@ code never imports gin.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from prompt_tuning.model_dir import ModelDir, export_step
 
 SETTINGS = (
     "PROMPT",
@@ -29,7 +29,6 @@ SETTINGS = (
     "INITIAL_CHECKPOINT_PATH",
     "RANDOM_SEED",
 )
-_STEP = re.compile(r"^step_(\d+)\.np[yz]$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,32 +50,23 @@ class RunFacts:
     settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-def _macros(config_gin: pathlib.Path) -> dict[str, str]:
-    """`{NAME: value}` of the top-level `NAME = value` lines of a config.gin."""
-    if not config_gin.is_file():
-        return {}
-    found = {}
-    for line in config_gin.read_text().splitlines():
-        match = re.match(r"^([A-Z][A-Z0-9_]*)\s*=\s*(.+?)\s*$", line)
-        if match:
-            found[match.group(1)] = match.group(2)
-    return found
-
-
-def _eval_record(model_dir: pathlib.Path, step: int | None) -> dict[str, Any]:
+def _eval_record(run: ModelDir, step: int | None) -> dict[str, Any]:
     """The last evaluation record of metrics.jsonl at `step` (without step and kind)."""
-    path = model_dir / "metrics.jsonl"
-    if step is None or not path.is_file():
+    if step is None or not run.metrics_jsonl.is_file():
         return {}
     record = {}
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
+    for entry in run.read_metrics(skip_bad_lines=True):
         if entry.get("kind") == "eval" and entry.get("step") == step:
             record = {k: v for k, v in entry.items() if k not in ("step", "kind")}
     return record
+
+
+def _best_step(run: ModelDir) -> int | None:
+    """best.json's step (None without one, or when it does not parse)."""
+    try:
+        return (run.read_best() or {}).get("step")
+    except ValueError:
+        return None
 
 
 def run_facts(source: pathlib.Path, model_dir: pathlib.Path | None) -> RunFacts:
@@ -88,22 +78,17 @@ def run_facts(source: pathlib.Path, model_dir: pathlib.Path | None) -> RunFacts:
     """
     if model_dir is None:
         return RunFacts(str(source))
-    macros = _macros(model_dir / "config.gin")
-    step = None
-    match = _STEP.match(source.name)
-    if match:
-        step = int(match.group(1))
-    elif (model_dir / "best.json").is_file():
-        try:
-            step = json.loads((model_dir / "best.json").read_text()).get("step")
-        except ValueError:
-            step = None
+    run = ModelDir(model_dir)
+    macros = run.config_macros()
+    step = export_step(source)
+    if step is None:
+        step = _best_step(run)
     task = macros.get("MIXTURE_OR_TASK_NAME")
     return RunFacts(
         source=str(source),
         task=task.strip("'\"") if task else None,
         step=step,
-        metrics=_eval_record(model_dir, step),
+        metrics=_eval_record(run, step),
         settings={k: macros[k] for k in SETTINGS if k in macros},
     )
 

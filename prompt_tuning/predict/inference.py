@@ -23,6 +23,7 @@ import numpy as np
 import seqio
 
 from prompt_tuning.faults.batches import stop_at_batches
+from prompt_tuning.model_dir import ModelDir, eval_metrics_path, write_atomic
 from prompt_tuning.parallel import distributed
 from prompt_tuning.predict import evaluation, restore
 from prompt_tuning.predict import rank_classification as ranking
@@ -33,7 +34,6 @@ from prompt_tuning.predict.restore import (  # noqa: F401 (re-exported)
     make_predictor,
     read_prompt_file,
 )
-from prompt_tuning.prompts import files
 from prompt_tuning.t5 import decoding
 from prompt_tuning.train import data
 
@@ -252,10 +252,11 @@ def evaluate(
         return metrics
     for name, value in sorted(metrics.items()):
         print(f"{name}: {value:.4f}")
-    output_dir = output_dir or (os.path.join(model_dir, "eval") if model_dir else None)
+    output_dir = output_dir or (ModelDir(model_dir).eval_dir if model_dir else None)
     if output_dir:
-        path = pathlib.Path(output_dir) / f"metrics_{split}.json"
-        files.atomic_write(path, json.dumps({"step": step, "metrics": metrics}, indent=1).encode())
+        path = eval_metrics_path(output_dir, split)
+        record = json.dumps({"step": step, "metrics": metrics}, indent=1).encode()
+        write_atomic(path, record, "the evaluation metrics")
         logging.info("Wrote %s", path)
     return metrics
 

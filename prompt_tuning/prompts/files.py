@@ -105,7 +105,8 @@ def read_npy(path: str | os.PathLike, what: str = "PROMPT_FILE") -> np.ndarray:
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Writes `data` to a temporary file next to `path`, then renames it over `path`.
 
-    A reader never sees a half-written file, and an interrupted write leaves the old one.
+    A reader never sees a half-written file, and an interrupted write leaves the old one. The
+    file gets the mode `open` would give it (0666 less the umask; a temporary file is 0600).
     """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +114,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -6,13 +6,13 @@
       idpg_run/                    -> skipped: an IDPG run has no plain prompt (reason reported)
       rte_adapter/                 -> a PEFT prompt-tuning adapter folder (its prompt_embeddings)
 
-A training run exports its prompt at every save (`train.prompt_files`): a plain `[P, H]` `.npy`,
-folded for the parameterizations that have a plain form (Lester's prompt, single-task structured
-prompts, DPT, the rank probe, residual prompts), which is served as a plain prompt. A multi-task
-export `[N, P, H]` (one prompt per task id) is skipped with a reason naming how to export one
-task's prompt. Instance-dependent prompts (IDPG's `InstancePrompt`) and per-layer prompts
-(`DeepPrompt`) have no plain form: their runs export a parameters `.npz`, and they are skipped with
-a reason that says so. A PEFT prompt-tuning adapter folder (`adapter_config.json` +
+A training run exports its prompt at every save (`train.prompt_files`; layout: `model_dir`): a plain
+`[P, H]` `.npy`, folded for the parameterizations that have a plain form (Lester's prompt,
+single-task structured prompts, DPT, the rank probe, residual prompts), which is served as a plain
+prompt. A multi-task export `[N, P, H]` (one prompt per task id) is skipped with a reason naming how
+to export one task's prompt. Instance-dependent prompts (IDPG's `InstancePrompt`) and per-layer
+prompts (`DeepPrompt`) have no plain form: their runs export a parameters `.npz`, and they are
+skipped with a reason that says so. A PEFT prompt-tuning adapter folder (`adapter_config.json` +
 `adapter_model.safetensors`, `prompts.peft_format`) serves its `prompt_embeddings` [P, H]; one PEFT
 cannot mean as an encoder prompt is skipped with the field that says so.
 
@@ -27,9 +27,9 @@ import re
 
 import numpy as np
 
+from prompt_tuning.model_dir import ModelDir
 from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.serve.registry import PromptError
-from prompt_tuning.train import prompt_files
 from prompt_tuning.train.prompt_files import NOT_FOLDABLE  # shared with pt-export
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
@@ -63,14 +63,14 @@ def check_name(name: str) -> None:
 
 def _run_prompt(folder: pathlib.Path) -> pathlib.Path | None:
     """A run's exported prompt: prompts/best.npy, else the latest prompts/step_<N>.npy
-    (`prompt_files.run_export_path`); None for a parameters `.npz` (no plain prompt)."""
-    found = prompt_files.run_export_path(folder)
+    (`ModelDir.run_export`); None for a parameters `.npz` (no plain prompt)."""
+    found = ModelDir(folder).run_export()
     return found if found is not None and found.suffix == ".npy" else None
 
 
 def _no_prompt_reason(folder: pathlib.Path) -> str:
     """Why a run folder has no plain prompt, from its config.gin's PROMPT binding."""
-    module = prompt_files.prompt_module_name(folder)
+    module = ModelDir(folder).prompt_module_name()
     if module in NOT_FOLDABLE:
         return (
             f"its prompt {module} is {NOT_FOLDABLE[module]} and has no plain [P, H] form; "

@@ -1,14 +1,5 @@
-"""Resumable training checkpoints (orbax).
-
-Layout under MODEL_DIR:
-
-    checkpoints/<step>/state/   trainable params + optimizer state + step (orbax PyTree)
-    checkpoints/<step>/meta/    JSON: step, data position (batches consumed), seed, task
-    best/<step>/...             the same for the best evaluation so far (one kept)
-    best.json                   {"step": ..., "metric": name, "value": ...}
-    prompts/step_<N>.npy|.npz   the exported prompt at each saved step, and prompts/best.*
-                                (`prompt_files`: [P, H], [N, P, H] or a parameters .npz)
-    damaged_checkpoints/<step>  damaged steps set aside by a resume (`restore_newest_intact`)
+"""Resumable training checkpoints (orbax) in MODEL_DIR's `checkpoints/<step>` and `best/<step>`
+(the layout: `prompt_tuning.model_dir`).
 
 Only trainable parameters are saved: the frozen model is read again from INITIAL_CHECKPOINT_PATH
 (or re-initialized from RANDOM_SEED) on restart. orbax writes each step into a temporary folder and
@@ -20,7 +11,6 @@ fix. A resume restores the newest step that reads back whole and names the damag
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import shutil
@@ -33,25 +23,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from prompt_tuning.faults import checkpoint_checks
+from prompt_tuning.model_dir import TMP_SUFFIX, ModelDir, checkpoint_manager
 from prompt_tuning.parallel import distributed
-from prompt_tuning.prompts import files
-from prompt_tuning.train.prompt_files import load_prompt_npy  # noqa: F401 (its former home)
-
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-PROMPTS = "prompts"
-BEST_JSON = "best.json"
-DAMAGED = "damaged_checkpoints"
-TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's unfinished step folders
-
-
-def _manager(directory: str | os.PathLike, keep: int | None) -> ocp.CheckpointManager:
-    """An orbax manager for `directory` keeping the last `keep` steps (None: all)."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(
-        os.path.abspath(os.fspath(directory)), options=options, item_handlers=handlers
-    )
 
 
 class TrainCheckpointer:
@@ -65,8 +38,9 @@ class TrainCheckpointer:
     def __init__(self, model_dir: str | os.PathLike, keep: int | None = 1):
         self.model_dir = pathlib.Path(model_dir)
         self.keep = keep
-        self._latest = _manager(self.model_dir / CHECKPOINTS, keep)
-        self._best = _manager(self.model_dir / BEST, 1)
+        self._layout = ModelDir(model_dir)
+        self._latest = checkpoint_manager(self._layout.checkpoints(), keep)
+        self._best = checkpoint_manager(self._layout.checkpoints(best=True), 1)
         self._failed = False
 
     def latest_step(self) -> int | None:
@@ -96,7 +70,7 @@ class TrainCheckpointer:
             manager.wait_until_finished()
         except (OSError, ValueError) as error:
             self._failed = True
-            directory = self.model_dir / (BEST if best else CHECKPOINTS)
+            directory = self._layout.checkpoints(best)
             _remove_unfinished(directory, step)
             last = manager.latest_step()
             kept = "no earlier checkpoint was saved"
@@ -124,7 +98,7 @@ class TrainCheckpointer:
         """
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"No checkpoint under {self.model_dir / CHECKPOINTS}.")
+            raise FileNotFoundError(f"No checkpoint under {self._layout.checkpoints()}.")
         args = ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
         )
@@ -155,7 +129,7 @@ class TrainCheckpointer:
           DamagedCheckpointError: every kept checkpoint is damaged (each folder and its problem;
             nothing is moved).
         """
-        directory = self.model_dir / CHECKPOINTS
+        directory = self._layout.checkpoints()
         damaged: list[tuple[int, str]] = []
         for step in sorted(self._latest.all_steps(), reverse=True):
             step_dir = directory / str(step)
@@ -190,7 +164,7 @@ class TrainCheckpointer:
 
     def _set_aside(self, damaged: list[tuple[int, str]], step: int, log: Callable) -> None:
         """Moves damaged step folders to MODEL_DIR/damaged_checkpoints/ (primary process)."""
-        aside = self.model_dir / DAMAGED
+        aside = self._layout.damaged
         if distributed.is_primary():
             aside.mkdir(exist_ok=True)
             for bad, _ in damaged:
@@ -198,7 +172,7 @@ class TrainCheckpointer:
                 while target.exists():
                     n += 1
                     target = aside / f"{bad}.{n}"
-                os.replace(self.model_dir / CHECKPOINTS / str(bad), target)
+                os.replace(self._layout.step_dir(bad), target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("prompt_tuning_damaged_checkpoints_set_aside")
         self._latest.reload()
@@ -255,13 +229,13 @@ def load_trained_params(
       DamagedCheckpointError: that checkpoint does not read back whole (the folder, what is
         wrong, and the other kept steps).
     """
-    directory = pathlib.Path(model_dir) / (BEST if best else CHECKPOINTS)
+    directory = ModelDir(model_dir).checkpoints(best)
     if not directory.exists():
         raise FileNotFoundError(
             f"No {'best ' if best else ''}checkpoint in MODEL_DIR {model_dir} (looked for "
             f"{directory}). Train first, or pass a frozen checkpoint and PROMPT_FILE instead."
         )
-    manager = _manager(directory, None)
+    manager = checkpoint_manager(directory)
     try:
         kept = sorted(int(s) for s in manager.all_steps())
         if not kept:
@@ -343,31 +317,6 @@ def save_trained_params(
         checkpointer.save(step, state, dict(meta, step=step, data_position=step))
     finally:
         checkpointer.close()
-
-
-def write_best_json(model_dir: str | os.PathLike, step: int, metric: str, value: float) -> None:
-    """Records which step is the best so far (MODEL_DIR/best.json), atomically."""
-    files.atomic_write(
-        pathlib.Path(model_dir) / BEST_JSON,
-        json.dumps({"step": step, "metric": metric, "value": value}).encode(),
-    )
-
-
-def read_best_json(model_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The content of MODEL_DIR/best.json, or None before the first evaluation.
-
-    Raises:
-      ValueError: the file is not JSON (it is written atomically, so it was edited by hand).
-    """
-    path = pathlib.Path(model_dir) / BEST_JSON
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{path} is not JSON ({error.msg}); delete it to choose the best checkpoint anew."
-        ) from None
 
 
 def check_initial_checkpoint(path: str | None) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from prompt_tuning.model_dir import ModelDir, is_run
 from prompt_tuning.train import prompt_files
 
 # MPT's weights: L = L_PLM + λ (L_Logits + L_Hidden) with λ = 0.9 (section 3.2 / 4).
@@ -63,8 +64,8 @@ class PromptDistillation:
         rows = []
         for source in self.teacher_prompts:
             path = pathlib.Path(source)
-            if path.is_dir() and not (path / "adapter_config.json").exists():
-                found = prompt_files.run_export_path(path)
+            if is_run(path):
+                found = ModelDir(path).run_export()
                 if found is None:
                     raise FileNotFoundError(
                         f"TEACHER_PROMPTS: the run folder {path} exported no prompt "

@@ -42,6 +42,7 @@ from typing import Any
 import gin
 
 from prompt_tuning.faults import Stopped
+from prompt_tuning.model_dir import CONFIG_GIN, write_atomic
 
 
 def gin_search_root() -> str:
@@ -211,16 +212,14 @@ def write_config(model_dir: str | None, filename: str) -> None:
 
     if not model_dir or not isinstance(model_dir, str) or jax.process_index() != 0:
         return
-    path = pathlib.Path(model_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / filename).write_text(gin.config_str())
+    write_atomic(pathlib.Path(model_dir) / filename, gin.config_str().encode(), filename)
 
 
 def run_main(
     fn: Callable[..., Any],
     argv: Sequence[str] | None = None,
     required_macros: Sequence[str] = (),
-    config_filename: str | None = "config.gin",
+    config_filename: str | None = CONFIG_GIN,
 ) -> Any:
     """Parses gin flags, checks macros and calls the gin-configured `fn`.
 
@@ -262,7 +261,7 @@ def main(
     fn: Callable[..., Any],
     argv: Sequence[str] | None = None,
     required_macros: Sequence[str] = (),
-    config_filename: str | None = "config.gin",
+    config_filename: str | None = CONFIG_GIN,
 ) -> Any:
     """`run_main`, with configuration errors printed as `error: ...` and exit code 2.
 

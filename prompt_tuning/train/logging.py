@@ -5,12 +5,12 @@ Every logged step and every evaluation goes to three places (on the first host o
 - TensorBoard event files in MODEL_DIR/tensorboard via clu's metric writers (when the
   `tensorboard` package is installed) (`train/loss`,
   `train/learning_rate`, `train/steps_per_sec`, `eval/<task>/<metric>`, ...);
-- MODEL_DIR/metrics.jsonl: one JSON object per line, `{"step": ..., "kind": "train"|"eval", ...}`.
+- MODEL_DIR/metrics.jsonl: one JSON object per line, `{"step": ..., "kind": "train"|"eval", ...}`,
+  appended whole or not at all (`model_dir.ModelDir.append_metrics`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pathlib
 import sys
@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prompt_tuning.faults import checkpoint_checks
+from prompt_tuning.model_dir import ModelDir
 
 
 def _tensorboard_writer(logdir: pathlib.Path, enabled: bool) -> Any:
@@ -76,8 +76,8 @@ class MetricsLogger:
         self.batch_size = batch_size
         self.enabled = enabled
         self.stream = stream or sys.stdout
-        self._writer = _tensorboard_writer(self.model_dir / "tensorboard", enabled)
-        self._jsonl = self.model_dir / "metrics.jsonl"
+        self._layout = ModelDir(model_dir)
+        self._writer = _tensorboard_writer(self._layout.tensorboard, enabled)
         self._last_time: float | None = None
         self._last_step: int | None = None
 
@@ -90,29 +90,6 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.write_scalars(step, scalars)
             self._writer.flush()
-
-    def _append(self, record: Mapping[str, Any]) -> None:
-        """Appends one JSON line to metrics.jsonl, whole or not at all.
-
-        Raises:
-          CheckpointWriteError: the disk is full or the file cannot be written (the path and the
-            fix); a partly written line is cut off again.
-        """
-        self._jsonl.parent.mkdir(parents=True, exist_ok=True)
-        line = memoryview((json.dumps(record) + "\n").encode())
-        with self._jsonl.open("ab", buffering=0) as f:
-            size = f.tell()
-            try:
-                while line:  # a write that reaches a file-size limit may be short
-                    line = line[f.write(line) :]
-            except OSError as error:
-                f.truncate(size)
-                converted = checkpoint_checks.write_error(
-                    error, "a metrics record", self._jsonl, "the earlier records are unchanged"
-                )
-                if converted is error:
-                    raise
-                raise converted from error
 
     def log_train(self, step: int, metrics: Mapping[str, float]) -> dict[str, float]:
         """Logs training metrics averaged since the last log, with throughput and ETA.
@@ -135,7 +112,7 @@ class MetricsLogger:
         if self.enabled:
             self._print_progress(step, scalars)
             self._write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-            self._append({"step": step, "kind": "train", **scalars})
+            self._layout.append_metrics({"step": step, "kind": "train", **scalars})
         return scalars
 
     def _print_progress(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -158,7 +135,7 @@ class MetricsLogger:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(scalars.items()))
             print(f"eval @ step {step}: {shown}", file=self.stream, flush=True)
             self._write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
-            self._append({"step": step, "kind": "eval", **scalars})
+            self._layout.append_metrics({"step": step, "kind": "eval", **scalars})
 
     def message(self, text: str) -> None:
         """Prints a line (first host only)."""

@@ -24,7 +24,8 @@ A Hugging Face PEFT prompt-tuning adapter folder (`adapter_config.json` +
 `adapter_model.safetensors`, `prompt_tuning.prompts.peft_format`) is accepted wherever a prompt file
 is: it reads as its `prompt_embeddings` `[P, H]`, a plain prompt.
 
-A MODEL_DIR's prompt (`run_export_path`) is its `prompts/best`, else its latest `prompts/step_<N>`.
+Where the exports live in MODEL_DIR, and which is a run's "best" and "latest" prompt:
+`prompt_tuning.model_dir`.
 
 Letters: P prompt length, H model dim, N tasks (or prompts of a bank), L encoder layers.
 """
@@ -35,7 +36,6 @@ import dataclasses
 import io
 import os
 import pathlib
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,18 +43,14 @@ import jax
 import numpy as np
 from flax import traverse_util
 
-from prompt_tuning.faults import checkpoint_checks
+from prompt_tuning.model_dir import PROMPTS, ModelDir, write_atomic
 from prompt_tuning.prompts import files, peft_format
 from prompt_tuning.prompts.files import PromptFileError
 
-PROMPTS = "prompts"
 PLAIN, MULTI_TASK, PARAMETERS = "plain", "multi_task", "parameters"
 SUFFIXES = {PLAIN: ".npy", MULTI_TASK: ".npy", PARAMETERS: ".npz"}
 PLAIN_GIN = "gin_configs/prompts/prompt_tuning_random_uniform.gin"
 BANK_GIN = "gin_configs/prompts/prompt_bank.gin"
-BEST = "best"
-_STEP_FILE = re.compile(r"^step_(\d+)\.(npy|npz)$")
-_PROMPT_BINDING = re.compile(r"^PROMPT\s*=\s*@([\w.]+)\(", re.MULTILINE)
 # Parameterizations without a plain [P, H] form, and why (their runs export a parameters .npz).
 NOT_FOLDABLE = {
     "InstancePrompt": "instance-dependent (IDPG: a generator computes each example's prompt)",
@@ -74,15 +70,12 @@ __all__ = [
     "PromptExport",
     "PromptFileError",
     "export_form",
-    "exported_steps",
     "load_into",
     "load_prompt_npy",
     "parameter_shapes",
-    "prompt_module_name",
     "read_prompt_file",
     "read_source_prompts",
     "source_prompts_loader",
-    "run_export_path",
     "values_for",
     "write_export",
     "write_file",
@@ -192,58 +185,24 @@ def write_export(model_dir: str | os.PathLike, name: str, export: PromptExport) 
       CheckpointWriteError: the disk is full or MODEL_DIR is not writable (the path and the
         fix); the earlier files are unchanged.
     """
-    path = pathlib.Path(model_dir) / PROMPTS / f"{name}{export.suffix}"
-    try:
-        return write_file(path, export)
-    except OSError as error:
-        kept = "no half-written file is left"
-        if path.exists():
-            kept = f"the earlier {path.name} is unchanged"
-        converted = checkpoint_checks.write_error(error, "the prompt export", path, kept)
-        if converted is error:
-            raise
-        raise converted from error
+    path = ModelDir(model_dir).export_path(name, export.suffix)
+    return write_atomic(path, _export_bytes(export), "the prompt export")
 
 
 def write_file(path: str | os.PathLike, export: PromptExport) -> pathlib.Path:
     """Saves an export to `path` (`.npy` for arrays, `.npz` for parameters), atomically."""
+    files.atomic_write(path, _export_bytes(export))
+    return pathlib.Path(path)
+
+
+def _export_bytes(export: PromptExport) -> bytes:
+    """The `.npy` (arrays) or `.npz` (parameters) file content of an export."""
     buffer = io.BytesIO()
     if export.kind == PARAMETERS:
         np.savez(buffer, **export.value)
     else:
         np.save(buffer, np.asarray(export.value))
-    files.atomic_write(path, buffer.getvalue())
-    return pathlib.Path(path)
-
-
-def exported_steps(model_dir: str | os.PathLike) -> dict[int, pathlib.Path]:
-    """A run's exported prompts `{step: MODEL_DIR/prompts/step_<step>.npy (or .npz)}`, by step."""
-    folder = pathlib.Path(model_dir) / PROMPTS
-    found = {}
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = _STEP_FILE.match(path.name)
-            if match:
-                found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
-
-
-def run_export_path(model_dir: str | os.PathLike) -> pathlib.Path | None:
-    """A run's prompt: `prompts/best.npy` (or `.npz`), else its latest `prompts/step_<N>`; None
-    when it exported none."""
-    for suffix in (".npy", ".npz"):
-        best = pathlib.Path(model_dir) / PROMPTS / f"{BEST}{suffix}"
-        if best.is_file():
-            return best
-    steps = exported_steps(model_dir)
-    return steps[max(steps)] if steps else None
-
-
-def prompt_module_name(model_dir: str | os.PathLike) -> str | None:
-    """The prompt module MODEL_DIR/config.gin binds to PROMPT (e.g. "InstancePrompt"), if any."""
-    config = pathlib.Path(model_dir) / "config.gin"
-    binding = _PROMPT_BINDING.search(config.read_text()) if config.is_file() else None
-    return binding.group(1).rsplit(".", 1)[-1] if binding else None
+    return buffer.getvalue()
 
 
 def read_prompt_file(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
@@ -438,12 +397,14 @@ def read_source_prompts(paths: Any) -> np.ndarray:
     arrays = []
     for path in paths:
         source = pathlib.Path(path)
-        if source.is_dir() and (source / PROMPTS).is_dir():
-            exported = run_export_path(source)
+        run = ModelDir(source)
+        if run.prompts.is_dir():
+            exported = run.run_export()
             if exported is None:
                 raise PromptFileError(
                     f"SOURCE_PROMPTS entry {path} is a run folder without exported prompts "
-                    f"({PROMPTS}/best or {PROMPTS}/step_<N>); train it first or give a .npy."
+                    f"({PROMPTS}/best or {PROMPTS}/step_<N>); train it first or "
+                    "give a .npy."
                 )
             source = exported
         value = read_prompt_file(source)

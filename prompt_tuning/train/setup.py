@@ -11,7 +11,6 @@ one, checking that it belongs to the same run.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from prompt_tuning.model_dir import ModelDir
 from prompt_tuning.parallel import distributed, partitioning
 from prompt_tuning.train import checkpoints, optimizers, params, step
 from prompt_tuning.train import logging as train_logging
@@ -150,16 +150,12 @@ def _check_no_lost_run(model_dir: str, first_step: int) -> None:
       ValueError: MODEL_DIR/prompts holds `step_<N>` exports beyond the initial step but
         MODEL_DIR/checkpoints holds no checkpoint.
     """
-    folder = pathlib.Path(model_dir) / checkpoints.PROMPTS
-    exported = [
-        int(p.stem.split("_")[1])
-        for p in folder.glob("step_*.np[yz]")
-        if p.stem.split("_")[1].isdigit()
-    ]
+    layout = ModelDir(model_dir)
+    exported = layout.exported_steps()
     if any(step > first_step for step in exported):
         raise ValueError(
             f"MODEL_DIR {model_dir} holds prompts of a run up to step {max(exported)} "
-            f"({folder}) but no checkpoint in {pathlib.Path(model_dir) / checkpoints.CHECKPOINTS}:"
+            f"({layout.prompts}) but no checkpoint in {layout.checkpoints()}:"
             " starting again here would mix two runs. Use another MODEL_DIR, or move prompts/ "
             "aside to start again in this one."
         )

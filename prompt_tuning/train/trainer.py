@@ -30,6 +30,7 @@ import optax
 from prompt_tuning.faults import Stopped, checkpoint_checks
 from prompt_tuning.faults.agreement import StopAgreement
 from prompt_tuning.faults.signals import StopSignals
+from prompt_tuning.model_dir import BEST, ModelDir, step_export_name
 from prompt_tuning.parallel import distributed, host_memory, partitioning
 from prompt_tuning.train import checkpoints, losses, optimizers, prompt_files, setup, steps
 from prompt_tuning.train.model import PromptModel
@@ -104,7 +105,7 @@ def _save(run: Run, step: int, model_dir: str, best: bool = False) -> None:
     if distributed.is_primary():
         export = _export(run)
         if export is not None:
-            prompt_files.write_export(model_dir, "best" if best else f"step_{step}", export)
+            prompt_files.write_export(model_dir, BEST if best else step_export_name(step), export)
 
 
 def make_evaluator(
@@ -374,7 +375,7 @@ def _loop(
         batches = data.skip_batches(dataset, run.start_step - run.first_step)
         batches = batches.as_numpy_iterator()
     train_log, eval_log, pending = [], [], []
-    best = checkpoints.read_best_json(model_dir)
+    best = ModelDir(model_dir).read_best()
     if run.start_step > run.first_step and run.start_step >= train_steps:
         run.logger.message(
             f"MODEL_DIR {model_dir} already holds a run at step {run.start_step} "
@@ -461,6 +462,6 @@ def _evaluate(
     if best is None or value > best["value"]:
         _save(run, step, model_dir, best=True)
         if distributed.is_primary():
-            checkpoints.write_best_json(model_dir, step, name, value)
+            ModelDir(model_dir).write_best(step, name, value)
         best = {"step": step, "metric": name, "value": value}
     return best
