@@ -152,6 +152,7 @@ def jit_train_step(
     state_shardings: Any,
     frozen_shardings: Any,
     rules: partitioning.Rules | None = None,
+    donate: bool = True,
 ) -> Any:
     """`train_step` jitted on `mesh`: explicit shardings, donated state, activation constraints.
 
@@ -162,6 +163,7 @@ def jit_train_step(
       state_shardings: shardings of the `TrainState`.
       frozen_shardings: shardings of the frozen parameters.
       rules: logical axis rules (default `partitioning.standard_logical_axis_rules()`).
+      donate: donate the state (the trainer's choice; the benchmark's `--no-donate` turns it off).
 
     Returns:
       `step(state, frozen, batch, rng) -> (state, metrics)`; metrics are replicated.
@@ -176,6 +178,6 @@ def jit_train_step(
             partitioning.replicated(mesh),
         ),
         out_shardings=(state_shardings, partitioning.replicated(mesh)),
-        donate_argnums=(0,),
+        donate_argnums=(0,) if donate else (),
         compiler_options=compiler_options(model, mesh),
     )
