@@ -33,7 +33,7 @@ import dataclasses
 import pathlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,6 +42,9 @@ if __package__ in (None, ""):  # run as `python tools/ensemble.py`
 
 from prompt_tuning.predict import ensemble  # noqa: E402
 from tools import _common  # noqa: E402
+
+if TYPE_CHECKING:
+    from prompt_tuning.train import builder
 
 SUMMARY_ROWS = ("Average", "Best", "Ensemble")
 
@@ -157,7 +160,7 @@ def _row_names(sources: Sequence[str]) -> list[str]:
 
 
 def _check_same_frozen_model(
-    config_run: _common.RunConfig, sources: Sequence[str], checkpoint: str | None
+    config_run: builder.RunConfig, sources: Sequence[str], checkpoint: str | None
 ) -> None:
     """Every MODEL_DIR source must use the frozen model of the config run.
 
@@ -185,7 +188,7 @@ def _check_same_frozen_model(
 
 
 def build(
-    config_run: _common.RunConfig,
+    config_run: builder.RunConfig,
     prompt_paths: Sequence[pathlib.Path],
     checkpoint: str | None = None,
     decode_method: str = "greedy",
