@@ -19,6 +19,7 @@ Letters: B batch, T input length, S target length.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -211,11 +212,6 @@ def abstract_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> dict[str, jax.
     }
 
 
-def _opt_init(optimizer: optax.GradientTransformation, first_step: int) -> Callable[[Any], Any]:
-    """`trainable -> optimizer state` with T5X's step counters at `first_step`."""
-    return lambda trainable: optimizers.start_at_step(optimizer.init(trainable), first_step)
-
-
 def abstract_state(
     model: PromptModel,
     mesh: jax.sharding.Mesh,
@@ -230,17 +226,21 @@ def abstract_state(
     dtype = None if config.frozen_dtype is None else jnp.dtype(config.frozen_dtype)
     trainable = shaped(trainable, trainable_sh)
     frozen = shaped(frozen, frozen_sh, dtype)
-    opt_sh = partitioning.opt_state_shardings(optimizer, trainable, mesh)
-    opt_state = shaped(jax.eval_shape(_opt_init(optimizer, config.first_step), trainable), opt_sh)
-    count = jax.ShapeDtypeStruct((), jnp.int32, sharding=partitioning.replicated(mesh))
-    return step.TrainState(count, trainable, opt_state), frozen
+    init = functools.partial(step.init_state, optimizer, first_step=config.first_step)
+    state = jax.eval_shape(init, trainable)
+    shardings = step.TrainState(
+        partitioning.replicated(mesh),
+        trainable_sh,
+        partitioning.opt_state_shardings(optimizer, trainable, mesh),
+    )
+    return shaped(state, shardings), frozen
 
 
 def materialise(run: Run, log: Callable[[str], None] | None = None) -> Run:
     """The real run of an abstract one (`build_run(..., abstract=True)`), with its shardings.
 
     The parameters are loaded or initialized (`params.initial_params` with RANDOM_SEED's key),
-    the optimizer state is created with T5X's step counters at the initial checkpoint's step.
+    the state is `step.init_state` at the initial checkpoint's step (T5X's step counters there).
 
     Args:
       run: the abstract run.
@@ -265,12 +265,9 @@ def materialise(run: Run, log: Callable[[str], None] | None = None) -> Run:
         config.prompt_file,
         log=log,
     )
-    opt_sh = partitioning.shardings_of(run.state.opt_state)
-    init_opt = jax.jit(_opt_init(run.optimizer, config.first_step), out_shardings=opt_sh)
-    count = jax.jit(
-        lambda: jnp.asarray(config.first_step, jnp.int32), out_shardings=run.state.step.sharding
-    )
-    state = step.TrainState(count(), trainable, init_opt(trainable))
+    init = functools.partial(step.init_state, run.optimizer, first_step=config.first_step)
+    state_sh = partitioning.shardings_of(run.state)
+    state = jax.jit(init, out_shardings=state_sh)(trainable)
     return dataclasses.replace(run, state=state, frozen=frozen, rng=step_rng)
 
 

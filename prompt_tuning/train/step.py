@@ -60,9 +60,15 @@ class TrainState:
     opt_state: Any
 
 
-def init_state(optimizer: optax.GradientTransformation, trainable: Any) -> TrainState:
-    """A fresh `TrainState` of `trainable`: step 0 and the optimizer's initial state."""
-    return TrainState(jnp.zeros([], jnp.int32), trainable, optimizer.init(trainable))
+def init_state(
+    optimizer: optax.GradientTransformation, trainable: Any, first_step: int = 0
+) -> TrainState:
+    """A fresh `TrainState` of `trainable` at `first_step` (the initial checkpoint's step): the
+    optimizer's initial state with T5X's step counters there (`optimizers.start_at_step`)."""
+    opt_state = optimizer.init(trainable)
+    if first_step:
+        opt_state = optimizers.start_at_step(opt_state, first_step)
+    return TrainState(jnp.asarray(first_step, jnp.int32), trainable, opt_state)
 
 
 def train_step(
