@@ -16,48 +16,21 @@ Letters: P prompt length, H model dim, V vocabulary size.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import pathlib
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from prompt_tuning.train import builder
 
 EMBEDDING = "token_embedder/embedding"
 
 
 class ToolError(ValueError):
     """A tool's input is missing or inconsistent; the message names it and the fix."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """What the tools need from a run's config.gin.
-
-    Attributes:
-      model_dir: the run's MODEL_DIR.
-      model: MODEL, the `t5.EncoderDecoder` with its prompt module, built by gin.
-      task: MIXTURE_OR_TASK_NAME (None when unbound).
-      task_feature_lengths: TASK_FEATURE_LENGTHS (None when unbound).
-      initial_checkpoint_path: INITIAL_CHECKPOINT_PATH, evaluated (None: random frozen model).
-      random_seed: RANDOM_SEED (0 when unbound).
-      frozen_dtype: FROZEN_DTYPE.
-      trainable_params_regex: TRAINABLE_PARAMS_REGEX.
-      batch_size: BATCH_SIZE (None when unbound).
-      mixture_or_task_module: MIXTURE_OR_TASK_MODULE.
-    """
-
-    model_dir: pathlib.Path
-    model: Any
-    task: str | None
-    task_feature_lengths: dict[str, int] | None
-    initial_checkpoint_path: str | None
-    random_seed: int
-    frozen_dtype: str | None
-    trainable_params_regex: str
-    batch_size: int | None
-    mixture_or_task_module: Any
 
 
 @contextlib.contextmanager
@@ -105,16 +78,16 @@ def parse_gin_files(paths: Sequence[str | pathlib.Path], bindings: Sequence[str]
     )
 
 
-def run_config_from_gin(gin: Any, model_dir: str | pathlib.Path) -> RunConfig:
-    """A `RunConfig` from the config gin currently holds (see `read_run_config`).
+def run_config_from_gin(gin: Any, model_dir: str | pathlib.Path) -> builder.RunConfig:
+    """The run's `builder.RunConfig` from the config gin currently holds (see `read_run_config`).
 
     Raises:
       ToolError: MODEL is not bound.
     """
-    from prompt_tuning.train import optimizers  # noqa: PLC0415
+    from prompt_tuning.train import builder, optimizers  # noqa: PLC0415
 
     lengths = gin_macro(gin, "TASK_FEATURE_LENGTHS", None)
-    return RunConfig(
+    return builder.RunConfig(
         model_dir=pathlib.Path(model_dir),
         model=gin_macro(gin, "MODEL"),
         task=gin_macro(gin, "MIXTURE_OR_TASK_NAME", None),
@@ -130,14 +103,16 @@ def run_config_from_gin(gin: Any, model_dir: str | pathlib.Path) -> RunConfig:
     )
 
 
-def read_run_config(model_dir: str | pathlib.Path) -> RunConfig:
+def read_run_config(model_dir: str | pathlib.Path) -> builder.RunConfig:
     """Parses MODEL_DIR/config.gin (as written by `python -m prompt_tuning.train`) with gin.
 
     Args:
       model_dir: the run's MODEL_DIR.
 
     Returns:
-      The `RunConfig`; MODEL is built (its prompt module included).
+      The run's `builder.RunConfig`; MODEL is built (its prompt module included); fields the
+      config.gin does not bind are None (TASK_FEATURE_LENGTHS, BATCH_SIZE, ...) or the trainer's
+      defaults.
 
     Raises:
       ToolError: there is no config.gin (runs made by calling `trainer.train` directly write
@@ -156,7 +131,7 @@ def read_run_config(model_dir: str | pathlib.Path) -> RunConfig:
         return run_config_from_gin(gin, model_dir)
 
 
-def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, Any]:
+def frozen_params(run: builder.RunConfig, checkpoint: str | None = None) -> dict[str, Any]:
     """The frozen T5 parameters of a run, as numpy arrays (`inference.load_frozen_params`).
 
     They come from `checkpoint`, else the run's INITIAL_CHECKPOINT_PATH, else the random model the
@@ -185,7 +160,9 @@ def frozen_params(run: RunConfig, checkpoint: str | None = None) -> dict[str, An
     return jax.tree.map(np.asarray, jax.device_get(frozen))
 
 
-def frozen_embedding(checkpoint: str | None = None, run: RunConfig | None = None) -> np.ndarray:
+def frozen_embedding(
+    checkpoint: str | None = None, run: builder.RunConfig | None = None
+) -> np.ndarray:
     """The frozen model's token embedding `token_embedder/embedding` [V, H] as float32.
 
     Args:

@@ -39,7 +39,7 @@ import tasks
 from prompt_tuning import t5
 from prompt_tuning.analysis import similarity
 from prompt_tuning.predict import evaluation
-from prompt_tuning.train import data, optimizers, step
+from prompt_tuning.train import builder, data, optimizers, step
 from prompt_tuning.train.model import PromptModel
 from tasks import mixtures
 
@@ -430,13 +430,16 @@ def _train_run(
     model: PromptModel,
     make_optimizer: Callable[..., Any],
 ) -> tuple[Any, jax.Array]:
-    """A whole training run: the library's `step.run_steps` over the [K, B, ...] batches.
+    """A whole training run: the library's `step.run_steps` over the [K, B, ...] batches, with
+    the optimizer and initial state every run builds (`builder.run_optimizer`, `step.init_state`;
+    `builder.build_run` cannot serve here: the whole run is one jitted program whose learning
+    rate is an argument).
 
     Returns:
       (trained parameters, [K] training losses).
     """
-    optimizer = make_optimizer(learning_rate=learning_rate)  # the rate is traced, not static
-    optimizer = optimizers.with_param_axes(optimizer, model.param_logical_axes())
+    # The trainer's optimizer (`builder.run_optimizer`); the rate is traced, not static.
+    optimizer = builder.run_optimizer(model, make_optimizer(learning_rate=learning_rate))
     state = step.init_state(optimizer, trainable)
     state, metrics = step.run_steps(state, frozen, batches, rng, model=model, optimizer=optimizer)
     return state.params, metrics["loss"]

@@ -74,9 +74,10 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
     from prompt_tuning import prompts  # noqa: PLC0415
     from prompt_tuning.parallel import partitioning  # noqa: PLC0415
-    from prompt_tuning.perf import aot
+    from prompt_tuning.perf import aot  # noqa: PLC0415
     from prompt_tuning.t5 import config as t5_config  # noqa: PLC0415
     from prompt_tuning.t5 import network  # noqa: PLC0415
+    from prompt_tuning.train import builder  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     assert jax.device_count() == spec["devices"], jax.device_count()
@@ -86,19 +87,28 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         dropout_rate=spec["dropout"],
         remat_policy=spec["remat"],
     )
-    model = PromptModel(network.EncoderDecoder(config, prompt=prompts.Prompt(spec["prompt"])))
-    mesh = partitioning.make_mesh(spec["partitions"])
+    module = network.EncoderDecoder(config, prompt=prompts.Prompt(spec["prompt"]))
     lengths = {"inputs": spec["inputs"], "targets": spec["targets"]}
     frozen_dtype = jnp.dtype(spec["frozen_dtype"])
     options = aot.SIMULATION_OPTIONS if spec["xla"] == "simulate" else aot.CPU_DEFAULT_OPTIONS
-    rules = partitioning.standard_logical_axis_rules(spec["activation_partitioning_dims"])
+    mesh = partitioning.MeshConfig(
+        spec["partitions"], activation_partitioning_dims=spec["activation_partitioning_dims"]
+    )
     if spec["program"] == "train":
-        report = aot.train_step_memory(
-            model, mesh, spec["batch"], lengths, frozen_dtype, None, options, rules
+        run = builder.RunConfig(
+            module, lengths, spec["batch"], frozen_dtype=frozen_dtype.name, mesh=mesh
         )
+        report = aot.train_step_memory(run, options)
     else:
         report = aot.decode_step_memory(
-            model, mesh, spec["batch"], lengths, spec["prompt"], frozen_dtype, options, rules
+            PromptModel(module),
+            mesh.make(),
+            spec["batch"],
+            lengths,
+            spec["prompt"],
+            frozen_dtype,
+            options,
+            mesh.rules(),
         )
     return dict(spec, **report.as_dict())
 

@@ -33,7 +33,7 @@ import dataclasses
 import pathlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from prompt_tuning.analysis.tables import markdown_table  # noqa: E402
 from prompt_tuning.model_dir import ModelDir, is_run, resolve_prompt  # noqa: E402
 from prompt_tuning.predict import ensemble  # noqa: E402
 from tools import _common  # noqa: E402
+
+if TYPE_CHECKING:
+    from prompt_tuning.train import builder
 
 SUMMARY_ROWS = ("Average", "Best", "Ensemble")
 
@@ -159,7 +162,7 @@ def _row_names(sources: Sequence[str]) -> list[str]:
 
 
 def _check_same_frozen_model(
-    config_run: _common.RunConfig, sources: Sequence[str], checkpoint: str | None
+    config_run: builder.RunConfig, sources: Sequence[str], checkpoint: str | None
 ) -> None:
     """Every MODEL_DIR source must use the frozen model of the config run.
 
@@ -187,7 +190,7 @@ def _check_same_frozen_model(
 
 
 def build(
-    config_run: _common.RunConfig,
+    config_run: builder.RunConfig,
     prompt_paths: Sequence[pathlib.Path],
     checkpoint: str | None = None,
     decode_method: str = "greedy",

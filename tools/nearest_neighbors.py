@@ -37,6 +37,7 @@ import dataclasses
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ if __package__ in (None, ""):  # run as `python tools/nearest_neighbors.py`
 from prompt_tuning.analysis.tables import markdown_table  # noqa: E402
 from prompt_tuning.model_dir import ModelDir, resolve_prompt  # noqa: E402
 from tools import _common  # noqa: E402
+
+if TYPE_CHECKING:
+    from prompt_tuning.train import builder
 
 WORD_BOUNDARY = "\u2581"  # SentencePiece's "▁"
 
@@ -197,7 +201,7 @@ def prompt_matrix(path: pathlib.Path, task_id: int | None) -> np.ndarray:
     return value
 
 
-def _default_labels(run: _common.RunConfig | None) -> list[str]:
+def _default_labels(run: builder.RunConfig | None) -> list[str]:
     """The run's task label strings, or [] (no task, or a task `tasks` does not know)."""
     if run is None or run.task is None:
         return []

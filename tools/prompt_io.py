@@ -39,6 +39,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +48,9 @@ if __package__ in (None, ""):  # run as `python tools/prompt_io.py`
 
 from prompt_tuning.model_dir import ModelDir, step_export_name  # noqa: E402
 from tools import _common  # noqa: E402
+
+if TYPE_CHECKING:
+    from prompt_tuning.train import builder
 
 PLAIN_PROMPT_BINDINGS = """
 from prompt_tuning import prompts
@@ -212,7 +216,7 @@ def import_prompt(
 def _write_run(
     folder: pathlib.Path,
     prompt: np.ndarray,
-    run: _common.RunConfig,
+    run: builder.RunConfig,
     config_text: str,
     prompt_path: str,
 ) -> None:

@@ -22,6 +22,7 @@ step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -148,6 +149,36 @@ def make_mesh(
         )
     grid = np.array(devices, dtype=object).reshape(count // num_partitions, num_partitions)
     return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """How a run lays its devices out (the entry points' mesh settings, typed).
+
+    Attributes:
+      num_partitions: NUM_PARTITIONS, devices per model replica (the "model" axis size).
+      model_parallel_submesh: T5X's `(x, y, z, cores)` TPU block for the model axis instead.
+      num_devices: use only the first N devices of `jax.devices()` (None: all of them).
+      activation_partitioning_dims: see `standard_logical_axis_rules` (2: the default here).
+    """
+
+    num_partitions: int = 1
+    model_parallel_submesh: tuple[int, ...] | None = None
+    num_devices: int | None = None
+    activation_partitioning_dims: int = 2
+
+    def make(self) -> Mesh:
+        """The mesh (`make_mesh`).
+
+        Raises:
+          ValueError: NUM_PARTITIONS does not divide the devices (`make_mesh`).
+        """
+        devices = jax.devices()[: self.num_devices] if self.num_devices else None
+        return make_mesh(self.num_partitions, devices, self.model_parallel_submesh)
+
+    def rules(self) -> tuple[tuple[str, str | None], ...]:
+        """The logical axis rules (`standard_logical_axis_rules`)."""
+        return standard_logical_axis_rules(self.activation_partitioning_dims)
 
 
 def check_model_fits_mesh(config: Any, mesh: Mesh) -> None:

@@ -4,8 +4,9 @@ Everything is abstract (`jax.ShapeDtypeStruct`s with the run's shardings): nothi
 so a T5-XXL step can be compiled for a mesh of fake CPU devices
 (`--xla_force_host_platform_device_count`) and XLA's `compiled.memory_analysis()` gives what one
 device needs: its arguments (frozen shard + trainable state + batch shard), temporaries and
-outputs. The program is the trainer's (`step.jit_train_step`, with the logical activation
-constraints) and the decoder's (`decoding.decode_step` under the same rules).
+outputs. The program is the trainer's (`builder.build_run(config, abstract=True)`: the same
+optimizer, shardings and `step.jit_train_step` with the logical activation constraints) and the
+decoder's (`decoding.decode_step` under the same rules).
 
 Two XLA:CPU habits would make the simulation report what no TPU run needs, so `SIMULATION_OPTIONS`
 turns them off (pass `CPU_DEFAULT_OPTIONS` for XLA:CPU's defaults): its default scheduler
@@ -28,11 +29,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from prompt_tuning.parallel import partitioning
-from prompt_tuning.t5 import decoding, precision, sharding
-from prompt_tuning.train import optimizers, params, step
+from prompt_tuning.t5 import decoding, sharding
+from prompt_tuning.train import builder, params, step
 from prompt_tuning.train.model import PromptModel
 
 GiB = 2**30
@@ -90,97 +90,29 @@ def _measure(program: str, mesh: Any, lowered: Any, options: Any, start: float) 
     )
 
 
-def _struct(tree: Any, shardings: Any, dtype: Any = None) -> Any:
-    """Shape structs of `tree` with `shardings`; `dtype` (FROZEN_DTYPE) for its matmul weights."""
-
-    def struct(path: Any, x: Any, s: Any) -> jax.ShapeDtypeStruct:
-        name = str(getattr(path[-1], "key", path[-1]))
-        return jax.ShapeDtypeStruct(
-            x.shape, precision.matmul_weight_dtype(name, dtype) or x.dtype, sharding=s
-        )
-
-    return jax.tree_util.tree_map_with_path(struct, tree, shardings)
-
-
-def abstract_train_inputs(
-    model: PromptModel,
-    mesh: jax.sharding.Mesh,
-    optimizer: optax.GradientTransformation,
-    batch_size: int,
-    lengths: Mapping[str, int],
-    frozen_dtype: Any = None,
-    trainable_params_regex: str = optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX,
-) -> tuple[step.TrainState, Any, dict[str, Any], Any]:
-    """`(state, frozen, batch, rng)` of a training run as shape structs with the run's shardings."""
-    boxed = params.abstract_params(model, lengths)
-    shardings = partitioning.params_shardings(boxed, mesh)
-    split = lambda tree: optimizers.split_params(tree, trainable_params_regex)  # noqa: E731
-    trainable_sh, frozen_sh = split(shardings)
-    trainable, frozen = split(nn.unbox(boxed))
-    trainable = _struct(trainable, trainable_sh)
-    frozen = _struct(frozen, frozen_sh, frozen_dtype)
-    opt_sh = partitioning.opt_state_shardings(optimizer, trainable, mesh)
-    opt_state = _struct(jax.eval_shape(optimizer.init, trainable), opt_sh)
-    replicated = partitioning.replicated(mesh)
-    state = step.TrainState(
-        jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), trainable, opt_state
-    )
-    data = partitioning.data_sharding(mesh)
-    shapes = {
-        "encoder_input_tokens": lengths["inputs"],
-        "decoder_input_tokens": lengths["targets"],
-        "decoder_target_tokens": lengths["targets"],
-        "decoder_loss_weights": lengths["targets"],
-    }
-    batch = {
-        name: jax.ShapeDtypeStruct((batch_size, length), jnp.int32, sharding=data)
-        for name, length in shapes.items()
-    }
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-    return state, frozen, batch, rng
-
-
 def train_step_memory(
-    model: PromptModel,
-    mesh: jax.sharding.Mesh,
-    batch_size: int,
-    lengths: Mapping[str, int],
-    frozen_dtype: Any = None,
-    optimizer: optax.GradientTransformation | None = None,
+    config: builder.RunConfig,
     compiler_options: Mapping[str, str] | None = SIMULATION_OPTIONS,
-    rules: partitioning.Rules | None = None,
 ) -> MemoryReport:
-    """Compiles the trainer's step for `mesh` from abstract inputs and reports its memory.
+    """Compiles the trainer's step for `config`'s mesh from its abstract run and reports memory.
+
+    The program is the trainer's: `builder.build_run(config, abstract=True)` builds the same
+    model, optimizer (with the parameters' logical axes), shardings and jitted step as a real run
+    of `config`, from shape structs.
 
     Args:
-      model: the `PromptModel` (its config holds dtype and remat_policy).
-      mesh: the (fake) device mesh.
-      batch_size: the global batch B.
-      lengths: `{"inputs": T, "targets": S}`.
-      frozen_dtype: dtype of the frozen weights (e.g. bfloat16).
-      optimizer: default Lester et al.'s Adafactor.
+      config: the run (its `mesh` settings say the mesh over the (fake) devices, its
+        `model.config` the dtype and remat_policy; `optimizer` None: Lester et al.'s Adafactor).
       compiler_options: XLA options (default `SIMULATION_OPTIONS`); None compiles with the
         trainer's options (`step.compiler_options`), `CPU_DEFAULT_OPTIONS` with XLA:CPU's.
-      rules: logical axis rules (default `partitioning.standard_logical_axis_rules()`).
 
     Returns:
       The `MemoryReport` of one device.
     """
-    optimizer = optimizer or optimizers.adafactor()
     start = time.perf_counter()
-    state, frozen, batch, rng = abstract_train_inputs(
-        model, mesh, optimizer, batch_size, lengths, frozen_dtype
-    )
-    fn = step.jit_train_step(
-        model,
-        optimizer,
-        mesh,
-        partitioning.shardings_of(state),
-        partitioning.shardings_of(frozen),
-        rules,
-    )
+    run = builder.build_run(config, abstract=True)
     options = dict(compiler_options) if compiler_options else None
-    return _measure("train", mesh, fn.lower(state, frozen, batch, rng), options, start)
+    return _measure("train", run.mesh, run.lower(), options, start)
 
 
 def _logical_struct(shape: tuple[int, ...], dtype: Any, names: Any, mesh: Any, rules: Any) -> Any:
@@ -205,7 +137,8 @@ def decode_step_memory(
     """
     start = time.perf_counter()
     boxed = params.abstract_params(model, lengths)
-    full = _struct(nn.unbox(boxed), partitioning.params_shardings(boxed, mesh), frozen_dtype)
+    shardings = partitioning.params_shardings(boxed, mesh)
+    full = builder.shaped(nn.unbox(boxed), shardings, frozen_dtype)
     rules = rules or partitioning.standard_logical_axis_rules()
     config = model.config
     b, t, s = batch_size, lengths["inputs"] + prompt_length, lengths["targets"]

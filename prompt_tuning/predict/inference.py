@@ -24,7 +24,7 @@ import seqio
 
 from prompt_tuning.faults.batches import stop_at_batches
 from prompt_tuning.model_dir import ModelDir, eval_metrics_path, write_atomic
-from prompt_tuning.parallel import distributed
+from prompt_tuning.parallel import distributed, partitioning
 from prompt_tuning.predict import evaluation, restore
 from prompt_tuning.predict import rank_classification as ranking
 from prompt_tuning.predict.restore import (  # noqa: F401 (re-exported)
@@ -234,8 +234,21 @@ def evaluate(
     """
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
-    options = dict(locals())
-    predictor, params, step = restore.restore(model, task_feature_lengths, options)
+    source = restore.RestoreConfig(
+        prompt_files=restore.prompt_file_list(prompt_file),
+        model_dir=model_dir,
+        checkpoint=checkpoint,
+        initial_checkpoint_path=initial_checkpoint_path,
+        random_seed=random_seed,
+        frozen_dtype=frozen_dtype,
+        mesh=partitioning.MeshConfig(
+            num_partitions,
+            None if model_parallel_submesh is None else tuple(model_parallel_submesh),
+        ),
+        decode_method=decode_method,
+        beam_size=beam_size,
+    )
+    predictor, params, step = restore.restore(model, task_feature_lengths, source)
     evaluator = evaluation.Evaluator(
         mixture_or_task_name,
         task_feature_lengths,
@@ -322,8 +335,21 @@ def infer(
     """
     data.import_task_modules(mixture_or_task_module)
     provider = data.get_task_or_mixture(mixture_or_task_name)
-    options = dict(locals())
-    predictor, params, _ = restore.restore(model, task_feature_lengths, options)
+    source = restore.RestoreConfig(
+        prompt_files=restore.prompt_file_list(prompt_file),
+        model_dir=model_dir,
+        checkpoint=checkpoint,
+        initial_checkpoint_path=initial_checkpoint_path,
+        random_seed=random_seed,
+        frozen_dtype=frozen_dtype,
+        mesh=partitioning.MeshConfig(
+            num_partitions,
+            None if model_parallel_submesh is None else tuple(model_parallel_submesh),
+        ),
+        decode_method=decode_method,
+        beam_size=beam_size,
+    )
+    predictor, params, _ = restore.restore(model, task_feature_lengths, source)
     batch_size = restore.batch_size_for(batch_size, params)
 
     def records() -> Iterator[dict[str, Any]]:

@@ -15,6 +15,7 @@ the one frozen model. Predictors find the mesh from the parameters, so a server 
 Letters: P prompt length, H model dim.
 """
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -210,8 +211,43 @@ def make_predictor(
     return members, ensemble.bank_params(params, prompts)
 
 
+@dataclasses.dataclass(frozen=True)
+class RestoreConfig:
+    """What `restore` loads and how its predictor decodes (the settings of `pt-eval`/`pt-infer`).
+
+    Attributes:
+      prompt_files: PROMPT_FILE: one prompt, or several for a prompt ensemble (majority vote);
+        empty: the prompt comes from `model_dir` (or the model has none).
+      model_dir: MODEL_DIR of a training run (used when there is no prompt file).
+      checkpoint: "latest" or "best" checkpoint of `model_dir`.
+      initial_checkpoint_path: INITIAL_CHECKPOINT_PATH (None: the RANDOM_SEED frozen model).
+      random_seed: RANDOM_SEED.
+      frozen_dtype: FROZEN_DTYPE (None: frozen weights as stored).
+      mesh: the mesh settings (NUM_PARTITIONS or model_parallel_submesh), as in training.
+      decode_method: "greedy" or "beam".
+      beam_size: beams for "beam".
+    """
+
+    prompt_files: tuple[str, ...] = ()
+    model_dir: str | None = None
+    checkpoint: str = "latest"
+    initial_checkpoint_path: str | None = None
+    random_seed: int = 0
+    frozen_dtype: str | None = None
+    mesh: partitioning.MeshConfig = partitioning.MeshConfig()
+    decode_method: str = "greedy"
+    beam_size: int = 4
+
+
+def prompt_file_list(prompt_file: str | Sequence[str] | None) -> tuple[str, ...]:
+    """PROMPT_FILE (one path, a list of them, or None) as a tuple of paths."""
+    if isinstance(prompt_file, str | os.PathLike):
+        return (os.fspath(prompt_file),)
+    return tuple(prompt_file or ())
+
+
 def restore(
-    model: Any, task_feature_lengths: Mapping[str, int], options: Mapping[str, Any]
+    model: Any, task_feature_lengths: Mapping[str, int], config: RestoreConfig
 ) -> tuple[predictor.Predictor, dict[str, Any], int | None]:
     """Parameters and predictor for one PROMPT_FILE, a list of them (ensemble) or a MODEL_DIR.
 
@@ -221,26 +257,21 @@ def restore(
       ValueError: NUM_PARTITIONS does not divide the devices or the heads.
     """
     model = as_prompt_model(model)
-    mesh = partitioning.make_mesh(
-        options.get("num_partitions", 1), None, options.get("model_parallel_submesh")
-    )
+    mesh = config.mesh.make()
     partitioning.check_model_fits_mesh(model.config, mesh)
-    prompt_file = options["prompt_file"]
-    files = [prompt_file] if isinstance(prompt_file, str) else list(prompt_file or ())
+    files = list(config.prompt_files)
     full, step = load_params(
         model,
         task_feature_lengths,
-        options["initial_checkpoint_path"],
+        config.initial_checkpoint_path,
         files[0] if files else None,
-        options["model_dir"],
-        options["checkpoint"],
-        options["random_seed"],
-        frozen_dtype=options["frozen_dtype"],
+        config.model_dir,
+        config.checkpoint,
+        config.random_seed,
+        frozen_dtype=config.frozen_dtype,
         mesh=mesh,
     )
-    members, full = make_predictor(
-        model, full, files, options["decode_method"], options["beam_size"]
-    )
+    members, full = make_predictor(model, full, files, config.decode_method, config.beam_size)
     return members, full, step
 
 

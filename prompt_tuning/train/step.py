@@ -60,9 +60,15 @@ class TrainState:
     opt_state: Any
 
 
-def init_state(optimizer: optax.GradientTransformation, trainable: Any) -> TrainState:
-    """A fresh `TrainState` of `trainable`: step 0 and the optimizer's initial state."""
-    return TrainState(jnp.zeros([], jnp.int32), trainable, optimizer.init(trainable))
+def init_state(
+    optimizer: optax.GradientTransformation, trainable: Any, first_step: int = 0
+) -> TrainState:
+    """A fresh `TrainState` of `trainable` at `first_step` (the initial checkpoint's step): the
+    optimizer's initial state with T5X's step counters there (`optimizers.start_at_step`)."""
+    opt_state = optimizer.init(trainable)
+    if first_step:
+        opt_state = optimizers.start_at_step(opt_state, first_step)
+    return TrainState(jnp.asarray(first_step, jnp.int32), trainable, opt_state)
 
 
 def train_step(
@@ -152,6 +158,7 @@ def jit_train_step(
     state_shardings: Any,
     frozen_shardings: Any,
     rules: partitioning.Rules | None = None,
+    donate: bool = True,
 ) -> Any:
     """`train_step` jitted on `mesh`: explicit shardings, donated state, activation constraints.
 
@@ -162,6 +169,7 @@ def jit_train_step(
       state_shardings: shardings of the `TrainState`.
       frozen_shardings: shardings of the frozen parameters.
       rules: logical axis rules (default `partitioning.standard_logical_axis_rules()`).
+      donate: donate the state (the trainer's choice; the benchmark's `--no-donate` turns it off).
 
     Returns:
       `step(state, frozen, batch, rng) -> (state, metrics)`; metrics are replicated.
@@ -176,6 +184,6 @@ def jit_train_step(
             partitioning.replicated(mesh),
         ),
         out_shardings=(state_shardings, partitioning.replicated(mesh)),
-        donate_argnums=(0,),
+        donate_argnums=(0,) if donate else (),
         compiler_options=compiler_options(model, mesh),
     )

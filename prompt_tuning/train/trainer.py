@@ -32,7 +32,7 @@ from prompt_tuning.faults.agreement import StopAgreement
 from prompt_tuning.faults.signals import StopSignals
 from prompt_tuning.model_dir import BEST, ModelDir, step_export_name
 from prompt_tuning.parallel import distributed, host_memory, partitioning
-from prompt_tuning.train import checkpoints, losses, optimizers, prompt_files, setup, steps
+from prompt_tuning.train import builder, checkpoints, losses, optimizers, prompt_files, setup, steps
 from prompt_tuning.train.model import PromptModel
 from prompt_tuning.train.setup import Run
 from prompt_tuning.train.step import TrainState, train_step  # noqa: F401 (re-exported)
@@ -100,12 +100,27 @@ def _export(run: Run) -> Any:
 
 def _save(run: Run, step: int, model_dir: str, best: bool = False) -> None:
     """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
-    meta = dict(run.meta, step=step, data_position=step - run.first_step)
+    meta = dict(run.config.identity(), step=step, data_position=step - run.first_step)
     run.checkpointer.save(step, run.state, meta, best=best)
     if distributed.is_primary():
         export = _export(run)
         if export is not None:
             prompt_files.write_export(model_dir, BEST if best else step_export_name(step), export)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The run's periodic evaluation.
+
+    Attributes:
+      evaluator: the task's `evaluation.Evaluator`.
+      select_metric: `evaluation.select_metric`: `(metrics, best_metric) -> value`.
+      best_metric: BEST_METRIC, the metric that picks the best checkpoint (None: "mean").
+    """
+
+    evaluator: Any
+    select_metric: Callable[..., float]
+    best_metric: str | None = None
 
 
 def make_evaluator(
@@ -119,8 +134,9 @@ def make_evaluator(
     decode_method: str = "greedy",
     beam_size: int = 4,
     labels: Any = None,
-) -> tuple[Any, Callable[..., float]] | None:
-    """The task's `Evaluator` and `select_metric` (None when EVAL_PERIOD is 0: no evaluation)."""
+    best_metric: str | None = None,
+) -> Evaluation | None:
+    """The run's `Evaluation` of the task (None when EVAL_PERIOD is 0: no evaluation)."""
     from prompt_tuning.predict import evaluation  # noqa: PLC0415 (seqio/TF: see the module docstring
 
     if not eval_period:
@@ -137,7 +153,7 @@ def make_evaluator(
         num_examples=num_examples,
         labels=labels,
     )
-    return evaluator, evaluation.select_metric
+    return Evaluation(evaluator, evaluation.select_metric, best_metric)
 
 
 def _check_finite(metrics: Mapping[str, float], step: int, run: Run) -> None:
@@ -279,30 +295,29 @@ def train(
             f"Unknown eval_decode_method {eval_decode_method!r}; use 'greedy' (the default) or "
             "'beam'."
         )
-    optimizer = optimizers.adafactor() if optimizer is None else optimizer
-    options = dict(
-        num_devices=num_devices,
-        num_partitions=num_partitions,
-        model_parallel_submesh=model_parallel_submesh,
-        random_seed=random_seed,
-        loss=dict(
-            loss_normalizing_factor=loss_normalizing_factor,
-            z_loss=z_loss,
-            label_smoothing=label_smoothing,
-            distillation=distillation,
-        ),
+    config = builder.RunConfig(
+        model=model,
+        task_feature_lengths=dict(task_feature_lengths),
+        batch_size=batch_size,
+        task=mixture_or_task_name,
+        model_dir=model_dir,
+        optimizer=optimizer,
         initial_checkpoint_path=initial_checkpoint_path,
+        random_seed=random_seed,
         trainable_params_regex=trainable_params_regex,
         frozen_dtype=frozen_dtype,
         prompt_file=prompt_file,
-        keep=keep,
-        task=mixture_or_task_name,
+        loss=builder.LossConfig(loss_normalizing_factor, z_loss, label_smoothing, distillation),
+        mesh=partitioning.MeshConfig(
+            num_partitions,
+            None if model_parallel_submesh is None else tuple(model_parallel_submesh),
+            num_devices,
+        ),
+        mixture_or_task_module=mixture_or_task_module,
         first_step=first_step,
     )
     checkpoint_checks.check_model_dir_writable(model_dir)  # before loading anything
-    run = setup.setup_run(
-        model, model_dir, task_feature_lengths, train_steps, batch_size, optimizer, options
-    )
+    run = setup.setup_run(config, train_steps, keep)
     evaluator = make_evaluator(
         eval_period,
         mixture_or_task_name,
@@ -314,6 +329,7 @@ def train(
         eval_decode_method,
         eval_beam_size,
         eval_labels,
+        best_metric,
     )
     sizes = [sum(x.size for x in jax.tree.leaves(t)) for t in (run.state.params, run.frozen)]
     run.logger.message(
@@ -326,8 +342,6 @@ def train(
     if export is not None:
         run.logger.message(f"Prompt export: {export.describe(run.model.prompt)}")
     periods = {"log": log_period, "save": save_period, "eval": eval_period if evaluator else 0}
-    if evaluator is not None:
-        evaluator = (*evaluator, best_metric)
     try:
         # Signals before this point end the process at once: no step has run, nothing is lost.
         with StopSignals("training") as signals:
@@ -348,7 +362,7 @@ def train(
 
 def _loop(
     run: Run,
-    evaluator: Any,
+    evaluator: Evaluation | None,
     model_dir: str,
     task_and_lengths: tuple[str, Mapping[str, int]],
     train_steps: int,
@@ -368,7 +382,7 @@ def _loop(
     batches = None
     if run.start_step < train_steps:
         dataset = data.get_dataset(
-            task, task_feature_lengths, "train", batch_size, True, run.meta["seed"], None
+            task, task_feature_lengths, "train", batch_size, True, run.config.random_seed, None
         )
         rows = run.layout.shard_id * run.layout.batch_size
         dataset = data.replica_rows(dataset, rows, rows + run.layout.batch_size)
@@ -439,20 +453,20 @@ def _stopped(stop: StopAgreement, step: int, train_steps: int, model_dir: str) -
 
 
 def _evaluate(
-    run: Run, evaluator: Any, step: int, model_dir: str, best: Any, eval_log: list
+    run: Run, evaluator: Evaluation, step: int, model_dir: str, best: Any, eval_log: list
 ) -> dict[str, Any] | None:
     """Evaluates the current params, logs, and saves a best checkpoint when the metric improves.
 
-    `evaluator` is (Evaluator, select_metric, metric name or None); the best so far (`best`, from
-    MODEL_DIR/best.json on resume) counts only when it was chosen on the same metric.
+    The best so far (`best`, from MODEL_DIR/best.json on resume) counts only when it was chosen
+    on the same metric (BEST_METRIC).
     """
     params = optimizers.merge_params(run.state.params, run.frozen)
-    evaluator, select_metric, metric_name = evaluator
-    metrics = evaluator.evaluate(params, step)
+    metric_name = evaluator.best_metric
+    metrics = evaluator.evaluator.evaluate(params, step)
     run.logger.log_eval(step, metrics)
     eval_log.append(dict(metrics, step=step))
     name = metric_name or "mean"
-    value = float(select_metric(metrics, metric_name))
+    value = float(evaluator.select_metric(metrics, metric_name))
     if best is not None and best.get("metric") != name:
         run.logger.message(
             f"best.json picked step {best['step']} on {best.get('metric')!r}; this run selects on "
