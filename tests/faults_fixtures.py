@@ -23,6 +23,23 @@ def subprocess_env(cache_dir, devices=1):
     )
 
 
+def smoke_train_args(model_dir, steps, *extra):
+    """`pt-train` flags of the faults tests: the smoke run, a checkpoint every 2 steps, a log line
+    every step, dropout on (so a replayed step would differ), no evaluation."""
+    return [
+        "--gin_file=gin_configs/runs/smoke.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.TRAIN_STEPS={steps}",
+        "--gin.EVAL_PERIOD=0",
+        "--gin.BATCH_SIZE=8",
+        "--gin.PROMPT_LENGTH=5",
+        "--gin.DROPOUT_RATE=0.1",
+        "--gin.SAVE_PERIOD=2",
+        "--gin.trainer.train.log_period=1",
+        *extra,
+    ]
+
+
 class Process:
     """A subprocess whose merged output is read by a thread; `wait_for` waits on an event."""
 

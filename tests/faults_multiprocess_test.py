@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.faults import EXIT_LOST_PROCESS, EXIT_STOPPED
-from tests.faults_fixtures import Process, subprocess_env
+from tests.faults_fixtures import Process, smoke_train_args, subprocess_env
 
 STEPS = 6
 LOST_PROCESS_TIMEOUT = 5
@@ -27,17 +27,12 @@ LOST_PROCESS_TIMEOUT = 5
 def _train_args(model_dir):
     return [
         "prompt_tuning.train",
-        "--gin_file=gin_configs/runs/smoke.gin",
-        f"--gin.MODEL_DIR='{model_dir}'",
-        f"--gin.TRAIN_STEPS={STEPS}",
-        "--gin.EVAL_PERIOD=0",
-        "--gin.BATCH_SIZE=8",
-        "--gin.PROMPT_LENGTH=5",
-        "--gin.DROPOUT_RATE=0.1",
-        "--gin.SAVE_PERIOD=2",
-        "--gin.trainer.train.log_period=1",
-        "--gin.trainer.train.stop_check_period=1",  # CPUs default to 10 (faults.agreement)
-        f"--lost_process_timeout={LOST_PROCESS_TIMEOUT}",
+        *smoke_train_args(
+            model_dir,
+            STEPS,
+            "--gin.trainer.train.stop_check_period=1",  # CPUs default to 10 (faults.agreement)
+            f"--lost_process_timeout={LOST_PROCESS_TIMEOUT}",
+        ),
     ]
 
 

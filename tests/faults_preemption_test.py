@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.faults import EXIT_STOPPED
-from tests.faults_fixtures import Process, run, subprocess_env
+from tests.faults_fixtures import Process, run, smoke_train_args, subprocess_env
 
 STEPS = 8
 
@@ -28,19 +28,7 @@ def env(tmp_path_factory):
 
 
 def _train_args(model_dir, *extra):
-    return [
-        "--gin_file=gin_configs/runs/smoke.gin",
-        f"--gin.MODEL_DIR='{model_dir}'",
-        f"--gin.TRAIN_STEPS={STEPS}",
-        "--gin.EVAL_PERIOD=0",
-        "--gin.BATCH_SIZE=8",
-        "--gin.PROMPT_LENGTH=5",
-        "--gin.DROPOUT_RATE=0.1",
-        "--gin.SAVE_PERIOD=2",
-        "--gin.KEEP=3",
-        "--gin.trainer.train.log_period=1",
-        *extra,
-    ]
+    return smoke_train_args(model_dir, STEPS, "--gin.KEEP=3", *extra)
 
 
 def _train_steps(model_dir):

@@ -13,8 +13,12 @@ from prompt_tuning import prompts
 
 
 def _init_all_layers(module, input_tokens, embedded, num_layers):
-    """Calls the prompt and, for per-layer prompts, every `layer_prompt` (as the encoder does)."""
-    out = module(input_tokens, embedded, None)
+    """Calls the prompt and, for per-layer prompts, every `layer_prompt` (as the encoder does).
+
+    Multi-task prompts get task ids (they refuse a batch without them)."""
+    multi_task = getattr(module, "num_tasks", 1) > 1
+    task_ids = jnp.zeros((input_tokens.shape[0],), jnp.int32) if multi_task else None
+    out = module(input_tokens, embedded, task_ids)
     if getattr(module, "per_layer", False):
         hidden = jnp.zeros(
             (embedded.shape[0], module.length + embedded.shape[1], embedded.shape[2])

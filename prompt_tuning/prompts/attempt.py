@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task
+from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task, task_ids_or_default
 
 Initializer = Callable[..., jax.Array]
 SourceLoader = Callable[[], Any]
@@ -144,7 +144,13 @@ class AttemptPrompt(nn.Module):
                 nn.with_logical_partitioning(init, TASK_AXES),
                 (self.num_tasks, self.length, width),
             )  # [N, P, H]
-            ids = jnp.zeros((batch,), jnp.int32) if task_ids is None else task_ids
+            ids = task_ids_or_default(
+                task_ids,
+                batch,
+                self.num_tasks,
+                f"AttemptPrompt has {self.num_tasks} target prompts",
+                "train it on a mixture with task ids, or set NUM_TASKS = 1.",
+            )
             target = select_by_task(table, ids)  # [B, P, H]
         else:
             single = self.param(

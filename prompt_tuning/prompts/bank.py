@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.prompts import initializers
-from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task
+from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task, task_ids_or_default
 
 # Letters: N prompts in the bank, P prompt length, H model dim, B batch, T input length.
 Initializer = Callable[..., jax.Array]
@@ -81,13 +81,13 @@ class PromptBank(nn.Module):
             (self.num_prompts, self.length, h),
             self.param_dtype,
         )  # [N, P, H]
-        if task_ids is None:
-            if self.num_prompts != 1:
-                raise ValueError(
-                    f"PromptBank holds {self.num_prompts} prompts but the batch has no `task_ids`; "
-                    "pass `task_ids [B]` (a mixture's task ids, or ensemble copy ids)."
-                )
-            task_ids = jnp.zeros((batch_size,), jnp.int32)
+        task_ids = task_ids_or_default(
+            task_ids,
+            batch_size,
+            self.num_prompts,
+            f"PromptBank holds {self.num_prompts} prompts",
+            "pass `task_ids [B]` (a mixture's task ids, or ensemble copy ids).",
+        )
         return select_by_task(prompts, task_ids).astype(self.dtype)  # [B, P, H]
 
     @staticmethod

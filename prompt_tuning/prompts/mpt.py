@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prompt_tuning.prompts import initializers
-from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task
+from prompt_tuning.prompts.prompt import PROMPT_AXES, select_by_task, task_ids_or_default
 
 Initializer = Callable[..., jax.Array]
 
@@ -118,14 +118,14 @@ class MultitaskPrompt(nn.Module):
             TASK_COLS, nn.with_logical_partitioning(task_init, ("prompt_tasks", "prompt_embed")),
             (self.num_tasks, h), self.param_dtype,
         )  # [N, H]  # fmt: skip
-        if task_ids is None:
-            if self.num_tasks != 1:
-                raise ValueError(
-                    f"MultitaskPrompt has {self.num_tasks} tasks but the batch has no `task_ids`; "
-                    "train it on a mixture with task ids (e.g. 'builtin_equal_with_task_ids'), or "
-                    "set NUM_TASKS = 1 for target adaptation."
-                )
-            task_ids = jnp.zeros((batch_size,), jnp.int32)
+        task_ids = task_ids_or_default(
+            task_ids,
+            batch_size,
+            self.num_tasks,
+            f"MultitaskPrompt has {self.num_tasks} tasks",
+            "train it on a mixture with task ids (e.g. 'builtin_equal_with_task_ids'), or "
+            "set NUM_TASKS = 1 for target adaptation.",
+        )
         u_b = select_by_task(u, task_ids)  # [B, P]
         v_b = select_by_task(v, task_ids)  # [B, H]
         return compose(shared, u_b, v_b).astype(self.dtype)  # [B, P, H]

@@ -66,6 +66,28 @@ def select_by_task(table: jax.Array, task_ids: jax.Array) -> jax.Array:
     return jnp.asarray(table).at[ids].get(mode="promise_in_bounds")  # [B, ...]
 
 
+def task_ids_or_default(
+    task_ids: jax.Array | None, batch_size: int, num_rows: int, owner: str, fix: str
+) -> jax.Array:
+    """`task_ids [B]`, or row 0 for every example when a table of one row gets no ids.
+
+    Args:
+      task_ids: `[B]` int ids, or None when the batch has none.
+      batch_size: B.
+      num_rows: N, the rows of the table the ids index.
+      owner: what holds the table, for the error (e.g. "PromptBank holds 3 prompts").
+      fix: what to do instead, for the error.
+
+    Raises:
+      ValueError: `task_ids` is None and N > 1 (which row would be a guess).
+    """
+    if task_ids is not None:
+        return task_ids
+    if num_rows != 1:
+        raise ValueError(f"{owner} but the batch has no `task_ids`; {fix}")
+    return jnp.zeros((batch_size,), jnp.int32)
+
+
 class Prompt(nn.Module):
     """A learned prompt `prompt` [P, H] shared by all examples (path `encoder/prompt/prompt`).
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.prompts.prompt import PROMPT_AXES
+from prompt_tuning.prompts.prompt import PROMPT_AXES, task_ids_or_default
 
 
 def right_align(prompt: np.ndarray, length: int) -> np.ndarray:
@@ -79,13 +79,13 @@ class RaggedPromptBank(nn.Module):
 
     def _rows(self, task_ids: jax.Array | None, batch_size: int) -> jax.Array:
         """The row of every example `[B]`, clipped into `[0, C)` (indices in `jit` cannot raise)."""
-        if task_ids is None:
-            if self.capacity != 1:
-                raise ValueError(
-                    f"RaggedPromptBank holds {self.capacity} rows but the batch has no "
-                    "`task_ids`; pass each example's row as `task_ids [B]`."
-                )
-            task_ids = jnp.zeros((batch_size,), jnp.int32)
+        task_ids = task_ids_or_default(
+            task_ids,
+            batch_size,
+            self.capacity,
+            f"RaggedPromptBank holds {self.capacity} rows",
+            "pass each example's row as `task_ids [B]`.",
+        )
         return jnp.clip(jnp.asarray(task_ids, jnp.int32), 0, self.capacity - 1)
 
     @nn.compact
