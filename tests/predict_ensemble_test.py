@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.predict import ensemble, evaluation
+from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
@@ -132,7 +133,7 @@ def test_mixed_task_batch_uses_each_examples_prompt(setup):
     single, params, bank, prompts, batch = setup
     task_ids = np.array([2, 0, 1, 2], np.int32)
     bank_params = ensemble.bank_params(params, prompts)
-    predictor = evaluation.SinglePromptPredictor(bank)
+    predictor = Predictor(bank)
     tokens = predictor.predict(bank_params, dict(batch, task_ids=task_ids))
     scores = predictor.score(bank_params, _scored(dict(batch, task_ids=task_ids), tokens))
     for task, prompt in enumerate(prompts):  # Each prompt alone on the whole batch.
@@ -146,7 +147,7 @@ def test_mixed_task_batch_uses_each_examples_prompt(setup):
 
 def test_out_of_range_task_ids_stop_before_the_step(setup):
     _, params, bank, prompts, batch = setup
-    predictor = evaluation.SinglePromptPredictor(bank)
+    predictor = Predictor(bank)
     bad = dict(batch, task_ids=np.array([0, 3, 1, 2], np.int32))  # a bank of 3 prompts
     with pytest.raises(ValueError, match=r"Task id 3 of the batch .* 3 task ids \(0\.\.2\)"):
         predictor.predict(ensemble.bank_params(params, prompts), bad)

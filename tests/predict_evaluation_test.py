@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from prompt_tuning.parallel import partitioning
 from prompt_tuning.predict import evaluation
+from prompt_tuning.predict import predictor as predictor_lib
+from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.prompts.prompt import Prompt
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5.network import EncoderDecoder
@@ -197,7 +199,7 @@ def test_rank_classification_true_without_labels_is_an_error_or_takes_given_labe
 def test_training_and_evaluation_do_not_import_the_tasks_package():
     code = (
         "import sys\n"
-        "from prompt_tuning.predict import evaluation, inference\n"
+        "from prompt_tuning.predict import evaluation, inference, predictor\n"
         "from prompt_tuning.train import trainer\n"
         "from prompt_tuning import eval, infer\n"
         "assert 'tasks' not in sys.modules, sorted(m for m in sys.modules if m.startswith('tasks'))"
@@ -246,8 +248,8 @@ def test_params_on_a_mesh_give_the_single_device_results(model_and_params):
     mesh = partitioning.make_mesh(1)  # All 8 test devices on the "data" axis.
     sharded = jax.device_put(params, partitioning.replicated(mesh))
     batch = dict(_input_batch(INPUTS[:4] * 2), decoder_input_tokens=np.ones((8, 4), np.int32))
-    predictor = evaluation.SinglePromptPredictor(model)
-    placed = evaluation.place_batch(sharded, batch)
+    predictor = Predictor(model)
+    placed = predictor_lib.place_batch(sharded, batch)
     assert placed["encoder_input_tokens"].sharding.spec == partitioning.data_sharding(mesh).spec
     np.testing.assert_array_equal(
         predictor.predict(sharded, batch), jitted["greedy"](params, batch)

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from prompt_tuning import eval as eval_main
 from prompt_tuning import infer as infer_main
-from prompt_tuning.predict import evaluation, inference
+from prompt_tuning.predict import inference
+from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.prompts.bank import PromptBank
 from prompt_tuning.prompts.instance import InstancePrompt
 from prompt_tuning.prompts.prompt import Prompt
@@ -89,7 +90,7 @@ def _hand_log_likelihood(jitted, params, targets):
 
 def test_jsonl_holds_inputs_predictions_targets_and_scores(setup, tmp_path):
     model, params, task, jitted = setup
-    predictor = evaluation.SinglePromptPredictor(model)
+    predictor = Predictor(model)
     records = inference.predict_task(predictor, params, task, LENGTHS, 2, score="prediction")
     path = tmp_path / "out" / "predictions.jsonl"
     assert inference.write_jsonl(records, path) == len(INPUTS)
@@ -109,7 +110,7 @@ def test_jsonl_holds_inputs_predictions_targets_and_scores(setup, tmp_path):
 
 def test_target_scores_and_rank_classified_predictions(setup):
     model, params, task, jitted = setup
-    predictor = evaluation.SinglePromptPredictor(model)
+    predictor = Predictor(model)
     records = list(inference.predict_task(predictor, params, task, LENGTHS, 4, score="target"))
     expected = _hand_log_likelihood(jitted, params, _hand_tokens(TARGETS, LENGTHS["targets"]))
     np.testing.assert_allclose([r["score"] for r in records], expected, atol=1e-4)

@@ -10,6 +10,7 @@ import pytest
 from prompt_tuning import prompts
 from prompt_tuning.model_dir import is_run
 from prompt_tuning.predict import evaluation, inference
+from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import network, precision
@@ -59,7 +60,7 @@ def alone(seed_runs, frozen_checkpoint):  # noqa: F811
     frozen = precision.cast_matmul_weights(frozen, jnp.bfloat16)
     lengths, task = tools_fixtures.LENGTHS, tools_fixtures.TASK
     evaluator = evaluation.Evaluator(task, lengths, model, BATCH, num_examples=NUM_EXAMPLES)
-    predictor = evaluation.SinglePromptPredictor(model)
+    predictor = Predictor(model)
     task_obj = data.get_task_or_mixture(task)
     out = []
     for run in seed_runs:

@@ -39,6 +39,7 @@ import tasks
 from prompt_tuning import t5
 from prompt_tuning.analysis import similarity
 from prompt_tuning.predict import evaluation
+from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.train import builder, data, optimizers, step
 from prompt_tuning.train.model import PromptModel
 from tasks import mixtures
@@ -476,8 +477,7 @@ class MethodRunner:
         self._train = jax.jit(
             functools.partial(_train_run, model=self.model, make_optimizer=make_optimizer)
         )
-        merge = optimizers.merge_params
-        self._score = jax.jit(lambda tr, fr, b: self.model.score_batch(merge(tr, fr), b))
+        self.predictor = Predictor(self.model)
 
     def _init_fn(
         self, labels: Sequence[str], source_files: Sequence[str] = ()
@@ -536,7 +536,8 @@ class MethodRunner:
         if task_id is not None:
             batch["task_ids"] = np.full(len(batch["encoder_input_tokens"]), task_id, np.int32)
             self.model.check_task_ids(batch, f"task {task.name!r}")
-        scores = np.asarray(self._score(trainable, self.frozen, batch))  # [N*C]
+        params = optimizers.merge_params(trainable, self.frozen)
+        scores = self.predictor.score(params, batch)  # [N*C]
         choice = task.label_index[scores.reshape(len(task.gold), -1).argmax(axis=1)]  # [N]
         return float(np.mean(choice == task.gold))
 

@@ -6,9 +6,10 @@ Each source is a training run's MODEL_DIR (its latest exported prompt, or `--bes
 prompt [P, H] or a PEFT prompt-tuning adapter folder. The N prompts go into one `PromptBank` over
 the shared frozen model and the batch is replicated N times
 (`prompt_tuning.predict.ensemble.PromptEnsemble`), so one forward pass gives
-every prompt's decodes, rank-classification choices and scores. The ensemble's prediction is the
-majority vote (ties: the earliest prompt). Each prompt's own metrics are computed from the same
-pass, through the same `evaluation.Evaluator`, so its rows equal evaluating that prompt alone.
+every prompt's decodes, rank-classification choices and scores (`Evaluator.collect(...,
+members=True)`). The ensemble's prediction is the majority vote of those outputs (ties: the
+earliest prompt). Each prompt's own metrics are computed from the same outputs, through the same
+`evaluation.Evaluator`, so its rows equal evaluating that prompt alone.
 
 Printed and saved (`--output`, Markdown) in the layout of Lester et al.'s Table 3: one row per
 prompt, then "Average" (mean over prompts), "Best" (the row of the best single prompt by the
@@ -30,9 +31,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import pathlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,76 +51,6 @@ if TYPE_CHECKING:
     from prompt_tuning.train import builder
 
 SUMMARY_ROWS = ("Average", "Best", "Ensemble")
-
-
-def _batch_key(params: Any, batch: Mapping[str, np.ndarray], extra: Any = None) -> tuple:
-    """A hashable key of a batch's contents (and of the params object it was computed with)."""
-    parts = [id(params)]
-    for name in sorted(batch):
-        value = np.asarray(batch[name])
-        parts += [name, value.shape, value.tobytes()]
-    if extra is not None:
-        parts.append(np.asarray(extra).tobytes())
-    return tuple(parts)
-
-
-class RecordingEnsemble(ensemble.PromptEnsemble):
-    """A `PromptEnsemble` that keeps every prompt's outputs of each batch it computed.
-
-    The ensemble's `predict`/`score`/`classify` run one pass over N copies of the batch; the
-    per-prompt outputs of that pass are kept (keyed by the batch's contents), so `MemberView`s
-    evaluate each prompt without another forward pass.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._cache: dict[tuple, np.ndarray] = {}
-
-    def _cached(self, key: tuple, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
-
-    def member_predictions(self, params: Any, batch: Any) -> np.ndarray:
-        """Every prompt's decoded tokens `[N, B, S]` (computed once per batch)."""
-        parent = super().member_predictions
-        return self._cached(("predict", *_batch_key(params, batch)), lambda: parent(params, batch))
-
-    def member_choices(self, params: Any, batch: Any, label_tokens: np.ndarray) -> np.ndarray:
-        """Every prompt's rank-classification choice `[N, B]` (computed once per batch)."""
-        parent = super().member_choices
-        key = ("classify", *_batch_key(params, batch, label_tokens))
-        return self._cached(key, lambda: parent(params, batch, label_tokens))
-
-    def member_scores(self, params: Any, batch: Any) -> np.ndarray:
-        """Every prompt's summed target log-likelihood `[N, B]` (computed once per batch)."""
-        replicated = lambda: ensemble.replicate_batch(batch, self.num_prompts)  # noqa: E731
-        compute = lambda: self.member.score(params, replicated()).reshape(self.num_prompts, -1)  # noqa: E731
-        return self._cached(("score", *_batch_key(params, batch)), compute)
-
-    def score(self, params: Any, batch: Any) -> np.ndarray:
-        """Mean over the N prompts of the summed target log-likelihood `[B]`."""
-        return self.member_scores(params, batch).mean(axis=0)
-
-
-class MemberView:
-    """Prompt `index` of a `RecordingEnsemble`, as a `Predictor` (`evaluation.Predictor`)."""
-
-    def __init__(self, recorder: RecordingEnsemble, index: int):
-        self.recorder = recorder
-        self.index = index
-
-    def predict(self, params: Any, batch: Any) -> np.ndarray:
-        """This prompt's decoded tokens `[B, S]`."""
-        return self.recorder.member_predictions(params, batch)[self.index]
-
-    def score(self, params: Any, batch: Any) -> np.ndarray:
-        """This prompt's summed target log-likelihoods `[B]`."""
-        return self.recorder.member_scores(params, batch)[self.index]
-
-    def classify(self, params: Any, batch: Any, label_tokens: np.ndarray) -> np.ndarray:
-        """This prompt's rank-classification choices `[B]`."""
-        return self.recorder.member_choices(params, batch, label_tokens)[self.index]
 
 
 @dataclasses.dataclass
@@ -194,7 +126,7 @@ def build(
     prompt_paths: Sequence[pathlib.Path],
     checkpoint: str | None = None,
     decode_method: str = "greedy",
-) -> tuple[RecordingEnsemble, dict[str, Any]]:
+) -> tuple[ensemble.PromptEnsemble, dict[str, Any]]:
     """The N-prompt ensemble over the run's frozen model, and its parameters.
 
     Args:
@@ -228,7 +160,7 @@ def build(
     )
     table = [inference.read_prompt_file(path, model) for path in prompt_paths]
     bank_model = PromptModel(module.clone(prompt=ensemble.bank_prompt(len(table), length)))
-    predictor = RecordingEnsemble(bank_model, len(table), decode_method)
+    predictor = ensemble.PromptEnsemble(bank_model, len(table), decode_method)
     return predictor, ensemble.bank_params(params, table)
 
 
@@ -259,13 +191,14 @@ def render(
 
 
 def predictions(
-    evaluator: Any,
-    predictor: RecordingEnsemble,
-    params: Any,
-    split: str,
-    num_examples: int | None,
+    evaluator: Any, predictor: ensemble.PromptEnsemble, outputs: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
-    """Every prompt's and the ensemble's predictions per example (from the recorded pass).
+    """Every prompt's and the ensemble's predictions per example, from the per-prompt outputs.
+
+    Args:
+      evaluator: the `evaluation.Evaluator` that collected `outputs`.
+      predictor: the ensemble (its vote).
+      outputs: `evaluator.collect(params, members=True, decode_all=True)`.
 
     Returns:
       One record per example: `task`, `inputs`, `target`, `predictions` (N decoded texts),
@@ -274,31 +207,20 @@ def predictions(
     """
     from prompt_tuning.predict import inference  # noqa: PLC0415
 
-    views = [MemberView(predictor, i) for i in range(predictor.num_prompts)]
-    lengths, batch_size = evaluator.feature_lengths, evaluator.batch_size
     out = []
     for name, task in evaluator.tasks.items():
-        kinds = {"": None}
+        voted = predictor.vote(outputs[name])
+        kinds = {"": (outputs[name].tokens, voted.tokens)}  # [N, E, S], [E, S]
         if evaluator.labels[name] is not None:
-            kinds["rank_"] = evaluator.labels[name]
-        records = None
-        for prefix, labels in kinds.items():
-            texts = [
-                list(
-                    inference.predict_task(
-                        p, params, task, lengths, batch_size, split, num_examples, labels=labels
-                    )
-                )
-                for p in (predictor, *views)
-            ]
-            if records is None:
-                records = [
-                    {k: r[k] for k in ("task", "inputs", "target") if k in r} for r in texts[0]
-                ]
-            for i, record in enumerate(records):
-                record[f"{prefix}predictions"] = [member[i]["prediction"] for member in texts[1:]]
-                record[f"{prefix}ensemble"] = texts[0][i]["prediction"]
-        out.extend(records)
+            labels = evaluator.label_tokens(name)  # [C, S]
+            kinds["rank_"] = (labels[outputs[name].choices], labels[voted.choices])
+        for i, example in enumerate(evaluator.examples(name)):
+            text = functools.partial(inference.record, task, example)  # tokens -> record
+            record = {k: v for k, v in text(voted.tokens[i]).items() if k != "prediction"}
+            for prefix, (each, vote) in kinds.items():
+                record[f"{prefix}predictions"] = [text(member[i])["prediction"] for member in each]
+                record[f"{prefix}ensemble"] = text(vote[i])["prediction"]
+            out.append(record)
     return out
 
 
@@ -367,11 +289,12 @@ def main(argv: Sequence[str] | None = None) -> EnsembleReport:
         split=args.split,
         num_examples=args.num_examples,
     )
-    voted = evaluator.evaluate(params)  # the one forward pass, recorded per prompt
-    members = []
-    for i in range(len(paths)):
-        evaluator.predictor = MemberView(predictor, i)
-        members.append(evaluator.evaluate(params))
+    outputs = evaluator.collect(params, members=True, decode_all=True)  # the one forward pass
+    voted = evaluator.metrics({name: predictor.vote(o) for name, o in outputs.items()})
+    members = [
+        evaluator.metrics({name: o.member(i) for name, o in outputs.items()})
+        for i in range(len(paths))
+    ]
     average, best = summary(members)
     names = _row_names(args.sources)
     rows = {"Average": average, "Best": members[best], "Ensemble": voted}
@@ -381,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> EnsembleReport:
         pathlib.Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.output).write_text(markdown)
         print(f"Wrote {args.output}")
-    records = predictions(evaluator, predictor, params, args.split, args.num_examples)
+    records = predictions(evaluator, predictor, outputs)
     if args.predictions:
         inference.write_jsonl(iter(records), args.predictions)
         print(f"Wrote {len(records)} predictions to {args.predictions}")

@@ -13,13 +13,14 @@ H model dim.
 """
 
 import collections
+import dataclasses
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
 from prompt_tuning.parallel import partitioning
-from prompt_tuning.predict.predictor import Batch, SinglePromptPredictor, mesh_of
+from prompt_tuning.predict.predictor import Batch, Predictor, mesh_of
 from prompt_tuning.prompts.bank import PromptBank
 
 PROMPT_PATH = ("encoder", "prompt", "prompt")
@@ -104,8 +105,11 @@ def trim_after_eos(tokens: np.ndarray, eos_id: int = 1) -> tuple[int, ...]:
 class PromptEnsemble:
     """N prompts of one task as one model: one forward pass over N copies, then majority votes.
 
-    It is a `Predictor`, so `Evaluator(task, lengths, PromptEnsemble(...), batch_size)` evaluates
-    the ensemble and `inference.predict_task` writes its predictions.
+    It returns every prompt's outputs (`member_predictions`, `member_scores`, `member_choices`:
+    row i equals running prompt i alone) and, as a predictor (`predict`, `score`, `classify`),
+    their vote, so `Evaluator(task, lengths, PromptEnsemble(...), batch_size)` evaluates the
+    ensemble, `Evaluator.collect(..., members=True)` every prompt from the same pass, and
+    `inference.predict_task` writes its predictions.
     """
 
     def __init__(
@@ -130,26 +134,17 @@ class PromptEnsemble:
         """
         self.num_prompts = num_prompts
         self.eos_id = eos_id
-        self.member = SinglePromptPredictor(model, decode_method, beam_size, max_decode_length)
+        self.member = Predictor(model, decode_method, beam_size, max_decode_length)
 
     def member_predictions(self, params: Any, batch: Batch) -> np.ndarray:
         """Every prompt's decoded tokens `[N, B, S]`, from one pass over `[N*B]` rows."""
         tokens = self.member.predict(params, replicate_batch(batch, self.num_prompts))  # [N*B, S]
         return tokens.reshape(self.num_prompts, -1, tokens.shape[-1])  # [N, B, S]
 
-    def predict(self, params: Any, batch: Batch) -> np.ndarray:
-        """Majority vote over the N decoded sequences of each example -> tokens `[B, S]`."""
-        tokens = self.member_predictions(params, batch)  # [N, B, S]
-        winners = [
-            majority_vote([trim_after_eos(tokens[i, b], self.eos_id) for i in range(len(tokens))])
-            for b in range(tokens.shape[1])
-        ]
-        return np.stack([tokens[w, b] for b, w in enumerate(winners)])  # [B, S]
-
-    def score(self, params: Any, batch: Batch) -> np.ndarray:
-        """Mean over the N prompts of the summed target log-likelihood `[B]`."""
+    def member_scores(self, params: Any, batch: Batch) -> np.ndarray:
+        """Every prompt's summed target log-likelihood `[N, B]`."""
         scores = self.member.score(params, replicate_batch(batch, self.num_prompts))  # [N*B]
-        return scores.reshape(self.num_prompts, -1).mean(axis=0)  # [B]
+        return scores.reshape(self.num_prompts, -1)  # [N, B]
 
     def member_choices(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
         """Every prompt's rank-classification choice `[N, B]`."""
@@ -157,9 +152,40 @@ class PromptEnsemble:
         scores = self.member.label_scores(params, replicated, label_tokens)  # [N*B, C]
         return np.argmax(scores, axis=1).reshape(self.num_prompts, -1)  # [N, B]
 
-    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Majority vote over the N rank-classification choices -> label index `[B]`."""
-        choices = self.member_choices(params, batch, label_tokens)  # [N, B]
+    def vote_predictions(self, tokens: np.ndarray) -> np.ndarray:
+        """The majority over prompts of decoded sequences `[N, B, S]` (up to EOS) -> `[B, S]`."""
+        winners = [
+            majority_vote([trim_after_eos(tokens[i, b], self.eos_id) for i in range(len(tokens))])
+            for b in range(tokens.shape[1])
+        ]
+        return np.stack([tokens[w, b] for b, w in enumerate(winners)])  # [B, S]
+
+    @staticmethod
+    def vote_choices(choices: np.ndarray) -> np.ndarray:
+        """The majority over prompts of label choices `[N, B]` -> `[B]`."""
         return np.asarray(
             [choices[majority_vote(list(choices[:, b])), b] for b in range(choices.shape[1])]
         )
+
+    def vote(self, outputs: Any) -> Any:
+        """The ensemble's outputs from per-prompt ones: `evaluation.TaskOutputs` with a leading N
+        axis (`Evaluator.collect(..., members=True)`) -> voted tokens and choices, mean scores."""
+        each = lambda x, fn: None if x is None else fn(x)  # noqa: E731
+        return dataclasses.replace(
+            outputs,
+            tokens=each(outputs.tokens, self.vote_predictions),
+            scores=each(outputs.scores, lambda x: x.mean(axis=0)),
+            choices=each(outputs.choices, self.vote_choices),
+        )
+
+    def predict(self, params: Any, batch: Batch) -> np.ndarray:
+        """Majority vote over the N decoded sequences of each example -> tokens `[B, S]`."""
+        return self.vote_predictions(self.member_predictions(params, batch))
+
+    def score(self, params: Any, batch: Batch) -> np.ndarray:
+        """Mean over the N prompts of the summed target log-likelihood `[B]`."""
+        return self.member_scores(params, batch).mean(axis=0)  # [B]
+
+    def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
+        """Majority vote over the N rank-classification choices -> label index `[B]`."""
+        return self.vote_choices(self.member_choices(params, batch, label_tokens))

@@ -7,11 +7,13 @@ is scored as the target with the summed log-likelihood of `PromptModel.score_bat
 is the prediction. `select_metric` and `best_step` pick the checkpoint to keep, as the early
 stopping on validation of Lester et al. (2021).
 
-Letters: B batch, T input length, S target length, C number of label strings, N prompts.
+Letters: B batch, E examples of a task, T input length, S target length, C number of label strings,
+N prompts.
 """
 
+import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,12 +22,7 @@ import tensorflow_datasets as tfds
 
 from prompt_tuning.faults import batches
 from prompt_tuning.predict import rank_classification as ranking
-from prompt_tuning.predict.predictor import (  # noqa: F401 (re-exported: their former home)
-    DECODE_METHODS,
-    Predictor,
-    SinglePromptPredictor,
-    place_batch,
-)
+from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.predict.rank_classification import (  # noqa: F401 (used by callers)
     Batch,
     label_batch,
@@ -162,6 +159,28 @@ def task_mean(scalars: Mapping[str, float]) -> float:
     return float(np.mean(scores)) if scores else float("nan")
 
 
+@dataclasses.dataclass
+class TaskOutputs:
+    """A predictor's outputs for every example of one task (None: the task needs none).
+
+    With `Evaluator.collect(..., members=True)` each array has a leading prompt axis N.
+
+    Attributes:
+      tokens: decoded tokens `[E, S]` (0 after EOS).
+      scores: summed target log-likelihoods `[E]`.
+      choices: rank-classification choices `[E]` (label indices).
+    """
+
+    tokens: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    choices: np.ndarray | None = None
+
+    def member(self, index: int) -> "TaskOutputs":
+        """Prompt `index`'s outputs of per-prompt outputs."""
+        pick = lambda x: None if x is None else x[index]  # noqa: E731
+        return TaskOutputs(pick(self.tokens), pick(self.scores), pick(self.choices))
+
+
 class Evaluator:
     """Evaluates params on every task of a mixture: seqio metrics, rank classification, a mean.
 
@@ -194,9 +213,9 @@ class Evaluator:
         Args:
           mixture_or_task_name: a registered seqio task or mixture.
           feature_lengths: `{"inputs": T, "targets": S}` (TASK_FEATURE_LENGTHS).
-          model: a `PromptModel`, or a `Predictor` (e.g. `ensemble.PromptEnsemble`).
+          model: a `PromptModel`, or a predictor (`Predictor`, `ensemble.PromptEnsemble`).
           batch_size: B, examples per decoding batch (the last batch is padded).
-          decode_method: "greedy" or "beam" (ignored when `model` is a `Predictor`).
+          decode_method: "greedy" or "beam" (ignored when `model` is a predictor).
           beam_size: beams for "beam".
           rank_classification: True, False, or None to rank wherever the task's label strings
             are known (`rank_classification.labels_for`).
@@ -212,7 +231,7 @@ class Evaluator:
         if hasattr(model, "classify") and hasattr(model, "predict"):
             self.predictor = model
         else:
-            self.predictor = SinglePromptPredictor(model, decode_method, beam_size)
+            self.predictor = Predictor(model, decode_method, beam_size)
         self.batch_size = batch_size
         self.feature_lengths = dict(feature_lengths)
         subtasks = seqio.get_subtasks(data.get_task_or_mixture(mixture_or_task_name))
@@ -238,27 +257,66 @@ class Evaluator:
         """Names of the evaluated (sub-)tasks."""
         return list(self.tasks)
 
-    def _run(self, fn: Any, params: Any, task_name: str) -> np.ndarray:
-        """`fn(params, batch) -> [B, ...]` over all examples of a task -> `[num_examples, ...]`."""
+    def _run(self, fn: Callable[..., np.ndarray], params: Any, task_name: str, axis: int = 0):
+        """`fn(params, batch)` over all examples of a task, the batches' real rows joined on the
+        example axis: `[B, ...]` -> `[num_examples, ...]` (axis 0), or a predictor's per-prompt
+        `[N, B, ...]` -> `[N, num_examples, ...]` (axis 1)."""
         outputs = []
         for batch, n in iterate_batches(self._examples[task_name][1], self.batch_size):
             check_task_ids(self.predictor, batch, f"task {task_name!r}")
-            outputs.extend(fn(params, batch)[:n])
-        return np.asarray(outputs)
+            outputs.append(np.take(fn(params, batch), np.arange(n), axis=axis))
+        return np.concatenate(outputs, axis=axis)
 
-    def rank_choices(self, params: Any, task_name: str) -> np.ndarray:
-        """Rank-classification choice `[num_examples]` (label index) for every task example."""
+    def label_tokens(self, task_name: str) -> np.ndarray:
+        """The task's label strings as targets `[C, S]`."""
         feature = self.tasks[task_name].output_features["targets"]
-        label_tokens = tokenize_labels(
+        return tokenize_labels(
             self.labels[task_name],
             feature.vocabulary,
             self.feature_lengths["targets"],
             feature.add_eos,
         )
+
+    def rank_choices(self, params: Any, task_name: str) -> np.ndarray:
+        """Rank-classification choice `[num_examples]` (label index) for every task example."""
+        label_tokens = self.label_tokens(task_name)
         classify = lambda p, batch: self.predictor.classify(p, batch, label_tokens)  # noqa: E731
         return self._run(classify, params, task_name).astype(np.int64)
 
-    def task_metrics(self, params: Any, task_name: str) -> dict[str, float]:
+    def collect(
+        self, params: Any, members: bool = False, decode_all: bool = False
+    ) -> dict[str, TaskOutputs]:
+        """Every task's outputs: what its metrics need, one pass per kind.
+
+        Args:
+          params: the full parameter tree.
+          members: the predictor's per-prompt outputs (`PromptEnsemble.member_predictions`,
+            `member_scores`, `member_choices`) instead of its own, each with a leading N axis.
+          decode_all: decode every task (for writing predictions), not only those with
+            predict metrics.
+
+        Returns:
+          `{task name: TaskOutputs}`.
+        """
+        p, axis = self.predictor, int(members)
+        predict = p.member_predictions if members else p.predict
+        score = p.member_scores if members else p.score
+        classify = p.member_choices if members else p.classify
+        out = {}
+        for name, task in self.tasks.items():
+            found = TaskOutputs()
+            if task.predict_metric_fns or decode_all:
+                found.tokens = self._run(predict, params, name, axis)
+            if task.score_metric_fns:
+                found.scores = self._run(score, params, name, axis)
+            if self.labels[name] is not None:
+                tokens = self.label_tokens(name)
+                rank = lambda q, batch, t=tokens: classify(q, batch, t)  # noqa: E731
+                found.choices = self._run(rank, params, name, axis).astype(np.int64)
+            out[name] = found
+        return out
+
+    def task_metrics(self, task_name: str, outputs: TaskOutputs) -> dict[str, float]:
         """The task's own metric functions on decoded predictions and on target scores."""
         task = self.tasks[task_name]
         raw = self._examples[task_name][0]
@@ -269,27 +327,23 @@ class Evaluator:
         ]
         out = {}
         if task.predict_metric_fns:
-            tokens = self._run(self.predictor.predict, params, task_name)  # [num_examples, S]
             predictions = [
                 task.postprocess_fn(vocabulary.decode(t.tolist()), example=ex, is_target=False)
-                for t, ex in zip(tokens, raw)
+                for t, ex in zip(outputs.tokens, raw)
             ]
             for metric_fn in task.predict_metric_fns:
                 out.update(_scalars(metric_fn(targets, predictions)))
         if task.predict_with_aux_metric_fns:
             logging.warning("Task %s: predict_with_aux metric_fns are not computed.", task_name)
         if task.score_metric_fns:
-            scores = self._run(self.predictor.score, params, task_name)  # [num_examples]
             for metric_fn in task.score_metric_fns:
-                out.update(_scalars(metric_fn(targets, scores)))
+                out.update(_scalars(metric_fn(targets, outputs.scores)))
         return out
 
-    def evaluate(self, params: Any, step: int | None = None) -> dict[str, float]:
-        """Decodes, scores and rank-classifies every task; returns its metrics.
-
-        Args:
-          params: the full parameter tree (frozen + prompt).
-          step: the training step (logged).
+    def metrics(
+        self, outputs: Mapping[str, TaskOutputs], step: int | None = None
+    ) -> dict[str, float]:
+        """The metrics of collected outputs (`collect`, or one prompt's / the vote's of them).
 
         Returns:
           `{"<task>/<metric>": value}` for the task's metric_fns, `"<task>/rank_accuracy"`
@@ -298,7 +352,7 @@ class Evaluator:
         """
         metrics, task_means = {}, []
         for name, task in self.tasks.items():
-            scalars = self.task_metrics(params, name)
+            scalars = self.task_metrics(name, outputs[name])
             metrics.update({f"{name}/{k}": v for k, v in scalars.items()})
             if self.labels[name] is not None:
                 raw = self._examples[name][0]
@@ -306,7 +360,7 @@ class Evaluator:
                 ranked = ranking.rank_metrics(
                     task,
                     self.labels[name],
-                    self.rank_choices(params, name),
+                    outputs[name].choices,
                     [target_text(ex, vocabulary) for ex in raw],
                     raw,
                     _to_float,
@@ -318,6 +372,19 @@ class Evaluator:
         metrics["mean"] = float(np.mean(task_means)) if task_means else float("nan")
         logging.info("Step %s eval metrics: %s", step, metrics)
         return metrics
+
+    def evaluate(self, params: Any, step: int | None = None) -> dict[str, float]:
+        """Decodes, scores and rank-classifies every task; returns its metrics (`metrics`).
+
+        Args:
+          params: the full parameter tree (frozen + prompt).
+          step: the training step (logged).
+        """
+        return self.metrics(self.collect(params), step)
+
+    def examples(self, task_name: str) -> list[dict[str, Any]]:
+        """The task's examples (task features, in evaluation order)."""
+        return self._examples[task_name][0]
 
 
 def select_metric(metrics: Mapping[str, float], name: str | None = None) -> float:

@@ -27,6 +27,7 @@ from prompt_tuning.model_dir import ModelDir, eval_metrics_path, write_atomic
 from prompt_tuning.parallel import distributed, partitioning
 from prompt_tuning.predict import evaluation, restore
 from prompt_tuning.predict import rank_classification as ranking
+from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.predict.restore import (  # noqa: F401 (re-exported)
     as_prompt_model,
     load_frozen_params,
@@ -49,19 +50,33 @@ def _text(example: Mapping[str, Any], feature: str, vocabulary: seqio.Vocabulary
 
 
 def _prediction_scores(
-    predictor: evaluation.Predictor, params: Any, batch: evaluation.Batch, tokens: np.ndarray
+    predictor: Predictor, params: Any, batch: ranking.Batch, tokens: np.ndarray
 ) -> np.ndarray:
     """Log-likelihood `[B]` of the predicted sequences `tokens [B, S]` (up to their EOS)."""
     targets = tokens[:, : batch["decoder_target_tokens"].shape[1]]  # [B, S]
     scored = dict(batch)
     scored["decoder_target_tokens"] = targets
-    scored["decoder_input_tokens"] = evaluation.shift_right(targets)
+    scored["decoder_input_tokens"] = ranking.shift_right(targets)
     scored["decoder_loss_weights"] = (targets > 0).astype(np.int32)
     return predictor.score(params, scored)
 
 
+def record(task: seqio.Task, example: Mapping[str, Any], tokens: np.ndarray) -> dict[str, Any]:
+    """One example's JSON record without a score: task, inputs, prediction (the text of
+    `tokens [S]`, up to EOS) and target (when the example has one)."""
+    out_vocab = task.output_features["targets"].vocabulary
+    out = {
+        "task": task.name,
+        "inputs": _text(example, "inputs", task.output_features["inputs"].vocabulary),
+        "prediction": out_vocab.decode(tokens.tolist()),
+    }
+    if "targets" in example or "targets_pretokenized" in example:
+        out["target"] = _text(example, "targets", out_vocab)
+    return out
+
+
 def predict_task(
-    predictor: evaluation.Predictor,
+    predictor: Predictor,
     params: Any,
     task: seqio.Task,
     feature_lengths: Mapping[str, int],
@@ -74,7 +89,7 @@ def predict_task(
     """Predicts every example of one task.
 
     Args:
-      predictor: a `Predictor` (`evaluation.SinglePromptPredictor`, `ensemble.PromptEnsemble`).
+      predictor: a `Predictor`, or an `ensemble.PromptEnsemble` (its voted predictions).
       params: the full parameter tree.
       task: the seqio task.
       feature_lengths: `{"inputs": T, "targets": S}`.
@@ -95,10 +110,9 @@ def predict_task(
     if score not in SCORE_KINDS:
         raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}.")
     out_vocab = task.output_features["targets"].vocabulary
-    in_vocab = task.output_features["inputs"].vocabulary
     raw, model = evaluation.task_examples(task, feature_lengths, split, num_examples)
     if labels is not None:
-        label_tokens = evaluation.tokenize_labels(
+        label_tokens = ranking.tokenize_labels(
             labels, out_vocab, feature_lengths["targets"], task.output_features["targets"].add_eos
         )
     start = 0
@@ -115,17 +129,10 @@ def predict_task(
         elif score == "target":
             scores = predictor.score(params, batch)
         for i in range(n):
-            example = raw[start + i]
-            record = {
-                "task": task.name,
-                "inputs": _text(example, "inputs", in_vocab),
-                "prediction": out_vocab.decode(tokens[i].tolist()),
-            }
-            if "targets" in example or "targets_pretokenized" in example:
-                record["target"] = _text(example, "targets", out_vocab)
+            out = record(task, raw[start + i], tokens[i])
             if scores is not None:
-                record["score"] = float(scores[i])
-            yield record
+                out["score"] = float(scores[i])
+            yield out
         start += n
 
 

@@ -74,8 +74,33 @@ def labels_for(
 
 
 def shift_right(targets: np.ndarray) -> np.ndarray:
-    """Decoder inputs of `targets [B, S]`: token 0 (the start token) then targets[:, :-1]."""
+    """Decoder inputs of `targets [B, S]`: token 0 (the start token) then targets[:, :-1].
+
+    The one shift-right of prediction: label batches, scored predictions and the server's score
+    programs all build their decoder inputs here (on the host).
+    """
     return np.concatenate([np.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)  # [B, S]
+
+
+def tokenize(
+    vocabulary: seqio.Vocabulary, text: str, add_eos: bool = True, max_length: int | None = None
+) -> np.ndarray:
+    """The token ids `[n]` (int32) of one text, as seqio's tasks build a feature.
+
+    Args:
+      vocabulary: the feature's vocabulary.
+      text: the text.
+      add_eos: append EOS (the `inputs`/`targets` features of T5's tasks do).
+      max_length: keep at most this many tokens, EOS included (seqio's `append_eos_after_trim`:
+        the first tokens, then EOS); None: all.
+
+    Returns:
+      `[n]` int32 ids.
+    """
+    ids = list(vocabulary.encode(text))
+    if max_length is not None:
+        ids = ids[: max_length - int(add_eos)]
+    return np.asarray(ids + ([vocabulary.eos_id] if add_eos else []), np.int32)
 
 
 def tokenize_labels(
@@ -97,7 +122,7 @@ def tokenize_labels(
     """
     out = np.zeros((len(labels), length), np.int32)
     for i, label in enumerate(labels):
-        ids = list(vocabulary.encode(label)) + ([vocabulary.eos_id] if add_eos else [])
+        ids = tokenize(vocabulary, label, add_eos)
         if len(ids) > length:
             raise ValueError(
                 f"Label {label!r} takes {len(ids)} tokens but the target length is {length}; "

@@ -203,7 +203,7 @@ def make_predictor(
       (predictor, params to call it with).
     """
     if len(prompt_paths) < 2:
-        return predictor.SinglePromptPredictor(model, decode_method, beam_size), params
+        return predictor.Predictor(model, decode_method, beam_size), params
     prompts = [read_prompt_file(path, model) for path in prompt_paths]
     bank = ensemble.bank_prompt(len(prompts), prompts[0].shape[0])
     bank_model = PromptModel(model.module.clone(prompt=bank))

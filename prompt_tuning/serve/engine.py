@@ -2,18 +2,21 @@
 
 Every batch is padded to a batch bucket B, an input-length bucket T and a decode (or label) length
 bucket S, so a server compiles a fixed set of programs at start (warm-up) and none after. The
-programs are compiled ahead of time (`jax.jit(...).lower(...).compile()`) against the shardings the
-frozen parameters carry: the batch is split over the mesh's "data" axis when B divides by it, the
-parameters stay as placed (`inference.load_params`), the bank is replicated. Each compile is counted
-and logged; a request never compiles unless its shape is outside the warmed set, or the warm-up
-(in the background, smallest buckets first: `plan_warm_up`) has not reached it yet.
+programs are the library predictor's (`predict.predictor.Predictor.compile`, one predictor per
+bank shape), compiled ahead of time against the shardings the frozen parameters carry
+(`predictor.batch_sharding`: the batch is split over the mesh's "data" axis when B divides by it;
+the parameters stay as placed by `inference.load_params`; the bank is replicated). This module
+keeps the table of compiled buckets: each compile is counted and logged; a request never compiles
+unless its shape is outside the warmed set, or the warm-up (in the background, smallest buckets
+first: `plan_warm_up`) has not reached it yet.
 
 Programs (all outputs per row, equal to running the row alone with its prompt):
-- greedy: `decoding.greedy_decode` with each row's own maximum length (`lengths`: the loop stops
-  once every row has its EOS or its length, so one decode bucket S serves short requests without
-  decoding past them; greedy decoding of a shorter length is a prefix of a longer one);
-- beam: `decoding.beam_search` with each row's own maximum length (`lengths`), best beam and score;
-- score: `decoding.score`, the summed log-likelihood of target rows (rank classification).
+- greedy: `decoding.greedy_decode` with each row's own maximum length (`decode_lengths`: the loop
+  stops once every row has its EOS or its length, so one decode bucket S serves short requests
+  without decoding past them; greedy decoding of a shorter length is a prefix of a longer one);
+- beam: `decoding.beam_search` with each row's own maximum length, best beam and score;
+- score: the summed log-likelihood of target rows (rank classification); the decoder inputs are
+  the targets shifted right on the host (`rank_classification.shift_right`).
 
 Letters: B batch, T input length, S decode/label length, C bank capacity, P bank prompt length,
 H model dim, W beams.
@@ -22,7 +25,6 @@ H model dim, W beams.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import threading
@@ -33,14 +35,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
+from prompt_tuning.predict import predictor as predictor_lib
+from prompt_tuning.predict import rank_classification as ranking
 from prompt_tuning.prompts.ragged_bank import RaggedPromptBank
 from prompt_tuning.serve.warmup import WarmUp
-from prompt_tuning.t5 import decoding
+from prompt_tuning.train.model import PromptModel
 
-KINDS = ("greedy", "beam", "score")
+KINDS = predictor_lib.KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,41 +110,10 @@ class ProgramKey:
         return (self.batch, self.input_length, kind, self.target_length, self.beam_size)
 
 
-def _with_bank(params: Any, table: jax.Array, lengths: jax.Array) -> dict:
+def _with_bank(params: Any, table: Any, lengths: Any) -> dict:
     """The frozen params with the bank at `encoder/prompt/{prompt, lengths}`."""
     encoder = dict(params["encoder"], prompt={"prompt": table, "lengths": lengths})
     return dict(params, encoder=encoder)
-
-
-def _greedy(model, length, params, table, lengths, tokens, rows, max_lengths):
-    return decoding.greedy_decode(
-        model,
-        _with_bank(params, table, lengths),
-        tokens,
-        length,
-        task_ids=rows,
-        lengths=max_lengths,
-    )  # [B, S]
-
-
-def _beam(model, length, beam_size, params, table, lengths, tokens, rows, max_lengths):
-    best, scores = decoding.beam_search(
-        model,
-        _with_bank(params, table, lengths),
-        tokens,
-        length,
-        beam_size,
-        task_ids=rows,
-        lengths=max_lengths,
-    )
-    return best[:, 0], scores[:, 0]  # [B, S], [B]
-
-
-def _score(model, params, table, lengths, tokens, rows, targets):
-    inputs = jnp.concatenate([jnp.zeros_like(targets[:, :1]), targets[:, :-1]], axis=1)  # [B, S]
-    return decoding.score(
-        model, _with_bank(params, table, lengths), tokens, inputs, targets, task_ids=rows
-    )  # [B]
 
 
 class Engine:
@@ -176,55 +147,51 @@ class Engine:
         self.compiles: dict[str, int] = {}
         self._on_compile = on_compile
         self._programs: dict[ProgramKey, Any] = {}
-        self._modules: dict[tuple[int, int], Any] = {}
+        self._predictors: dict[tuple[int, int], predictor_lib.Predictor] = {}
         self._pending: dict[ProgramKey, threading.Lock] = {}
         self._planned: dict[ProgramKey, str] = {}  # warm-up keys -> their reason
         self._lock = threading.Lock()
-        sharding = jax.tree.leaves(params)[0].sharding
-        self._mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
-        self._single = None if self._mesh is not None else sharding
 
-    # Shardings -----------------------------------------------------------------------------------
+    # Shardings (the predictor's, from the params' mesh) ------------------------------------------
     def replicated(self) -> jax.sharding.Sharding:
         """Where the bank lives: replicated on the params' mesh (or their single device)."""
-        return self._single or NamedSharding(self._mesh, P())
+        return predictor_lib.replicated_sharding(self.params)
 
     def batch_sharding(self, rows: int) -> jax.sharding.Sharding:
         """Batch arrays: split over "data" when it divides `rows`, else replicated."""
-        if self._mesh is None:
-            return self._single
-        data = dict(self._mesh.shape).get("data", 1)
-        return NamedSharding(self._mesh, P("data") if rows % data == 0 else P())
+        return predictor_lib.batch_sharding(self.params, rows)
 
     # Programs ------------------------------------------------------------------------------------
-    def bank_module(self, capacity: int, length: int) -> Any:
-        """The frozen model with a `RaggedPromptBank(capacity, length)` (one object per shape)."""
+    def bank_predictor(self, capacity: int, length: int) -> predictor_lib.Predictor:
+        """The predictor of the frozen model with a `RaggedPromptBank(capacity, length)` (one
+        object per shape, so its programs are compiled once)."""
         with self._lock:
             key = (capacity, length)
-            if key not in self._modules:
+            if key not in self._predictors:
                 bank = RaggedPromptBank(capacity, length, self.embed_dim)
-                self._modules[key] = self.module.clone(prompt=bank)
-            return self._modules[key]
+                model = PromptModel(self.module.clone(prompt=bank))
+                self._predictors[key] = predictor_lib.Predictor(model)
+            return self._predictors[key]
 
     def _lower(self, key: ProgramKey) -> Any:
-        """Lowers and compiles one program for its shapes and shardings."""
-        model = self.bank_module(key.capacity, key.prompt_length)
+        """Compiles one program for its shapes and shardings (`Predictor.compile`)."""
         b, t, s = key.batch, key.input_length, key.target_length
         rep, data = self.replicated(), self.batch_sharding(b)
-        spec = lambda shape, dtype, sh: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)  # noqa: E731
-        bank = (
-            spec((key.capacity, key.prompt_length, self.embed_dim), jnp.float32, rep),
-            spec((key.capacity,), jnp.int32, rep),
+        spec = lambda shape, sh=data: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=sh)  # noqa: E731
+        params = _with_bank(
+            self.params,
+            jax.ShapeDtypeStruct(
+                (key.capacity, key.prompt_length, self.embed_dim), jnp.float32, sharding=rep
+            ),
+            spec((key.capacity,), rep),
         )
-        batch = (spec((b, t), jnp.int32, data), spec((b,), jnp.int32, data))
-        if key.kind == "greedy":
-            fn, extra = functools.partial(_greedy, model, s), (spec((b,), jnp.int32, data),)
-        elif key.kind == "beam":
-            fn = functools.partial(_beam, model, s, key.beam_size)
-            extra = (spec((b,), jnp.int32, data),)
+        batch = {"encoder_input_tokens": spec((b, t)), "task_ids": spec((b,))}
+        if key.kind == "score":
+            batch["decoder_input_tokens"] = batch["decoder_target_tokens"] = spec((b, s))
         else:
-            fn, extra = functools.partial(_score, model), (spec((b, s), jnp.int32, data),)
-        return jax.jit(fn).lower(self.params, *bank, *batch, *extra).compile()
+            batch["decode_lengths"] = spec((b,))
+        model = self.bank_predictor(key.capacity, key.prompt_length)
+        return model.compile(key.kind, params, batch, key.beam_size, s)
 
     def program(self, key: ProgramKey, reason: str = "new_shape") -> Any:
         """The compiled program of `key`, compiling it (once, even from several threads).
@@ -367,11 +334,10 @@ class Engine:
         key = ProgramKey(kind, b, t, s, beam_size if kind == "beam" else 0, *bank.shape)
         program = self.program(key)
         args = self._put(b, batch, ids, limits[:, 0])
-        if kind == "beam":
-            out, scores = program(self.params, bank.table, bank.lengths, *args)
+        features = dict(zip(("encoder_input_tokens", "task_ids", "decode_lengths"), args))
+        out, scores = program(_with_bank(self.params, bank.table, bank.lengths), features)
+        if scores is not None:
             scores = np.asarray(jax.device_get(scores))[: len(tokens)].tolist()
-        else:
-            out, scores = program(self.params, bank.table, bank.lengths, *args), None
         out = np.asarray(jax.device_get(out))
         return [out[i, :m] for i, m in enumerate(max_lengths)], scores
 
@@ -389,5 +355,8 @@ class Engine:
             padded[i, : len(x)] = x
         b, t, batch, ids, (padded,) = self._pad(tokens, rows, (padded,))
         program = self.program(ProgramKey("score", b, t, s, 0, *bank.shape))
-        out = program(self.params, bank.table, bank.lengths, *self._put(b, batch, ids, padded))
+        args = self._put(b, batch, ids, ranking.shift_right(padded), padded)
+        names = ("encoder_input_tokens", "task_ids", "decoder_input_tokens")
+        features = dict(zip((*names, "decoder_target_tokens"), args))
+        out = program(_with_bank(self.params, bank.table, bank.lengths), features)
         return np.asarray(jax.device_get(out))[: len(tokens)]

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from prompt_tuning.predict import rank_classification as ranking
 from prompt_tuning.serve import batcher as batcher_lib
 from prompt_tuning.serve import engine as engine_lib
 from prompt_tuning.serve import loading, registry
@@ -268,17 +269,17 @@ class Service:
                     f"Input {i} has {len(text)} characters; the limit is "
                     f"{limits.max_text_chars} per input.",
                 )
-            ids = list(self.vocabulary.encode(text))
-            if len(ids) + 1 > longest:
+            ids = ranking.tokenize(self.vocabulary, text)
+            if len(ids) > longest:
                 if not truncate:
                     raise ApiError(
                         400,
-                        f"Input {i} has {len(ids) + 1} tokens with EOS; the server takes at most "
+                        f"Input {i} has {len(ids)} tokens with EOS; the server takes at most "
                         f"{longest} (the largest of INPUT_LENGTH_BUCKETS). Shorten it, or pass "
                         '"truncate": true to keep its first tokens.',
                     )
-                ids = ids[: longest - 1]
-            out.append(np.asarray(ids + [self.vocabulary.eos_id], np.int32))
+                ids = ranking.tokenize(self.vocabulary, text, max_length=longest)
+            out.append(ids)
         return out
 
     def labels_for(self, name: str, labels: Sequence[str] | None) -> list[str]:
@@ -317,14 +318,14 @@ class Service:
         longest = self.config.buckets.label_length[-1]
         out = []
         for label in labels:
-            ids = list(self.vocabulary.encode(label)) + [self.vocabulary.eos_id]
+            ids = ranking.tokenize(self.vocabulary, label)
             if len(ids) > longest:
                 raise ApiError(
                     400,
                     f"Label {label!r} takes {len(ids)} tokens with EOS; the server scores at most "
                     f"{longest} (the largest of LABEL_LENGTH_BUCKETS).",
                 )
-            out.append(np.asarray(ids, np.int32))
+            out.append(ids)
         return out
 
     async def run(self, items: list[batcher_lib.Item]) -> list[tuple[Any, Any]]:
