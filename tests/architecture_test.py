@@ -66,6 +66,7 @@ ALLOWED = {
     "prompt_tuning.prompts": {"prompt_tuning.t5"},
     "prompt_tuning.faults": set(),
     "prompt_tuning.parallel": {"prompt_tuning.t5", "prompt_tuning.faults"},
+    "prompt_tuning.model_dir": {"prompt_tuning.faults", "prompt_tuning.prompts"},
     "tasks": set(),
 }
 
@@ -88,6 +89,17 @@ def test_the_library_never_imports_tasks_or_tools():
         if m.startswith("prompt_tuning")
         for t in ts
         if t.split(".")[0] in ("tasks", "tools")
+    ]
+    assert not wrong
+
+
+def test_only_entry_points_and_tools_import_the_server():
+    wrong = [
+        f"{m} -> {t}"
+        for m, ts in GRAPH.items()
+        if not m.startswith("prompt_tuning.serve")
+        for t in ts
+        if t.startswith("prompt_tuning.serve")
     ]
     assert not wrong
 
