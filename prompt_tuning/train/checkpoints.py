@@ -3,7 +3,8 @@
 Layout under MODEL_DIR:
 
     checkpoints/<step>/state/   trainable params + optimizer state + step (orbax PyTree)
-    checkpoints/<step>/meta/    JSON: step, data position (batches consumed), seed, task
+    checkpoints/<step>/meta/    JSON: step, data position (batches consumed), seed, task, and
+                                the input position (`data.TrainInput.position`)
     best/<step>/...             the same for the best evaluation so far (one kept)
     best.json                   {"step": ..., "metric": name, "value": ...}
     prompts/step_<N>.npy|.npz   the exported prompt at each saved step, and prompts/best.*
@@ -130,6 +131,11 @@ class TrainCheckpointer:
         )
         restored = self._latest.restore(step, args=args)
         return restored.state, dict(restored.meta)
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The meta JSON of checkpoint `step` (e.g. its `input_position`), without the state."""
+        restored = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta)
 
     def restore_newest_intact(
         self, abstract_state: Any, log: Callable[[str], None] = print
