@@ -352,7 +352,8 @@ class TrainInput:
         self.tasks = [_TaskRows(t, split, self.lengths, seed, batch_size, keys) for t in tasks]
         self._cumulative = np.cumsum(rates) / rates.sum()
         self._seed, self._draws = seed, {}
-        saved = _checked_position(position, [t.name for t in self.tasks], batch_size)
+        names = [task.name for task in self.tasks]
+        saved = _checked_position(position, names, batch_size, self.rows)
         for index, task in enumerate(self.tasks):
             for row in self.rows:
                 task.start(row, saved["rows"][row][index] if saved else (0, 0))
@@ -423,9 +424,9 @@ def _checked_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
 
 
 def _checked_position(
-    position: Mapping[str, Any] | None, names: list[str], batch_size: int
+    position: Mapping[str, Any] | None, names: list[str], batch_size: int, rows: range
 ) -> Mapping[str, Any] | None:
-    """`position` after checking that it belongs to this input (None passes)."""
+    """`position` after checking that it belongs to this input and holds `rows` (None passes)."""
     if position is None:
         return None
     shape = np.shape(position.get("rows"))
@@ -433,7 +434,7 @@ def _checked_position(
         position.get("format") != INPUT_FORMAT
         or list(position.get("tasks", [])) != names
         or shape != (batch_size, len(names), 2)
-        or np.min(position["rows"]) < 0
+        or np.min(np.asarray(position["rows"])[rows.start : rows.stop]) < 0
     ):
         raise ValueError(
             f"The checkpoint's input position (format {position.get('format')!r}, tasks "
