@@ -1,17 +1,25 @@
 """Batches for training and evaluation: seqio task/mixture -> encoder-decoder features -> batches.
 
-Determinism and resuming: with `shuffle=True` the order is fixed by `seed` (seqio seeds its
-preprocessors and the shuffle buffer from it) and the dataset repeats without end
-(`num_epochs=None`), so the sequence of batches is a pure function of (task, lengths, batch size,
-seed, shard). A run resumed at step N calls `get_dataset(...)` again and skips the N batches it had
-already consumed (`dataset.skip(N)`, see `skip_batches`), so it sees exactly the batches an
-uninterrupted run would. Skipping re-reads those examples, which costs data-pipeline time only.
+Training (`TrainInput`, via `train_batches`; docs/input.md): a global record index that each
+process materialises only its rows of. Row `r` of every global batch reads its own records of a
+seeded per-epoch permutation of the task's records and preprocesses them one at a time with the
+task's seqio preprocessors, so the global batches are a pure function of (task, lengths, batch
+size, seed), whatever the number of processes, and each process preprocesses only its rows. The
+input position (each row's record and example within it) is saved with every checkpoint; a
+resumed run starts there without replaying the consumed batches.
+
+Evaluation and inference (`get_dataset`): seqio's own pipeline, finite and in order, sharded per
+host with `seqio.ShardInfo`. A checkpoint written before input positions existed resumes on the
+old training input: `get_dataset(shuffle=True, num_epochs=None)`, this process's rows of each
+batch (`replica_rows`) and the consumed batches skipped (`skip_batches`).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import weakref
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -205,6 +213,15 @@ def _sequential_options() -> tf.data.Options:
     return options
 
 
+def _requests(rows: weakref.ref) -> Iterator[tuple[np.ndarray, Any]]:
+    """A `_TaskRows`'s requests, holding it weakly: tf.data keeps its generator alive in a
+    registry until the iterator goes, and a strong reference would keep both alive forever."""
+    while (task_rows := rows()) is not None:
+        request = task_rows.next_request()
+        del task_rows
+        yield request
+
+
 class _TaskRows:
     """One task's records for some rows of the global batch, preprocessed one record at a time.
 
@@ -234,7 +251,7 @@ class _TaskRows:
         self._drop: dict[int, tuple[int, int]] = {}  # row -> (j, q): drop record j's first q
         self.pending: dict[int, list] = {}
         requests = tf.data.Dataset.from_generator(
-            self._requests,
+            functools.partial(_requests, weakref.ref(self)),
             output_signature=(tf.TensorSpec([2], tf.int32), source.element_spec),
         )
 
@@ -275,13 +292,13 @@ class _TaskRows:
         key = zlib.crc32(self.name.encode())
         return np.random.default_rng([self.seed, key, epoch]).permutation(len(self.records))
 
-    def _requests(self):
-        while True:
-            row = self._wanted
-            j = self._next[row]
-            self._next[row] = j + 1
-            self.preprocessed += 1
-            yield np.asarray([row, j], np.int32), self.records[self.record_index(row, j)]
+    def next_request(self) -> tuple[np.ndarray, Any]:
+        """The (row, j) tag and raw record that the wanted row reads next."""
+        row = self._wanted
+        j = self._next[row]
+        self._next[row] = j + 1
+        self.preprocessed += 1
+        return np.asarray([row, j], np.int32), self.records[self.record_index(row, j)]
 
     def take(self, row: int) -> dict[str, np.ndarray]:
         """`row`'s next preprocessed example."""
