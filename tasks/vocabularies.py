@@ -19,6 +19,7 @@ files configure them:
 - ByT5: `seqio.ByteVocabulary` (UTF-8 bytes offset by 3 special ids; needs no file).
 """
 
+import contextlib
 import os
 import pathlib
 
@@ -49,23 +50,47 @@ class SentencePieceVocabulary(seqio.SentencePieceVocabulary):
 
     seqio reads the model lazily, at the first tokenization, and a missing or damaged file then
     surfaces as protobuf's "Error parsing message with type 'sentencepiece.ModelProto'", which
-    names neither the file nor the problem.
+    names neither the file nor the problem. seqio loads the file in its three public entry
+    points to the model, `load_model()`, `sp_model` and `tokenizer` (every encode, decode, id
+    and size goes through them), so those are what this class wraps; seqio's private
+    `_model_context` is no longer overridden.
     """
 
-    def _model_context(self):
-        try:
-            return super()._model_context()
-        except (message.DecodeError, tf.errors.OpError, RuntimeError, OSError) as error:
-            path = self.sentencepiece_model_file
-            missing = isinstance(error, tf.errors.NotFoundError | FileNotFoundError)
-            what = "does not exist" if missing else f"is not a SentencePiece model ({error})"
-            raise (FileNotFoundError if missing else ValueError)(
-                f"The vocabulary file {path} {what}. T5's tasks read T5's sentencepiece.model "
-                f"(cc_all.32000.100extra) from ${SPM_PATH_ENV} or {T5_SPM_PATH}; the built-in "
-                f"tasks read the embedded {TINY_SPM_PATH}; mT5's and UMT5's vocabularies are "
-                f"read from ${MT5_SPM_PATH_ENV} or {MT5_SPM_PATH} and ${UMT5_SPM_PATH_ENV} or "
-                f"{UMT5_SPM_PATH}."
-            ) from None
+    def load_model(self) -> None:
+        with _named_load_errors(self.sentencepiece_model_file):
+            super().load_model()
+
+    @property
+    def sp_model(self) -> bytes | None:
+        with _named_load_errors(self.sentencepiece_model_file):
+            return super().sp_model
+
+    @property
+    def tokenizer(self):
+        with _named_load_errors(self.sentencepiece_model_file):
+            return super().tokenizer
+
+
+@contextlib.contextmanager
+def _named_load_errors(path: str):
+    """Turns a failed SentencePiece load of `path` into an error naming the file and the fix.
+
+    Raises:
+      FileNotFoundError: `path` does not exist.
+      ValueError: `path` is not a SentencePiece model.
+    """
+    try:
+        yield
+    except (message.DecodeError, tf.errors.OpError, RuntimeError, OSError) as error:
+        missing = isinstance(error, tf.errors.NotFoundError | FileNotFoundError)
+        what = "does not exist" if missing else f"is not a SentencePiece model ({error})"
+        raise (FileNotFoundError if missing else ValueError)(
+            f"The vocabulary file {path} {what}. T5's tasks read T5's sentencepiece.model "
+            f"(cc_all.32000.100extra) from ${SPM_PATH_ENV} or {T5_SPM_PATH}; the built-in "
+            f"tasks read the embedded {TINY_SPM_PATH}; mT5's and UMT5's vocabularies are "
+            f"read from ${MT5_SPM_PATH_ENV} or {MT5_SPM_PATH} and ${UMT5_SPM_PATH_ENV} or "
+            f"{UMT5_SPM_PATH}."
+        ) from None
 
 
 def t5_spm_path() -> str:

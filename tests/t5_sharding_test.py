@@ -82,3 +82,25 @@ def test_activation_constraints_act_under_t5x_s_legacy_mesh_context():
     with mesh, nn.logical_axis_rules(partitioning.standard_logical_axis_rules()):
         text = jax.jit(fn).lower(x).as_text()
     assert re.search(r'sharding_constraint %\S+ <@mesh, \[{"data"}, {}, {"model"}\]>', text), text
+
+
+def test_the_legacy_mesh_context_is_only_private():
+    # Guard of `sharding._legacy_mesh`, the one private JAX read of t5/sharding.py: JAX 0.10.2
+    # keeps the `with mesh:` context (T5X's partitioner) only in `jax._src.mesh.thread_resources`.
+    mesh = partitioning.make_mesh(4)
+    with mesh:
+        public = (jax.sharding.get_abstract_mesh(), jax.sharding.get_mesh())
+        assert all(m.empty for m in public), (
+            "A public JAX getter now sees the legacy `with mesh:` context: use it in "
+            "prompt_tuning/t5/sharding.py::_legacy_mesh instead of jax._src.mesh."
+        )
+        try:
+            from jax._src import mesh as mesh_lib  # noqa: PLC0415
+        except ImportError:
+            pytest.fail("jax._src.mesh is gone: update prompt_tuning/t5/sharding.py::_legacy_mesh")
+        assert hasattr(mesh_lib, "thread_resources"), (
+            "jax._src.mesh.thread_resources is gone: constraints under T5X's `with mesh:` are "
+            "now skipped; update prompt_tuning/t5/sharding.py::_legacy_mesh."
+        )
+        assert sharding._legacy_mesh() is mesh
+    assert sharding._legacy_mesh().empty

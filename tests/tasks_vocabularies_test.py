@@ -21,6 +21,26 @@ def test_a_damaged_or_missing_model_file_is_named(tmp_path):
         vocabularies.SentencePieceVocabulary(str(missing)).encode("hello")
 
 
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda v: v.load_model(),
+        lambda v: v.vocab_size,  # through `tokenizer`
+        lambda v: v.encode_tf("hello"),  # through `sp_model`
+        lambda v: v.decode([5, 6]),
+    ],
+    ids=["load_model", "vocab_size", "encode_tf", "decode"],
+)
+def test_every_public_way_to_the_model_names_a_bad_file(tmp_path, use):
+    # seqio's public entry points (load_model, sp_model, tokenizer) are wrapped, not its private
+    # `_model_context`: a seqio that loads the model another way fails here.
+    bad = tmp_path / "spm.model"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=rf"vocabulary file {bad} is not a SentencePiece model"):
+        use(vocabularies.SentencePieceVocabulary(str(bad)))
+    assert "_model_context" not in vocabularies.SentencePieceVocabulary.__dict__
+
+
 def test_byt5_vocabulary_is_utf8_bytes_offline():
     vocabulary = vocabularies.byt5_vocabulary()
     text = "héllo, 世界"

@@ -85,13 +85,20 @@ def logical_to_mesh_spec(
 def _legacy_mesh() -> Any:
     """The mesh of a legacy `with mesh:` context (T5X's partitioner), or an empty one.
 
-    JAX exposes it only privately; without that module the constraints are skipped, as before.
+    JAX 0.10.2 keeps that context only in the private `jax._src.mesh.thread_resources`: the
+    public getters (`jax.sharding.get_abstract_mesh`, `jax.sharding.get_mesh`) see `jax.set_mesh`
+    alone, and `with mesh:` itself is deprecated. So this private read stays, guarded by
+    tests/t5_sharding_test.py (`test_the_legacy_mesh_context_is_only_private`), which fails
+    naming what changed; without it (a future JAX) the constraints are skipped under `with mesh:`.
     """
     try:
         from jax._src import mesh as mesh_lib  # noqa: PLC0415
     except ImportError:  # pragma: no cover - a JAX without the legacy context
         return jax.sharding.get_abstract_mesh()
-    return mesh_lib.thread_resources.env.physical_mesh
+    resources = getattr(mesh_lib, "thread_resources", None)
+    if resources is None:  # pragma: no cover - the guard test names this change
+        return jax.sharding.get_abstract_mesh()
+    return resources.env.physical_mesh
 
 
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:

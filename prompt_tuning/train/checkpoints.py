@@ -1,5 +1,6 @@
 """Resumable training checkpoints (orbax) in MODEL_DIR's `checkpoints/<step>` and `best/<step>`
-(the layout: `prompt_tuning.model_dir`).
+(the layout: `prompt_tuning.model_dir`). A step's `meta/` holds step, data position (batches
+consumed), seed, task and the input position (`data.TrainInput.position`).
 
 Only trainable parameters are saved: the frozen model is read again from INITIAL_CHECKPOINT_PATH
 (or re-initialized from RANDOM_SEED) on restart. orbax writes each step into a temporary folder and
@@ -104,6 +105,11 @@ class TrainCheckpointer:
         )
         restored = self._latest.restore(step, args=args)
         return restored.state, dict(restored.meta)
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The meta JSON of checkpoint `step` (e.g. its `input_position`), without the state."""
+        restored = self._latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored.meta)
 
     def restore_newest_intact(
         self, abstract_state: Any, log: Callable[[str], None] = print

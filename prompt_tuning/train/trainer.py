@@ -98,9 +98,16 @@ def _export(run: Run) -> Any:
     return prompt_files.export_form(run.model.prompt, params, width=run.model.config.emb_dim)
 
 
-def _save(run: Run, step: int, model_dir: str, best: bool = False) -> None:
-    """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`)."""
+def _save(
+    run: Run, step: int, model_dir: str, best: bool = False, position: Mapping | None = None
+) -> None:
+    """Checkpoints the state and exports the prompt (prompts/step_<N> or best; `prompt_files`).
+
+    `position` is the input's (`data.TrainInput.position`), saved as `input_position`.
+    """
     meta = dict(run.config.identity(), step=step, data_position=step - run.first_step)
+    if position:
+        meta["input_position"] = dict(position)
     run.checkpointer.save(step, run.state, meta, best=best)
     if distributed.is_primary():
         export = _export(run)
@@ -381,13 +388,14 @@ def _loop(
 
     batches = None
     if run.start_step < train_steps:
-        dataset = data.get_dataset(
-            task, task_feature_lengths, "train", batch_size, True, run.config.random_seed, None
-        )
-        rows = run.layout.shard_id * run.layout.batch_size
-        dataset = data.replica_rows(dataset, rows, rows + run.layout.batch_size)
-        batches = data.skip_batches(dataset, run.start_step - run.first_step)
-        batches = batches.as_numpy_iterator()
+        start = run.layout.shard_id * run.layout.batch_size
+        resumed = run.start_step > run.first_step
+        batches = data.train_batches(
+            task, task_feature_lengths, batch_size, run.config.random_seed,
+            (start, start + run.layout.batch_size),
+            run.checkpointer.read_meta(run.start_step) if resumed else None,
+            run.start_step - run.first_step,
+        )  # fmt: skip
     train_log, eval_log, pending = [], [], []
     best = ModelDir(model_dir).read_best()
     if run.start_step > run.first_step and run.start_step >= train_steps:
@@ -419,7 +427,8 @@ def _loop(
         averaged.update(_prompt_diagnostics(run.model.prompt, run.state.params))
         train_log.append(dict(run.logger.log_train(step, averaged), step=step))
         if due["save"] or last or stopping:
-            _save(run, step, model_dir)
+            legacy = not isinstance(batches, data.TrainInput)  # an old checkpoint's input
+            _save(run, step, model_dir, position=None if legacy else batches.position())
         if stopping:
             raise _stopped(stop, step, train_steps, model_dir)
         if due["eval"] or (last and evaluator is not None):
