@@ -2,15 +2,20 @@
 
 `aot_sweep.sweep_specs` (which meshes and programs `tools/aot_memory.py` compiles),
 `aot_sweep.read_results` (its `--table` input), `train_benchmark.specs` (the alternating run
-order of `tools/benchmark_train.py`) and `serve_load.check_loopback` (local servers only).
+order of `tools/benchmark_train.py`), `serve_load.check_loopback` (local servers only) and
+`serve_ready.cpu_seconds` (a server's CPU time).
 """
 
 import argparse
 import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
-from prompt_tuning.perf import aot_sweep, serve_load, train_benchmark
+from prompt_tuning.perf import aot_sweep, serve_load, serve_ready, train_benchmark
 
 
 def _sweep(**overrides) -> argparse.Namespace:
@@ -105,3 +110,38 @@ def test_loopback_hosts_pass(host):
 def test_other_hosts_are_refused(host):
     with pytest.raises(SystemExit, match="not a loopback address"):
         serve_load.check_loopback(host)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="no /proc (not Linux)")
+def test_cpu_seconds_of_a_process_agree_with_os_times():
+    sum(i * i for i in range(2_000_000))  # some CPU time to count
+    before = os.times()
+    got = serve_ready.cpu_seconds(os.getpid())
+    after = os.times()
+    # /proc counts whole clock ticks: within one tick (plus the gap between the reads).
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert before.user + before.system - tick <= got <= after.user + after.system + tick
+
+
+def test_cpu_seconds_of_no_process_is_none():
+    assert serve_ready.cpu_seconds(2**22 + 1) is None  # above Linux's largest pid
+
+
+def test_importing_the_tool_modules_loads_no_heavy_library():
+    # A benchmark worker must load only its own system's libraries (jax or torch), and library
+    # code never imports gin or tasks.
+    modules = "workers, train_benchmark, matmul, aot_sweep, loading, serve_load, serve_ready"
+    probe = (
+        f"import sys\nfrom prompt_tuning.perf import {modules}\n"
+        "heavy = ('jax', 'torch', 'tensorflow', 'gin', 'tasks')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=pathlib.Path(__file__).resolve().parents[1],  # this checkout's prompt_tuning first
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]", done.stdout
