@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from prompt_tuning.parallel import host_memory
+from prompt_tuning.perf import train_benchmark
 from tools import benchmark_train
 
 GLIBC = host_memory._glibc() is not None
@@ -25,8 +26,8 @@ def _faults(host_malloc: str) -> list[int]:
     """Minor page faults of each timed step, from the benchmark's own worker and spec."""
     args = ["--dtypes", "float32", "--input-length", "216", "--prompt-length", "20"]
     args += ["--warmup", "3", "--steps", "8", "--host-malloc", host_malloc]
-    [(kind, spec)] = benchmark_train._specs(benchmark_train._parse(args), "tiny", 8)
-    run = benchmark_train._spawn(kind, spec, "", timeout=300)
+    [(kind, spec)] = train_benchmark.specs(benchmark_train.parse(args), "tiny", 8)
+    run = train_benchmark.spawn(kind, spec, "", timeout=300)
     assert all(loss == loss for loss in run["losses"])  # finite: the steps really ran
     return run["minor_faults"]
 

@@ -9,6 +9,7 @@ import pytest
 
 from prompt_tuning import prompts
 from prompt_tuning.parallel import partitioning
+from prompt_tuning.perf import aot_sweep
 from prompt_tuning.t5 import checkpoint_tree, network
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.train import optimizers, params
@@ -61,7 +62,7 @@ def test_train_and_decode_memory_on_a_fake_mesh(results, tmp_path, capsys):
     # Rematerialisation lowers the temporaries (each layer's activations are recomputed).
     assert train["full"]["temp_bytes"] < train["none"]["temp_bytes"]
     assert decode["argument_bytes"] > 0 and decode["temp_bytes"] > 0
-    table = aot_memory.markdown_table(results)
+    table = aot_sweep.markdown_table(results)
     assert "| tiny | 8 | 2 × 4 | train | full | bfloat16 | float32 |" in table
     assert "fits 16 GiB" in table
     # --table prints the same table from the printed JSON lines (a run's log), compiling nothing.

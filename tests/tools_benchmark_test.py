@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from tools import _benchmark_workers, benchmark_train
+from prompt_tuning.perf import train_benchmark, workers
+from tools import benchmark_train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,12 +67,12 @@ def test_cli_profile_and_summary(report):
 def test_peft_worker_trains_a_prompt_of_the_same_width_under_autocast():
     from prompt_tuning.t5 import hf_format
 
-    config = _benchmark_workers.model_config("tiny")
+    config = workers.model_config("tiny")
     spec = {"size": "tiny", "batch": 2, "input_length": 16, "prompt_length": 4}
     spec |= {"target_length": 4, "dropout": 0.1, "seed": 0, "warmup": 1, "steps": 2}
     spec |= {"hf_config": hf_format.config_to_hf(config)}
     for dtype in ("float32", "bfloat16"):
-        result = _benchmark_workers.run_peft_step(dict(spec, dtype=dtype))
+        result = workers.run_peft_step(dict(spec, dtype=dtype))
         # PEFT's prompt embedding is [P, H] of the same model: the only trainable tensor.
         assert result["trainable_params"] == 4 * config.emb_dim
         assert len(result["losses"]) == 2 and all(np.isfinite(result["losses"]))
@@ -104,7 +105,7 @@ def test_comparisons_pair_each_setting_with_peft_at_the_same_precision():
         _run("ours", "float32", 6.0, 8.0, 2.0, rnd=1),  # a second round: medians
         _run("peft", "float32", 8.0, 12.0, 5.0, rnd=1),
     ]
-    rows = {(r["dtype"], r["remat_layers"]): r for r in benchmark_train._comparisons(runs)}
+    rows = {(r["dtype"], r["remat_layers"]): r for r in train_benchmark.comparisons(runs)}
     f32 = rows[("float32", "none")]
     assert f32["rounds"] == 2 and f32["ours_step_s"] == 5.0 and f32["peft_step_s"] == 7.0
     assert f32["speedup"] == pytest.approx(7.0 / 5.0)
@@ -112,7 +113,7 @@ def test_comparisons_pair_each_setting_with_peft_at_the_same_precision():
     bf16 = rows[("bfloat16", "none")]
     assert bf16["speedup"] == 2.0 and bf16["memory_ratio"] == 0.25
     assert rows[("bfloat16", "full")]["speedup"] == pytest.approx(4.0 / 2.5)
-    goals = benchmark_train._goals(list(rows.values()))
+    goals = train_benchmark.goals(list(rows.values()))
     assert goals["small:32 float32 remat=none"] == {
         "fraction_of_peak": False,
         "speedup": False,
@@ -123,12 +124,12 @@ def test_comparisons_pair_each_setting_with_peft_at_the_same_precision():
         "speedup": True,
         "memory": True,
     }
-    table = benchmark_train.markdown(list(rows.values()))
+    table = train_benchmark.markdown(list(rows.values()))
     assert "| small b32 | bfloat16, remat full | 2.50 (5.00) | 4.00 (8.00) | 1.60× |" in table
 
 
 def test_cases_must_name_a_size_and_batch():
     with pytest.raises(SystemExit):
-        benchmark_train._parse(["--cases", "huge:8"])
+        benchmark_train.parse(["--cases", "huge:8"])
     with pytest.raises(SystemExit):
-        benchmark_train._parse(["--cases", "small"])
+        benchmark_train.parse(["--cases", "small"])

@@ -13,11 +13,10 @@ import pytest
 
 from prompt_tuning import prompts
 from prompt_tuning.parallel import partitioning
-from prompt_tuning.perf import aot, benchmark
+from prompt_tuning.perf import aot, benchmark, workers
 from prompt_tuning.t5 import config as t5_config
 from prompt_tuning.t5 import network
 from prompt_tuning.train import builder, setup
-from tools import _benchmark_workers
 
 H = 128  # wide enough for T5X's size heuristic (min_dim_size_to_factor=128) to factor [P, H]
 LENGTHS = {"inputs": 8, "targets": 4}
@@ -59,11 +58,11 @@ def test_aot_and_benchmark_optimizer_state_equal_the_trainers(tmp_path, monkeypa
     assert 0 <= expected - report.argument_bytes <= 12  # XLA may not count the two scalars
 
     # The benchmark worker (tools/benchmark_train.py's) runs the trainer's optimizer state.
-    monkeypatch.setattr(_benchmark_workers, "model_config", lambda *_: CONFIG)
+    monkeypatch.setattr(workers, "model_config", lambda *_: CONFIG)
     spec = dict(size="tiny", dropout=0.0, dtype="float32", remat_layers="none", seed=0)
     spec |= dict(prompt_length=prompt_length, input_length=8, target_length=4, batch=B)
     spec |= dict(trainable_regex="prompt", frozen_dtype=None, donate=True, warmup=0, steps=1)
-    result = _benchmark_workers.run_jax_step(spec)
+    result = workers.run_jax_step(spec)
     assert result["opt_state_shapes"] == trainer_shapes
     assert np.isfinite(result["losses"]).all() and result["weight_gradient_ops"] == 0
 

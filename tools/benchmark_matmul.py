@@ -16,99 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable, Sequence
+import pathlib
+import sys
+from collections.abc import Sequence
 
+if __package__ in (None, ""):  # run as `python tools/benchmark_matmul.py`
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-def _best_seconds(run: Callable[[], object], repeats: int) -> float:
-    """Fastest wall time of `repeats` calls of `run` (which must block until done), after one."""
-    run()  # compile / warm caches
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def jax_matmul_gflops(
-    n: int = 2048, dtype: str = "float32", repeats: int = 8, bf16_output: bool = False
-) -> float:
-    """Best-of-`repeats` GFLOP/s of a jitted `[n, n] @ [n, n]` on JAX's default device.
-
-    Args:
-      n: matrix size.
-      dtype: operand dtype, "float32" or "bfloat16".
-      repeats: timed products; the fastest counts.
-      bf16_output: with bfloat16 operands, produce (and accumulate in) bfloat16 instead of
-        float32.
-
-    Returns:
-      `2 n^3 / seconds / 1e9`.
-    """
-    import jax  # noqa: PLC0415 (imported late so callers can set XLA_FLAGS first)
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    key_a, key_b = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(key_a, (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(key_b, (n, n), jnp.float32).astype(dtype)
-    accumulate = jnp.bfloat16 if bf16_output else jnp.float32
-    matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=accumulate))
-    seconds = _best_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
-    return 2 * n**3 / seconds / 1e9
-
-
-def torch_matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 8) -> float:
-    """Best-of-`repeats` GFLOP/s of `torch.mm` on the CPU (oneDNN; AMX/AVX-512 for bfloat16).
-
-    Args:
-      n: matrix size.
-      dtype: "float32" or "bfloat16".
-      repeats: timed products; the fastest counts.
-
-    Returns:
-      `2 n^3 / seconds / 1e9`.
-    """
-    import torch  # noqa: PLC0415
-
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
-    b = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
-    with torch.inference_mode():
-        seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
-    return 2 * n**3 / seconds / 1e9
-
-
-BACKENDS = {"jax": jax_matmul_gflops, "torch": torch_matmul_gflops}
-
-
-def measure(
-    backends: Sequence[str], dtypes: Sequence[str], n: int = 2048, repeats: int = 8
-) -> list[dict[str, object]]:
-    """Measures every (backend, dtype) pair.
-
-    Args:
-      backends: names in `BACKENDS`.
-      dtypes: "float32" and/or "bfloat16".
-      n: matrix size.
-      repeats: timed products per pair.
-
-    Returns:
-      One dict per pair: backend, dtype, n, repeats, gflops.
-
-    Raises:
-      ValueError: an unknown backend.
-    """
-    results = []
-    for backend in backends:
-        if backend not in BACKENDS:
-            raise ValueError(f"Unknown matmul backend {backend!r}; use one of {sorted(BACKENDS)}.")
-        for dtype in dtypes:
-            gflops = BACKENDS[backend](n, dtype, repeats)
-            results.append(
-                {"backend": backend, "dtype": dtype, "n": n, "repeats": repeats, "gflops": gflops}
-            )
-    return results
+from prompt_tuning.perf import matmul  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -117,15 +32,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2048, help="matrix size")
     parser.add_argument("--repeats", type=int, default=8, help="timed products (best counts)")
     parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
-    parser.add_argument("--backend", nargs="+", default=["jax", "torch"], choices=sorted(BACKENDS))
+    parser.add_argument(
+        "--backend", nargs="+", default=["jax", "torch"], choices=sorted(matmul.BACKENDS)
+    )
     parser.add_argument(
         "--jax-bf16-output", action="store_true", help="also time jax's bfloat16-output dot"
     )
     args = parser.parse_args(argv)
-    for result in measure(args.backend, args.dtype, args.n, args.repeats):
+    for result in matmul.measure(args.backend, args.dtype, args.n, args.repeats):
         print(json.dumps(result))
     if args.jax_bf16_output:
-        gflops = jax_matmul_gflops(args.n, "bfloat16", args.repeats, bf16_output=True)
+        gflops = matmul.jax_matmul_gflops(args.n, "bfloat16", args.repeats, bf16_output=True)
         print(
             json.dumps(
                 {

@@ -1,19 +1,24 @@
-"""The benchmark's workers: each runs in its own process (see tools/benchmark_train.py).
+"""The training benchmark's workers: each runs in its own process (`train_benchmark.spawn`).
 
-`run_jax_step` times the trainer's step as `prompt_tuning.perf.benchmark` builds and runs it
-(jax, flax and this library, not TensorFlow or seqio), `run_peft_step` HF PEFT prompt tuning of
-the same architecture (torch, transformers and peft only: the parent passes the transformers
-config), `run_matmul` the square-matmul peaks. Each returns a JSON-able dict with its times, CPU
-times, losses and peak RSS.
+`run_jax_step` times the trainer's step as `benchmark.time_train_step` builds and runs it (jax,
+flax and this library, not TensorFlow or seqio), `run_peft_step` HF PEFT prompt tuning of the
+same architecture (torch, transformers and peft only: the parent passes the transformers
+config), `run_matmul` the square-matmul peaks (`matmul`). Each returns a JSON-able dict with its
+times, CPU times, losses and peak RSS. jax and torch are imported only inside the workers that
+need them: importing this module imports neither.
+
+    python -m prompt_tuning.perf.workers KIND SPEC_JSON
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prompt_tuning.perf import benchmark
-from tools import benchmark_matmul
+from prompt_tuning.parallel import host_memory
+from prompt_tuning.perf import benchmark, matmul
 
 SIZES = ("tiny", "small", "base", "large")
 
@@ -124,7 +129,25 @@ def run_peft_step(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_matmul(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The square-matmul peaks (GFLOP/s) of this process's backends and dtypes."""
-    return {"matmul": benchmark_matmul.measure(spec["backends"], spec["dtypes"], spec["n"], 8)}
+    return {"matmul": matmul.measure(spec["backends"], spec["dtypes"], spec["n"], 8)}
 
 
 WORKERS = {"jax": run_jax_step, "peft": run_peft_step, "matmul": run_matmul}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs one worker: `python -m prompt_tuning.perf.workers KIND SPEC_JSON`; prints its JSON.
+
+    Raises:
+      SystemExit: not two arguments, or an unknown KIND.
+    """
+    kind, spec = sys.argv[1:] if argv is None else argv
+    if kind not in WORKERS:
+        raise SystemExit(f"Unknown benchmark worker {kind!r}; use one of {sorted(WORKERS)}.")
+    # Before any import of jax or torch: their threads keep the malloc arena they start with.
+    host_memory.reuse_freed_memory()  # PROMPT_TUNING_HOST_MALLOC, set by the parent
+    print(json.dumps(WORKERS[kind](json.loads(spec))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

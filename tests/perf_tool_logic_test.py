@@ -1,0 +1,147 @@
+"""The measurement tools' logic in `prompt_tuning.perf`, without compiling or serving anything.
+
+`aot_sweep.sweep_specs` (which meshes and programs `tools/aot_memory.py` compiles),
+`aot_sweep.read_results` (its `--table` input), `train_benchmark.specs` (the alternating run
+order of `tools/benchmark_train.py`), `serve_load.check_loopback` (local servers only) and
+`serve_ready.cpu_seconds` (a server's CPU time).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from prompt_tuning.perf import aot_sweep, serve_load, serve_ready, train_benchmark
+
+
+def _sweep(**overrides) -> argparse.Namespace:
+    flags = dict(
+        sizes=["tiny"],
+        devices=[8, 6],
+        partitions=[1, 4, 3],
+        remat=["none", "full"],
+        activation_dtype=["float32"],
+        programs=["train", "decode"],
+        frozen_dtype="bfloat16",
+        batch=8,
+        inputs=32,
+        prompt=4,
+        targets=4,
+        dropout=0.1,
+        xla="simulate",
+        activation_partitioning_dims=2,
+    )
+    return argparse.Namespace(**(flags | overrides))
+
+
+def test_sweep_skips_model_axes_that_do_not_divide_devices_and_heads():
+    # The tiny T5 has 4 heads: a model axis of 3 divides 6 devices but not the heads; 4 does
+    # not divide 6 devices.
+    specs = aot_sweep.sweep_specs(_sweep())
+    meshes = {(s["devices"], s["partitions"]) for s in specs}
+    assert meshes == {(8, 1), (8, 4), (6, 1)}
+    # Decoding has no backward pass: one decode program per mesh, with the first remat setting.
+    decode = [s for s in specs if s["program"] == "decode"]
+    assert len(decode) == 3 and {s["remat"] for s in decode} == {"none"}
+    assert len([s for s in specs if s["program"] == "train"]) == 6
+    assert list(specs[0]) == [
+        "size",
+        "devices",
+        "partitions",
+        "remat",
+        "activation_dtype",
+        "frozen_dtype",
+        "program",
+        "batch",
+        "inputs",
+        "prompt",
+        "targets",
+        "dropout",
+        "xla",
+        "activation_partitioning_dims",
+    ]
+
+
+def test_read_results_takes_output_files_and_logs(tmp_path):
+    rows = [{"size": "tiny", "devices": 8}, {"size": "tiny", "devices": 6}]
+    saved = tmp_path / "run.json"
+    saved.write_text(json.dumps(rows, indent=1))
+    log = tmp_path / "run.log"
+    log.write_text("compiling ...\n" + json.dumps(rows[1]) + "\nWARNING: slow\n")
+    assert aot_sweep.read_results([str(saved), str(log)]) == rows + rows[1:]
+
+
+def test_benchmark_runs_alternate_ours_and_peft_per_precision():
+    settings = train_benchmark.BenchmarkSettings(
+        dtypes=("float32", "bfloat16"), vs_peft=True, remat_layers=("none", "full")
+    )
+    runs = train_benchmark.specs(settings, "tiny", 2)
+    order = [(kind, spec["dtype"], spec.get("remat_layers")) for kind, spec in runs]
+    assert order == [
+        ("jax", "float32", "none"),
+        ("peft", "float32", None),
+        ("jax", "bfloat16", "none"),
+        ("peft", "bfloat16", None),
+        ("jax", "float32", "full"),
+        ("jax", "bfloat16", "full"),
+    ]
+    # frozen_dtype "auto" follows the activation dtype; PEFT gets the transformers config.
+    assert [spec.get("frozen_dtype") for kind, spec in runs if kind == "jax"] == [
+        "float32",
+        "bfloat16",
+        "float32",
+        "bfloat16",
+    ]
+    # (the tiny T5: H = 32, V = 128)
+    peft = [spec["hf_config"] for kind, spec in runs if kind == "peft"]
+    assert [(c["d_model"], c["vocab_size"]) for c in peft] == [(32, 128), (32, 128)]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.0.2", "::1", "localhost"])
+def test_loopback_hosts_pass(host):
+    serve_load.check_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.1", "0.0.0.0", "example.com"])
+def test_other_hosts_are_refused(host):
+    with pytest.raises(SystemExit, match="not a loopback address"):
+        serve_load.check_loopback(host)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="no /proc (not Linux)")
+def test_cpu_seconds_of_a_process_agree_with_os_times():
+    sum(i * i for i in range(2_000_000))  # some CPU time to count
+    before = os.times()
+    got = serve_ready.cpu_seconds(os.getpid())
+    after = os.times()
+    # /proc counts whole clock ticks: within one tick (plus the gap between the reads).
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    assert before.user + before.system - tick <= got <= after.user + after.system + tick
+
+
+def test_cpu_seconds_of_no_process_is_none():
+    assert serve_ready.cpu_seconds(2**22 + 1) is None  # above Linux's largest pid
+
+
+def test_importing_the_tool_modules_loads_no_heavy_library():
+    # A benchmark worker must load only its own system's libraries (jax or torch), and library
+    # code never imports gin or tasks.
+    modules = "workers, train_benchmark, matmul, aot_sweep, loading, serve_load, serve_ready"
+    probe = (
+        f"import sys\nfrom prompt_tuning.perf import {modules}\n"
+        "heavy = ('jax', 'torch', 'tensorflow', 'gin', 'tasks')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=pathlib.Path(__file__).resolve().parents[1],  # this checkout's prompt_tuning first
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "[]", done.stdout
