@@ -127,5 +127,5 @@ def test_cli_errors(tmp_path, capsys):
     assert "named 'a'" in capsys.readouterr().err
     assert prompt_similarity.main([str(tmp_path / "a.npy"), f"x={tmp_path / 'nope.npy'}"]) == 2
     assert "nope.npy" in capsys.readouterr().err
-    assert prompt_similarity.parse_spec("m=/x/multi.npy:3") == ("m", "/x/multi.npy", 3)
-    assert prompt_similarity.parse_spec("/x/multi.npy:3") == ("multi:3", "/x/multi.npy", 3)
+    assert similarity.parse_spec("m=/x/multi.npy:3") == ("m", "/x/multi.npy", 3)
+    assert similarity.parse_spec("/x/multi.npy:3") == ("multi:3", "/x/multi.npy", 3)

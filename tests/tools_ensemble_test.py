@@ -9,7 +9,7 @@ import pytest
 
 from prompt_tuning import prompts
 from prompt_tuning.model_dir import is_run
-from prompt_tuning.predict import evaluation, inference
+from prompt_tuning.predict import ensemble_eval, evaluation, inference
 from prompt_tuning.predict.predictor import Predictor
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from prompt_tuning.t5 import config as t5_config
@@ -148,7 +148,7 @@ def test_a_peft_adapter_folder_is_a_prompt_source_not_a_run(tmp_path):
 
     folder, weight = _peft_saved(tmp_path, 32, length=3)
     assert not is_run(folder) and is_run(tmp_path)
-    assert ensemble._source_prompt(str(folder), best=False) == folder
+    assert ensemble_eval.source_prompt(str(folder), best=False) == folder
     model = PromptModel(network.EncoderDecoder(t5_config.tiny(), prompt=prompts.Prompt(length=3)))
     np.testing.assert_array_equal(inference.read_prompt_file(folder, model), weight)
     wide = PromptModel(

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from prompt_tuning.analysis.errors import AnalysisError
 from tests.tools_fixtures import assert_png, frozen_checkpoint, tiny_run  # noqa: F401
-from tools import _common, learning_curves
+from tools import learning_curves
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -69,9 +70,9 @@ def test_metrics_regex_and_families(tiny_run, tmp_path):  # noqa: F811
         "eval/builtin_keyword/rank_accuracy",
     }
     assert (tmp_path / "x.csv").exists()
-    with pytest.raises(_common.ToolError, match="one --label per MODEL_DIR"):
+    with pytest.raises(AnalysisError, match="one --label per MODEL_DIR"):
         learning_curves.main([str(tiny_run), "--label=a", "--label=b"])
-    with pytest.raises(_common.ToolError, match="No logged metric matches"):
+    with pytest.raises(AnalysisError, match="No logged metric matches"):
         learning_curves.main([str(tiny_run), "--metrics=nothing_like_this"])
 
 

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import sentencepiece
 
+from prompt_tuning.analysis import neighbors
+from prompt_tuning.analysis.errors import AnalysisError
 from prompt_tuning.model_dir import ModelDirError
 from prompt_tuning.t5 import checkpoints as t5_checkpoints
 from tasks import vocabularies
 from tests.tools_fixtures import frozen_checkpoint, tiny_run  # noqa: F401 (pytest fixtures)
-from tools import _common, nearest_neighbors
+from tools import nearest_neighbors
 
 
 def _cosine_top_k(prompt: np.ndarray, table: np.ndarray, k: int) -> list[list[int]]:
@@ -29,7 +31,7 @@ def test_planted_neighbours_rank_first_and_padding_rows_are_ignored():
     for i, j in planted.items():
         prompt[i] = 2.0 * embedding[j] + 0.01 * rng.normal(size=width)
     prompt[4] = 3.0 * embedding[vocab + 2]  # a padding row: must not be reported
-    ids, sims = nearest_neighbors.nearest_neighbors(prompt, embedding, vocab, top_k=4)
+    ids, sims = neighbors.nearest_neighbors(prompt, embedding, vocab, top_k=4)
     for i, j in planted.items():
         assert ids[i, 0] == j
         assert sims[i, 0] == pytest.approx(1.0, abs=1e-3)
@@ -42,14 +44,14 @@ def test_planted_neighbours_rank_first_and_padding_rows_are_ignored():
 
 
 def test_mismatched_widths_and_short_embedding_are_named():
-    with pytest.raises(_common.ToolError, match="width 8 but the embedding has 16"):
-        nearest_neighbors.nearest_neighbors(np.ones((2, 8)), np.ones((10, 16)), 10, 3)
-    with pytest.raises(_common.ToolError, match="10 rows but the vocabulary 12"):
-        nearest_neighbors.nearest_neighbors(np.ones((2, 16)), np.ones((10, 16)), 12, 3)
+    with pytest.raises(AnalysisError, match="width 8 but the embedding has 16"):
+        neighbors.nearest_neighbors(np.ones((2, 8)), np.ones((10, 16)), 10, 3)
+    with pytest.raises(AnalysisError, match="10 rows but the vocabulary 12"):
+        neighbors.nearest_neighbors(np.ones((2, 16)), np.ones((10, 16)), 12, 3)
 
 
 def test_extra_ids_are_numbered_from_the_end_as_in_t5():
-    pieces = nearest_neighbors.vocabulary_pieces(vocabularies.TINY_SPM_PATH, extra_ids=3)
+    pieces = neighbors.vocabulary_pieces(vocabularies.TINY_SPM_PATH, extra_ids=3)
     processor = sentencepiece.SentencePieceProcessor(model_file=vocabularies.TINY_SPM_PATH)
     size = processor.get_piece_size()
     assert len(pieces) == size + 3
@@ -105,14 +107,12 @@ def test_run_defaults_latest_prompt_checkpoint_and_task_labels(tiny_run, frozen_
 def test_multi_task_prompts_need_a_task_id_and_instance_dependent_ones_are_refused(tmp_path):
     table = np.random.default_rng(0).normal(size=(3, 4, 8)).astype(np.float32)
     np.save(tmp_path / "tasks.npy", table)
-    np.testing.assert_array_equal(
-        nearest_neighbors.prompt_matrix(tmp_path / "tasks.npy", 2), table[2]
-    )
-    with pytest.raises(_common.ToolError, match=r"3 task prompts .* --task_id 0\.\.2"):
-        nearest_neighbors.prompt_matrix(tmp_path / "tasks.npy", None)
+    np.testing.assert_array_equal(neighbors.prompt_matrix(tmp_path / "tasks.npy", 2), table[2])
+    with pytest.raises(AnalysisError, match=r"3 task prompts .* --task_id 0\.\.2"):
+        neighbors.prompt_matrix(tmp_path / "tasks.npy", None)
     np.savez(tmp_path / "idpg.npz", prompt=table[0], **{"generator/up_kernel": table})
-    with pytest.raises(_common.ToolError, match="no fixed \\[P, H\\] prompt"):
-        nearest_neighbors.prompt_matrix(tmp_path / "idpg.npz", None)
+    with pytest.raises(AnalysisError, match="no fixed \\[P, H\\] prompt"):
+        neighbors.prompt_matrix(tmp_path / "idpg.npz", None)
 
 
 def test_a_peft_adapter_folder_is_read_as_its_prompt_embedding(frozen_checkpoint, tmp_path):  # noqa: F811
@@ -124,5 +124,5 @@ def test_a_peft_adapter_folder_is_read_as_its_prompt_embedding(frozen_checkpoint
     argv = [f"--prompt={folder}", f"--checkpoint={frozen_checkpoint}", "--top_k=3"]
     result = nearest_neighbors.main(argv)
     args = nearest_neighbors.parse_args(argv)
-    vocab = len(nearest_neighbors.vocabulary_pieces(args.spm, args.extra_ids))
+    vocab = len(neighbors.vocabulary_pieces(args.spm, args.extra_ids))
     assert result.ids.tolist() == _cosine_top_k(weight, embedding[:vocab], 3)

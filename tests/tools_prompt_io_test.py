@@ -5,10 +5,12 @@ import pytest
 
 from prompt_tuning import eval as eval_main
 from prompt_tuning import infer, prompts
+from prompt_tuning.export.prompt_io import PromptIOError
 from prompt_tuning.predict import inference
+from prompt_tuning.train import gin_utils
 from tests import tools_fixtures
 from tests.tools_fixtures import frozen_checkpoint, tiny_run  # noqa: F401 (pytest fixtures)
-from tools import _common, prompt_io
+from tools import prompt_io
 
 
 def test_export_copies_latest_step_and_best_prompts(tiny_run, tmp_path):  # noqa: F811
@@ -55,7 +57,7 @@ def _eval_and_scores(model_dir, checkpoint, out, with_metrics=True):
     ]
     metrics = None
     if with_metrics:
-        with _common.fresh_gin():
+        with gin_utils.fresh_gin():
             metrics = eval_main.main(
                 [
                     *common,
@@ -64,7 +66,7 @@ def _eval_and_scores(model_dir, checkpoint, out, with_metrics=True):
                     f"--gin.EVAL_OUTPUT_DIR='{out.parent / out.stem}'",
                 ]
             )
-    with _common.fresh_gin():
+    with gin_utils.fresh_gin():
         infer.main(
             [
                 *common,
@@ -85,7 +87,7 @@ def test_export_import_evaluate_round_trip(tiny_run, frozen_checkpoint, tmp_path
         ["import", f"--prompt={exported}", f"--model_dir={imported}", f"--config={tiny_run}"]
     )
     np.testing.assert_array_equal(np.load(imported / "prompts" / "step_0.npy"), np.load(exported))
-    run = _common.read_run_config(imported)
+    run = gin_utils.read_run_config(imported)
     assert run.model_dir == imported
     assert type(run.model.prompt) is prompts.Prompt and run.model.prompt.length == 4
     assert run.initial_checkpoint_path == frozen_checkpoint
@@ -110,7 +112,7 @@ def test_export_import_evaluate_round_trip(tiny_run, frozen_checkpoint, tmp_path
 def test_import_checks_the_shape_and_refuses_an_existing_run(tiny_run, tmp_path):  # noqa: F811
     prompt = tiny_run / "prompts" / "step_6.npy"
     target = tmp_path / "new"
-    with pytest.raises(_common.ToolError, match=r"shape \(4, 32\) but .* = \(5, 32\)"):
+    with pytest.raises(PromptIOError, match=r"shape \(4, 32\) but .* = \(5, 32\)"):
         prompt_io.main(
             [
                 "import",
@@ -121,9 +123,9 @@ def test_import_checks_the_shape_and_refuses_an_existing_run(tiny_run, tmp_path)
             ]
         )
     assert not target.exists()
-    with pytest.raises(_common.ToolError, match="not empty"):
+    with pytest.raises(PromptIOError, match="not empty"):
         prompt_io.main(["import", f"--prompt={prompt}", f"--model_dir={tiny_run}"])
-    with pytest.raises(_common.ToolError, match="import needs the model"):
+    with pytest.raises(PromptIOError, match="import needs the model"):
         prompt_io.main(["import", f"--prompt={prompt}", f"--model_dir={target}"])
 
 
@@ -138,11 +140,11 @@ def test_export_of_multi_task_and_instance_dependent_prompts(tmp_path):
     assert one.prompt.shape == (4, 8)
     prompt_io.main(["export", run, f"--output={tmp_path / 'all.npy'}"])
     np.testing.assert_array_equal(np.load(tmp_path / "all.npy"), table)
-    with pytest.raises(_common.ToolError, match="--task_id 3: .* holds 3 tasks"):
+    with pytest.raises(PromptIOError, match="--task_id 3: .* holds 3 tasks"):
         prompt_io.main(["export", run, "--task_id=3", f"--output={tmp_path / 'x.npy'}"])
     generator = {"prompt": table[0], "generator/up_kernel": table[:2]}
     np.savez(folder / "step_5.npz", **generator)  # IDPG: the latest export is its parameters
-    with pytest.raises(_common.ToolError, match="instance-dependent .* no \\[P, H\\] prompt"):
+    with pytest.raises(PromptIOError, match="instance-dependent .* no \\[P, H\\] prompt"):
         prompt_io.main(["export", run, f"--output={tmp_path / 'x.npy'}"])
     prompt_io.main(["export", run, f"--output={tmp_path / 'idpg.npz'}"])
     with np.load(tmp_path / "idpg.npz") as written:

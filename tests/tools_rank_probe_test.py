@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from prompt_tuning import prompts
+from prompt_tuning.analysis.errors import AnalysisError
 from prompt_tuning.train import checkpoints, trainer
 from tests.tools_fixtures import assert_png, frozen_checkpoint, rank_probe_run  # noqa: F401
-from tools import _common, rank_probe
+from tools import rank_probe
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -75,5 +76,5 @@ def test_runs_as_a_script(rank_probe_run, tmp_path):  # noqa: F811
 
 def test_run_without_probe_metrics_is_named(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "kind": "train", "loss": 1.0}))
-    with pytest.raises(_common.ToolError, match="trained with a RankProbePrompt"):
+    with pytest.raises(AnalysisError, match="trained with a RankProbePrompt"):
         rank_probe.main([f"--model_dir={tmp_path}"])

@@ -25,78 +25,15 @@ take `T5Config`'s defaults when the input is a T5X checkpoint.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-import numpy as np
 
 if __package__ in (None, ""):  # run as `python tools/convert_checkpoint.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from prompt_tuning.t5 import conversion  # noqa: E402
 from tools import _common  # noqa: E402
-
-
-@dataclasses.dataclass
-class ConversionResult:
-    """What `main` returns.
-
-    Attributes:
-      config: the model's `T5Config` (as loaded).
-      output: the written folder.
-      dropped: names of parameters not written (prompt parameters for HF).
-      untied: whether tied, unscaled logits were written as an explicit `logits_dense` (T5X).
-    """
-
-    config: Any
-    output: pathlib.Path
-    dropped: list[str]
-    untied: bool
-
-
-def untie_unscaled(params: dict[str, Any], config: Any) -> tuple[dict[str, Any], Any, bool]:
-    """For T5X output: tied logits without scaling become an explicit `logits_dense` kernel.
-
-    Returns:
-      `(params, config, changed)`; unchanged unless the model is tied and unscaled.
-    """
-    if not (config.logits_via_embedding and not config.scale_tied_logits):
-        return params, config, False
-    decoder = dict(params["decoder"])
-    decoder["logits_dense"] = {"kernel": np.asarray(params["token_embedder"]["embedding"]).T}
-    untied = config.replace(logits_via_embedding=False, scale_tied_logits=True)
-    return dict(params, decoder=decoder), untied, True
-
-
-def convert(
-    source: str, output: str, to: str, transformers_version: int = 4, step: int = 0
-) -> ConversionResult:
-    """Loads `source` and writes it in the `to` layout ("hf" or "t5x").
-
-    Raises:
-      ToolError: unknown `to`.
-      CheckpointError: an unreadable input or an existing output folder.
-    """
-    from prompt_tuning import t5  # noqa: PLC0415
-
-    if to not in ("hf", "t5x"):
-        raise _common.ToolError(f"--to must be 'hf' or 't5x', got {to!r}.")
-    config, params = t5.checkpoints.load_checkpoint(source)
-    prompt = params.get("encoder", {}).get("prompt")
-    dropped = []
-    if to == "hf" and prompt is not None:
-        dropped = [f"encoder/prompt/{name}" for name in t5.checkpoints.flatten(prompt)]
-        encoder = {k: v for k, v in params["encoder"].items() if k != "prompt"}
-        params = dict(params, encoder=encoder)
-    untied = False
-    if to == "hf":
-        t5.checkpoints.save_hf_checkpoint(params, config, output, transformers_version)
-    else:
-        params, config, untied = untie_unscaled(params, config)
-        t5.checkpoints.save_t5x_checkpoint(params, output, step)
-    return ConversionResult(config, pathlib.Path(output), dropped, untied)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -114,20 +51,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> ConversionResult:
+def main(argv: Sequence[str] | None = None) -> conversion.ConversionResult:
     """Runs the tool.
 
     Args:
       argv: command-line arguments without the program name (default `sys.argv[1:]`).
 
     Returns:
-      The `ConversionResult`.
+      The `conversion.ConversionResult`.
 
     Raises:
       CheckpointError: an unreadable input or an existing output folder.
     """
     args = parse_args(argv)
-    result = convert(args.input, args.output, args.to, args.transformers_version, args.step)
+    result = conversion.convert(
+        args.input, args.output, args.to, args.transformers_version, args.step
+    )
     c = result.config
     print(
         f"Wrote {args.to} checkpoint {result.output}: vocab {c.vocab_size}, H {c.emb_dim}, "

@@ -27,66 +27,7 @@ if __package__ in (None, ""):  # run as `python tools/prompt_similarity.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from prompt_tuning.analysis import similarity  # noqa: E402
-from prompt_tuning.prompts.files import PromptFileError  # noqa: E402
-from tools._common import ToolError  # noqa: E402
-
-
-def parse_spec(spec: str) -> tuple[str, str, int | None]:
-    """`[NAME=]PATH[:TASK_ID]` -> (name, path, task id or None).
-
-    NAME defaults to the file or folder name, with `:TASK_ID` when one is given.
-    """
-    name, _, path = spec.rpartition("=")
-    task_id = None
-    head, sep, tail = path.rpartition(":")
-    if sep and head and tail.isdigit():
-        path, task_id = head, int(tail)
-    if not name:
-        name = pathlib.Path(path).stem + ("" if task_id is None else f":{task_id}")
-    return name, path, task_id
-
-
-def report(
-    specs: Sequence[str], target: str | None, measure: str, step: int | None
-) -> tuple[str, list[str], dict]:
-    """Reads the prompts and builds the Markdown report.
-
-    Returns:
-      (the text, the names, {measure: [S, S] matrix}).
-
-    Raises:
-      ToolError: fewer than two prompts, duplicate names, an unknown `target`, unreadable files.
-    """
-    embeddings = {}
-    for spec in specs:
-        name, path, task_id = parse_spec(spec)
-        if name in embeddings:
-            raise ToolError(f"Two prompts are named {name!r}: name them with NAME=PATH.")
-        try:
-            embeddings[name] = similarity.read_task_embedding(path, task_id, step)
-        except (FileNotFoundError, PromptFileError, ValueError) as error:
-            raise ToolError(str(error)) from error
-    if len(embeddings) < 2:
-        raise ToolError("Give at least two prompts to compare.")
-    if target is not None and target not in embeddings:
-        raise ToolError(f"--target {target!r} is none of the prompts {list(embeddings)}.")
-    matrices, sections = {}, []
-    for each in similarity.MEASURES:
-        try:
-            names, matrices[each] = similarity.similarity_matrix(embeddings, each)
-        except ValueError as error:
-            raise ToolError(str(error)) from error
-        sections.append(f"## {each}\n\n{similarity.format_table(names, matrices[each])}")
-    if target is not None:
-        sources = {n: v for n, v in embeddings.items() if n != target}
-        ranked = similarity.rank_sources(embeddings[target], sources, measure)
-        other = [m for m in similarity.MEASURES if m != measure][0]
-        lines = [f"| rank | source | {measure} | {other} |", "|---|---|---|---|"]
-        for rank, (name, value) in enumerate(ranked, 1):
-            second = similarity.similarity(embeddings[target], sources[name], other)
-            lines.append(f"| {rank} | {name} | {value:.3f} | {second:.3f} |")
-        sections.insert(0, f"## Sources for {target} (by {measure})\n\n" + "\n".join(lines))
-    return "# Prompt similarity (SPoT)\n\n" + "\n\n".join(sections) + "\n", names, matrices
+from prompt_tuning.analysis.errors import AnalysisError  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,8 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", help="also write the report to this Markdown file")
     args = parser.parse_args(argv)
     try:
-        text, names, matrices = report(args.prompts, args.target, args.measure, args.step)
-    except ToolError as error:
+        text, names, matrices = similarity.report(
+            args.prompts, args.target, args.measure, args.step
+        )
+    except AnalysisError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(text, end="")

@@ -18,150 +18,25 @@ with `.csv`).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import math
 import pathlib
 import sys
 from collections.abc import Sequence
 
-import numpy as np
-
 if __package__ in (None, ""):  # run as `python tools/rank_probe.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from prompt_tuning.model_dir import ModelDir  # noqa: E402
+from prompt_tuning.analysis import rank_probe  # noqa: E402
 from tools import _common  # noqa: E402
-
-POSITIVE = "prompt_positive_diagonal"
-NEGATIVE = "prompt_negative_diagonal"
-RANK = "prompt_rank"
-CSV_COLUMNS = ("step", "positive", "negative", "rank", "source")
-
-
-@dataclasses.dataclass
-class RankRow:
-    """Diagonal counts of Sigma at one step (NaN: not recorded)."""
-
-    step: int
-    positive: float
-    negative: float
-    rank: float
-    source: str
 
 
 @dataclasses.dataclass
 class RankProbeResult:
     """What `main` returns: the rows plotted and the files written."""
 
-    rows: list[RankRow]
+    rows: list[rank_probe.RankRow]
     png: pathlib.Path
     csv: pathlib.Path
-
-
-def rows_from_metrics(model_dir: str | pathlib.Path) -> list[RankRow]:
-    """The rank-probe counts of every training log line of MODEL_DIR/metrics.jsonl.
-
-    Raises:
-      ToolError: no training record holds `prompt_positive_diagonal`.
-    """
-    records = ModelDir(model_dir).metrics("train")
-    rows = [
-        RankRow(
-            int(r["step"]),
-            float(r[POSITIVE]),
-            float(r.get(NEGATIVE, math.nan)),
-            float(r.get(RANK, math.nan)),
-            "metrics",
-        )
-        for r in records
-        if POSITIVE in r
-    ]
-    if not rows:
-        raise _common.ToolError(
-            f"{model_dir}/metrics.jsonl has no {POSITIVE} values: was the run trained with a "
-            "RankProbePrompt (gin_configs/prompts/rank_probe.gin)?"
-        )
-    return rows
-
-
-def sigma_by_step(model_dir: str | pathlib.Path) -> dict[int, np.ndarray]:
-    """Sigma [r] of every checkpoint a run kept (checkpoints/<step> and best/<step>).
-
-    Raises:
-      ToolError: a checkpoint holds no `encoder/prompt/sigma` (not a rank-probe run).
-    """
-    from prompt_tuning.train import checkpoints  # noqa: PLC0415
-
-    found = {}
-    for best in (True, False):
-        for step in ModelDir(model_dir).checkpoint_steps(best):
-            _, params = checkpoints.load_trained_params(model_dir, best, step)
-            sigma = params.get("encoder", {}).get("prompt", {}).get("sigma")
-            if sigma is None:
-                raise _common.ToolError(
-                    f"The checkpoint of step {step} in {model_dir} holds no encoder/prompt/sigma: "
-                    "it is not a RankProbePrompt run."
-                )
-            found[step] = sigma
-    return dict(sorted(found.items()))
-
-
-def rows_from_checkpoints(model_dir: str | pathlib.Path) -> list[RankRow]:
-    """Counts of positive and negative entries of Sigma in every kept checkpoint."""
-    return [
-        RankRow(step, float(np.sum(s > 0)), float(np.sum(s < 0)), float(s.size), "checkpoint")
-        for step, s in sigma_by_step(model_dir).items()
-    ]
-
-
-def write_csv(rows: Sequence[RankRow], path: pathlib.Path) -> None:
-    """Writes `step,positive,negative,rank,source` (NaN as an empty cell)."""
-    cell = lambda v: "" if isinstance(v, float) and math.isnan(v) else v  # noqa: E731
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for row in rows:
-            writer.writerow([cell(getattr(row, c)) for c in CSV_COLUMNS])
-
-
-def plot(rows: Sequence[RankRow], path: pathlib.Path, title: str) -> None:
-    """Line plot of the positive and negative counts against the step (r dashed)."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    logged = [r for r in rows if r.source == "metrics"]
-    saved = [r for r in rows if r.source == "checkpoint"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    steps = [r.step for r in logged]
-    ax.plot(steps, [r.positive for r in logged], "-o", color="tab:green", ms=3, label="positive")
-    if any(not math.isnan(r.negative) for r in logged):
-        ax.plot(steps, [r.negative for r in logged], "-o", color="tab:red", ms=3, label="negative")
-    if saved:
-        for name, color in (("positive", "tab:green"), ("negative", "tab:red")):
-            values = [getattr(r, name) for r in saved]
-            ax.plot(
-                [r.step for r in saved],
-                values,
-                "s",
-                color=color,
-                mfc="none",
-                label=f"{name} (checkpoint)",
-            )
-    ranks = [r.rank for r in rows if not math.isnan(r.rank)]
-    if ranks:
-        ax.axhline(max(ranks), color="gray", ls="--", lw=1, label=f"r = {max(ranks):g}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("diagonal entries of Σ")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -188,17 +63,14 @@ def main(argv: Sequence[str] | None = None) -> RankProbeResult:
       The `RankProbeResult`.
 
     Raises:
-      ToolError: the run has no rank-probe metrics or checkpoints of another prompt.
+      AnalysisError: the run has no rank-probe metrics or checkpoints of another prompt.
     """
     args = parse_args(argv)
-    rows = rows_from_metrics(args.model_dir)
-    if args.checkpoints:
-        rows += rows_from_checkpoints(args.model_dir)
-    rows.sort(key=lambda r: (r.step, r.source))
+    rows = rank_probe.rank_rows(args.model_dir, args.checkpoints)
     png = pathlib.Path(args.output or pathlib.Path(args.model_dir) / "rank_probe.png")
     csv_path = pathlib.Path(args.csv) if args.csv else png.with_suffix(".csv")
-    write_csv(rows, csv_path)
-    plot(rows, png, f"Rank probe: {pathlib.Path(args.model_dir).name}")
+    rank_probe.write_csv(rows, csv_path)
+    rank_probe.plot(rows, png, f"Rank probe: {pathlib.Path(args.model_dir).name}")
     last = [r for r in rows if r.source == "metrics"][-1]
     print(
         f"step {last.step}: {last.positive:g} positive, {last.negative:g} negative of "

@@ -12,6 +12,8 @@ that the prompts are comparable). Two tasks are compared by one of two measures:
 Sources are ranked for a target by their similarity to it, most similar first (the paper's
 retrieval: the best-ranked source prompt initializes the target's prompt).
 
+`report` is `tools/prompt_similarity.py`'s Markdown: both matrices and the ranked sources.
+
 Task embeddings are read from any prompt the project writes (`read_task_embedding`): a plain
 `[P, H]` `.npy`, one task's row of a multi-task `[N, P, H]` export, a run's MODEL_DIR (its
 `prompts/best`, else its latest `prompts/step_<N>`), or a PEFT prompt-tuning adapter folder.
@@ -27,6 +29,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from prompt_tuning.analysis.errors import AnalysisError
 from prompt_tuning.model_dir import ModelDir
 from prompt_tuning.train import prompt_files
 from prompt_tuning.train.prompt_files import PromptFileError
@@ -228,3 +231,61 @@ def plot_heatmaps(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def parse_spec(spec: str) -> tuple[str, str, int | None]:
+    """`[NAME=]PATH[:TASK_ID]` -> (name, path, task id or None).
+
+    NAME defaults to the file or folder name, with `:TASK_ID` when one is given.
+    """
+    name, _, path = spec.rpartition("=")
+    task_id = None
+    head, sep, tail = path.rpartition(":")
+    if sep and head and tail.isdigit():
+        path, task_id = head, int(tail)
+    if not name:
+        name = pathlib.Path(path).stem + ("" if task_id is None else f":{task_id}")
+    return name, path, task_id
+
+
+def report(
+    specs: Sequence[str], target: str | None, measure: str, step: int | None
+) -> tuple[str, list[str], dict]:
+    """Reads the prompts and builds the Markdown report.
+
+    Returns:
+      (the text, the names, {measure: [S, S] matrix}).
+
+    Raises:
+      AnalysisError: fewer than two prompts, duplicate names, an unknown `target`, unreadable files.
+    """
+    embeddings = {}
+    for spec in specs:
+        name, path, task_id = parse_spec(spec)
+        if name in embeddings:
+            raise AnalysisError(f"Two prompts are named {name!r}: name them with NAME=PATH.")
+        try:
+            embeddings[name] = read_task_embedding(path, task_id, step)
+        except (FileNotFoundError, PromptFileError, ValueError) as error:
+            raise AnalysisError(str(error)) from error
+    if len(embeddings) < 2:
+        raise AnalysisError("Give at least two prompts to compare.")
+    if target is not None and target not in embeddings:
+        raise AnalysisError(f"--target {target!r} is none of the prompts {list(embeddings)}.")
+    matrices, sections = {}, []
+    for each in MEASURES:
+        try:
+            names, matrices[each] = similarity_matrix(embeddings, each)
+        except ValueError as error:
+            raise AnalysisError(str(error)) from error
+        sections.append(f"## {each}\n\n{format_table(names, matrices[each])}")
+    if target is not None:
+        sources = {n: v for n, v in embeddings.items() if n != target}
+        ranked = rank_sources(embeddings[target], sources, measure)
+        other = [m for m in MEASURES if m != measure][0]
+        lines = [f"| rank | source | {measure} | {other} |", "|---|---|---|---|"]
+        for rank, (name, value) in enumerate(ranked, 1):
+            second = similarity(embeddings[target], sources[name], other)
+            lines.append(f"| {rank} | {name} | {value:.3f} | {second:.3f} |")
+        sections.insert(0, f"## Sources for {target} (by {measure})\n\n" + "\n".join(lines))
+    return "# Prompt similarity (SPoT)\n\n" + "\n\n".join(sections) + "\n", names, matrices

@@ -19,7 +19,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
@@ -30,6 +30,9 @@ from prompt_tuning.predict import ensemble, predictor
 from prompt_tuning.train import checkpoints, optimizers, prompt_files
 from prompt_tuning.train import params as run_params
 from prompt_tuning.train.model import PromptModel
+
+if TYPE_CHECKING:
+    from prompt_tuning.train import builder
 
 
 def as_prompt_model(model: Any) -> PromptModel:
@@ -280,3 +283,27 @@ def batch_size_for(batch_size: int, params: Any) -> int:
     (the padded rows are dropped; `partitioning.evaluation_batch_size`)."""
     mesh = predictor.mesh_of(params)
     return batch_size if mesh is None else partitioning.evaluation_batch_size(batch_size, mesh)
+
+
+def frozen_params_of(run: "builder.RunConfig", checkpoint: str | None = None) -> dict[str, Any]:
+    """The frozen T5 parameters of a run, as host numpy arrays (`load_frozen_params`).
+
+    They come from `checkpoint`, else the run's INITIAL_CHECKPOINT_PATH, else the random model the
+    trainer initialized from RANDOM_SEED.
+
+    Args:
+      run: the run's config (e.g. `gin_utils.read_run_config(model_dir)`).
+      checkpoint: a frozen T5 checkpoint overriding INITIAL_CHECKPOINT_PATH.
+
+    Returns:
+      The frozen parameter tree (no prompt parameters).
+    """
+    frozen = load_frozen_params(
+        PromptModel(run.model),
+        run.task_feature_lengths or {},
+        checkpoint or run.initial_checkpoint_path,
+        run.random_seed,
+        run.trainable_params_regex,
+        run.frozen_dtype,
+    )
+    return jax.tree.map(np.asarray, jax.device_get(frozen))

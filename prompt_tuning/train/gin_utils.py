@@ -30,19 +30,23 @@ the `from __gin__ import dynamic_registration` imports in `gin_configs/`.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pathlib
 import re
 import sys
 import traceback
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import gin
 
 from prompt_tuning.faults import Stopped
-from prompt_tuning.model_dir import CONFIG_GIN, write_atomic
+from prompt_tuning.model_dir import CONFIG_GIN, ModelDir, write_atomic
+
+if TYPE_CHECKING:
+    from prompt_tuning.train import builder
 
 
 def gin_search_root() -> str:
@@ -281,3 +285,111 @@ def main(
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"\nerror: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+# Reading a finished run's config.gin back (the analysis tools in tools/).
+
+
+class GinConfigError(ValueError):
+    """A run's config.gin is missing or binds no needed macro; the message names it and the fix."""
+
+
+@contextlib.contextmanager
+def fresh_gin() -> Iterator[Any]:
+    """Clears gin's global config before and after the block (one config is read at a time).
+
+    Yields:
+      The `gin` module, for `gin_macro`.
+    """
+    gin.clear_config()
+    try:
+        yield gin
+    finally:
+        gin.clear_config()
+
+
+_MISSING = object()
+
+
+def gin_macro(config: Any, name: str, default: Any = _MISSING) -> Any:
+    """A macro's value from the parsed config, with `@configurable()` references evaluated.
+
+    Args:
+      config: the `gin` module (as `fresh_gin` yields it).
+      name: the macro, e.g. "MODEL".
+      default: returned when the macro is unbound.
+
+    Raises:
+      GinConfigError: the macro is unbound and no default is given.
+    """
+    try:
+        value = config.query_parameter(f"%{name}")
+    except ValueError:
+        if default is _MISSING:
+            raise GinConfigError(f"The gin config does not bind the macro {name}.") from None
+        return default
+    if hasattr(value, "scoped_configurable_fn"):  # `@fn()`: gin evaluates it
+        value = value.scoped_configurable_fn()
+    return value
+
+
+def parse_gin_files(paths: Sequence[str | pathlib.Path], bindings: Sequence[str] = ()) -> None:
+    """Parses gin files and bindings into gin's global config (call inside `fresh_gin`)."""
+    for folder in (str(pathlib.Path.cwd()), gin_search_root()):
+        gin.add_config_file_search_path(folder)
+    gin.parse_config_files_and_bindings(
+        [str(p) for p in paths], list(bindings), finalize_config=False
+    )
+
+
+def run_config_from_gin(config: Any, model_dir: str | pathlib.Path) -> builder.RunConfig:
+    """The run's `builder.RunConfig` from the config gin currently holds (see `read_run_config`).
+
+    Raises:
+      GinConfigError: MODEL is not bound.
+    """
+    from prompt_tuning.train import builder, optimizers  # noqa: PLC0415
+
+    lengths = gin_macro(config, "TASK_FEATURE_LENGTHS", None)
+    return builder.RunConfig(
+        model_dir=pathlib.Path(model_dir),
+        model=gin_macro(config, "MODEL"),
+        task=gin_macro(config, "MIXTURE_OR_TASK_NAME", None),
+        task_feature_lengths=None if lengths is None else dict(lengths),
+        initial_checkpoint_path=gin_macro(config, "INITIAL_CHECKPOINT_PATH", None),
+        random_seed=int(gin_macro(config, "RANDOM_SEED", 0)),
+        frozen_dtype=gin_macro(config, "FROZEN_DTYPE", None),
+        trainable_params_regex=gin_macro(
+            config, "TRAINABLE_PARAMS_REGEX", optimizers.DEFAULT_TRAINABLE_PARAMS_REGEX
+        ),
+        batch_size=gin_macro(config, "BATCH_SIZE", None),
+        mixture_or_task_module=gin_macro(config, "MIXTURE_OR_TASK_MODULE", "tasks"),
+    )
+
+
+def read_run_config(model_dir: str | pathlib.Path) -> builder.RunConfig:
+    """Parses MODEL_DIR/config.gin (as written by `python -m prompt_tuning.train`) with gin.
+
+    References such as `@pretrained.tiny_t5_checkpoint()` are evaluated, not pattern-matched.
+
+    Args:
+      model_dir: the run's MODEL_DIR.
+
+    Returns:
+      The run's `builder.RunConfig`; MODEL is built (its prompt module included); fields the
+      config.gin does not bind are None (TASK_FEATURE_LENGTHS, BATCH_SIZE, ...) or the trainer's
+      defaults.
+
+    Raises:
+      GinConfigError: there is no config.gin (runs made by calling `trainer.train` directly write
+        none), or it binds no MODEL.
+    """
+    path = ModelDir(model_dir).config_gin
+    if not path.is_file():
+        raise GinConfigError(
+            f"{path} does not exist. Runs started with `python -m prompt_tuning.train` write it; "
+            "for other runs pass the inputs explicitly (e.g. --checkpoint, --task)."
+        )
+    with fresh_gin() as config:
+        parse_gin_files([path])
+        return run_config_from_gin(config, model_dir)
