@@ -155,3 +155,12 @@ def test_library_code_never_imports_gin_outside_the_entry_points():
                 if any(n == "gin" or n.startswith("gin.") for n in names):
                     wrong.append(str(path.relative_to(ROOT)))
     assert not wrong, f"only train/gin_utils.py imports gin: {wrong}"
+
+
+def test_tools_stay_thin():
+    # Issue 23: logic lives in the library; tools/ is command lines (at most 15% of the code).
+    def lines(top):
+        return sum(len(p.read_text().splitlines()) for p in (ROOT / top).rglob("*.py"))
+
+    tools, total = lines("tools"), sum(lines(top) for top in ("prompt_tuning", "tasks", "tools"))
+    assert tools <= 0.15 * total, f"tools/ holds {tools} of {total} lines ({tools / total:.0%})"
