@@ -142,6 +142,9 @@ def _assert_same_run(got_dir, want_dir, steps):
     np.testing.assert_allclose(
         [got_losses[s] for s in range(1, steps + 1)],
         [want_losses[s] for s in range(1, steps + 1)],
+        # Summed token losses (~90): float32 reductions split over other devices differ in the
+        # last bits (1.4e-5 relative measured at step 3), so the bound is relative.
+        rtol=1e-4,
         atol=1e-5,
     )
     assert got_eval.keys() == want_eval.keys()
