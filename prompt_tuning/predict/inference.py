@@ -184,6 +184,35 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     return records
 
 
+def _restore_config(
+    prompt_file: str | Sequence[str] | None,
+    model_dir: str | None,
+    checkpoint: str,
+    initial_checkpoint_path: str | None,
+    random_seed: int,
+    frozen_dtype: str | None,
+    num_partitions: int,
+    model_parallel_submesh: Sequence[int] | None,
+    decode_method: str,
+    beam_size: int,
+) -> restore.RestoreConfig:
+    """The typed `RestoreConfig` of `evaluate`'s and `infer`'s gin-bound arguments."""
+    return restore.RestoreConfig(
+        prompt_files=restore.prompt_file_list(prompt_file),
+        model_dir=model_dir,
+        checkpoint=checkpoint,
+        initial_checkpoint_path=initial_checkpoint_path,
+        random_seed=random_seed,
+        frozen_dtype=frozen_dtype,
+        mesh=partitioning.MeshConfig(
+            num_partitions,
+            None if model_parallel_submesh is None else tuple(model_parallel_submesh),
+        ),
+        decode_method=decode_method,
+        beam_size=beam_size,
+    )
+
+
 def evaluate(
     model: Any,
     mixture_or_task_name: str,
@@ -241,20 +270,10 @@ def evaluate(
     """
     data.import_task_modules(mixture_or_task_module)
     data.get_task_or_mixture(mixture_or_task_name)
-    source = restore.RestoreConfig(
-        prompt_files=restore.prompt_file_list(prompt_file),
-        model_dir=model_dir,
-        checkpoint=checkpoint,
-        initial_checkpoint_path=initial_checkpoint_path,
-        random_seed=random_seed,
-        frozen_dtype=frozen_dtype,
-        mesh=partitioning.MeshConfig(
-            num_partitions,
-            None if model_parallel_submesh is None else tuple(model_parallel_submesh),
-        ),
-        decode_method=decode_method,
-        beam_size=beam_size,
-    )
+    source = _restore_config(
+        prompt_file, model_dir, checkpoint, initial_checkpoint_path, random_seed, frozen_dtype,
+        num_partitions, model_parallel_submesh, decode_method, beam_size,
+    )  # fmt: skip
     predictor, params, step = restore.restore(model, task_feature_lengths, source)
     evaluator = evaluation.Evaluator(
         mixture_or_task_name,
@@ -342,20 +361,10 @@ def infer(
     """
     data.import_task_modules(mixture_or_task_module)
     provider = data.get_task_or_mixture(mixture_or_task_name)
-    source = restore.RestoreConfig(
-        prompt_files=restore.prompt_file_list(prompt_file),
-        model_dir=model_dir,
-        checkpoint=checkpoint,
-        initial_checkpoint_path=initial_checkpoint_path,
-        random_seed=random_seed,
-        frozen_dtype=frozen_dtype,
-        mesh=partitioning.MeshConfig(
-            num_partitions,
-            None if model_parallel_submesh is None else tuple(model_parallel_submesh),
-        ),
-        decode_method=decode_method,
-        beam_size=beam_size,
-    )
+    source = _restore_config(
+        prompt_file, model_dir, checkpoint, initial_checkpoint_path, random_seed, frozen_dtype,
+        num_partitions, model_parallel_submesh, decode_method, beam_size,
+    )  # fmt: skip
     predictor, params, _ = restore.restore(model, task_feature_lengths, source)
     batch_size = restore.batch_size_for(batch_size, params)
 
