@@ -78,7 +78,9 @@ def test_multi_task_shares_the_attention_and_picks_the_target_by_task_id():
     got = module.apply({"params": params}, jnp.asarray(TOKENS), jnp.asarray(embedded), ids)
     want = _reference(params, sources, TOKENS, embedded, ids, temperature=0.5)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
-    shapes = jax.tree.map(np.shape, nn.unbox(module.init(jax.random.key(0), TOKENS, embedded)))
+    # A multi-task prompt is initialized with task ids, as `PromptModel.init_boxed` does.
+    variables = module.init(jax.random.key(0), TOKENS, embedded, ids)
+    shapes = jax.tree.map(np.shape, nn.unbox(variables))
     assert shapes["params"]["prompt"] == (3, P, H)
     assert shapes["params"]["attention"]["down"] == (H, R)  # one network for all tasks
 
@@ -87,7 +89,8 @@ def test_target_starts_as_the_first_source_unless_an_initializer_is_given():
     sources = np.arange(K * P * H, dtype=np.float32).reshape(K, P, H)
     embedded = np.zeros((2, 4, H), np.float32)
     module = prompts.AttemptPrompt(P, lambda: sources, rank=R, num_tasks=2)
-    params = nn.unbox(module.init(jax.random.key(0), TOKENS, embedded))["params"]
+    ids = np.array([1, 0], np.int32)
+    params = nn.unbox(module.init(jax.random.key(0), TOKENS, embedded, ids))["params"]
     np.testing.assert_array_equal(params["prompt"], np.stack([sources[0], sources[0]]))
     # torch.nn.Linear's default: uniform in +-1/sqrt(fan_in); the layer norm starts at (1, 0).
     assert np.abs(params["attention"]["down"]).max() <= 1 / math.sqrt(H)

@@ -135,7 +135,7 @@ def _records(model_dir):
     return records, losses, metrics
 
 
-def _assert_same_run(got_dir, want_dir, steps):
+def _assert_same_run(got_dir, want_dir, steps, prompt_atol=1e-5):
     _, got_losses, got_eval = _records(got_dir)
     _, want_losses, want_eval = _records(want_dir)
     assert sorted(got_losses) == list(range(1, steps + 1))
@@ -151,7 +151,7 @@ def _assert_same_run(got_dir, want_dir, steps):
     for key in want_eval:
         np.testing.assert_allclose(got_eval[key], want_eval[key], atol=1e-5, err_msg=key)
     name = f"prompts/step_{steps}.npy"
-    np.testing.assert_allclose(np.load(got_dir / name), np.load(want_dir / name), atol=1e-5)
+    np.testing.assert_allclose(np.load(got_dir / name), np.load(want_dir / name), atol=prompt_atol)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,11 @@ def test_model_axis_across_processes_matches_one_process(tmp_path, frozen_checkp
     extra = [*EIGHT_HEADS, "--gin.NUM_PARTITIONS=8", f"--gin.INITIAL_CHECKPOINT_PATH='{path}'"]
     outputs = _launch("prompt_tuning.train", _train_args(tmp_path / "two", 3, *extra))
     _reference(trainer.train, _train_args(tmp_path / "one", 3, *extra))
-    _assert_same_run(tmp_path / "two", tmp_path / "one", 3)
+    # The model axis spans both processes, so every layer's reductions cross them in another order:
+    # losses agree to 1e-5 relative (the same batches), but Adafactor's first updates divide each
+    # gradient element by its own magnitude, so float noise in near-zero elements moves the prompt
+    # by up to 6.4e-3 after 3 steps at lr 0.3 (measured); another batch moves the loss far more.
+    _assert_same_run(tmp_path / "two", tmp_path / "one", 3, prompt_atol=1e-2)
     assert "mesh {'data': 1, 'model': 8} over 2 process(es), 1 data shard(s)" in outputs[0]
     # Sharded loading: each process read its 4 devices' half of every split array (plus the
     # replicated ones), not the model.
