@@ -82,18 +82,34 @@ class BenchmarkSettings:
     timeout: float = 3600
 
 
-def spawn(kind: str, spec: Mapping[str, Any], xla_flags: str, timeout: float) -> dict[str, Any]:
+def spawn(
+    kind: str,
+    spec: Mapping[str, Any],
+    xla_flags: str,
+    timeout: float,
+    module: str = "prompt_tuning.perf.workers",
+    platform: str = "cpu",
+) -> dict[str, Any]:
     """Runs one worker in a fresh interpreter with the given XLA_FLAGS; returns its JSON result.
+
+    Args:
+      kind: the worker's name in `module`'s table (its first command-line argument).
+      spec: the worker's JSON-able settings (its second argument); `spec["host_malloc"]` sets
+        glibc malloc (`parallel.host_memory`).
+      xla_flags: XLA_FLAGS of the worker.
+      timeout: seconds before the worker is killed.
+      module: the worker module, run as `python -m module kind spec`.
+      platform: JAX_PLATFORMS of the worker ("cpu", "cuda").
 
     Raises:
       RuntimeError: the worker failed or printed no JSON (its stderr tail is included).
     """
-    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", USE_TF="0")
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS=platform, USE_TF="0")
     env[host_memory.ENV_VAR] = spec["host_malloc"]
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     root = str(pathlib.Path(__file__).resolve().parents[2])  # this library's parent folder
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "prompt_tuning.perf.workers", kind]
+    command = [sys.executable, "-m", module, kind]
     load_before = os.getloadavg()[0]
     done = subprocess.run(
         command + [json.dumps(spec)],
