@@ -10,8 +10,9 @@ Cache protocol (T5X style, `EncoderDecoder.decode(..., decode=True)` with a muta
 2. Initialise: `_, state = model.apply(variables, encoded, encoder_mask, zeros[B, S],
    decode=True, method="decode", mutable=["cache"])` with a full-length dummy decoder input.
    This creates, per decoder layer, `self_attention/cached_{key,value}` `[B, S, N, K]` (zeros),
-   `encoder_decoder_attention/cached_{key,value}` `[B, P+T, N, K]` (the encoder output
-   projected once) and `decoder/position` (int32 scalar, 0). Its logits are discarded.
+   `encoder_decoder_attention/cached_key` `[B, N, K, P+T]` and `cached_value` `[B, N, P+T, K]`
+   (the encoder output projected once, in the layouts a step's dots read) and
+   `decoder/position` (int32 scalar, 0). Its logits are discarded.
 3. Step: `logits, state = model.apply({"params": params, "cache": state["cache"]}, encoded,
    encoder_mask, tokens[B, 1], decode=True, method="decode", mutable=["cache"])` feeds the token
    at `position` (0 = start token at position 0), returns `[B, 1, V]` logits for position

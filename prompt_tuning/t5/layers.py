@@ -36,6 +36,8 @@ _MASK_BIAS = -1e10
 
 # Logical axes of activations (see sharding.py); constraints act only under a mesh and rules.
 HIDDEN_AXES = ("batch", "length", "embed")  # [B, L, H]
+_KEYS_T_AXES = ("batch", "heads", "kv", "length")  # cached cross-attention keys [B, N, K, T]
+_VALUES_T_AXES = ("batch", "heads", "length", "kv")  # cached cross-attention values [B, N, T, K]
 HEADS_AXES = ("batch", "length", "heads", "kv")  # [B, L, N, K]
 
 _ACTIVATIONS = {
@@ -270,8 +272,9 @@ class MultiHeadAttention(nn.Module):
     `[B, S_max, N, K]` sized by its full-length input and attends normally; every later call takes
     one token `[B, 1, H]`, writes its key/value at `decode_position` and attends over the whole
     cache (the caller's mask hides positions not yet written). Cross-attention
-    (`cross_attention=True`): the first call stores the projected encoder keys/values
-    `[B, T, N, K]`; later calls reuse them instead of projecting the encoder output again.
+    (`cross_attention=True`): the first call stores the projected encoder keys as `[B, N, K, T]`
+    and values as `[B, N, T, K]`; later calls reuse them instead of projecting the encoder output
+    again.
 
     Attributes:
       num_heads: N.
@@ -334,14 +337,20 @@ class MultiHeadAttention(nn.Module):
         query = split(self._dense("query", joined, in_axes, query_init)(inputs_q))
         project = lambda name: split(self._dense(name, joined, in_axes, base)(inputs_kv))
 
+        # Key/value layouts: [B, T, N, K] as projected; a decoder step's cross-attention reads
+        # them from the cache as [B, N, K, T] and [B, N, T, K], the layouts its dots take as they
+        # are (the cache is a loop carry, so XLA cannot hoist a transpose of it out of the loop).
+        key_axes, value_axes = "btnk", "btnk"
         if decode and self.cross_attention:
             key, value = self._cached_projections(project)
+            key_axes, value_axes = "bnkt", "bntk"
         else:
             key, value = project("key"), project("value")
             if decode:
                 key, value = self._update_cache(key, value, decode_position)
 
-        logits = contract("bsnk,btnk->bnst", query, key, self.dtype, f"{_path(self)}/scores")
+        name = _path(self)
+        logits = contract(f"bsnk,{key_axes}->bnst", query, key, self.dtype, f"{name}/scores")
         # logits: [B, N, S, T] float32
         if bias is not None:
             logits = logits + bias.astype(jnp.float32)
@@ -353,18 +362,20 @@ class MultiHeadAttention(nn.Module):
         weights = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
             weights, deterministic=not enable_dropout
         )
-        out = contract("bnst,btnk->bsnk", weights, value, self.dtype, f"{_path(self)}/values")
+        out = contract(f"bnst,{value_axes}->bsnk", weights, value, self.dtype, f"{name}/values")
         # out: [B, S, N, K] float32
         out = out.reshape(out.shape[:2] + (joined,))  # [B, S, N*K]
         out = constrain(out, ("batch", "length", "joined_kv"))
         return constrain(self._dense("out", h, out_axes, base)(out), HIDDEN_AXES)
 
     def _cached_projections(self, project: Callable[[str], Array]) -> tuple[Array, Array]:
-        """Cross-attention keys/values `[B, T, N, K]`: projected on the first call, then cached."""
+        """Cross-attention keys `[B, N, K, T]` and values `[B, N, T, K]`: projected on the first
+        call, then cached in these layouts (transposed once, not at every decoder step)."""
         if self.has_variable("cache", "cached_key"):
             cache = self.variables["cache"]
             return cache["cached_key"], cache["cached_value"]
-        key, value = project("key"), project("value")
+        key = constrain(jnp.transpose(project("key"), (0, 2, 3, 1)), _KEYS_T_AXES)
+        value = constrain(jnp.transpose(project("value"), (0, 2, 1, 3)), _VALUES_T_AXES)
         self.variable("cache", "cached_key", lambda: key)
         self.variable("cache", "cached_value", lambda: value)
         return key, value
