@@ -161,6 +161,20 @@ def test_comparisons_take_the_fastest_peft_mode_of_the_same_precision():
     assert "- small b32 bfloat16: bfloat16-eager 3.00, bfloat16-compiled 2.70" in table
 
 
+def test_gpu_rows_report_device_memory_and_both_mfus():
+    gpu = {"device": "cuda", "mfu_measured_bf16_peak": 0.5, "mfu_nominal": 0.4}
+    runs = [
+        _run("ours", "bfloat16", 0.1, 0.1, 3.0, device_peak_gib=8.0, **gpu),
+        _run("peft", "bfloat16", 0.2, 0.2, 4.0, device_peak_gib=16.0, device="cuda"),
+    ]
+    [row] = train_benchmark.comparisons(runs)
+    assert row["device"] == "cuda" and row["device_memory_ratio"] == 0.5
+    assert (row["ours_mfu_measured_bf16_peak"], row["ours_mfu_nominal"]) == (0.5, 0.4)
+    table = train_benchmark.markdown([row])
+    assert "| peak RSS; GPU ours / PEFT | MFU (measured bf16 peak / nominal) |" in table
+    assert "| 3.00 / 4.00 GiB; 8.00 / 16.00 | 50%/40% |" in table
+
+
 def _row(size, batch, dtype, speedup, memory=0.4, fraction=0.45, device="cpu", mfu=None):
     return {
         "size": size,
