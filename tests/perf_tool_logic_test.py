@@ -80,15 +80,21 @@ def test_benchmark_runs_alternate_ours_and_peft_per_precision():
         dtypes=("float32", "bfloat16"), vs_peft=True, remat_layers=("none", "full")
     )
     runs = train_benchmark.specs(settings, "tiny", 2)
-    order = [(kind, spec["dtype"], spec.get("remat_layers")) for kind, spec in runs]
+    order = [
+        (kind, spec["dtype"], spec.get("remat_layers") or spec["peft_mode"]) for kind, spec in runs
+    ]
+    # Per precision: ours, then PEFT eager, then PEFT compiled (its four modes in all).
     assert order == [
         ("jax", "float32", "none"),
-        ("peft", "float32", None),
+        ("peft", "float32", "eager"),
+        ("peft", "float32", "compiled"),
         ("jax", "bfloat16", "none"),
-        ("peft", "bfloat16", None),
+        ("peft", "bfloat16", "eager"),
+        ("peft", "bfloat16", "compiled"),
         ("jax", "float32", "full"),
         ("jax", "bfloat16", "full"),
     ]
+    assert {spec["device"] for _, spec in runs} == {"cpu"}
     # frozen_dtype "auto" follows the activation dtype; PEFT gets the transformers config.
     assert [spec.get("frozen_dtype") for kind, spec in runs if kind == "jax"] == [
         "float32",
@@ -98,7 +104,7 @@ def test_benchmark_runs_alternate_ours_and_peft_per_precision():
     ]
     # (the tiny T5: H = 32, V = 128)
     peft = [spec["hf_config"] for kind, spec in runs if kind == "peft"]
-    assert [(c["d_model"], c["vocab_size"]) for c in peft] == [(32, 128), (32, 128)]
+    assert {(c["d_model"], c["vocab_size"]) for c in peft} == {(32, 128)} and len(peft) == 4
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.0.2", "::1", "localhost"])
@@ -145,3 +151,27 @@ def test_importing_the_tool_modules_loads_no_heavy_library():
         check=True,
     )
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_the_jax_worker_imports_no_seqio_tensorflow_gin_or_clu():
+    # The GPU machine's image has jax, flax, optax and torch but none of these: the JAX worker
+    # and everything it imports to build and time the trainer's step must do without them.
+    modules = (
+        "prompt_tuning.perf.workers, prompt_tuning.perf.benchmark, prompt_tuning.train.builder, "
+        "prompt_tuning.prompts, prompt_tuning.t5, prompt_tuning.parallel.partitioning, "
+        "prompt_tuning.perf.costs, prompt_tuning.perf.profiling, prompt_tuning.perf.matmul"
+    )
+    probe = (
+        f"import sys\nimport {modules}\n"
+        "absent = ('seqio', 'tensorflow', 'gin', 'clu', 'tensorflow_datasets')\n"
+        "print(sorted(m for m in absent if m in sys.modules), 'jax' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=pathlib.Path(__file__).resolve().parents[1],  # this checkout's prompt_tuning first
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "[] True", done.stdout  # jax: the probe really built the path

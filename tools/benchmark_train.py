@@ -6,12 +6,23 @@ Setting (Lester et al., 2021): T5 1.1 of the given size with random weights, a 1
 the encoder only, 128 input tokens (228 with the prompt), 8 target tokens, dropout 0.1, Lester's
 Adafactor, gradients only with respect to the prompt. Cases are `size:batch` (default small:8,
 small:32, base:8). For every case and round the systems run one after another, alternating:
-ours in float32, PEFT in float32, ours in bfloat16 (bfloat16 matmul operands with float32
-accumulation, frozen weights stored in bfloat16), PEFT with `torch.autocast("cpu",
-dtype=torch.bfloat16)` around the forward pass (its fastest mode here), then our extra settings
-(`--remat-layers`). Each run is its own subprocess (XLA_FLAGS apply at import; its peak RSS is
-its own; the PEFT worker imports torch, transformers and peft only, ours jax, flax and this
-library without TensorFlow or seqio).
+ours in float32, PEFT in float32 eager then `torch.compile`d, ours in bfloat16 (bfloat16 matmul
+operands with float32 accumulation, frozen weights stored in bfloat16), PEFT with
+`torch.autocast(device, dtype=torch.bfloat16)` around the forward pass, eager then compiled,
+then our extra settings (`--remat-layers`). `--peft-modes` picks PEFT's modes (`float32-eager`,
+`float32-compiled`, `bfloat16-eager`, `bfloat16-compiled`; default: those of `--dtypes`);
+compiled is inductor's default mode on the model (forward, and backward through AOTAutograd) and
+on AdamW's step, compiled in the first untimed step (`compile_s`, excluded from the medians). Ours
+is compared with PEFT's fastest mode of the same precision in the same run. Each run is its own
+subprocess (XLA_FLAGS apply at import; its peak RSS is its own; the PEFT worker imports torch,
+transformers and peft only, ours jax, flax and this library without TensorFlow or seqio).
+
+`--device cuda` runs ours with JAX_PLATFORMS=cuda and PEFT on torch's cuda device, measures the
+matmul peaks on the GPU (`--matmul-size` 8192 there) and reports GPU peak memory beside RSS and
+MFU (step FLOPs per second over the measured bfloat16 matmul peak, and over `--peak-tflops`,
+default 989 on cuda; base:32 and large:8 are the GPU cases):
+
+    python tools/benchmark_train.py --device cuda --vs-peft --dtypes bfloat16 --cases base:32
 
 Per run: the median seconds per step after `--warmup` untimed steps (compilation is done ahead of
 time and reported apart), CPU seconds per step (all threads; less sensitive to other processes
@@ -95,8 +106,24 @@ def parse(argv: Sequence[str] | None = None) -> train_benchmark.BenchmarkSetting
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--trainable-regex", default="prompt")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument(
+        "--matmul-size", type=int, default=None, help="n of the matmul peaks (2048 cpu, 8192 cuda)"
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
+    parser.add_argument(
+        "--peft-modes",
+        nargs="+",
+        default=None,
+        choices=train_benchmark.PEFT_MODES,
+        help="PEFT's modes with --vs-peft (default: every mode of --dtypes)",
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="nominal bf16 peak for MFU (default on cuda: 989, H100/H200 SXM dense)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
         parser.error("--steps and --rounds must be >= 1 and --warmup >= 0.")
@@ -104,7 +131,12 @@ def parse(argv: Sequence[str] | None = None) -> train_benchmark.BenchmarkSetting
         size, _, batch = case.partition(":")
         if size not in workers.SIZES or not batch.isdigit():
             parser.error(f"--cases takes size:batch with a size in {workers.SIZES}, got {case!r}.")
-    return train_benchmark.BenchmarkSettings(**vars(args))
+    settings = train_benchmark.BenchmarkSettings(**vars(args))
+    try:
+        settings.modes()
+    except ValueError as error:
+        parser.error(str(error))
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> None:

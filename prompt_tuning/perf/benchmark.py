@@ -48,10 +48,19 @@ def minor_faults() -> int:
 
 
 def time_steps(run_step: Callable[[], Any], warmup: int, steps: int) -> dict[str, list[float]]:
-    """`warmup` untimed then `steps` timed calls of `run_step() -> loss` (which blocks)."""
+    """`warmup` untimed then `steps` timed calls of `run_step() -> loss` (which blocks).
+
+    Returns:
+      `warmup_times_s` (wall seconds of each warm-up call, kept out of the rest), and per timed
+      step `times_s`, `cpu_s`, `minor_faults` and `losses`.
+    """
+    warmup_times = []
     for _ in range(warmup):
+        start = time.perf_counter()
         run_step()
-    out = {"times_s": [], "cpu_s": [], "minor_faults": [], "losses": []}
+        warmup_times.append(time.perf_counter() - start)
+    out = {"warmup_times_s": warmup_times, "times_s": [], "cpu_s": [], "minor_faults": []}
+    out["losses"] = []
     for _ in range(steps):
         start, cpu, faults = time.perf_counter(), cpu_seconds(), minor_faults()
         loss = run_step()

@@ -53,13 +53,17 @@ def jax_matmul_gflops(
     return 2 * n**3 / seconds / 1e9
 
 
-def torch_matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 8) -> float:
-    """Best-of-`repeats` GFLOP/s of `torch.mm` on the CPU (oneDNN; AMX/AVX-512 for bfloat16).
+def torch_matmul_gflops(
+    n: int = 2048, dtype: str = "float32", repeats: int = 8, device: str = "cpu"
+) -> float:
+    """Best-of-`repeats` GFLOP/s of `torch.mm` (CPU: oneDNN, AMX/AVX-512 for bfloat16; cuda:
+    cuBLAS, timed to `torch.cuda.synchronize`).
 
     Args:
       n: matrix size.
       dtype: "float32" or "bfloat16".
       repeats: timed products; the fastest counts.
+      device: torch's device, "cpu" or "cuda".
 
     Returns:
       `2 n^3 / seconds / 1e9`.
@@ -67,10 +71,16 @@ def torch_matmul_gflops(n: int = 2048, dtype: str = "float32", repeats: int = 8)
     import torch  # noqa: PLC0415
 
     generator = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
-    b = torch.randn(n, n, generator=generator).to(getattr(torch, dtype))
+    a = torch.randn(n, n, generator=generator).to(device, getattr(torch, dtype))
+    b = torch.randn(n, n, generator=generator).to(device, getattr(torch, dtype))
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
+
+    def run() -> None:
+        torch.mm(a, b)
+        synchronize()
+
     with torch.inference_mode():
-        seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
+        seconds = _best_seconds(run, repeats)
     return 2 * n**3 / seconds / 1e9
 
 
@@ -78,7 +88,11 @@ BACKENDS = {"jax": jax_matmul_gflops, "torch": torch_matmul_gflops}
 
 
 def measure(
-    backends: Sequence[str], dtypes: Sequence[str], n: int = 2048, repeats: int = 8
+    backends: Sequence[str],
+    dtypes: Sequence[str],
+    n: int = 2048,
+    repeats: int = 8,
+    device: str = "cpu",
 ) -> list[dict[str, object]]:
     """Measures every (backend, dtype) pair.
 
@@ -87,6 +101,8 @@ def measure(
       dtypes: "float32" and/or "bfloat16".
       n: matrix size.
       repeats: timed products per pair.
+      device: "cpu" or "cuda": torch's device (JAX's is its default device, i.e. the
+        process's JAX_PLATFORMS).
 
     Returns:
       One dict per pair: backend, dtype, n, repeats, gflops.
@@ -99,8 +115,10 @@ def measure(
         if backend not in BACKENDS:
             raise ValueError(f"Unknown matmul backend {backend!r}; use one of {sorted(BACKENDS)}.")
         for dtype in dtypes:
-            gflops = BACKENDS[backend](n, dtype, repeats)
+            kwargs = {"device": device} if backend == "torch" else {}
+            gflops = BACKENDS[backend](n, dtype, repeats, **kwargs)
             results.append(
                 {"backend": backend, "dtype": dtype, "n": n, "repeats": repeats, "gflops": gflops}
+                | {"device": device}
             )
     return results

@@ -3,8 +3,9 @@
 The logic of `tools/benchmark_train.py` (its docstring describes the setting and the output):
 `run_benchmark` runs every case's systems one after another, alternating, each in its own
 subprocess (`spawn`, running `workers`), then turns the workers' raw results into records
-(`record`), compares ours with PEFT at the same precision (`comparisons`), checks the goals
-(`goals`) and prints the Markdown table (`markdown`) on stderr.
+(`record`), compares ours with PEFT's fastest mode at the same precision (`comparisons`), checks
+the goals (`goals`) and prints the Markdown table (`markdown`) on stderr; those three live in
+`train_report` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -21,14 +22,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prompt_tuning.parallel import host_memory
+from prompt_tuning.perf.train_report import comparisons, goals, markdown
 from prompt_tuning.perf.workers import model_config
+
+__all__ = ["comparisons", "goals", "markdown", "run_benchmark", "spawn", "specs"]
 
 DEFAULT_CASES = ("small:8", "small:32", "base:8")
 PEFT_NOTE = (
-    "PEFT timed with the installed transformers (4.57: T5 1.1's lm_head is untied, as here), "
-    "AdamW, an encoder-only prompt (num_transformer_submodules=1)."
+    "PEFT timed with the installed torch/transformers/peft (each run's `versions`; transformers "
+    "4.x keeps T5 1.1's lm_head untied as here, 5.x ties it: the same compute), AdamW, an "
+    "encoder-only prompt (num_transformer_submodules=1). Ours is compared with the fastest PEFT "
+    "mode of the same precision in the same run (`peft_mode`; every mode in `peft_modes_step_s`), "
+    "memory with that same mode's."
 )
-SPEED_GOAL, PEAK_GOAL, MEMORY_GOAL = 1.5, 0.7, 0.5
+# PEFT's modes, `dtype-mode`: "bfloat16" is autocast; "compiled" is torch.compile (inductor).
+PEFT_MODES = ("float32-eager", "float32-compiled", "bfloat16-eager", "bfloat16-compiled")
+# Nominal dense bfloat16 peak of H100/H200 SXM (TFLOP/s): `--peak-tflops`'s default on cuda.
+CUDA_PEAK_TFLOPS = 989.0
+DEFAULT_MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,8 +66,12 @@ class BenchmarkSettings:
       dropout: dropout rate.
       trainable_regex: the trainable-parameter regex of ours.
       seed: random seed.
-      matmul_size: n of the square-matmul peaks.
+      matmul_size: n of the square-matmul peaks (None: 2048 on cpu, 8192 on cuda).
       timeout: seconds per worker.
+      peft_modes: PEFT's modes (`PEFT_MODES`); None: every mode of `dtypes`.
+      device: "cpu" or "cuda" (ours with JAX_PLATFORMS=cuda, PEFT on torch's cuda device).
+      peak_tflops: a nominal bfloat16 peak for MFU (None: `CUDA_PEAK_TFLOPS` on cuda, none on
+        cpu), reported beside the MFU against the measured bfloat16 matmul peak.
     """
 
     cases: Sequence[str] = DEFAULT_CASES
@@ -78,8 +93,37 @@ class BenchmarkSettings:
     dropout: float = 0.1
     trainable_regex: str = "prompt"
     seed: int = 0
-    matmul_size: int = 2048
+    matmul_size: int | None = None
     timeout: float = 3600
+    peft_modes: Sequence[str] | None = None
+    device: str = "cpu"
+    peak_tflops: float | None = None
+
+    def modes(self) -> list[str]:
+        """The PEFT modes to run (`peft_modes`, or every mode of `dtypes`), in `PEFT_MODES` order.
+
+        Raises:
+          ValueError: an unknown mode, or one whose precision is not in `dtypes`.
+        """
+        modes = [m for m in PEFT_MODES if m.split("-")[0] in self.dtypes]
+        if self.peft_modes is None:
+            return modes
+        for mode in self.peft_modes:
+            if mode not in modes:
+                raise ValueError(
+                    f"--peft-modes {mode!r} is not one of {modes} (the modes of --dtypes "
+                    f"{' '.join(self.dtypes)}); add its precision to --dtypes or drop it."
+                )
+        return [m for m in modes if m in self.peft_modes]
+
+    def nominal_peak_gflops(self) -> float | None:
+        """`peak_tflops` (or the cuda default) in GFLOP/s; None on cpu without one."""
+        tflops = self.peak_tflops or (CUDA_PEAK_TFLOPS if self.device == "cuda" else None)
+        return tflops * 1e3 if tflops else None
+
+    def matmul_n(self) -> int:
+        """n of the square-matmul peaks."""
+        return self.matmul_size or DEFAULT_MATMUL_SIZE[self.device]
 
 
 def spawn(
@@ -131,9 +175,25 @@ def spawn(
 
 
 def record(
-    system: str, spec: Mapping[str, Any], raw: Mapping[str, Any], peak: float | None, rnd: int
+    system: str,
+    spec: Mapping[str, Any],
+    raw: Mapping[str, Any],
+    peak: float | None,
+    rnd: int,
+    bf16_peak: float | None = None,
+    nominal_peak: float | None = None,
 ) -> dict[str, Any]:
-    """One run's JSON record from a worker's raw result."""
+    """One run's JSON record from a worker's raw result.
+
+    Args:
+      system: "ours" or "peft".
+      spec: the worker's spec (without `hf_config`).
+      raw: the worker's result.
+      peak: the measured matmul peak (GFLOP/s) of the run's backend and precision.
+      rnd: the round.
+      bf16_peak: the measured bfloat16 matmul peak (GFLOP/s, best backend): MFU's denominator.
+      nominal_peak: a nominal bfloat16 peak (GFLOP/s, `--peak-tflops`): a second MFU.
+    """
     from prompt_tuning.perf import costs  # noqa: PLC0415
 
     config = model_config(spec["size"], spec["dropout"])
@@ -141,10 +201,12 @@ def record(
     flops = costs.step_flops(config, spec["batch"], *lengths)["step"]
     median = statistics.median(raw["times_s"])
     achieved = flops / median / 1e9
+    keys = ("size", "batch", "dtype", "frozen_dtype", "remat_layers", "peft_mode")
     record = {
         "system": system,
         "round": rnd,
-        **{k: spec.get(k) for k in ("size", "batch", "dtype", "frozen_dtype", "remat_layers")},
+        **{k: spec.get(k) for k in keys},
+        "device": spec.get("device", "cpu"),
         "step_s_median": median,
         "cpu_s_per_step_median": statistics.median(raw["cpu_s"]),
         "examples_per_s": spec["batch"] / median,
@@ -153,91 +215,10 @@ def record(
         "achieved_gflops": achieved,
         "matmul_peak_gflops": peak,
         "fraction_of_matmul_peak": achieved / peak if peak else None,
+        "mfu_measured_bf16_peak": achieved / bf16_peak if bf16_peak else None,
+        "mfu_nominal": achieved / nominal_peak if nominal_peak else None,
     }
     return record | {k: v for k, v in raw.items() if k not in record}
-
-
-def _median_of(runs: Sequence[Mapping[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
-
-
-def comparisons(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Ours (each setting) vs PEFT at the same case and precision, medians over rounds.
-
-    `speedup` and `cpu_speedup` are PEFT's wall / CPU seconds per step over ours (> 1: we are
-    faster); `memory_ratio` is our peak RSS over PEFT's (< 1: we use less).
-    """
-    groups: dict[tuple, list[Mapping[str, Any]]] = {}
-    for run in runs:
-        setting = None if run["system"] == "peft" else (run["frozen_dtype"], run["remat_layers"])
-        key = (run["system"], run["size"], run["batch"], run["dtype"], setting)
-        groups.setdefault(key, []).append(run)
-    out = []
-    for (system, size, batch, dtype, setting), ours in groups.items():
-        theirs = groups.get(("peft", size, batch, dtype, None))
-        if system != "ours":
-            continue
-        row = {
-            "size": size,
-            "batch": batch,
-            "dtype": dtype,
-            "frozen_dtype": setting[0],
-            "remat_layers": setting[1],
-            "rounds": len(ours),
-            "ours_step_s": _median_of(ours, "step_s_median"),
-            "ours_cpu_s": _median_of(ours, "cpu_s_per_step_median"),
-            "ours_peak_rss_gib": _median_of(ours, "peak_rss_gib"),
-            "ours_fraction_of_matmul_peak": _median_of(ours, "fraction_of_matmul_peak"),
-            "load_avg_1m": [r["load_avg_1m"] for r in ours],
-        }
-        if theirs:
-            row |= {
-                "peft_step_s": _median_of(theirs, "step_s_median"),
-                "peft_cpu_s": _median_of(theirs, "cpu_s_per_step_median"),
-                "peft_peak_rss_gib": _median_of(theirs, "peak_rss_gib"),
-            }
-            row["speedup"] = row["peft_step_s"] / row["ours_step_s"]
-            row["cpu_speedup"] = row["peft_cpu_s"] / row["ours_cpu_s"]
-            row["memory_ratio"] = row["ours_peak_rss_gib"] / row["peft_peak_rss_gib"]
-        out.append(row)
-    return out
-
-
-def goals(comparisons: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The issue's goals, per comparison row: speed-up, fraction of peak, memory (small b32)."""
-    goals = {}
-    for row in comparisons:
-        name = f"{row['size']}:{row['batch']} {row['dtype']} remat={row['remat_layers']}"
-        entry = {"fraction_of_peak": row["ours_fraction_of_matmul_peak"] >= PEAK_GOAL}
-        if "speedup" in row:
-            entry["speedup"] = row["speedup"] >= SPEED_GOAL
-            if (row["size"], row["batch"]) == ("small", 32):
-                entry["memory"] = row["memory_ratio"] <= MEMORY_GOAL
-        goals[name] = entry
-    return goals
-
-
-def markdown(comparisons: Sequence[Mapping[str, Any]]) -> str:
-    """The README's table: one row per case, precision and setting of ours."""
-    lines = [
-        "| case | precision | ours s/step (CPU s) | PEFT s/step (CPU s) | speed-up | "
-        "peak RSS ours / PEFT | ours GFLOP/s share of peak | load |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in comparisons:
-        remat = "" if r["remat_layers"] == "none" else f", remat {r['remat_layers']}"
-        peft = f"{r['peft_step_s']:.2f} ({r['peft_cpu_s']:.2f})" if "peft_step_s" in r else "—"
-        ratio = f"{r['speedup']:.2f}×" if "speedup" in r else "—"
-        memory = f"{r['ours_peak_rss_gib']:.2f} / " + (
-            f"{r['peft_peak_rss_gib']:.2f} GiB" if "peft_peak_rss_gib" in r else "—"
-        )
-        load = max(max(pair) for pair in r["load_avg_1m"])
-        lines.append(
-            f"| {r['size']} b{r['batch']} | {r['dtype']}{remat} | {r['ours_step_s']:.2f} "
-            f"({r['ours_cpu_s']:.2f}) | {peft} | {ratio} | {memory} | "
-            f"{r['ours_fraction_of_matmul_peak']:.0%} | ≤ {load:.1f} |"
-        )
-    return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
@@ -262,7 +243,11 @@ def machine() -> dict[str, Any]:
 
 
 def specs(args: BenchmarkSettings, size: str, batch: int) -> list[tuple[str, dict[str, Any]]]:
-    """The runs of one case in their alternating order: (worker, spec)."""
+    """The runs of one case in their alternating order: (worker, spec).
+
+    Per precision: ours, then each PEFT mode of that precision (`args.modes()`: eager, then
+    compiled); then ours with the other `remat_layers` settings.
+    """
     from prompt_tuning.t5 import hf_format  # noqa: PLC0415
 
     base = {
@@ -274,33 +259,62 @@ def specs(args: BenchmarkSettings, size: str, batch: int) -> list[tuple[str, dic
         "prng_impl": args.prng_impl,
         "profile": args.profile,
         "host_malloc": args.host_malloc,
+        "device": args.device,
     }
     hf_config = hf_format.config_to_hf(model_config(size, args.dropout))
+    modes = args.modes() if args.vs_peft else []
     out = []
     for remat in args.remat_layers:
         for dtype in args.dtypes:
             frozen = dtype if args.frozen_dtype == "auto" else args.frozen_dtype
             ours = dict(base, dtype=dtype, frozen_dtype=frozen, remat_layers=remat)
             out.append(("jax", ours))
-            if args.vs_peft and remat == args.remat_layers[0]:
-                out.append(("peft", dict(base, dtype=dtype, hf_config=hf_config)))
+            if remat != args.remat_layers[0]:
+                continue
+            for mode in modes:
+                precision, _, compiled = mode.partition("-")
+                if precision == dtype:
+                    peft = dict(base, dtype=dtype, hf_config=hf_config, peft_mode=compiled)
+                    out.append(("peft", peft))
     return out
 
 
 def _matmul_peaks(args: BenchmarkSettings) -> list[dict[str, Any]]:
-    """Square-matmul GFLOP/s of jax (and torch) in the benchmarked dtypes, in a subprocess."""
+    """Square-matmul GFLOP/s of jax (and torch) in the benchmarked dtypes (and bfloat16, MFU's
+    reference), in a subprocess on `args.device`."""
     spec = {
         "backends": ["jax", "torch"] if args.vs_peft else ["jax"],
-        "dtypes": list(args.dtypes),
-        "n": args.matmul_size,
+        "dtypes": sorted({*args.dtypes, "bfloat16"}, reverse=True),
+        "n": args.matmul_n(),
         "host_malloc": args.host_malloc,
+        "device": args.device,
     }
-    return spawn("matmul", spec, args.xla_flags, args.timeout)["matmul"]
+    return spawn("matmul", spec, args.xla_flags, args.timeout, platform=args.device)["matmul"]
 
 
-def _best_peak(peaks: Sequence[Mapping[str, Any]], backend: str, dtype: str) -> float | None:
-    found = [p["gflops"] for p in peaks if p["backend"] == backend and p["dtype"] == dtype]
+def _best_peak(peaks: Sequence[Mapping[str, Any]], backend: str | None, dtype: str) -> float | None:
+    """The best measured GFLOP/s of `backend` (None: any) in `dtype`."""
+    found = [
+        p["gflops"]
+        for p in peaks
+        if (backend is None or p["backend"] == backend) and p["dtype"] == dtype
+    ]
     return max(found) if found else None
+
+
+def _log_run(log: Any, raw: Mapping[str, Any]) -> None:
+    """One run's line on stderr (and its profile, with --profile)."""
+    from prompt_tuning.perf import profiling  # noqa: PLC0415
+
+    device = f", GPU {raw['device_peak_gib']:.2f} GiB" if raw.get("device_peak_gib") else ""
+    compile_s = f", compile {raw['compile_s']:.1f} s" if raw.get("compile_s") else ""
+    log(
+        f"  {statistics.median(raw['times_s']):.3f} s/step, {raw['peak_rss_gib']:.2f} GiB"
+        f"{device}{compile_s}, load {raw['load_avg_1m']}"
+    )
+    if "profile" in raw:  # --profile: where one step's time goes, by category
+        wall = statistics.median(raw["times_s"])
+        log("\n".join(profiling.format_profile(raw["profile"], wall)))
 
 
 def run_benchmark(args: BenchmarkSettings) -> dict[str, Any]:
@@ -308,11 +322,13 @@ def run_benchmark(args: BenchmarkSettings) -> dict[str, Any]:
 
     Returns:
       `{"runs": [one record per run], "summary": {...}}`.
-    """
-    from prompt_tuning.perf import profiling  # noqa: PLC0415
 
+    Raises:
+      ValueError: `--peft-modes` names a mode outside `--dtypes`.
+    """
+    args.modes()  # bad --peft-modes fail before anything runs
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    log(f"matmul peaks ({args.matmul_size}^2) ...")
+    log(f"matmul peaks ({args.matmul_n()}^2, {args.device}) ...")
     peaks = _matmul_peaks(args)
     raw_runs = []
     for rnd in range(args.rounds):
@@ -320,43 +336,32 @@ def run_benchmark(args: BenchmarkSettings) -> dict[str, Any]:
             size, _, batch = case.partition(":")
             for kind, spec in specs(args, size, int(batch)):
                 name = "ours" if kind == "jax" else "peft"
-                log(f"round {rnd + 1}: {name} {size} b{batch} {spec['dtype']} ...")
+                mode = f" {spec['peft_mode']}" if kind == "peft" else ""
+                log(f"round {rnd + 1}: {name}{mode} {size} b{batch} {spec['dtype']} ...")
                 flags = args.xla_flags if kind == "jax" else ""
-                raw = spawn(kind, spec, flags, args.timeout)
+                raw = spawn(kind, spec, flags, args.timeout, platform=args.device)
                 raw_runs.append((name, spec, raw, rnd))
-                log(
-                    f"  {statistics.median(raw['times_s']):.3f} s/step, "
-                    f"{raw['peak_rss_gib']:.2f} GiB, load {raw['load_avg_1m']}"
-                )
-                if "profile" in raw:  # --profile: where one step's time goes, by category
-                    wall = statistics.median(raw["times_s"])
-                    log("\n".join(profiling.format_profile(raw["profile"], wall)))
+                _log_run(log, raw)
     log("matmul peaks again ...")
     peaks += _matmul_peaks(args)
     runs = []
+    bf16_peak, nominal = _best_peak(peaks, None, "bfloat16"), args.nominal_peak_gflops()
     for name, spec, raw, rnd in raw_runs:
         backend = "jax" if name == "ours" else "torch"
         spec = {k: v for k, v in spec.items() if k != "hf_config"}
-        runs.append(record(name, spec, raw, _best_peak(peaks, backend, spec["dtype"]), rnd))
+        if name == "peft":  # the mode's full name, as in --peft-modes
+            spec["peft_mode"] = f"{spec['dtype']}-{spec['peft_mode']}"
+        peak = _best_peak(peaks, backend, spec["dtype"])
+        runs.append(record(name, spec, raw, peak, rnd, bf16_peak, nominal))
     rows = comparisons(runs)
+    settings = ("input_length", "prompt_length", "target_length", "dropout", "steps", "warmup")
+    settings += ("rounds", "host_malloc", "prng_impl", "device", "peft_modes")
     summary = {
         "machine": machine(),
         "xla_flags": args.xla_flags,
         "matmul_peaks_gflops": peaks,
-        "setting": {
-            k: getattr(args, k)
-            for k in (
-                "input_length",
-                "prompt_length",
-                "target_length",
-                "dropout",
-                "steps",
-                "warmup",
-                "rounds",
-                "host_malloc",
-                "prng_impl",
-            )
-        },
+        "nominal_peak_gflops": nominal,
+        "setting": {k: getattr(args, k) for k in settings} | {"peft_modes": args.modes()},
         "comparisons": rows,
         "goals": goals(rows),
         "notes": [PEFT_NOTE] if args.vs_peft else [],

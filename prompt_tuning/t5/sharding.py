@@ -96,9 +96,10 @@ def _legacy_mesh() -> Any:
     except ImportError:  # pragma: no cover - a JAX without the legacy context
         return jax.sharding.get_abstract_mesh()
     resources = getattr(mesh_lib, "thread_resources", None)
-    if resources is None:  # pragma: no cover - the guard test names this change
+    mesh = getattr(getattr(resources, "env", None), "physical_mesh", None)
+    if mesh is None:  # pragma: no cover - the guard test names this change
         return jax.sharding.get_abstract_mesh()
-    return resources.env.physical_mesh
+    return mesh
 
 
 def constrain(x: jax.Array, logical: Sequence[str | None]) -> jax.Array:
