@@ -94,6 +94,7 @@ def _run(mode, dtype, seconds, task="rank", rss=1.0):
     return {"system": system, "mode": mode, "task": task, "size": "small", "batch": 32} | {
         "dtype": dtype,
         "batch_s_median": seconds,
+        "cpu_s_per_batch_median": 2 * seconds,
         "peak_rss_gib": rss,
     }
 
@@ -114,6 +115,7 @@ def test_comparisons_take_the_fastest_peft_mode_of_the_same_precision():
     assert bf16["peft_fastest_mode"] == "cast" and bf16["speedup"] == pytest.approx(1.2 / 0.5)
     assert bf16["peft_modes_s"] == {"autocast": 1.5, "cast": 1.2, "compile-autocast": 2.0}
     assert bf16["memory_ratio"] == pytest.approx(0.5)  # against the chosen mode's RSS
+    assert bf16["cpu_speedup"] == pytest.approx(2.4 / 1.0)
     assert f32["peft_fastest_mode"] == "compile" and f32["speedup"] == pytest.approx(0.45)
     goals = decode_benchmark.goals(list(rows.values()))
     assert goals == {"rank small:32 bfloat16": True, "rank small:32 float32": False}

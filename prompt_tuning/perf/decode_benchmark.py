@@ -139,15 +139,19 @@ def comparisons(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Ours vs the fastest PEFT mode of the same task, size, batch and precision.
 
     Medians over rounds per system and mode; `speedup` is our examples/s over the fastest PEFT
-    mode's (> 1: we are faster); `peft_modes_s` records every mode's seconds per batch.
+    mode's (> 1: we are faster), `cpu_speedup` the same in CPU seconds (all threads; less
+    sensitive to other processes on a shared machine); `peft_modes_s` records every mode's
+    seconds per batch.
     """
     groups: dict[tuple, dict[str, list[float]]] = {}
     memory: dict[tuple, dict[str, list[float]]] = {}
+    cpu: dict[tuple, dict[str, list[float]]] = {}
     for run in runs:
         key = (run["task"], run["size"], run["batch"], run["dtype"])
         name = "ours" if run["system"] == "ours" else run["mode"]
         groups.setdefault(key, {}).setdefault(name, []).append(run["batch_s_median"])
         memory.setdefault(key, {}).setdefault(name, []).append(run["peak_rss_gib"])
+        cpu.setdefault(key, {}).setdefault(name, []).append(run["cpu_s_per_batch_median"])
     out = []
     for (task, size, batch, dtype), by_mode in groups.items():
         if "ours" not in by_mode:
@@ -157,11 +161,14 @@ def comparisons(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         row = {"task": task, "size": size, "batch": batch, "dtype": dtype}
         row |= {"ours_s": ours_s, "ours_examples_per_s": batch / ours_s, "peft_modes_s": medians}
         row["ours_peak_rss_gib"] = statistics.median(memory[task, size, batch, dtype]["ours"])
+        row["ours_cpu_s"] = statistics.median(cpu[task, size, batch, dtype]["ours"])
         if medians:
             fastest = min(medians, key=medians.get)
             row |= {"peft_fastest_mode": fastest, "peft_s": medians[fastest]}
             row["peft_examples_per_s"] = batch / medians[fastest]
             row["speedup"] = medians[fastest] / ours_s
+            row["peft_cpu_s"] = statistics.median(cpu[task, size, batch, dtype][fastest])
+            row["cpu_speedup"] = row["peft_cpu_s"] / row["ours_cpu_s"]
             peft_rss = statistics.median(memory[task, size, batch, dtype][fastest])
             row["memory_ratio"] = row["ours_peak_rss_gib"] / peft_rss
         out.append(row)
@@ -184,17 +191,20 @@ def markdown(rows: Sequence[Mapping[str, Any]], agreements: Sequence[Mapping[str
         value = a.get("token_equality", a.get("choice_agreement"))
         agree.setdefault((a["task"], a["size"], a["dtype"]), []).append(value)
     lines = [
-        "| task | case | precision | ours s/batch (ex/s) | fastest PEFT mode | "
-        "PEFT s/batch (ex/s) | speed-up | memory ratio | agreement (min) |",
+        "| task | case | precision | ours s/batch (ex/s; CPU s) | fastest PEFT mode | "
+        "PEFT s/batch (ex/s; CPU s) | speed-up (CPU) | memory ratio | agreement (min) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [r["task"], f"{r['size']}:{r['batch']}", r["dtype"]]
-        cells.append(f"{r['ours_s']:.3f} ({r['ours_examples_per_s']:.1f})")
+        cells.append(f"{r['ours_s']:.3f} ({r['ours_examples_per_s']:.1f}; {r['ours_cpu_s']:.2f})")
         if "speedup" in r:
             cells.append(r["peft_fastest_mode"])
-            cells.append(f"{r['peft_s']:.3f} ({r['peft_examples_per_s']:.1f})")
-            cells += [f"{r['speedup']:.2f}x", f"{r['memory_ratio']:.2f}"]
+            cells.append(
+                f"{r['peft_s']:.3f} ({r['peft_examples_per_s']:.1f}; {r['peft_cpu_s']:.2f})"
+            )
+            cells.append(f"{r['speedup']:.2f}x ({r['cpu_speedup']:.2f}x)")
+            cells.append(f"{r['memory_ratio']:.2f}")
         else:
             cells += ["-"] * 4
         values = agree.get((r["task"], r["size"], r["dtype"]))
