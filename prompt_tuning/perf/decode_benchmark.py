@@ -231,6 +231,8 @@ def _run_case(args: DecodeSettings, spec: dict, rnd: int, log: Any) -> tuple[lis
         public = {k: v for k, v in run_spec.items() if k != "hf_config"}
         runs.append(record("ours" if kind == "jax" else "peft", public, raw, rnd))
         log(f"  {statistics.median(raw['times_s']):.3f} s/batch, load {raw['load_avg_1m']}")
+        if min(raw.get("new_tokens", [spec["new_tokens"]])) < spec["new_tokens"]:
+            log(f"  WARNING: rows stopped before {spec['new_tokens']} tokens: {raw['new_tokens']}")
         if kind == "jax":
             ours_raw = raw
         elif ours_raw is not None:
