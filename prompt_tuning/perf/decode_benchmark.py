@@ -12,10 +12,10 @@ the table.
 PEFT modes: "eager" (float32), "autocast" (bfloat16 autocast around float32 weights), "cast"
 (the model cast to bfloat16 with `.to`), and "compile", "compile-autocast", "compile-cast": the
 same under `torch.compile` (inductor; the compiling first call is timed apart). Compiled modes
-run for rank classification only: `generate` under `torch.compile` needs transformers' static
-KV cache, whose compilation of the decoder step (one graph per cache shape, recompiled for the
-prefill) takes minutes on CPU and is not how `generate` is used by default; eager `generate` is
-what PEFT users run.
+run for rank classification only. `generate` was not compiled: a compiled decoder step needs
+transformers' static KV cache (`cache_implementation="static"`) and graphs for the prefill and
+the one-token step; PEFT's prompted `generate` with a static cache was not tried in the time
+this work had, and eager `generate` (dynamic cache) is what PEFT users run by default.
 """
 
 from __future__ import annotations
