@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import seqio
+
+if (
+    TYPE_CHECKING
+):  # annotations only: the predictor (and pt-serve, the decode benchmark) need no seqio
+    import seqio
 
 Batch = dict[str, np.ndarray]
 Labels = Sequence[str] | Mapping[str, Sequence[str]] | None
