@@ -138,7 +138,10 @@ def run_jax_decode(spec: Mapping[str, Any]) -> dict[str, Any]:
         batch = {"encoder_input_tokens": inputs}
         kind, length = "greedy", spec["new_tokens"]
     else:
-        batch = rank_classification.label_batch({"encoder_input_tokens": inputs}, labels)
+        # As `Predictor.label_scores` (evaluation's rank classification): B inputs, B*C targets.
+        batch = rank_classification.label_batch(
+            {"encoder_input_tokens": inputs}, labels, repeat_inputs=False
+        )
         kind, length = "score", 0
     batch = jax.device_put(batch)
     start = time.perf_counter()

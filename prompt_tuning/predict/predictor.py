@@ -198,8 +198,9 @@ class Predictor:
         return self._run(params, batch, "score")
 
     def label_scores(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:
-        """Log-likelihood `[B, C]` of every label `label_tokens [C, S]` for every example."""
-        scores = self.score(params, label_batch(batch, label_tokens))  # [B*C]
+        """Log-likelihood `[B, C]` of every label `label_tokens [C, S]` for every example (each
+        example is encoded once for its C labels)."""
+        scores = self.score(params, label_batch(batch, label_tokens, repeat_inputs=False))
         return scores.reshape(batch["encoder_input_tokens"].shape[0], label_tokens.shape[0])
 
     def classify(self, params: Any, batch: Batch, label_tokens: np.ndarray) -> np.ndarray:

@@ -136,27 +136,31 @@ def tokenize_labels(
     return out
 
 
-def label_batch(batch: Batch, label_tokens: np.ndarray) -> Batch:
-    """Pairs every example with every label: row `b * C + c` is example b with label c.
+def label_batch(batch: Batch, label_tokens: np.ndarray, repeat_inputs: bool = True) -> Batch:
+    """Pairs every example with every label: target row `b * C + c` is example b with label c.
 
     Args:
       batch: model features with `encoder_input_tokens [B, T]`, optional `task_ids [B]`.
       label_tokens: `[C, S]` label targets from `tokenize_labels`.
+      repeat_inputs: repeat each example's inputs (and task id) C times, one per target row (a
+        plain B*C-row batch); False keeps the B input rows, which `decoding.score` encodes once
+        and pairs with their C target rows.
 
     Returns:
-      A batch of B*C rows whose targets are the labels.
+      A batch of B*C target rows whose targets are the labels.
     """
     num_labels = label_tokens.shape[0]
     batch_size = batch["encoder_input_tokens"].shape[0]
     targets = np.tile(label_tokens, (batch_size, 1))  # [B*C, S]
+    repeats = num_labels if repeat_inputs else 1
     out = {
-        "encoder_input_tokens": np.repeat(batch["encoder_input_tokens"], num_labels, 0),  # [B*C, T]
+        "encoder_input_tokens": np.repeat(batch["encoder_input_tokens"], repeats, 0),  # [B*C, T]
         "decoder_target_tokens": targets,
         "decoder_input_tokens": shift_right(targets),
         "decoder_loss_weights": (targets > 0).astype(np.int32),
     }
     if "task_ids" in batch:
-        out["task_ids"] = np.repeat(batch["task_ids"], num_labels, 0)  # [B*C]
+        out["task_ids"] = np.repeat(batch["task_ids"], repeats, 0)  # [B*C] (or [B])
     return out
 
 

@@ -249,20 +249,35 @@ def score(
     """Sum of target log-likelihoods per example (for rank classification).
 
     Teacher forcing needs no cache: the encoder runs once and the decoder once over all positions.
+    The decoder may score C targets per input: with `B*C` target rows for `B` input rows, row
+    `b * C + c` is scored against input b, which is encoded once (rank classification of C labels
+    then costs one encoder pass per example, not C).
 
     Args:
       model: an `EncoderDecoder`.
       params: its parameters.
       encoder_input_tokens: `[B, T]` int.
-      decoder_input_tokens: `[B, S]` targets shifted right with 0 as the start token.
-      decoder_target_tokens: `[B, S]` int; positions holding 0 are padding and not scored.
+      decoder_input_tokens: `[B*C, S]` targets shifted right with 0 as the start token (C >= 1).
+      decoder_target_tokens: `[B*C, S]` int; positions holding 0 are padding and not scored.
       task_ids: optional `[B]` int passed to the prompt.
 
     Returns:
-      `[B]` float32 sums of `log p(target_s | input, targets_<s)` over real target positions.
+      `[B*C]` float32 sums of `log p(target_s | input, targets_<s)` over real target positions.
+
+    Raises:
+      ValueError: the target rows are not a multiple of the input rows.
     """
     params = nn.unbox(params)
+    rows, inputs = decoder_target_tokens.shape[0], encoder_input_tokens.shape[0]
+    if rows % inputs:
+        raise ValueError(
+            f"Scoring takes C target rows per input row; got {rows} target rows for {inputs} "
+            "inputs (see rank_classification.label_batch)."
+        )
     encoded, encoder_mask = _encode(model, params, encoder_input_tokens, task_ids)
+    if rows != inputs:  # [B, L, H] -> [B*C, L, H]: each input's encoding for its C targets
+        encoded = jnp.repeat(encoded, rows // inputs, axis=0)
+        encoder_mask = jnp.repeat(encoder_mask, rows // inputs, axis=0)
     logits = model.apply(
         {"params": params},
         encoded,
