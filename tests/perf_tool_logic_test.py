@@ -133,6 +133,18 @@ def test_cpu_seconds_of_no_process_is_none():
     assert serve_ready.cpu_seconds(2**22 + 1) is None  # above Linux's largest pid
 
 
+def _run_probe(probe: str) -> subprocess.CompletedProcess:
+    """Runs `python -c probe` in a fresh interpreter from this checkout."""
+    return subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=pathlib.Path(__file__).resolve().parents[1],  # this checkout's prompt_tuning first
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
 def test_importing_the_tool_modules_loads_no_heavy_library():
     # A benchmark worker must load only its own system's libraries (jax or torch), and library
     # code never imports gin or tasks.
@@ -142,14 +154,7 @@ def test_importing_the_tool_modules_loads_no_heavy_library():
         "heavy = ('jax', 'torch', 'tensorflow', 'gin', 'tasks')\n"
         "print(sorted(m for m in heavy if m in sys.modules))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=pathlib.Path(__file__).resolve().parents[1],  # this checkout's prompt_tuning first
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = _run_probe(probe)
     assert done.stdout.strip() == "[]", done.stdout
 
 
@@ -166,12 +171,5 @@ def test_the_jax_worker_imports_no_seqio_tensorflow_gin_or_clu():
         "absent = ('seqio', 'tensorflow', 'gin', 'clu', 'tensorflow_datasets')\n"
         "print(sorted(m for m in absent if m in sys.modules), 'jax' in sys.modules)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=pathlib.Path(__file__).resolve().parents[1],  # this checkout's prompt_tuning first
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    done = _run_probe(probe)
     assert done.stdout.strip() == "[] True", done.stdout  # jax: the probe really built the path

@@ -14,7 +14,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,6 +70,25 @@ def time_steps(run_step: Callable[[], Any], warmup: int, steps: int) -> dict[str
         out["minor_faults"].append(minor_faults() - faults)
         out["losses"].append(float(loss))
     return out
+
+
+def worker_main(workers: Mapping[str, Callable[[Any], Any]], argv: Sequence[str] | None) -> None:
+    """A benchmark worker process: `python -m MODULE KIND SPEC_JSON` runs `workers[KIND](spec)`
+    and prints its JSON result on one line.
+
+    Raises:
+      SystemExit: not two arguments, or an unknown KIND.
+    """
+    import json  # noqa: PLC0415
+
+    from prompt_tuning.parallel import host_memory  # noqa: PLC0415
+
+    kind, spec = sys.argv[1:] if argv is None else argv
+    if kind not in workers:
+        raise SystemExit(f"Unknown benchmark worker {kind!r}; use one of {sorted(workers)}.")
+    # Before any import of jax or torch: their threads keep the malloc arena they start with.
+    host_memory.reuse_freed_memory()  # PROMPT_TUNING_HOST_MALLOC, set by the parent
+    print(json.dumps(workers[kind](json.loads(spec))), flush=True)
 
 
 def random_batch(

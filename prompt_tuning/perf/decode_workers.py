@@ -27,7 +27,6 @@ Letters: B batch, T input length, N new tokens, C labels, S label length (tokens
 from __future__ import annotations
 
 import contextlib
-import json
 import pathlib
 import sys
 import time
@@ -294,16 +293,8 @@ WORKERS = {"weights": run_weights, "jax": run_jax_decode, "peft": run_peft_decod
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Runs one worker: `python -m prompt_tuning.perf.decode_workers KIND SPEC_JSON`.
-
-    Raises:
-      SystemExit: not two arguments, or an unknown KIND.
-    """
-    kind, spec = sys.argv[1:] if argv is None else argv
-    if kind not in WORKERS:
-        raise SystemExit(f"Unknown decode benchmark worker {kind!r}; use one of {sorted(WORKERS)}.")
-    host_memory.reuse_freed_memory()  # before jax or torch start their threads
-    print(json.dumps(WORKERS[kind](json.loads(spec))), flush=True)
+    """Runs one worker: `python -m prompt_tuning.perf.decode_workers KIND SPEC_JSON`."""
+    benchmark.worker_main(WORKERS, argv)
 
 
 if __name__ == "__main__":

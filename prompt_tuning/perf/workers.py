@@ -12,12 +12,9 @@ need them: importing this module imports neither.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prompt_tuning.parallel import host_memory
 from prompt_tuning.perf import benchmark, matmul
 
 SIZES = ("tiny", "small", "base", "large")
@@ -196,17 +193,8 @@ WORKERS = {"jax": run_jax_step, "peft": run_peft_step, "matmul": run_matmul}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Runs one worker: `python -m prompt_tuning.perf.workers KIND SPEC_JSON`; prints its JSON.
-
-    Raises:
-      SystemExit: not two arguments, or an unknown KIND.
-    """
-    kind, spec = sys.argv[1:] if argv is None else argv
-    if kind not in WORKERS:
-        raise SystemExit(f"Unknown benchmark worker {kind!r}; use one of {sorted(WORKERS)}.")
-    # Before any import of jax or torch: their threads keep the malloc arena they start with.
-    host_memory.reuse_freed_memory()  # PROMPT_TUNING_HOST_MALLOC, set by the parent
-    print(json.dumps(WORKERS[kind](json.loads(spec))), flush=True)
+    """Runs one worker: `python -m prompt_tuning.perf.workers KIND SPEC_JSON`; prints its JSON."""
+    benchmark.worker_main(WORKERS, argv)
 
 
 if __name__ == "__main__":
