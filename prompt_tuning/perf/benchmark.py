@@ -72,6 +72,21 @@ def time_steps(run_step: Callable[[], Any], warmup: int, steps: int) -> dict[str
     return out
 
 
+def peft_process_facts() -> dict[str, Any]:
+    """A PEFT worker's torch threads, library versions, peak RSS and heavy imports (JSON-able)."""
+    import peft  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions | {"peft": peft.__version__},
+        "peak_rss_gib": peak_rss_gib(),
+        "imported": heavy_modules(),
+    }
+
+
 def worker_main(workers: Mapping[str, Callable[[Any], Any]], argv: Sequence[str] | None) -> None:
     """A benchmark worker process: `python -m MODULE KIND SPEC_JSON` runs `workers[KIND](spec)`
     and prints its JSON result on one line.

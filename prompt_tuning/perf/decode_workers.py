@@ -180,8 +180,8 @@ def _outputs_json(outputs: Mapping[str, Any]) -> dict[str, Any]:
 def _peft_model(spec: Mapping[str, Any], torch: Any) -> tuple[Any, list[str]]:
     """The PEFT model with the stored weights and prompt (its missing keys are returned)."""
     import numpy as np  # noqa: PLC0415
-    import peft  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
+    import transformers  # noqa: F401, PLC0415
 
     folder = pathlib.Path(spec["weights"])
     model = transformers.T5ForConditionalGeneration(
@@ -208,9 +208,9 @@ def _peft_model(spec: Mapping[str, Any], torch: Any) -> tuple[Any, list[str]]:
 def run_peft_decode(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Times PEFT's `generate` or label scoring in mode `spec["mode"]` (see the module doc)."""
     import numpy as np  # noqa: PLC0415
-    import peft  # noqa: PLC0415
+    import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
     import torch  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import transformers  # noqa: F401, PLC0415
 
     import_rss = benchmark.peak_rss_gib()
     device, mode = spec["device"], spec["mode"]
@@ -275,16 +275,9 @@ def run_peft_decode(spec: Mapping[str, Any]) -> dict[str, Any]:
         "compile_s": compile_s,
         **benchmark.time_steps(run_step, spec["warmup"], spec["steps"]),
         "missing_keys": missing,
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
         "import_rss_gib": import_rss,
-        "peak_rss_gib": benchmark.peak_rss_gib(),
+        **benchmark.peft_process_facts(),
         "gpu_peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
-        "imported": benchmark.heavy_modules(),
     }
     return result | _outputs_json(outputs)
 

@@ -73,9 +73,9 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _peft_model(spec: Mapping[str, Any], device: str) -> Any:
     """PEFT prompt tuning of `spec["hf_config"]`'s T5 (random weights), in training mode."""
-    import peft  # noqa: PLC0415
+    import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
     import torch  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import transformers  # noqa: F401, PLC0415
 
     torch.manual_seed(spec["seed"])
     # transformers 5 ties T5's lm_head to the embedding whatever the config says; the step's
@@ -119,9 +119,9 @@ def run_peft_step(spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     import contextlib  # noqa: PLC0415
 
-    import peft  # noqa: PLC0415
+    import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
     import torch  # noqa: PLC0415
-    import transformers  # noqa: PLC0415
+    import transformers  # noqa: F401, PLC0415
 
     import_rss = benchmark.peak_rss_gib()
     device, mode = spec.get("device", "cpu"), spec.get("peft_mode", "eager")
@@ -163,15 +163,8 @@ def run_peft_step(spec: Mapping[str, Any]) -> dict[str, Any]:
         "device": device,
         "compile_s": warm[0] if mode == "compiled" else None,
         "trainable_params": sum(p.numel() for p in trainable),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "peft": peft.__version__,
-        },
         "import_rss_gib": import_rss,
-        "peak_rss_gib": benchmark.peak_rss_gib(),
-        "imported": benchmark.heavy_modules(),
+        **benchmark.peft_process_facts(),
     }
     if mode == "compiled":
         # Graphs compiled in the warm-up (forward+backward and AdamW's step), and any compiled
