@@ -11,6 +11,9 @@
 # - the decoding benchmark, if tools/benchmark_decode.py exists and takes --device:
 #   $OUT/decode_gpu.json and $OUT/decode_gpu.log.
 # Every command has its own timeout; by default the whole script ends within ~9 minutes.
+# Run of 2026-12-04 on an H200 (jax 0.11.2): the decode benchmark's greedy rows completed, but our training
+# worker (base:32, large:8) did not finish within 230 s / 170 s; docs/performance.md ("The GPU") says what
+# to look at next. Give the training cases more time (TRAIN_TIMEOUTS) when the lease allows.
 #
 # CPU dry run of the script itself (tiny model, short lengths):
 #
