@@ -68,7 +68,7 @@ def run_weights(spec: Mapping[str, Any]) -> dict[str, Any]:
     import numpy as np  # noqa: PLC0415
 
     from prompt_tuning import prompts, t5  # noqa: PLC0415
-    from prompt_tuning.t5 import hf_format  # noqa: PLC0415
+    from prompt_tuning.t5 import checkpoint_tree, hf_format  # noqa: PLC0415
     from prompt_tuning.train.model import PromptModel  # noqa: PLC0415
 
     config = model_config(spec["size"], 0.0)
@@ -78,10 +78,7 @@ def run_weights(spec: Mapping[str, Any]) -> dict[str, Any]:
     kernel = np.array(params["decoder"]["logits_dense"]["kernel"])  # [H, V]
     kernel[:, EOS_ID] = 0.0
     params["decoder"]["logits_dense"]["kernel"] = kernel
-    flat = {
-        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf, np.float32)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-    }
+    flat = {k: np.asarray(v, np.float32) for k, v in checkpoint_tree.flatten(params).items()}
     folder = pathlib.Path(spec["path"])
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / OURS_FILE, **flat)
@@ -97,16 +94,16 @@ def _load_ours(path: pathlib.Path, dtype: str) -> dict[str, Any]:
     import jax.numpy as jnp  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    tree: dict[str, Any] = {}
+    from prompt_tuning.t5 import checkpoint_tree  # noqa: PLC0415
+
     with np.load(path / OURS_FILE) as stored:
-        for name in stored.files:
-            *parents, leaf = name.split("/")
-            node = tree
-            for part in parents:
-                node = node.setdefault(part, {})
-            frozen = not name.startswith("encoder/prompt/")
-            node[leaf] = jnp.asarray(stored[name], dtype if frozen else jnp.float32)
-    return tree
+        flat = {
+            name: jnp.asarray(
+                stored[name], jnp.float32 if name.startswith("encoder/prompt/") else dtype
+            )
+            for name in stored.files
+        }
+    return checkpoint_tree.unflatten(flat)
 
 
 def _gpu_peak_gib_jax() -> float | None:
@@ -180,8 +177,8 @@ def _outputs_json(outputs: Mapping[str, Any]) -> dict[str, Any]:
 def _peft_model(spec: Mapping[str, Any], torch: Any) -> tuple[Any, list[str]]:
     """The PEFT model with the stored weights and prompt (its missing keys are returned)."""
     import numpy as np  # noqa: PLC0415
-    import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
-    import transformers  # noqa: F401, PLC0415
+    import peft  # noqa: PLC0415
+    import transformers  # noqa: PLC0415
 
     folder = pathlib.Path(spec["weights"])
     model = transformers.T5ForConditionalGeneration(
@@ -207,10 +204,11 @@ def _peft_model(spec: Mapping[str, Any], torch: Any) -> tuple[Any, list[str]]:
 
 def run_peft_decode(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Times PEFT's `generate` or label scoring in mode `spec["mode"]` (see the module doc)."""
-    import numpy as np  # noqa: PLC0415
     import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
     import torch  # noqa: PLC0415
-    import transformers  # noqa: F401, PLC0415
+    import transformers  # noqa: F401, PLC0415 (loaded before import_rss is read)
+
+    from prompt_tuning.predict import rank_classification  # noqa: PLC0415 (numpy only)
 
     import_rss = benchmark.peak_rss_gib()
     device, mode = spec["device"], spec["mode"]
@@ -246,10 +244,12 @@ def run_peft_decode(spec: Mapping[str, Any]) -> dict[str, Any]:
             return 0.0
 
     else:
-        ids = torch.from_numpy(np.repeat(inputs, c, 0)).long().to(device)  # [B*C, T]
+        rows = rank_classification.label_batch({"encoder_input_tokens": inputs}, labels)
+        tensor = lambda name: torch.from_numpy(rows[name]).long().to(device)  # noqa: E731
+        ids, targets, shifted = map(
+            tensor, ("encoder_input_tokens", "decoder_target_tokens", "decoder_input_tokens")
+        )  # [B*C, T], [B*C, S], [B*C, S]
         mask = torch.ones_like(ids)
-        targets = torch.from_numpy(np.tile(labels, (b, 1))).long().to(device)  # [B*C, S]
-        shifted = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], 1)
 
         def score(ids: Any, mask: Any, shifted: Any, targets: Any) -> Any:
             logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=shifted).logits

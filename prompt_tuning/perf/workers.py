@@ -73,9 +73,9 @@ def run_jax_step(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _peft_model(spec: Mapping[str, Any], device: str) -> Any:
     """PEFT prompt tuning of `spec["hf_config"]`'s T5 (random weights), in training mode."""
-    import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
+    import peft  # noqa: PLC0415
     import torch  # noqa: PLC0415
-    import transformers  # noqa: F401, PLC0415
+    import transformers  # noqa: PLC0415
 
     torch.manual_seed(spec["seed"])
     # transformers 5 ties T5's lm_head to the embedding whatever the config says; the step's
@@ -121,7 +121,7 @@ def run_peft_step(spec: Mapping[str, Any]) -> dict[str, Any]:
 
     import peft  # noqa: F401, PLC0415 (loaded before import_rss is read)
     import torch  # noqa: PLC0415
-    import transformers  # noqa: F401, PLC0415
+    import transformers  # noqa: F401, PLC0415 (loaded before import_rss is read)
 
     import_rss = benchmark.peak_rss_gib()
     device, mode = spec.get("device", "cpu"), spec.get("peft_mode", "eager")
