@@ -82,3 +82,28 @@ def test_an_unknown_setting_is_named_with_the_choices(monkeypatch):
     monkeypatch.setenv(host_memory.ENV_VAR, "jemalloc")
     with pytest.raises(ValueError, match=r"PROMPT_TUNING_HOST_MALLOC='jemalloc'.*reuse, system"):
         host_memory.reuse_freed_memory()
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt/malloc_trim are glibc's (this is not glibc)")
+@pytest.mark.parametrize(
+    ("platforms", "expected"), [("cpu", "True"), ("cuda", "False"), ("tpu,cpu", "False")]
+)
+def test_auto_reuses_only_where_jax_runs_on_the_cpu(platforms, expected):
+    env = dict(os.environ, JAX_PLATFORMS=platforms)
+    env.pop(host_memory.ENV_VAR, None)  # the default: auto
+    done = subprocess.run(
+        [sys.executable, "-c", _RELEASE_PROBE], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == expected
+
+
+def test_without_jax_platforms_an_accelerator_device_file_decides(monkeypatch):
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    present: set[str] = set()
+    monkeypatch.setattr(host_memory.os.path, "exists", lambda path: path in present)
+    assert host_memory.jax_runs_on_cpu()
+    for device in ("/dev/nvidiactl", "/dev/accel0", "/dev/vfio/0"):
+        present.clear()
+        present.add(device)
+        assert not host_memory.jax_runs_on_cpu(), device

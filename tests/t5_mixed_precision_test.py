@@ -33,6 +33,25 @@ def _bf16_exact(rng: np.random.Generator, shape) -> np.ndarray:
     return np.asarray(jnp.asarray(rng.normal(size=shape), BF16), np.float64)
 
 
+@pytest.fixture(params=precision.MATMUL_LAYOUTS)
+def layout(request, monkeypatch):
+    """Each of `contract`'s layouts (the CPU's own and the accelerators' one), forced by its env."""
+    monkeypatch.setenv(precision.MATMUL_LAYOUT_ENV, request.param)
+    assert precision.matmul_layout() == request.param
+    return request.param
+
+
+def test_matmul_layout_follows_the_backend_and_names_a_bad_setting(monkeypatch):
+    monkeypatch.delenv(precision.MATMUL_LAYOUT_ENV, raising=False)
+    want = "batched" if jax.default_backend() == "cpu" else "einsum"
+    assert precision.matmul_layout() == want
+    monkeypatch.setenv(precision.MATMUL_LAYOUT_ENV, "transposed")
+    with pytest.raises(
+        ValueError, match=r"PROMPT_TUNING_MATMUL_LAYOUT='transposed'.*batched, einsum"
+    ):
+        precision.matmul_layout()
+
+
 @pytest.mark.parametrize(
     "spec,shape_a,shape_b",
     [
@@ -41,7 +60,7 @@ def _bf16_exact(rng: np.random.Generator, shape) -> np.ndarray:
         ("bnst,btnk->bsnk", (2, 3, 5, 2048), (2, 2048, 3, 8)),  # weighted values
     ],
 )
-def test_contract_accumulates_in_float32(spec, shape_a, shape_b):
+def test_contract_accumulates_in_float32(spec, shape_a, shape_b, layout):
     rng = np.random.default_rng(0)
     a, b = _bf16_exact(rng, shape_a), _bf16_exact(rng, shape_b)
     expected = np.einsum(spec, a, b)
@@ -55,7 +74,7 @@ def test_contract_accumulates_in_float32(spec, shape_a, shape_b):
     assert np.abs(np.asarray(bf16_sum, np.float64) - expected).max() > 1e-3 * scale
 
 
-def test_contract_gradients_are_bfloat16_matmuls_accumulated_in_float32():
+def test_contract_gradients_are_bfloat16_matmuls_accumulated_in_float32(layout):
     spec = "bsnk,btnk->bnst"
     rng = np.random.default_rng(1)
     a, b = _bf16_exact(rng, (2, 5, 3, 64)), _bf16_exact(rng, (2, 7, 3, 64))
@@ -110,7 +129,7 @@ def _tiny_step(dtype: str, frozen_dtype: str | None, remat: str = "none"):
 
 
 @pytest.mark.parametrize("remat", ["none", "dots"])
-def test_every_matmul_is_bfloat16_with_float32_accumulation_forward_and_backward(remat):
+def test_every_matmul_is_bfloat16_with_float32_accumulation_forward_and_backward(remat, layout):
     step, args = _tiny_step("bfloat16", "bfloat16", remat)
     found = collections.Counter()
     _walk(jax.make_jaxpr(step)(*args).jaxpr, found)
@@ -216,7 +235,7 @@ REL_RMS_TOLERANCE = 16 * BF16_UNIT
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_pretrained", "small"])
-def test_bfloat16_logits_match_float32_within_bfloat16_tolerance(name):
+def test_bfloat16_logits_match_float32_within_bfloat16_tolerance(name, layout):
     rng = np.random.default_rng(0)
     if name == "tiny_pretrained":
         config = pretrained.tiny_t5_config()

@@ -69,7 +69,7 @@ def parse(argv: Sequence[str] | None = None) -> decode_benchmark.DecodeSettings:
     parser.add_argument(
         "--host-malloc",
         default=defaults.host_malloc,
-        choices=["reuse", "system"],
+        choices=["auto", "reuse", "system"],
         help="glibc malloc of every worker, ours and PEFT alike (parallel.host_memory)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)

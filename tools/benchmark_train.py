@@ -95,8 +95,8 @@ def parse(argv: Sequence[str] | None = None) -> train_benchmark.BenchmarkSetting
     parser.add_argument("--xla-flags", default="", help="XLA_FLAGS of our runs")
     parser.add_argument(
         "--host-malloc",
-        default="reuse",
-        choices=["reuse", "system"],
+        default="auto",
+        choices=["auto", "reuse", "system"],
         help="glibc malloc of every worker, ours and PEFT alike (parallel.host_memory)",
     )
     parser.add_argument("--profile", action="store_true", help="profile one step of ours")

@@ -4,76 +4,104 @@
 #
 #     OUT=/some/folder bash tools/gpu_benchmarks.sh
 #
-# It prints nvidia-smi, the Python/jax/torch versions and jax.devices(), then:
-# - the training benchmark, ours vs PEFT (bfloat16 autocast, eager and torch.compile'd), once per
-#   case so that one case running out of time keeps the other's JSON:
-#   $OUT/train_gpu_<size>-<batch>.json (stdout) and .log (stderr: per-run lines, the table);
-# - the decoding benchmark, if tools/benchmark_decode.py exists and takes --device:
-#   $OUT/decode_gpu.json and $OUT/decode_gpu.log.
-# Every command has its own timeout; by default the whole script ends within ~9 minutes.
-# Run of 2026-12-04 on an H200 (jax 0.11.2): the decode benchmark's greedy rows completed, but our training
-# worker (base:32, large:8) did not finish within 230 s / 170 s; docs/performance.md ("The GPU") says what
-# to look at next. Give the training cases more time (TRAIN_TIMEOUTS) when the lease allows.
+# It prints nvidia-smi, the Python/jax/torch versions and jax.devices(), then, each step in its own
+# process under its own timeout, so that one running out of time keeps the others' JSON (the files
+# are written to a scratch folder, which goes into $OUT/results.tar after each step: the device
+# tool brings back at most 8 files):
+# - training, ours vs PEFT (bfloat16 autocast, eager and torch.compile'd), one case at a time:
+#   train_<size>-<batch>.json (stdout) and .log (stderr: per-run lines, the table);
+# - ours alone with the CPU's matmul layout ("batched"), first case: train_<case>_batched.*;
+# - decoding, greedy and rank classification apart: decode_<task>.json and .log.
+# Every worker gets --timeout WORKER_TIMEOUT: one still running 30 s before it prints its Python
+# stacks, and its killer names the stages it reached (`benchmark.stage`). Where cuda-gdb exists, a
+# watchdog also writes the native stacks of any worker still running after STACKS_AFTER seconds
+# of a step to native_stacks_<step>.txt.
+#
+# Run of 2026-12-04 12:28 UTC (H200, jax 0.11.2): greedy decoding ran; our training worker did not
+# finish within 230 s. Its malloc was then XLA:CPU's setting (one arena for every thread); since,
+# `parallel.host_memory`'s `auto` leaves malloc alone where JAX runs on an accelerator.
 #
 # CPU dry run of the script itself (tiny model, short lengths):
 #
-#     DEVICE=cpu CASES=tiny:2 DECODE_CASES=tiny STEPS=2 WARMUP=1 \
+#     DEVICE=cpu TRAIN_CASES=tiny:2 DECODE_CASES=tiny STEPS=2 WARMUP=1 \
 #       TRAIN_ARGS="--matmul-size 64 --input-length 24 --prompt-length 4" \
 #       PEFT_MODES=bfloat16-eager OUT=/tmp/gpu_dry bash tools/gpu_benchmarks.sh
 set -u -o pipefail
-set -x
 
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
+FILES=$(mktemp -d)
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
-CASES=${CASES:-base:32 large:8}
-DECODE_CASES=${DECODE_CASES:-base large}
+TRAIN_CASES=${TRAIN_CASES:-base:32 large:8}
+DECODE_CASES=${DECODE_CASES:-base}
 PEFT_MODES=${PEFT_MODES:-bfloat16-eager bfloat16-compiled}
 STEPS=${STEPS:-10}
 WARMUP=${WARMUP:-3}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 DECODE_ARGS=${DECODE_ARGS:-}
-# Seconds: the first case (base:32, the MFU goal's) gets the most; decoding ~3 minutes.
-TRAIN_TIMEOUTS=(${TRAIN_TIMEOUTS:-170 150})
-DECODE_TIMEOUT=${DECODE_TIMEOUT:-170}
+WORKER_TIMEOUT=${WORKER_TIMEOUT:-170}
+STACKS_AFTER=${STACKS_AFTER:-150}
+# Seconds per step, in order: training's first case (base:32, the MFU goal's), its batched-layout
+# run, greedy, rank, training's second case. About 10 minutes in all.
+TRAIN_TIMEOUTS=(${TRAIN_TIMEOUTS:-230 120})
+DECODE_TIMEOUT=${DECODE_TIMEOUT:-100}
+BATCHED_TIMEOUT=${BATCHED_TIMEOUT:-90}
+# PEFT's rank-classification modes (the two fastest on the CPU; compiling each takes a minute).
+RANK_PEFT_MODES=${RANK_PEFT_MODES:-cast compile-cast}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
+native_stacks() {  # $1: step name; after STACKS_AFTER s, cuda-gdb's backtraces of live workers
+  command -v cuda-gdb > /dev/null || return 0
+  sleep "$STACKS_AFTER"
+  for pid in $(pgrep -f "prompt_tuning[.]perf[.]"); do
+    echo "=== worker $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-160)"
+    timeout 40 cuda-gdb -batch -p "$pid" -ex "info threads" -ex "thread apply all bt 14" 2>&1 \
+      | grep -v "^\[New Thread\|^warning:" | head -c 400000
+  done > "$FILES/native_stacks_$1.txt" 2>&1
+}
+
+step() {  # $1: name, $2: timeout (s), then the command; stdout to $1.json, stderr to $1.log
+  local name=$1 limit=$2
+  shift 2
+  native_stacks "$name" &
+  local watcher=$!
+  echo "--- $name ($(date -u +%T), limit ${limit} s)"
+  timeout -k 10 "$limit" "$@" > "$FILES/$name.json" 2> "$FILES/$name.log"
+  echo "$name: exit $?"
+  kill "$watcher" 2> /dev/null
+  tar -cf "$OUT/results.tar" -C "$FILES" .
+  grep -v '^ *File \|^  ' "$FILES/$name.log" | tail -n 16
+}
+
 date -u
-timeout 20 nvidia-smi
+timeout 20 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,clocks.max.sm \
+  --format=csv
 timeout 90 "$PY" -c '
-import sys, platform
-print("python", platform.python_version())
+import platform
 import jax, torch
-print("jax", jax.__version__, "torch", torch.__version__, "torch cuda", torch.version.cuda,
-      "available", torch.cuda.is_available())
-print(jax.devices())
+print("python", platform.python_version(), "jax", jax.__version__, "torch", torch.__version__,
+      "cuda", torch.version.cuda, torch.cuda.is_available(), jax.devices())
 '
 
-i=0
-for case in $CASES; do
-  name=${case/:/-}
-  limit=${TRAIN_TIMEOUTS[$i]:-150}
-  i=$((i + 1))
-  # shellcheck disable=SC2086  # CASES, PEFT_MODES and TRAIN_ARGS are word lists
-  timeout -k 10 "$limit" "$PY" tools/benchmark_train.py --device "$DEVICE" --vs-peft \
-    --dtypes bfloat16 --peft-modes $PEFT_MODES --cases "$case" --rounds 1 \
-    --steps "$STEPS" --warmup "$WARMUP" $TRAIN_ARGS \
-    > "$OUT/train_gpu_$name.json" 2> "$OUT/train_gpu_$name.log"
-  echo "train $case: exit $?"
-  tail -n 12 "$OUT/train_gpu_$name.log"
-done
-
-if [ -f tools/benchmark_decode.py ] \
-  && timeout 60 "$PY" tools/benchmark_decode.py --help > "$OUT/decode_help.txt" 2>&1 \
-  && grep -q -- "--device" "$OUT/decode_help.txt"; then
+common=(--device "$DEVICE" --dtypes bfloat16 --rounds 1 --steps "$STEPS" --warmup "$WARMUP"
+  --timeout "$WORKER_TIMEOUT")
+read -r -a cases <<< "$TRAIN_CASES"
+# shellcheck disable=SC2086  # PEFT_MODES, TRAIN_ARGS and DECODE_ARGS are word lists
+step "train_${cases[0]/:/-}" "${TRAIN_TIMEOUTS[0]}" "$PY" tools/benchmark_train.py --vs-peft \
+  --peft-modes $PEFT_MODES --cases "${cases[0]}" "${common[@]}" $TRAIN_ARGS
+# Ours alone with the CPU's matmul layout (precision.matmul_layout): what "einsum" gains here.
+PROMPT_TUNING_MATMUL_LAYOUT=batched step "train_${cases[0]/:/-}_batched" "$BATCHED_TIMEOUT" \
+  "$PY" tools/benchmark_train.py --cases "${cases[0]}" "${common[@]}" $TRAIN_ARGS
+# shellcheck disable=SC2086
+step decode_greedy "$DECODE_TIMEOUT" "$PY" tools/benchmark_decode.py --tasks greedy \
+  --cases $DECODE_CASES "${common[@]}" $DECODE_ARGS
+# shellcheck disable=SC2086
+step decode_rank "$DECODE_TIMEOUT" "$PY" tools/benchmark_decode.py --tasks rank \
+  --peft-modes $RANK_PEFT_MODES --cases $DECODE_CASES "${common[@]}" $DECODE_ARGS
+for case in "${cases[@]:1}"; do
   # shellcheck disable=SC2086
-  timeout -k 10 "$DECODE_TIMEOUT" "$PY" tools/benchmark_decode.py --device "$DEVICE" \
-    --cases $DECODE_CASES --dtypes bfloat16 $DECODE_ARGS \
-    > "$OUT/decode_gpu.json" 2> "$OUT/decode_gpu.log"
-  echo "decode: exit $?"
-  tail -n 12 "$OUT/decode_gpu.log"
-else
-  echo "decode: skipped (no tools/benchmark_decode.py taking --device)"
-fi
+  step "train_${case/:/-}" "${TRAIN_TIMEOUTS[1]:-120}" "$PY" tools/benchmark_train.py --vs-peft \
+    --peft-modes $PEFT_MODES --cases "$case" "${common[@]}" $TRAIN_ARGS
+done
 date -u

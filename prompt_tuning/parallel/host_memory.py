@@ -19,7 +19,10 @@ resident beside the first.
 
 Both are no-ops where the C library is not glibc. `reuse_freed_memory` has full effect only before
 JAX's CPU client has started its threads (threads keep the arena they first allocated from): the
-entry points call it first thing, and `PROMPT_TUNING_HOST_MALLOC=system` leaves malloc alone.
+entry points call it first thing. `PROMPT_TUNING_HOST_MALLOC` chooses: `auto` (the default) reuses
+only where JAX will run on the CPU, `reuse` always, `system` never. On a GPU or TPU host the
+step's buffers live on the device, and one malloc arena shared by every thread would serialise
+the host's many compiler and input threads on its lock.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
 ENV_VAR = "PROMPT_TUNING_HOST_MALLOC"
-_CHOICES = ("reuse", "system")
+_CHOICES = ("auto", "reuse", "system")
+# Device files of accelerators JAX would pick over the CPU when JAX_PLATFORMS is unset: NVIDIA's
+# driver, TPU v2-v4 (accel) and TPU v5e and later (vfio).
+ACCELERATOR_DEVICES = ("/dev/nvidiactl", "/dev/accel0", "/dev/vfio/0")
 
 
 @functools.cache
@@ -53,13 +59,25 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def jax_runs_on_cpu() -> bool:
+    """Whether JAX will run on the CPU: JAX_PLATFORMS's first entry when it is set ("cpu", or
+    "cuda,cpu"), else whether this host has no accelerator device (`ACCELERATOR_DEVICES`)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    return not any(os.path.exists(path) for path in ACCELERATOR_DEVICES)
+
+
 def _choice() -> str:
-    choice = os.environ.get(ENV_VAR, "reuse").strip().lower() or "reuse"
+    choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if choice not in _CHOICES:
         raise ValueError(
-            f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not one of {', '.join(_CHOICES)}: 'reuse' keeps "
-            "freed host memory for the next step (the default), 'system' leaves malloc as it is."
+            f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not one of {', '.join(_CHOICES)}: 'auto' (the "
+            "default) keeps freed host memory for the next step where JAX runs on the CPU, 'reuse' "
+            "keeps it everywhere, 'system' leaves malloc as it is."
         )
+    if choice == "auto":
+        return "reuse" if jax_runs_on_cpu() else "system"
     return choice
 
 
@@ -70,10 +88,11 @@ def reuse_freed_memory() -> bool:
     threads that already allocated keep their own arenas and their large buffers stay `mmap`ed.
 
     Returns:
-      Whether the settings were applied (False: not glibc, or `PROMPT_TUNING_HOST_MALLOC=system`).
+      Whether the settings were applied (False: not glibc, `PROMPT_TUNING_HOST_MALLOC=system`, or
+      `auto` where JAX will run on an accelerator).
 
     Raises:
-      ValueError: `PROMPT_TUNING_HOST_MALLOC` is neither "reuse" nor "system".
+      ValueError: `PROMPT_TUNING_HOST_MALLOC` is not "auto", "reuse" or "system".
     """
     choice, libc = _choice(), _glibc()
     if libc is None or choice == "system":

@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 HEAVY_MODULES = ("tensorflow", "seqio", "torch", "jax", "transformers")
 
 
+# Seconds after which a worker prints every thread's Python stack to stderr (and again each
+# minute): `spawn` sets it a little under the worker's timeout, so a worker killed for time says
+# where it was.
+STACKS_AFTER_ENV = "PROMPT_TUNING_BENCH_STACKS_AFTER"
+_START = time.perf_counter()
+
+
+def stage(message: str) -> None:
+    """Logs a worker's progress to stderr (`[worker +12.3 s] message`): what a worker that fails
+    or runs out of time had done (the parent shows its stderr's tail)."""
+    print(f"[worker +{time.perf_counter() - _START:.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def heavy_modules() -> list[str]:
     """Which of `HEAVY_MODULES` this process has imported."""
     return [name for name in HEAVY_MODULES if name in sys.modules]
@@ -59,6 +72,7 @@ def time_steps(run_step: Callable[[], Any], warmup: int, steps: int) -> dict[str
         start = time.perf_counter()
         run_step()
         warmup_times.append(time.perf_counter() - start)
+        stage(f"warm-up call {len(warmup_times)}: {warmup_times[-1]:.2f} s")
     out = {"warmup_times_s": warmup_times, "times_s": [], "cpu_s": [], "minor_faults": []}
     out["losses"] = []
     for _ in range(steps):
@@ -94,13 +108,18 @@ def worker_main(workers: Mapping[str, Callable[[Any], Any]], argv: Sequence[str]
     Raises:
       SystemExit: not two arguments, or an unknown KIND.
     """
+    import faulthandler  # noqa: PLC0415
     import json  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     from prompt_tuning.parallel import host_memory  # noqa: PLC0415
 
     kind, spec = sys.argv[1:] if argv is None else argv
     if kind not in workers:
         raise SystemExit(f"Unknown benchmark worker {kind!r}; use one of {sorted(workers)}.")
+    if os.environ.get(STACKS_AFTER_ENV):
+        faulthandler.dump_traceback_later(float(os.environ[STACKS_AFTER_ENV]), repeat=True)
+    stage(f"{kind} worker started")
     # Before any import of jax or torch: their threads keep the malloc arena they start with.
     host_memory.reuse_freed_memory()  # PROMPT_TUNING_HOST_MALLOC, set by the parent
     print(json.dumps(workers[kind](json.loads(spec))), flush=True)
@@ -163,6 +182,7 @@ def time_train_step(
     from prompt_tuning.train import builder  # noqa: PLC0415
 
     run = builder.build_run(config, donate=donate)
+    stage("run built (model initialised)")
     opt_state_shapes = tree_shapes(run.state.opt_state)
     lengths = config.task_feature_lengths
     numpy_batch = random_batch(
@@ -174,14 +194,18 @@ def time_train_step(
     )
     batch = jax.device_put(numpy_batch, partitioning.data_sharding(run.mesh))
     start = time.perf_counter()
-    compiled = run.lower(batch).compile()
+    lowered = run.lower(batch)
+    stage(f"step lowered in {time.perf_counter() - start:.1f} s")
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    stage(f"step compiled ({compile_s:.1f} s with lowering)")
     # As the trainer: the compiler's freed memory goes back to the kernel before the first step.
     host_memory.release_free_memory()
     hlo = compiled.as_text()
     weight_ops = costs.weight_gradient_ops(hlo, costs.frozen_weight_shapes(run.frozen))
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
+    stage(f"compiled step read ({len(hlo)} characters of HLO)")
     state = run.state
 
     def run_step() -> Any:

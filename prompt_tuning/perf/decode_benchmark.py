@@ -62,7 +62,7 @@ class DecodeSettings:
       rounds: alternating rounds (medians over them).
       steps: timed batches (median reported).
       warmup: untimed batches after compiling.
-      host_malloc: glibc malloc of every worker ("reuse" or "system").
+      host_malloc: glibc malloc of every worker ("auto", "reuse" or "system").
       seed: random seed (weights, inputs, labels).
       timeout: seconds per worker.
     """
@@ -81,7 +81,7 @@ class DecodeSettings:
     rounds: int = 1
     steps: int = 5
     warmup: int = 2
-    host_malloc: str = "reuse"
+    host_malloc: str = "auto"
     seed: int = 0
     timeout: float = 3600
 
@@ -224,9 +224,10 @@ def _run_case(args: DecodeSettings, spec: dict, rnd: int, log: Any) -> tuple[lis
         run_spec = dict(spec, mode=mode) if mode else spec
         name = "ours" if kind == "jax" else f"peft/{mode}"
         log(f"round {rnd + 1}: {name} {spec['task']} {spec['size']} {spec['dtype']} ...")
-        platform = args.device if kind == "jax" else "cpu"
+        # JAX_PLATFORMS also for PEFT's worker (torch ignores it): host malloc's `auto` then
+        # chooses the same for both systems.
         raw = train_benchmark.spawn(
-            kind, run_spec, "", args.timeout, module=MODULE, platform=platform
+            kind, run_spec, "", args.timeout, module=MODULE, platform=args.device
         )
         public = {k: v for k, v in run_spec.items() if k != "hf_config"}
         runs.append(record("ours" if kind == "jax" else "peft", public, raw, rnd))

@@ -140,9 +140,11 @@ def run_jax_decode(spec: Mapping[str, Any]) -> dict[str, Any]:
         )
         kind, length = "score", 0
     batch = jax.device_put(batch)
+    benchmark.stage(f"weights and {kind} batch on {jax.devices()[0]}")
     start = time.perf_counter()
     program = predictor.compile(kind, params, batch, max_decode_length=length)
     compile_s = time.perf_counter() - start
+    benchmark.stage(f"{kind} program compiled in {compile_s:.1f} s")
     host_memory.release_free_memory()
     outputs: dict[str, Any] = {}
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prompt_tuning.parallel import host_memory
+from prompt_tuning.perf import benchmark
 from prompt_tuning.perf.train_report import comparisons, goals, markdown
 from prompt_tuning.perf.workers import model_config
 
@@ -58,7 +59,7 @@ class BenchmarkSettings:
       donate: donate the state to our step.
       prng_impl: `jax_default_prng_impl` of ours (None: jax's).
       xla_flags: XLA_FLAGS of our runs.
-      host_malloc: glibc malloc of every worker ("reuse" or "system"; `parallel.host_memory`).
+      host_malloc: glibc malloc of every worker ("auto", "reuse", "system": `parallel.host_memory`).
       profile: profile one step of ours.
       input_length: T, input tokens.
       prompt_length: P, prompt tokens.
@@ -85,7 +86,7 @@ class BenchmarkSettings:
     donate: bool = True
     prng_impl: str | None = None
     xla_flags: str = ""
-    host_malloc: str = "reuse"
+    host_malloc: str = "auto"
     profile: bool = False
     input_length: int = 128
     prompt_length: int = 100
@@ -153,16 +154,28 @@ def spawn(
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     root = str(pathlib.Path(__file__).resolve().parents[2])  # this library's parent folder
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    # A worker still running near its timeout prints its threads' stacks (then every minute).
+    env[benchmark.STACKS_AFTER_ENV] = str(max(timeout - 30, 0.8 * timeout))
     command = [sys.executable, "-m", module, kind]
     load_before = os.getloadavg()[0]
-    done = subprocess.run(
-        command + [json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            command + [json.dumps(spec)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as error:
+        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else ""
+        stderr = error.stderr if isinstance(error.stderr, str) else stderr
+        stages = "\n".join(line for line in stderr.splitlines() if line.startswith("[worker +"))
+        raise RuntimeError(
+            f"The {kind} benchmark worker ran past its {timeout:g} s (--timeout) for {dict(spec)} "
+            f"and was killed. Its progress:\n{stages}\nIts stderr ends with (thread stacks):\n"
+            f"{stderr[-6000:]}"
+        ) from None
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
         raise RuntimeError(

@@ -9,6 +9,7 @@ bfloat16 (FROZEN_DTYPE). See docs/performance.md for what this changes in a trai
 
 import functools
 import math
+import os
 from typing import Any
 
 import jax
@@ -50,11 +51,42 @@ def _batched_matmul(spec: str, a: Array, b: Array) -> Array:
     return jnp.transpose(y, [produced.index(c) for c in out])
 
 
+# How `contract` lays out a mixed-precision matmul: "batched" (`_batched_matmul`, the row-major
+# form XLA:CPU needs for its fast bfloat16 dots) or "einsum" (one `dot_general` whose layout the
+# compiler picks: GPU and TPU compilers do that themselves, and the forced transposes and
+# optimisation barriers of the batched form only add copies there). Chosen from JAX's default
+# backend when a function is traced; MATMUL_LAYOUT_ENV overrides it (benchmarks compare both).
+MATMUL_LAYOUT_ENV = "PROMPT_TUNING_MATMUL_LAYOUT"
+MATMUL_LAYOUTS = ("batched", "einsum")
+
+
+def matmul_layout() -> str:
+    """The layout of mixed-precision matmuls traced now ("batched" on the CPU, else "einsum").
+
+    Raises:
+      ValueError: PROMPT_TUNING_MATMUL_LAYOUT is set to something else than the two layouts.
+    """
+    choice = os.environ.get(MATMUL_LAYOUT_ENV, "").strip().lower()
+    if choice and choice not in MATMUL_LAYOUTS:
+        raise ValueError(
+            f"{MATMUL_LAYOUT_ENV}={os.environ[MATMUL_LAYOUT_ENV]!r} is not one of "
+            f"{', '.join(MATMUL_LAYOUTS)}; unset it to choose by JAX's default backend."
+        )
+    return choice or ("batched" if jax.default_backend() == "cpu" else "einsum")
+
+
+def _mixed_matmul(spec: str, a: Array, b: Array) -> Array:
+    """`einsum(spec, a, b)` accumulated and returned in float32, in `matmul_layout()`."""
+    if matmul_layout() == "batched":
+        return _batched_matmul(spec, a, b)
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
 def _contract_mixed(spec: str, dtype: Any, name: str, a: Array, b: Array) -> Array:
     """`einsum(spec, a, b)` on `dtype` operands accumulated in float32 (see `contract`)."""
     with jax.named_scope(name):
-        return _batched_matmul(spec, a.astype(dtype), b.astype(dtype))
+        return _mixed_matmul(spec, a.astype(dtype), b.astype(dtype))
 
 
 def _contract_mixed_fwd(spec: str, dtype: Any, name: str, a: Array, b: Array):
@@ -62,7 +94,7 @@ def _contract_mixed_fwd(spec: str, dtype: Any, name: str, a: Array, b: Array):
     # metadata, so profiles attribute these dots (prompt_tuning.perf.profiling).
     with jax.named_scope(name):
         a_low, b_low = a.astype(dtype), b.astype(dtype)
-        out = _batched_matmul(spec, a_low, b_low)
+        out = _mixed_matmul(spec, a_low, b_low)
     # Residuals in `dtype` (half the memory of float32 inputs); zero-size arrays carry the
     # operands' own dtypes to the backward pass.
     dtypes = (jnp.zeros((0,), a.dtype), jnp.zeros((0,), b.dtype))
@@ -83,8 +115,8 @@ def _contract_mixed_bwd(spec: str, dtype: Any, name: str, residuals, g: Array):
     spec_a, spec_b = inputs.split(",")
     with jax.named_scope(f"transpose({name})"):
         g = g.astype(dtype)
-        grad_a = _batched_matmul(f"{out},{spec_b}->{spec_a}", g, b)
-        grad_b = _batched_matmul(f"{out},{spec_a}->{spec_b}", g, a)
+        grad_a = _mixed_matmul(f"{out},{spec_b}->{spec_a}", g, b)
+        grad_b = _mixed_matmul(f"{out},{spec_a}->{spec_b}", g, a)
         return grad_a.astype(a_dtype.dtype), grad_b.astype(b_dtype.dtype)
 
 
