@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.t5 import random_init
 from prompt_tuning.t5.precision import contract
 from prompt_tuning.t5.sharding import constrain
 
@@ -80,7 +81,10 @@ def _path(module: nn.Module) -> str:
 
 
 def _param(module: nn.Module, name: str, init: Initializer, shape, axes, dtype) -> Array:
-    """Declares a parameter with logical axis names; returns the plain (unboxed) array."""
+    """Declares a parameter with logical axis names; returns the plain (unboxed) array.
+
+    Its initializer is also noted for `random_init` (while a trace records them)."""
+    random_init.note((*module.scope.path, name), init, shape, dtype)
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 

@@ -6,7 +6,8 @@ frozen)` as global `jax.Array`s on one `("data", "model")` mesh:
 - the frozen half comes from INITIAL_CHECKPOINT_PATH through
   `t5.sharded_loading.load_checkpoint_sharded` (each host reads only its devices' slices; its
   shapes are checked before anything is read), or from a random initialization with RANDOM_SEED
-  compiled with the frozen shardings as outputs (no host ever holds the whole model);
+  made in the frozen shardings by one small program per kind of parameter (`t5.random_init`;
+  no host ever holds the whole model);
 - the trainable half is initialized by the prompt's initializers in one jitted function; the
   token embedding that sampled-vocabulary and class-label initializers sample from is passed in
   as an argument (the frozen model's own array, or one read once on the host), never baked into
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from prompt_tuning.parallel import partitioning
 from prompt_tuning.prompts import initializers
-from prompt_tuning.t5 import checkpoint_tree, precision, sharded_loading
+from prompt_tuning.t5 import checkpoint_tree, precision, random_init, sharded_loading
 from prompt_tuning.train import optimizers, prompt_files
 
 EMBEDDING = ("token_embedder", "embedding")
@@ -214,6 +215,44 @@ def trainable_initializer(
     return jax.jit(init, out_shardings=trainable_shardings)
 
 
+def random_frozen(
+    model: Any,
+    init: Any,
+    split: Any,
+    draws: Mapping[str, random_init.Draw],
+    rng: jax.Array,
+    frozen_shardings: Any,
+    dtype: Any,
+) -> Any:
+    """A random frozen model (no INITIAL_CHECKPOINT_PATH), made in its shardings.
+
+    Matmul weights are cast to FROZEN_DTYPE `dtype` inside the programs that draw them (no float32
+    copy is ever materialised); the embedding keeps its dtype until the prompt's initializers have
+    read it (`_cast_embedding`). Every frozen parameter with a recorded initializer (all of a T5's,
+    `random_init`) is drawn by a small program of its own; otherwise the whole init is compiled
+    as one program (slow to compile for large models, but any module will do).
+    """
+    flat_shardings = checkpoint_tree.flatten(frozen_shardings)
+    if all(name in draws for name in flat_shardings):
+        dtypes = {
+            name: None
+            if name == "/".join(EMBEDDING)
+            else precision.matmul_weight_dtype(name, dtype)
+            for name in flat_shardings
+        }
+        return checkpoint_tree.unflatten(random_init.draw(draws, rng, flat_shardings, dtypes))
+
+    def init_frozen(r: jax.Array) -> Any:
+        with initializers.provided_embeddings(placeholder_embeddings(model)):
+            frozen = split(nn.unbox(init(r)))[1]
+        cast = precision.cast_matmul_weights(frozen, dtype)
+        if EMBEDDING[0] in frozen:  # cast once the prompt's initializers have read it
+            cast[EMBEDDING[0]] = frozen[EMBEDDING[0]]
+        return cast
+
+    return jax.jit(init_frozen, out_shardings=frozen_shardings)(rng)
+
+
 def initial_params(
     model: Any,
     mesh: jax.sharding.Mesh,
@@ -253,7 +292,8 @@ def initial_params(
         input_length=task_feature_lengths.get("inputs", 8),
         target_length=task_feature_lengths.get("targets", 8),
     )
-    boxed = abstract_params(model, task_feature_lengths, rng)
+    with random_init.recording() as draws:  # each T5 parameter's initializer, for `random_frozen`
+        boxed = abstract_params(model, task_feature_lengths, rng)
     shardings = partitioning.params_shardings(boxed, mesh)
     split = functools.partial(
         optimizers.split_params, regex=trainable_params_regex, allow_empty=allow_no_trainable
@@ -261,17 +301,7 @@ def initial_params(
     trainable_sh, frozen_sh = split(shardings)
     dtype = None if frozen_dtype is None else jnp.dtype(frozen_dtype)
     if initial_checkpoint_path is None:
-
-        def init_frozen(r: jax.Array) -> Any:
-            with initializers.provided_embeddings(placeholder_embeddings(model)):
-                frozen = split(nn.unbox(init(r)))[1]
-            # Cast inside the jit: no float32 copy of the frozen weights is ever materialised.
-            cast = precision.cast_matmul_weights(frozen, dtype)
-            if EMBEDDING[0] in frozen:  # cast once the prompt's initializers have read it
-                cast[EMBEDDING[0]] = frozen[EMBEDDING[0]]
-            return cast
-
-        frozen = jax.jit(init_frozen, out_shardings=frozen_sh)(rng)
+        frozen = random_frozen(model, init, split, draws, rng, frozen_sh, dtype)
     else:
         abstract = split(nn.unbox(boxed))[1]
         frozen = load_frozen(
