@@ -170,7 +170,8 @@ def time_train_step(
       profile: also profile one step (`profiling.profile_compiled`).
 
     Returns:
-      JSON-able: `compile_s`, `compile_rss_gib`, the `time_steps` lists, `dot_flops` and
+      JSON-able: `build_s` (building the run: initialising the random model), `compile_s`,
+      `compile_rss_gib`, the `time_steps` lists, `dot_flops` and
       `xla_flops` of the compiled step, `weight_gradient_ops` (frozen-weight gradients computed:
       0 expected) with examples, `opt_state_shapes` (`tree_shapes` of the optimizer state),
       `peak_rss_gib`, and `profile` when asked.
@@ -181,8 +182,10 @@ def time_train_step(
     from prompt_tuning.perf import costs, profiling  # noqa: PLC0415
     from prompt_tuning.train import builder  # noqa: PLC0415
 
+    start = time.perf_counter()
     run = builder.build_run(config, donate=donate)
-    stage("run built (model initialised)")
+    build_s = time.perf_counter() - start
+    stage(f"run built in {build_s:.1f} s (model initialised)")
     opt_state_shapes = tree_shapes(run.state.opt_state)
     lengths = config.task_feature_lengths
     numpy_batch = random_batch(
@@ -215,6 +218,7 @@ def time_train_step(
         return metrics["loss"]
 
     result = {
+        "build_s": build_s,
         "compile_s": compile_s,
         "compile_rss_gib": peak_rss_gib(),
         **time_steps(run_step, warmup, steps),

@@ -321,6 +321,8 @@ def _log_run(log: Any, raw: Mapping[str, Any]) -> None:
 
     device = f", GPU {raw['device_peak_gib']:.2f} GiB" if raw.get("device_peak_gib") else ""
     compile_s = f", compile {raw['compile_s']:.1f} s" if raw.get("compile_s") else ""
+    if raw.get("build_s"):
+        compile_s = f", build {raw['build_s']:.1f} s{compile_s}"
     log(
         f"  {statistics.median(raw['times_s']):.3f} s/step, {raw['peak_rss_gib']:.2f} GiB"
         f"{device}{compile_s}, load {raw['load_avg_1m']}"
