@@ -28,7 +28,7 @@
 #
 #     DEVICE=cpu TRAIN_CASES=tiny:2 DECODE_CASES=tiny STEPS=2 WARMUP=1 \
 #       TRAIN_ARGS="--matmul-size 64 --input-length 24 --prompt-length 4" \
-#       PEFT_MODES=bfloat16-eager OUT=/tmp/gpu_dry bash tools/gpu_benchmarks.sh
+#       PEFT_MODES=bfloat16-eager RANK_PEFT_MODES=cast OUT=/tmp/gpu_dry bash tools/gpu_benchmarks.sh
 set -u -o pipefail
 
 : "${OUT:?set OUT to the output folder}"
@@ -76,7 +76,7 @@ step() {  # $1: name, $2: timeout (s), then the command; stdout to $1.json, stde
   echo "$name: exit $?"
   kill "$watcher" 2> /dev/null
   tar -cf "$OUT/results.tar" -C "$FILES" .
-  grep -v '^ *File \|^  ' "$FILES/$name.log" | tail -n 16
+  grep -v '^ *File \|^    ' "$FILES/$name.log" | tail -n 16
 }
 
 date -u
