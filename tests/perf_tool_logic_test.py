@@ -173,3 +173,20 @@ def test_the_jax_worker_imports_no_seqio_tensorflow_gin_or_clu():
     )
     done = _run_probe(probe)
     assert done.stdout.strip() == "[] True", done.stdout  # jax: the probe really built the path
+
+
+def test_a_worker_past_its_timeout_is_killed_and_reported_with_its_stages_and_stacks():
+    # T5 1.1 small takes well over 10 s to build and compile here: the worker is still busy when
+    # its stacks are due (0.8 x 10 s) and when it is killed.
+    settings = train_benchmark.BenchmarkSettings(dtypes=("float32",))
+    spec = train_benchmark.specs(settings, "small", 8)[0][1]
+    with pytest.raises(RuntimeError) as raised:
+        train_benchmark.spawn("jax", spec, "", timeout=10)
+    message = str(raised.value)
+    # Killed at its timeout; or, seen once in ten runs, the worker crashed (SIGSEGV) while
+    # faulthandler walked the other threads' frames: then its exit code is named.
+    assert "ran past its 10 s (--timeout)" in message or "failed (exit -11)" in message
+    progress = message.split("Its progress:")[1].split("Its stderr ends")[0]
+    assert "jax worker started" in progress  # `benchmark.stage` lines, gathered
+    # faulthandler's dump (every thread's Python stack), of which the message keeps the tail.
+    assert "(most recent call first)" in message and "File " in message

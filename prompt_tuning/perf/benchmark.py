@@ -26,9 +26,8 @@ if TYPE_CHECKING:
 HEAVY_MODULES = ("tensorflow", "seqio", "torch", "jax", "transformers")
 
 
-# Seconds after which a worker prints every thread's Python stack to stderr (and again each
-# minute): `spawn` sets it a little under the worker's timeout, so a worker killed for time says
-# where it was.
+# Seconds after which a worker prints every thread's Python stack to stderr (once): `spawn` sets it
+# a little under the worker's timeout, so a worker killed for time says where it was.
 STACKS_AFTER_ENV = "PROMPT_TUNING_BENCH_STACKS_AFTER"
 _START = time.perf_counter()
 
@@ -118,7 +117,7 @@ def worker_main(workers: Mapping[str, Callable[[Any], Any]], argv: Sequence[str]
     if kind not in workers:
         raise SystemExit(f"Unknown benchmark worker {kind!r}; use one of {sorted(workers)}.")
     if os.environ.get(STACKS_AFTER_ENV):
-        faulthandler.dump_traceback_later(float(os.environ[STACKS_AFTER_ENV]), repeat=True)
+        faulthandler.dump_traceback_later(float(os.environ[STACKS_AFTER_ENV]))
     stage(f"{kind} worker started")
     # Before any import of jax or torch: their threads keep the malloc arena they start with.
     host_memory.reuse_freed_memory()  # PROMPT_TUNING_HOST_MALLOC, set by the parent

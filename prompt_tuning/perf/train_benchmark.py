@@ -168,23 +168,28 @@ def spawn(
             check=False,
         )
     except subprocess.TimeoutExpired as error:
-        stderr = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else ""
-        stderr = error.stderr if isinstance(error.stderr, str) else stderr
-        stages = "\n".join(line for line in stderr.splitlines() if line.startswith("[worker +"))
-        raise RuntimeError(
-            f"The {kind} benchmark worker ran past its {timeout:g} s (--timeout) for {dict(spec)} "
-            f"and was killed. Its progress:\n{stages}\nIts stderr ends with (thread stacks):\n"
-            f"{stderr[-6000:]}"
-        ) from None
+        stderr = error.stderr or ""  # bytes: TimeoutExpired keeps the raw capture
+        stderr = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+        how = f"ran past its {timeout:g} s (--timeout) and was killed"
+        raise RuntimeError(_worker_failure(kind, spec, how, stderr)) from None
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode or not lines:
-        raise RuntimeError(
-            f"The {kind} benchmark worker failed (exit {done.returncode}) for {dict(spec)}; "
-            f"its stderr ends with:\n{done.stderr[-3000:]}"
-        )
+        how = f"failed (exit {done.returncode})"
+        raise RuntimeError(_worker_failure(kind, spec, how, done.stderr))
     result = json.loads(lines[-1])
     result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return result
+
+
+def _worker_failure(kind: str, spec: Mapping[str, Any], how: str, stderr: str) -> str:
+    """The error message of a failed worker: what happened, the stages it reached
+    (`benchmark.stage` lines) and its stderr's tail (a traceback, or the thread stacks it
+    printed before its timeout)."""
+    stages = "\n".join(line for line in stderr.splitlines() if line.startswith("[worker +"))
+    return (
+        f"The {kind} benchmark worker {how} for {dict(spec)}. Its progress:\n{stages}\n"
+        f"Its stderr ends with:\n{stderr[-6000:]}"
+    )
 
 
 def record(
@@ -320,12 +325,11 @@ def _log_run(log: Any, raw: Mapping[str, Any]) -> None:
     from prompt_tuning.perf import profiling  # noqa: PLC0415
 
     device = f", GPU {raw['device_peak_gib']:.2f} GiB" if raw.get("device_peak_gib") else ""
+    build = f", build {raw['build_s']:.1f} s" if raw.get("build_s") else ""
     compile_s = f", compile {raw['compile_s']:.1f} s" if raw.get("compile_s") else ""
-    if raw.get("build_s"):
-        compile_s = f", build {raw['build_s']:.1f} s{compile_s}"
     log(
         f"  {statistics.median(raw['times_s']):.3f} s/step, {raw['peak_rss_gib']:.2f} GiB"
-        f"{device}{compile_s}, load {raw['load_avg_1m']}"
+        f"{device}{build}{compile_s}, load {raw['load_avg_1m']}"
     )
     if "profile" in raw:  # --profile: where one step's time goes, by category
         wall = statistics.median(raw["times_s"])
