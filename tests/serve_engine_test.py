@@ -166,6 +166,42 @@ def test_engine_serves_rows_like_each_prompt_alone(frozen, prompts, inputs, mesh
         }
 
 
+def test_engine_scores_each_input_once_for_its_labels_like_each_prompt_alone(
+    frozen, prompts, inputs
+):
+    """classify's score programs: B inputs and L label rows each (label-count buckets 2 and 4),
+    labels beyond the widest bucket in pieces; every score equals the plain-prompt model scoring
+    that label alone with its input (one encoder row per label)."""
+    buckets = engine_lib.Buckets((4,), (16,), (8,), (4,), label_count=(2, 4))
+    assert buckets.score_inputs(2) == (2,) and buckets.score_inputs(4) == (1,)
+    compiled = []
+    on_compile = lambda key, reason, seconds: compiled.append(key.label())  # noqa: E731
+    engine = engine_lib.Engine(EncoderDecoder(CONFIG), frozen, buckets, on_compile=on_compile)
+    reg = registry.PromptRegistry(H, C, P, lambda a: jax.device_put(a, engine.replicated()))
+    for i, prompt in enumerate(prompts):
+        reg.add(f"p{i}", prompt, "test")
+    bank = reg.snapshot()
+    rng = np.random.default_rng(5)
+    labels = lambda n: [np.append(rng.integers(3, 64, rng.integers(1, 4)), 1) for _ in range(n)]
+    # (input, prompt, labels): 1 label (L=2), 3 labels (L=4), 6 labels (pieces of 4 and 2).
+    requests = [(0, 0, labels(1)), (1, 1, labels(3)), (0, 1, labels(6))]
+    tokens = [inputs[i][inputs[i] > 0] for i, _, _ in requests]
+    slots = [bank.slots[f"p{p}"] for _, p, _ in requests]
+    out = engine.score(bank, tokens, slots, [targets for _, _, targets in requests])
+    assert [len(row) for row in out] == [1, 3, 6]
+    for (i, p, targets), row in zip(requests, out):
+        model, params = _alone(frozen, prompts[p])
+        padded = np.zeros((len(targets), 4), np.int32)
+        for j, target in enumerate(targets):
+            padded[j, : len(target)] = target
+        shifted = np.pad(padded, ((0, 0), (1, 0)))[:, :-1]
+        encoder = np.repeat(inputs[i : i + 1], len(targets), axis=0)
+        expected = score(model, params, encoder, shifted, padded)
+        np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-5)
+    # L=2 (2 pieces in one call of B=2), L=4 (2 pieces, B=1 each): two programs.
+    assert sorted(compiled) == ["score B=1 T=16 S=4 L=4", "score B=2 T=16 S=4 L=2"]
+
+
 def test_registry_add_replace_remove_and_resize():
     placed = []
     reg = registry.PromptRegistry(4, 2, 3, lambda a: placed.append(a.shape) or a, max_length=6)

@@ -130,6 +130,29 @@ def test_score_is_the_sum_of_target_log_softmax():
     np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-5)
 
 
+def test_score_of_several_targets_per_input_equals_one_forward_pass_per_row():
+    """C = 3 target rows per input (rank classification): the decoder attends to each input's
+    single encoding (keys/values projected once) and must give what a full forward pass over the
+    input repeated for every row gives, padded target positions included."""
+    model, params = model_and_params("prompt")
+    encoder = np.asarray(ENCODER_TOKENS)
+    c = 3
+    rng = np.random.default_rng(7)
+    targets = rng.integers(3, 20, (len(encoder) * c, 4))
+    lengths = rng.integers(1, 5, len(targets))  # rows of one input differ in length
+    targets = np.where(np.arange(4)[None] < lengths[:, None], targets, 0)
+    inputs = np.pad(targets, ((0, 0), (1, 0)))[:, :-1]
+    apply = jax.jit(functools.partial(model.apply, enable_dropout=False))
+    logits = np.asarray(apply({"params": params}, np.repeat(encoder, c, axis=0), inputs, targets))
+    log_probs = scipy.special.log_softmax(logits.astype(np.float64), axis=-1)
+    picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    expected = (picked * (targets > 0)).sum(axis=1)
+    actual = score(model, params, encoder, inputs, targets)
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="C target rows per input row"):
+        score(model, params, encoder, inputs[:-1], targets[:-1])
+
+
 def _beam(model, params, beam_size, alpha, eos_id):
     tokens, scores = beam_search(
         model, params, ENCODER_TOKENS, MAX_LENGTH, beam_size, alpha, eos_id=eos_id

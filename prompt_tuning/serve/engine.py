@@ -15,11 +15,14 @@ Programs (all outputs per row, equal to running the row alone with its prompt):
   stops once every row has its EOS or its length, so one decode bucket S serves short requests
   without decoding past them; greedy decoding of a shorter length is a prefix of a longer one);
 - beam: `decoding.beam_search` with each row's own maximum length, best beam and score;
-- score: the summed log-likelihood of target rows (rank classification); the decoder inputs are
-  the targets shifted right on the host (`rank_classification.shift_right`).
+- score: the summed log-likelihood of each input's label rows (rank classification): B inputs,
+  each encoded once, and L label rows per input (`decoding.score`, as evaluation's
+  `Predictor.label_scores`); the decoder inputs are the targets shifted right on the host
+  (`rank_classification.shift_right`). Inputs are grouped by their label-count bucket L; an
+  input with more labels than the largest L is scored in pieces of that many labels.
 
 Letters: B batch, T input length, S decode/label length, C bank capacity, P bank prompt length,
-H model dim, W beams.
+H model dim, W beams, L labels per input.
 """
 
 from __future__ import annotations
@@ -54,12 +57,17 @@ class Buckets:
       input_length: encoder input lengths T (the largest is the longest input served).
       decode_length: decode lengths S of `generate` (the largest is the longest output).
       label_length: label lengths S of `classify` (the largest is the longest label).
+      label_count: labels per input L of the score programs: an input's labels go to the
+        smallest L that holds them, or in pieces of the largest L (each piece encodes the input
+        once). A score program holds B inputs and B*L label rows, B = a batch bucket's rows
+        shared out over L (`score_inputs`).
     """
 
     batch: tuple[int, ...] = (1, 32)
     input_length: tuple[int, ...] = (64, 256)
     decode_length: tuple[int, ...] = (64,)
     label_length: tuple[int, ...] = (8,)
+    label_count: tuple[int, ...] = (4,)
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -73,6 +81,11 @@ class Buckets:
     def lengths(self, kind: str) -> tuple[int, ...]:
         """The target-length buckets of a program kind."""
         return self.label_length if kind == "score" else self.decode_length
+
+    def score_inputs(self, labels: int) -> tuple[int, ...]:
+        """The input batch sizes B of score programs with L = `labels` rows per input: each
+        batch bucket's rows over L, at least one input (so B*L rows <= max(rows, L))."""
+        return tuple(sorted({max(1, rows // labels) for rows in self.batch}))
 
 
 def bucket(values: Sequence[int], n: int) -> int:
@@ -89,25 +102,36 @@ def bucket(values: Sequence[int], n: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ProgramKey:
-    """One compiled program: its kind and padded shapes."""
+    """One compiled program: its kind and padded shapes.
+
+    Attributes:
+      kind: "greedy", "beam" or "score".
+      batch: input rows B.
+      input_length: T.
+      target_length: decode length or label length S.
+      width: rows per input: beams W ("beam"), labels L ("score"), 0 for greedy.
+      capacity: bank rows C.
+      prompt_length: bank prompt length P.
+    """
 
     kind: str
     batch: int
     input_length: int
     target_length: int
-    beam_size: int
+    width: int
     capacity: int
     prompt_length: int
 
     def label(self) -> str:
         """A short name for progress reports, e.g. "beam B=4 T=64 S=64 W=4"."""
         name = f"{self.kind} B={self.batch} T={self.input_length} S={self.target_length}"
-        return name + (f" W={self.beam_size}" if self.kind == "beam" else "")
+        letter = {"beam": "W", "score": "L"}.get(self.kind)
+        return name + (f" {letter}={self.width}" if letter else "")
 
     def order(self) -> tuple[int, ...]:
         """Compilation order: smaller buckets first (batch, then input length, then kind)."""
         kind = KINDS.index(self.kind) if self.kind in KINDS else len(KINDS)
-        return (self.batch, self.input_length, kind, self.target_length, self.beam_size)
+        return (self.batch, self.input_length, kind, self.target_length, self.width)
 
 
 def _with_bank(params: Any, table: Any, lengths: Any) -> dict:
@@ -186,12 +210,13 @@ class Engine:
             spec((key.capacity,), rep),
         )
         batch = {"encoder_input_tokens": spec((b, t)), "task_ids": spec((b,))}
-        if key.kind == "score":
-            batch["decoder_input_tokens"] = batch["decoder_target_tokens"] = spec((b, s))
+        if key.kind == "score":  # B inputs, B*L label rows
+            targets = spec((b * key.width, s), self.batch_sharding(b * key.width))
+            batch["decoder_input_tokens"] = batch["decoder_target_tokens"] = targets
         else:
             batch["decode_lengths"] = spec((b,))
         model = self.bank_predictor(key.capacity, key.prompt_length)
-        return model.compile(key.kind, params, batch, key.beam_size, s)
+        return model.compile(key.kind, params, batch, key.width, s)
 
     def program(self, key: ProgramKey, reason: str = "new_shape") -> Any:
         """The compiled program of `key`, compiling it (once, even from several threads).
@@ -240,9 +265,10 @@ class Engine:
         for kind in kinds:
             if kind not in KINDS:
                 raise ValueError(f"Unknown program kind {kind!r}; choose from {KINDS}.")
-            beams = self.beam_sizes if kind == "beam" else (0,)
-            for w in beams:
-                for b in self.buckets.batch:
+            widths = {"beam": self.beam_sizes, "score": self.buckets.label_count}.get(kind, (0,))
+            for w in widths:
+                batches = self.buckets.score_inputs(w) if kind == "score" else self.buckets.batch
+                for b in batches:
                     for t in self.buckets.input_length:
                         for s in self.buckets.lengths(kind):
                             keys.append(ProgramKey(kind, b, t, s, w, capacity, length))
@@ -285,13 +311,13 @@ class Engine:
         return len(self._programs)
 
     # Running -------------------------------------------------------------------------------------
-    def _pad(self, tokens: Sequence[np.ndarray], rows: Sequence[int], extra=()):
-        """Pads n rows to the batch and input-length buckets.
+    def _pad(self, tokens: Sequence[np.ndarray], rows: Sequence[int], extra=(), batches=None):
+        """Pads n rows to the batch (or `batches`) and input-length buckets.
 
         Padding rows repeat row 0, so a decoding loop stops when the real rows are done.
         """
         n = len(tokens)
-        b = bucket(self.buckets.batch, n)
+        b = bucket(batches or self.buckets.batch, n)
         t = bucket(self.buckets.input_length, max(len(x) for x in tokens))
         batch = np.zeros((b, t), np.int32)  # [B, T]
         for i, x in enumerate(tokens):
@@ -346,17 +372,57 @@ class Engine:
         bank: Any,
         tokens: Sequence[np.ndarray],
         rows: Sequence[int],
-        targets: Sequence[np.ndarray],
-    ) -> np.ndarray:
-        """Summed log-likelihood `[n]` of each target `[s_i]` (EOS included) given its input."""
-        s = bucket(self.buckets.label_length, max(len(x) for x in targets))
-        padded = np.zeros((len(targets), s), np.int32)  # [n, S]
-        for i, x in enumerate(targets):
-            padded[i, : len(x)] = x
-        b, t, batch, ids, (padded,) = self._pad(tokens, rows, (padded,))
-        program = self.program(ProgramKey("score", b, t, s, 0, *bank.shape))
-        args = self._put(b, batch, ids, ranking.shift_right(padded), padded)
-        names = ("encoder_input_tokens", "task_ids", "decoder_input_tokens")
-        features = dict(zip((*names, "decoder_target_tokens"), args))
+        targets: Sequence[Sequence[np.ndarray]],
+    ) -> list[np.ndarray]:
+        """Summed log-likelihoods of each input's targets, each input encoded once.
+
+        Args:
+          bank: a snapshot with `table [C, P, H]`, `lengths [C]` (device arrays).
+          tokens: n int arrays `[t_i]` (EOS included).
+          rows: n bank rows.
+          targets: n sequences of l_i >= 1 label arrays `[s]` (EOS included).
+
+        Returns:
+          n float arrays `[l_i]`. Each input's labels are one piece (its label-count bucket L)
+          or pieces of the largest L; pieces are grouped by L and run in chunks of at most
+          `Buckets.score_inputs(L)[-1]` pieces, one program call each.
+        """
+        widest = self.buckets.label_count[-1]
+        groups: dict[int, list[tuple[int, int]]] = {}  # L -> pieces (input, first label)
+        for i, labels in enumerate(targets):
+            for first in range(0, len(labels), widest):
+                width = bucket(self.buckets.label_count, min(len(labels) - first, widest))
+                groups.setdefault(width, []).append((i, first))
+        out = [np.zeros(len(labels), np.float32) for labels in targets]
+        for width, pieces in sorted(groups.items()):
+            most = self.buckets.score_inputs(width)[-1]
+            for start in range(0, len(pieces), most):
+                chunk = pieces[start : start + most]
+                labels = [targets[i][first : first + width] for i, first in chunk]
+                scores = self._score_chunk(
+                    bank, width, [tokens[i] for i, _ in chunk], [rows[i] for i, _ in chunk], labels
+                )
+                for (i, first), row in zip(chunk, scores):
+                    out[i][first : first + len(row)] = row
+        return out
+
+    def _score_chunk(self, bank, width, tokens, rows, targets) -> list[np.ndarray]:
+        """One score program call: n inputs with up to L = `width` labels each."""
+        s = bucket(self.buckets.label_length, max(len(x) for labels in targets for x in labels))
+        b, t, batch, ids, _ = self._pad(tokens, rows, batches=self.buckets.score_inputs(width))
+        padded = np.zeros((b * width, s), np.int32)  # [B*L, S]; absent labels score 0
+        for i, labels in enumerate(targets):
+            for j, x in enumerate(labels):
+                padded[i * width + j, : len(x)] = x
+        program = self.program(ProgramKey("score", b, t, s, width, *bank.shape))
+        encoder_tokens, ids = self._put(b, batch, ids)
+        decoder_inputs, padded = self._put(b * width, ranking.shift_right(padded), padded)
+        features = {
+            "encoder_input_tokens": encoder_tokens,
+            "task_ids": ids,
+            "decoder_input_tokens": decoder_inputs,
+            "decoder_target_tokens": padded,
+        }
         out = program(_with_bank(self.params, bank.table, bank.lengths), features)
-        return np.asarray(jax.device_get(out))[: len(tokens)]
+        out = np.asarray(jax.device_get(out)).reshape(b, width)
+        return [out[i, : len(labels)] for i, labels in enumerate(targets)]

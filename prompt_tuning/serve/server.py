@@ -206,6 +206,7 @@ def serve(
     input_length_buckets: Sequence[int] = (64, 256),
     decode_length_buckets: Sequence[int] = (64,),
     label_length_buckets: Sequence[int] = (8,),
+    label_count_buckets: Sequence[int] = (4,),
     beam_sizes: Sequence[int] = (4,),
     warmup: Sequence[str] = ("greedy", "score"),
     batching: str = "mixed",
@@ -229,6 +230,7 @@ def serve(
 
     Args are the serve.gin macros: MODEL, VOCABULARY, INITIAL_CHECKPOINT_PATH, PROMPT_DIR, HOST,
     PORT, BATCH_BUCKETS, INPUT_LENGTH_BUCKETS, DECODE_LENGTH_BUCKETS, LABEL_LENGTH_BUCKETS,
+    LABEL_COUNT_BUCKETS (labels per input of a score program; see `engine.Buckets`),
     BEAM_SIZES, WARMUP, BATCHING ("mixed" or "per_prompt"), BATCH_WAIT_MS, MAX_QUEUE_ROWS,
     BANK_CAPACITY, BANK_PROMPT_LENGTH, BANK_MAX_CAPACITY, MAX_PROMPT_LENGTH, LIMITS (fields of
     `service.Limits`), DRAIN_TIMEOUT, RANDOM_SEED, FROZEN_DTYPE, the label lookup and
@@ -251,6 +253,7 @@ def serve(
             tuple(input_length_buckets),
             tuple(decode_length_buckets),
             tuple(label_length_buckets),
+            tuple(label_count_buckets),
         ),
         bank_capacity=bank_capacity,
         bank_prompt_length=bank_prompt_length,

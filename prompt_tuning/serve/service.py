@@ -210,15 +210,11 @@ class Service:
             return results
         chosen = [items[i] for i in live]
         slots = [bank.slots[item.prompt] for item in chosen]
-        if chosen[0].kind == "score":
-            tokens = [item.tokens for item in chosen for _ in item.targets]
-            rows = [s for item, s in zip(chosen, slots) for _ in item.targets]
-            targets = [t for item in chosen for t in item.targets]
-            scores = self.engine.score(bank, tokens, rows, targets)
-            start = 0
-            for i, item in zip(live, chosen):
-                results[i] = scores[start : start + len(item.targets)]
-                start += len(item.targets)
+        if chosen[0].kind == "score":  # each input encoded once for all its labels
+            tokens = [item.tokens for item in chosen]
+            scores = self.engine.score(bank, tokens, slots, [item.targets for item in chosen])
+            for i, row in zip(live, scores):
+                results[i] = row
             return results
         outputs, scores = self.engine.generate(
             bank,

@@ -275,9 +275,8 @@ def score(
             "inputs (see rank_classification.label_batch)."
         )
     encoded, encoder_mask = _encode(model, params, encoder_input_tokens, task_ids)
-    if rows != inputs:  # [B, L, H] -> [B*C, L, H]: each input's encoding for its C targets
-        encoded = jnp.repeat(encoded, rows // inputs, axis=0)
-        encoder_mask = jnp.repeat(encoder_mask, rows // inputs, axis=0)
+    # The decoder takes the C target rows of each input as they are: each input's cross-attention
+    # keys and values are projected once (Decoder: C rows per encoded row).
     logits = model.apply(
         {"params": params},
         encoded,

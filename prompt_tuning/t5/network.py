@@ -118,13 +118,13 @@ class DecoderLayer(nn.Module):
         decode: bool = False,
         decode_position: Array | None = None,
     ) -> Array:
-        """Maps decoder states `x` `[B, S, H]` attending to `encoded` `[B, T, H]`.
+        """Maps decoder states `x` `[B*C, S, H]` attending to `encoded` `[B, T, H]` (C >= 1).
 
         Args:
-          x: decoder hidden states `[B, S, H]`.
+          x: decoder hidden states `[B*C, S, H]`; row `b * C + c` attends to encoded row b.
           encoded: encoder output `[B, T, H]`.
-          self_mask: `[B or 1, 1, S, S_keys]` self-attention mask.
-          cross_mask: `[B, 1, S, T]` encoder-decoder mask.
+          self_mask: `[B*C or 1, 1, S, S_keys]` self-attention mask.
+          cross_mask: `[B, 1, C*S, T]` encoder-decoder mask (query c*S + s is row b*C+c's s).
           bias: relative position bias `[1, N, S, S_keys]`, or None when the layer has its own
             table (`relative_attention_per_layer`).
           enable_dropout: apply dropout.
@@ -144,9 +144,13 @@ class DecoderLayer(nn.Module):
         )
         x = x + dropout(y, deterministic=deterministic)
         y = _norm(self.config, "pre_cross_attention_layer_norm")(x)
+        # C decoder rows per encoded row (rank classification's C label rows per input): the
+        # rows of one input attend as one `[C*S]` query sequence, so its keys and values are
+        # projected once, not C times.
+        rows, s, h = y.shape
         y = _attention(self.config, "encoder_decoder_attention", cross=True)(
-            y, encoded, cross_mask, None, enable_dropout, decode
-        )
+            y.reshape(encoded.shape[0], -1, h), encoded, cross_mask, None, enable_dropout, decode
+        ).reshape(rows, s, h)
         x = x + dropout(y, deterministic=deterministic)
         y = _norm(self.config, "pre_mlp_layer_norm")(x)
         y = _mlp(self.config)(y, enable_dropout)
@@ -308,16 +312,27 @@ class Decoder(nn.Module):
         Args:
           encoded: encoder output `[B, P+T, H]`.
           encoder_mask: `[B, P+T]` bool.
-          decoder_input_tokens: `[B, S]` (`[B, 1]` per call once the decode cache exists).
-          decoder_target_tokens: `[B, S]` or None; non-zero positions are valid (T5X's
-            `make_decoder_mask`); None treats every position as valid.
+          decoder_input_tokens: `[B, S]` (`[B, 1]` per call once the decode cache exists), or
+            `[B*C, S]`: C rows per encoded row (row `b * C + c` decodes from input b), whose
+            cross-attention keys and values are then projected once per input.
+          decoder_target_tokens: like `decoder_input_tokens`, or None; non-zero positions are
+            valid (T5X's `make_decoder_mask`); None treats every position as valid.
           enable_dropout: apply dropout.
           decode: cached one-token decoding.
 
         Returns:
-          float32 logits `[B, S, V]`.
+          float32 logits `[B, S, V]` (`[B*C, S, V]`).
+
+        Raises:
+          ValueError: the decoder rows are not a multiple of the encoded rows.
         """
         cfg = self.config
+        if decoder_input_tokens.shape[0] % encoded.shape[0]:
+            raise ValueError(
+                f"The decoder takes C rows per encoded row; got {decoder_input_tokens.shape[0]} "
+                f"decoder rows for {encoded.shape[0]} encoded rows (row b*C+c decodes from input "
+                "b; see rank_classification.label_batch)."
+            )
         deterministic = not enable_dropout
         dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
         shared = not cfg.relative_attention_per_layer
@@ -344,7 +359,9 @@ class Decoder(nn.Module):
                 query_valid = decoder_target_tokens > 0
                 padding = layers.attention_mask(query_valid, query_valid)  # [B, 1, S, S]
                 self_mask = jnp.logical_and(self_mask, padding)
-        cross_mask = layers.attention_mask(query_valid, encoder_mask)  # [B, 1, S, T]
+        # [B, 1, C*S, T]: each input's C rows as one query sequence (C = 1 but for scoring).
+        grouped_valid = query_valid.reshape(encoded.shape[0], -1)
+        cross_mask = layers.attention_mask(grouped_valid, encoder_mask)
 
         x = self.shared_embedding(decoder_input_tokens)  # [B, S, H]
         x = dropout(x, deterministic=deterministic)
