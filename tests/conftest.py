@@ -65,20 +65,3 @@ if "PROMPT_TUNING_SPM_PATH" not in os.environ:
     os.environ["PROMPT_TUNING_SPM_PATH"] = (
         str(_SPM_FIXTURE) if _SPM_FIXTURE.exists() else _tiny_spm_model()
     )
-
-
-# The slowest files (each launches processes: 100-250 s on 2 cores), slowest first. `make test`
-# runs files whole on 2 workers (`--dist loadfile`) in collection order; started last, the slowest
-# ran alone for minutes at the end of the suite. Run first, the other files fill the other worker.
-_SLOWEST_FILES = (
-    "train_multiprocess_test.py",
-    "faults_multiprocess_test.py",
-    "t5x_gin_test.py",
-    "faults_preemption_test.py",
-    "tools_demo_test.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(_SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
