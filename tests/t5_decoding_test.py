@@ -149,7 +149,7 @@ def test_score_of_several_targets_per_input_equals_one_forward_pass_per_row():
     expected = (picked * (targets > 0)).sum(axis=1)
     actual = score(model, params, encoder, inputs, targets)
     np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-5)
-    with pytest.raises(ValueError, match="C target rows per input row"):
+    with pytest.raises(ValueError, match="got 8 decoder rows for 3 encoded rows"):
         score(model, params, encoder, inputs[:-1], targets[:-1])
 
 

@@ -265,15 +265,9 @@ def score(
       `[B*C]` float32 sums of `log p(target_s | input, targets_<s)` over real target positions.
 
     Raises:
-      ValueError: the target rows are not a multiple of the input rows.
+      ValueError: the target rows are not a multiple of the input rows (raised by the decoder).
     """
     params = nn.unbox(params)
-    rows, inputs = decoder_target_tokens.shape[0], encoder_input_tokens.shape[0]
-    if rows % inputs:
-        raise ValueError(
-            f"Scoring takes C target rows per input row; got {rows} target rows for {inputs} "
-            "inputs (see rank_classification.label_batch)."
-        )
     encoded, encoder_mask = _encode(model, params, encoder_input_tokens, task_ids)
     # The decoder takes the C target rows of each input as they are: each input's cross-attention
     # keys and values are projected once (Decoder: C rows per encoded row).
