@@ -3,12 +3,26 @@
 import importlib.util
 import os
 import pathlib
+import tempfile
 
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # transformers (the numerical reference) would otherwise import TensorFlow too.
 os.environ.setdefault("USE_TF", "0")
+# One persistent compilation cache for every test process of this machine (both xdist workers and
+# the processes tests launch inherit it): the suite compiles the same tiny-model programs in many
+# files. JAX keys entries by the program, compiler options, XLA flags, JAX version and devices, and
+# a loaded executable has the same HLO text, cost and memory analyses (tests read those).
+# PROMPT_TUNING_TEST_JAX_CACHE names another folder; "off" compiles everything afresh.
+_JAX_CACHE = os.environ.get("PROMPT_TUNING_TEST_JAX_CACHE") or os.path.join(
+    tempfile.gettempdir(), "prompt_tuning_test_jax_cache"
+)
+if _JAX_CACHE != "off":
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))  # LRU beyond 4 GiB
 
 # `make test` sets this when ../shared/t5x (T5X from source) is on PYTHONPATH: the T5X tests must
 # then run, not skip because T5X does not import.
@@ -24,8 +38,6 @@ _SPM_FIXTURE = FIXTURES / "t5_sentencepiece.model"
 
 def _tiny_spm_model() -> str:
     """Trains a small SentencePiece model once per machine when T5's real one is absent."""
-    import tempfile
-
     import sentencepiece as spm
 
     out = pathlib.Path(tempfile.gettempdir()) / "prompt_tuning_test_spm"

@@ -2,7 +2,8 @@
 
 `aot_sweep.sweep_specs` (which meshes and programs `tools/aot_memory.py` compiles),
 `aot_sweep.read_results` (its `--table` input), `train_benchmark.specs` (the alternating run
-order of `tools/benchmark_train.py`), `serve_load.check_loopback` (local servers only) and
+order of `tools/benchmark_train.py`), `serve_load.check_loopback` (local servers only),
+`serve_load.request_body` (what its clients send, against the server's request schemas) and
 `serve_ready.cpu_seconds` (a server's CPU time).
 """
 
@@ -116,6 +117,21 @@ def test_loopback_hosts_pass(host):
 def test_other_hosts_are_refused(host):
     with pytest.raises(SystemExit, match="not a loopback address"):
         serve_load.check_loopback(host)
+
+
+@pytest.mark.parametrize("endpoint", serve_load.ENDPOINTS)
+def test_load_requests_are_what_the_server_accepts(endpoint):
+    from prompt_tuning.serve import app  # noqa: PLC0415 (fastapi: the serve extra)
+
+    args = argparse.Namespace(endpoint=endpoint, max_length=8)
+    body = serve_load.request_body(args, "load_003", "one two three", ["yes", "no"])
+    schema = {"generate": app.GenerateRequest, "classify": app.ClassifyRequest}[endpoint]
+    request = schema.model_validate(body)  # extra fields are refused
+    assert (request.prompt, request.inputs) == ("load_003", "one two three")
+    if endpoint == "generate":
+        assert (request.method, request.max_length) == ("greedy", 8)
+    else:
+        assert request.labels == ["yes", "no"]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="no /proc (not Linux)")

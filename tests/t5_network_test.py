@@ -116,12 +116,21 @@ def hf_logits(model, encoder_tokens: np.ndarray, target_tokens: np.ndarray) -> n
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
-def test_relative_position_bucket_matches_transformers(bidirectional):
-    relative = np.arange(-300, 301)
+@pytest.mark.parametrize("buckets", [(32, 128), (64, 256)])  # T5's; a wider table
+@pytest.mark.parametrize("array", [np.asarray, jnp.asarray], ids=["numpy", "jax"])
+def test_relative_position_bucket_matches_transformers(bidirectional, buckets, array):
+    # Every distance a 4,096-token sequence has: the float32 log's rounding must put each one in
+    # transformers' bucket, whether NumPy (static positions) or XLA (traced ones) computes it.
+    relative = np.arange(-4096, 4097)
+    num_buckets, max_distance = buckets
     expected = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket(
-        torch.tensor(relative), bidirectional=bidirectional, num_buckets=32, max_distance=128
+        torch.tensor(relative),
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
+        max_distance=max_distance,
     ).numpy()
-    actual = layers.relative_position_bucket(jnp.asarray(relative), bidirectional, 32, 128)
+    actual = layers.relative_position_bucket(array(relative), bidirectional, *buckets)
+    assert isinstance(actual, np.ndarray) == (array is np.asarray)
     np.testing.assert_array_equal(np.asarray(actual), expected)
 
 

@@ -54,6 +54,8 @@ def _ynn_fusion_ops(hlo: str) -> list[set[str]]:
 
 def test_compiled_step_fuses_dots_alone_with_the_options():
     config = t5.config.by_size("small", dtype="bfloat16", dropout_rate=0.1)
+    # Two blocks each of small's widths: the options (and so the fusions) follow the MLP's width.
+    config = config.replace(num_encoder_layers=2, num_decoder_layers=2)
     model, mesh = _model(config), _mesh()
     lengths = {"inputs": 12, "targets": 4}  # short: the fusions do not depend on lengths
     trainable, frozen = run_params.initial_params(

@@ -64,9 +64,9 @@ def _free_port() -> int:
 def compilation_cache(tmp_path_factory):
     """One persistent compilation cache for the launched processes (restarts reuse programs)."""
     path = tmp_path_factory.mktemp("jax_cache")
-    os.environ["PROMPT_TUNING_TEST_JAX_CACHE"] = str(path)
+    os.environ["PROMPT_TUNING_MULTIPROCESS_JAX_CACHE"] = str(path)
     yield
-    os.environ.pop("PROMPT_TUNING_TEST_JAX_CACHE", None)
+    os.environ.pop("PROMPT_TUNING_MULTIPROCESS_JAX_CACHE", None)
 
 
 def _launch(module, args, kill_when=None, timeout=300):
@@ -80,7 +80,7 @@ def _launch(module, args, kill_when=None, timeout=300):
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT),
-        JAX_COMPILATION_CACHE_DIR=os.environ.get("PROMPT_TUNING_TEST_JAX_CACHE", ""),
+        JAX_COMPILATION_CACHE_DIR=os.environ.get("PROMPT_TUNING_MULTIPROCESS_JAX_CACHE", ""),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )

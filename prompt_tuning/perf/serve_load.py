@@ -5,9 +5,9 @@ The tool's docstring describes the test and its output. `run` runs every (model,
 on a loopback address (`check_loopback`) and waits for `/readyz`, `drive` runs the closed-loop
 clients and reads the server's `/metrics`, and `table` formats the figures. The functions take
 the tool's flags as `args` (an `argparse.Namespace`: model, prompts, clients, requests, duration,
-warmup, prompt_length, input_words, input_bucket, max_length, batch_buckets, batch_wait_ms, host,
-startup_timeout). The gin text below configures the server subprocess; this module imports
-neither gin nor `tasks`.
+warmup, prompt_length, input_words, input_bucket, max_length, endpoint, labels, label_count_buckets,
+batch_buckets, batch_wait_ms, host, startup_timeout); `request_body` builds what a client sends.
+The gin text below configures the server subprocess; this module imports neither gin nor `tasks`.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[2]  # the repository (gin_configs/)
 POLICIES = ("mixed", "per_prompt")
+ENDPOINTS = ("generate", "classify")
 # Random T5 1.1 small with the tiny vocabulary: nothing to download (its 512 ids fit in 32,128).
 SMALL_RANDOM_GIN = """
 from __gin__ import dynamic_registration
@@ -92,7 +93,10 @@ def start_server(model: str, policy: str, folder: pathlib.Path, args, log) -> tu
         f"--gin.BATCH_BUCKETS={list(args.batch_buckets)}",
         f"--gin.INPUT_LENGTH_BUCKETS=[{args.input_bucket}]",
         f"--gin.DECODE_LENGTH_BUCKETS=[{args.max_length}]",
-        "--gin.WARMUP=['greedy']",
+        # Label words are one piece each: label + EOS = 2 tokens.
+        "--gin.LABEL_LENGTH_BUCKETS=[2]",
+        f"--gin.LABEL_COUNT_BUCKETS={list(args.label_count_buckets)}",
+        "--gin.WARMUP=['greedy']" if args.endpoint == "generate" else "--gin.WARMUP=['score']",
         f"--gin.BATCH_WAIT_MS={args.batch_wait_ms}",
         f"--gin.BANK_CAPACITY={max(args.prompts, 1)}",
         f"--gin.MAX_QUEUE_ROWS={max(1024, 4 * args.clients)}",
@@ -136,8 +140,15 @@ def wait_ready(url: str, deadline: float) -> None:
     raise SystemExit(f"error: {url} was not ready within --startup_timeout.")
 
 
-def _post(connection: http.client.HTTPConnection, body: bytes) -> int:
-    connection.request("POST", "/v1/generate", body, {"Content-Type": "application/json"})
+def request_body(args, prompt: str, text: str, labels: Sequence[str]) -> dict[str, Any]:
+    """One request: greedy generation of `max_length` tokens, or classification among `labels`."""
+    if args.endpoint == "generate":
+        return {"prompt": prompt, "inputs": text, "max_length": args.max_length}
+    return {"prompt": prompt, "inputs": text, "labels": list(labels)}
+
+
+def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> int:
+    connection.request("POST", path, body, {"Content-Type": "application/json"})
     response = connection.getresponse()
     response.read()
     return response.status
@@ -163,6 +174,8 @@ def drive(url: str, names: Sequence[str], args) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     words = single_piece_words()
     texts = [" ".join(rng.choice(words, args.input_words)) for _ in range(64)]
+    labels = words[-args.labels :]
+    path = f"/v1/{args.endpoint}"
     latencies, lock = [], threading.Lock()
     stop, counted, errors = threading.Event(), [0], []
     start_line = threading.Barrier(args.clients + 1)
@@ -171,14 +184,14 @@ def drive(url: str, names: Sequence[str], args) -> dict[str, Any]:
         connection = http.client.HTTPConnection(host, int(port), timeout=120)
         prompt = names[k % len(names)]
         for i in range(args.warmup):
-            body = {"prompt": prompt, "inputs": texts[(k + i) % 64], "max_length": args.max_length}
-            _post(connection, json.dumps(body).encode())
+            body = request_body(args, prompt, texts[(k + i) % 64], labels)
+            _post(connection, path, json.dumps(body).encode())
         start_line.wait()
         i = 0
         while not stop.is_set():
-            body = {"prompt": prompt, "inputs": texts[(k + i) % 64], "max_length": args.max_length}
+            body = request_body(args, prompt, texts[(k + i) % 64], labels)
             t0 = time.perf_counter()
-            status = _post(connection, json.dumps(body).encode())
+            status = _post(connection, path, json.dumps(body).encode())
             elapsed = time.perf_counter() - t0
             i += 1
             with lock:
@@ -242,9 +255,16 @@ def run(args) -> list[dict[str, Any]]:
 
 def table(results: Sequence[dict[str, Any]], args) -> str:
     """The Markdown table with mixed/per-prompt ratios."""
+    if args.endpoint == "generate":
+        work = f"{args.max_length} output tokens (greedy)"
+    else:
+        work = (
+            f"classify among {args.labels} one-word labels "
+            f"(LABEL_COUNT_BUCKETS {list(args.label_count_buckets)})"
+        )
     lines = [
         f"{args.prompts} prompts x {args.prompt_length} tokens, {args.clients} clients, "
-        f"{args.input_words}-word inputs, {args.max_length} output tokens (greedy); "
+        f"{args.input_words}-word inputs, {work}; "
         f"load average {os.getloadavg()[0]:.2f} at the end",
         "",
         "| model | batching | answers/s | p50 ms | p99 ms | rows/batch | prompts/batch | "

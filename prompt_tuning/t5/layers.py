@@ -196,32 +196,36 @@ def relative_position_bucket(
     In the bidirectional case the upper half of the buckets is for keys after the query.
 
     Args:
-      relative_position: int array of `key_position - query_position`, any shape.
+      relative_position: int array of `key_position - query_position`, any shape: a NumPy array
+        (bucketed by NumPy) or a JAX array (by JAX ops, traced or not).
       bidirectional: encoder (True) or causal decoder (False) bucketing.
       num_buckets: total number of buckets.
       max_distance: distance from which all positions share the last bucket.
 
     Returns:
-      int32 bucket ids with the shape of `relative_position`.
+      int32 bucket ids with the shape of `relative_position`, of its array type.
     """
-    relative_position = jnp.asarray(relative_position, jnp.int32)
-    buckets = jnp.zeros_like(relative_position)
+    # NumPy positions (the static case: training, scoring, a decoder's first pass) are bucketed
+    # by NumPy, so no XLA program is compiled for these few integer ops of each [S, T] shape.
+    xp = np if isinstance(relative_position, np.ndarray) else jnp
+    relative_position = xp.asarray(relative_position, np.int32)
+    buckets = xp.zeros_like(relative_position)
     if bidirectional:
         num_buckets //= 2
-        buckets += (relative_position > 0).astype(jnp.int32) * num_buckets
-        distance = jnp.abs(relative_position)
+        buckets += (relative_position > 0).astype(np.int32) * num_buckets
+        distance = xp.abs(relative_position)
     else:
-        distance = -jnp.minimum(relative_position, 0)
+        distance = -xp.minimum(relative_position, 0)
     max_exact = num_buckets // 2
     is_small = distance < max_exact
     # float32 as Mesh TensorFlow / transformers compute it; log of 0 is masked by `is_small`.
-    ratio = jnp.maximum(distance, 1).astype(jnp.float32) / np.float32(max_exact)
+    ratio = xp.maximum(distance, 1).astype(np.float32) / np.float32(max_exact)
     log_scale = np.float32(math.log(max_distance / max_exact))
-    large = max_exact + (jnp.log(ratio) / log_scale * np.float32(num_buckets - max_exact)).astype(
-        jnp.int32
+    large = max_exact + (xp.log(ratio) / log_scale * np.float32(num_buckets - max_exact)).astype(
+        np.int32
     )
-    large = jnp.minimum(large, num_buckets - 1)
-    return buckets + jnp.where(is_small, distance, large)
+    large = xp.minimum(large, num_buckets - 1)
+    return buckets + xp.where(is_small, distance, large)
 
 
 class RelativePositionBiases(nn.Module):
