@@ -16,6 +16,7 @@ import pytest
 from prompt_tuning import prompts, t5
 from prompt_tuning.perf import costs
 from prompt_tuning.t5 import config as t5_config
+from prompt_tuning.t5 import decoding
 from prompt_tuning.train import optimizers, trainer
 from prompt_tuning.train.model import PromptModel
 
@@ -67,6 +68,27 @@ def test_step_flops_equal_the_dots_xla_compiles(steps):
 def test_step_flops_of_original_t5_equal_the_compiled_dots():
     prompt_hlo, _ = _compiled_step(ORIGINAL, "prompt")
     assert costs.dot_flops(prompt_hlo) == costs.step_flops(ORIGINAL, B, T, P, S)["step"]
+
+
+@pytest.mark.parametrize("config", [T5_1_1, ORIGINAL], ids=["t5_1_1", "original"])
+def test_greedy_and_score_flops_equal_the_dots_xla_compiles(config):
+    # The programs evaluation, pt-infer and pt-serve run (`t5.decoding`), on a prompted tiny T5.
+    model = t5.EncoderDecoder(config, prompts.Prompt(P))
+    new_tokens, labels = 6, 3
+    params = nn.unbox(PromptModel(model).init_boxed(jax.random.key(0), T, S))
+    inputs = np.full((B, T), 5, np.int32)
+    greedy = functools.partial(decoding.greedy_decode, model, max_decode_length=new_tokens)
+    hlo = jax.jit(greedy).lower(params, inputs).compile().as_text()
+    flops = costs.greedy_flops(config, B, T, P, new_tokens)
+    # The decoding loop's body is one `while` computation, counted once by dot_flops.
+    assert costs.dot_flops(hlo) == flops["prefill"] + flops["step"]
+    assert flops["total"] == flops["prefill"] + new_tokens * flops["step"]
+    targets = np.full((B * labels, S), 3, np.int32)
+    hlo = jax.jit(functools.partial(decoding.score, model)).lower(params, inputs, targets, targets)
+    flops = costs.score_flops(config, B, T, P, labels, S)
+    assert costs.dot_flops(hlo.compile().as_text()) == flops["total"]
+    # Each input is encoded once for all its labels: the encoder's share is that of B rows.
+    assert flops["encoder"] == costs.greedy_flops(config, B, T, P, 1)["prefill"]
 
 
 def test_prompt_step_has_no_weight_gradients_but_full_finetuning_has(steps):

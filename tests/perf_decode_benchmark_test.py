@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from prompt_tuning.perf import decode_benchmark, decode_workers, workers
+from prompt_tuning.perf import costs, decode_benchmark, decode_workers, workers
 from prompt_tuning.t5 import hf_format
 from tools import benchmark_decode
 
@@ -55,7 +55,17 @@ def test_both_systems_decode_exactly_the_asked_tokens_and_agree_with_transformer
         ("rank", "eager"),
     }
     assert set(data["summary"]["goals"]) == {"greedy tiny:4 float32", "rank tiny:4 float32"}
-    assert "| greedy | tiny:4 | float32 |" in stderr
+    assert "| greedy | tiny:4 | float32 |" in stderr and "GFLOP/batch (ours GFLOP/s)" in stderr
+    # Our programs' matmul work per batch: the FLOP models that perf_costs_test checks against
+    # the dots XLA compiles, for this run's shapes (input 8 + prompt 5; 2 labels of 3 tokens).
+    config = workers.model_config("tiny", 0.0)
+    gflop = {r["task"]: r["gflop"] for r in rows}
+    greedy = costs.greedy_flops(config, BATCH, 8, 5, NEW_TOKENS)["total"]
+    assert gflop == {
+        "greedy": greedy / 1e9,
+        "rank": costs.score_flops(config, 4, 8, 5, 2, 3)["total"] / 1e9,
+    }
+    assert all(r["ours_gflop_per_s"] == pytest.approx(r["gflop"] / r["ours_s"]) for r in rows)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +106,7 @@ def _run(mode, dtype, seconds, task="rank", rss=1.0):
         "batch_s_median": seconds,
         "cpu_s_per_batch_median": 2 * seconds,
         "peak_rss_gib": rss,
+        "gflop_per_batch": 10.0,
     }
 
 
@@ -116,6 +127,7 @@ def test_comparisons_take_the_fastest_peft_mode_of_the_same_precision():
     assert bf16["peft_modes_s"] == {"autocast": 1.5, "cast": 1.2, "compile-autocast": 2.0}
     assert bf16["memory_ratio"] == pytest.approx(0.5)  # against the chosen mode's RSS
     assert bf16["cpu_speedup"] == pytest.approx(2.4 / 1.0)
+    assert bf16["gflop"] == 10.0 and bf16["ours_gflop_per_s"] == pytest.approx(10.0 / 0.5)
     assert f32["peft_fastest_mode"] == "compile" and f32["speedup"] == pytest.approx(0.45)
     goals = decode_benchmark.goals(list(rows.values()))
     assert goals == {"rank small:32 bfloat16": True, "rank small:32 float32": False}

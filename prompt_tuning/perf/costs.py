@@ -1,13 +1,15 @@
-"""What a training step costs: its FLOP model, the FLOPs of a compiled step, weight-gradient checks.
+"""What a step costs: FLOP models of training, decoding and scoring, the FLOPs of compiled programs,
+weight-gradient checks.
 
 Letters (as in ANCHORS-style counts): d = emb_dim, f = mlp_dim, h = num_heads * head_dim, V = vocab,
 g = number of MLP input kernels (2 for T5 1.1's gated GELU, 1 for original T5), L_e = P + T (the
 encoder length with the prompt), L_d = S (targets), T_e = B L_e and T_d = B L_d tokens. A
 multiply-add is 2 FLOPs.
 
-`step_flops` counts the matmuls of a prompt-tuning step by hand; `dot_flops` counts the dots XLA
-actually compiled (from the optimized HLO), so the two can be checked against each other (tests
-do, on tiny T5s). `weight_gradient_ops` finds weight-shaped gradient ops in a compiled step: a
+`step_flops` counts the matmuls of a prompt-tuning step by hand, `greedy_flops` those of greedy
+decoding and `score_flops` those of rank classification; `dot_flops` counts the dots XLA actually
+compiled (from the optimized HLO), so the two can be checked against each other (tests do, on tiny
+T5s). `weight_gradient_ops` finds weight-shaped gradient ops in a compiled step: a
 prompt-tuning step must have none (gradients only with respect to the prompt), full fine-tuning
 has many.
 """
@@ -91,6 +93,65 @@ def step_flops(
         "backward": backward,
         "step": forward + backward,
     }
+
+
+def _encoder_flops(config: Any, batch: int, enc_len: int) -> int:
+    """Forward matmul FLOPs of the prompted encoder and of every decoder layer's cross-attention
+    keys and values (projected once per input)."""
+    t_e, h = batch * enc_len, config.num_heads * config.head_dim
+    parts = _linear_flops(config, t_e, 0)
+    return parts["encoder"] + parts["cross_kv"] + config.num_encoder_layers * t_e * 4 * enc_len * h
+
+
+def _decoder_token_flops(config: Any, enc_len: int, self_len: int) -> int:
+    """Forward matmul FLOPs of one decoder token: every layer's projections, MLP and attention
+    products (self-attention over `self_len` positions, cross-attention over `enc_len`), and the
+    logits."""
+    h = config.num_heads * config.head_dim
+    per_layer = _linear_flops(config, 0, 1)["decoder"] // max(config.num_decoder_layers, 1)
+    per_layer += 4 * (self_len + enc_len) * h
+    return config.num_decoder_layers * per_layer + _linear_flops(config, 0, 1)["logits"]
+
+
+def greedy_flops(
+    config: Any, batch: int, input_length: int, prompt_length: int, new_tokens: int
+) -> dict[str, float]:
+    """Matmul FLOPs of greedy decoding `new_tokens` tokens with a KV cache (`t5.decoding`).
+
+    The encoder and the cross-attention keys/values run once ("prefill"); each step then runs the
+    decoder on one token per row, its self-attention over the whole cache of `new_tokens`
+    positions (masked beyond the current one, as the compiled step does) and its cross-attention
+    over the P + T encoder positions, and the logits over the vocabulary.
+
+    Returns:
+      {"prefill", "step" (one step of the batch), "total" (prefill + new_tokens steps)} in FLOPs.
+    """
+    enc_len = prompt_length + input_length
+    prefill = _encoder_flops(config, batch, enc_len)
+    step = batch * _decoder_token_flops(config, enc_len, new_tokens)
+    return {"prefill": prefill, "step": step, "total": prefill + new_tokens * step}
+
+
+def score_flops(
+    config: Any,
+    batch: int,
+    input_length: int,
+    prompt_length: int,
+    num_labels: int,
+    label_length: int,
+) -> dict[str, float]:
+    """Matmul FLOPs of rank classification: each input encoded once, its C label rows of S tokens
+    decoded in one teacher-forced pass (`t5.decoding.score`).
+
+    Returns:
+      {"encoder" (with the cross-attention keys/values), "decoder" (the B*C label rows with their
+      logits), "total"} in FLOPs.
+    """
+    enc_len = prompt_length + input_length
+    encoder = _encoder_flops(config, batch, enc_len)
+    tokens = batch * num_labels * label_length
+    decoder = tokens * _decoder_token_flops(config, enc_len, label_length)
+    return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
 
 
 _SHAPE = re.compile(r"^[a-z0-9]+\[([0-9,]*)\]")

@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prompt_tuning.perf import train_benchmark
+from prompt_tuning.perf import costs, train_benchmark
 from prompt_tuning.perf.workers import model_config
 
 MODULE = "prompt_tuning.perf.decode_workers"
@@ -103,6 +103,19 @@ def base_spec(args: DecodeSettings, size: str, weights: str) -> dict[str, Any]:
     return spec | {"size": size, "weights": weights, "hf_config": hf_config}
 
 
+def batch_gflop(spec: Mapping[str, Any]) -> float:
+    """Matmul GFLOP of our program for one batch (`costs.greedy_flops` / `costs.score_flops`):
+    the work either system must do at least (PEFT's rank scoring re-encodes each input per label
+    row, so it does more)."""
+    config = model_config(spec["size"], 0.0)
+    shape = (config, spec["batch"], spec["input_length"], spec["prompt_length"])
+    if spec["task"] == "greedy":
+        flops = costs.greedy_flops(*shape, spec["new_tokens"])
+    else:
+        flops = costs.score_flops(*shape, spec["num_labels"], spec["label_length"])
+    return flops["total"] / 1e9
+
+
 def record(system: str, spec: Mapping[str, Any], raw: Mapping[str, Any], rnd: int) -> dict:
     """One run's JSON record from a worker's raw result (outputs dropped)."""
     median = statistics.median(raw["times_s"])
@@ -113,6 +126,7 @@ def record(system: str, spec: Mapping[str, Any], raw: Mapping[str, Any], rnd: in
         **{k: spec[k] for k in ("task", "size", "batch", "dtype", "device")},
         "batch_s_median": median,
         "examples_per_s": spec["batch"] / median,
+        "gflop_per_batch": batch_gflop(spec),
         "cpu_s_per_batch_median": statistics.median(raw["cpu_s"]),
     }
     if "new_tokens" in raw:
@@ -141,13 +155,17 @@ def comparisons(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     Medians over rounds per system and mode; `speedup` is our examples/s over the fastest PEFT
     mode's (> 1: we are faster), `cpu_speedup` the same in CPU seconds (all threads; less
     sensitive to other processes on a shared machine); `peft_modes_s` records every mode's
-    seconds per batch.
+    seconds per batch; `gflop` is our program's matmul work per batch and `ours_gflop_per_s` its
+    rate (set it against the machine's matmul peak: at the peak, `gflop` alone takes `gflop /
+    peak` seconds, whoever runs it).
     """
     groups: dict[tuple, dict[str, list[float]]] = {}
     memory: dict[tuple, dict[str, list[float]]] = {}
     cpu: dict[tuple, dict[str, list[float]]] = {}
+    gflop: dict[tuple, float] = {}
     for run in runs:
         key = (run["task"], run["size"], run["batch"], run["dtype"])
+        gflop[key] = run["gflop_per_batch"]
         name = "ours" if run["system"] == "ours" else run["mode"]
         groups.setdefault(key, {}).setdefault(name, []).append(run["batch_s_median"])
         memory.setdefault(key, {}).setdefault(name, []).append(run["peak_rss_gib"])
@@ -160,6 +178,8 @@ def comparisons(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         ours_s = medians.pop("ours")
         row = {"task": task, "size": size, "batch": batch, "dtype": dtype}
         row |= {"ours_s": ours_s, "ours_examples_per_s": batch / ours_s, "peft_modes_s": medians}
+        row |= {"gflop": gflop[task, size, batch, dtype]}
+        row["ours_gflop_per_s"] = row["gflop"] / ours_s
         row["ours_peak_rss_gib"] = statistics.median(memory[task, size, batch, dtype]["ours"])
         row["ours_cpu_s"] = statistics.median(cpu[task, size, batch, dtype]["ours"])
         if medians:
@@ -191,13 +211,15 @@ def markdown(rows: Sequence[Mapping[str, Any]], agreements: Sequence[Mapping[str
         value = a.get("token_equality", a.get("choice_agreement"))
         agree.setdefault((a["task"], a["size"], a["dtype"]), []).append(value)
     lines = [
-        "| task | case | precision | ours s/batch (ex/s; CPU s) | fastest PEFT mode | "
-        "PEFT s/batch (ex/s; CPU s) | speed-up (CPU) | memory ratio | agreement (min) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | case | precision | ours s/batch (ex/s; CPU s) | GFLOP/batch (ours GFLOP/s) | "
+        "fastest PEFT mode | PEFT s/batch (ex/s; CPU s) | speed-up (CPU) | memory ratio | "
+        "agreement (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [r["task"], f"{r['size']}:{r['batch']}", r["dtype"]]
         cells.append(f"{r['ours_s']:.3f} ({r['ours_examples_per_s']:.1f}; {r['ours_cpu_s']:.2f})")
+        cells.append(f"{r['gflop']:.1f} ({r['ours_gflop_per_s']:.0f})")
         if "speedup" in r:
             cells.append(r["peft_fastest_mode"])
             cells.append(
