@@ -16,11 +16,13 @@ the run also checks ours against transformers: the fraction of equal greedy toke
 rank choices is recorded. Each system and mode runs in its own subprocess, one after another,
 alternating over `--rounds`; `--device cuda` runs both on the GPU.
 
-Per run: the median seconds per batch after `--warmup` untimed batches (our compilation, and
-PEFT's `torch.compile`, timed apart), examples/s, CPU seconds, peak RSS (and GPU peak memory on
-cuda), the new tokens per row and the 1-minute load average. Output: a JSON document on stdout
-(`{"runs": [...], "summary": {...}}`, `summary.comparisons`: ours against the fastest PEFT mode
-of the same task, size and precision; `summary.goals`: >= 2x) and a Markdown table on stderr.
+Per run: the median seconds per batch after `--warmup` untimed batches (our compilation, and PEFT's
+`torch.compile`, timed apart), examples/s, CPU seconds, peak RSS (and GPU peak memory on cuda), the
+new tokens per row, the 1-minute load average and our program's matmul GFLOP per batch
+(`perf.costs.greedy_flops` / `score_flops`; with the GFLOP/s they give our share of the matmul peak
+of `tools/benchmark_matmul.py`, and the time any system needs at that peak). Output: a JSON document
+on stdout (`{"runs": [...], "summary": {...}}`, `summary.comparisons`: ours against the fastest PEFT
+mode of the same task, size and precision; `summary.goals`: >= 2x) and a Markdown table on stderr.
 Quote wall time only from an otherwise idle machine.
 """
 
