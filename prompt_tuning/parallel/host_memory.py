@@ -17,7 +17,7 @@ freed memory would otherwise stay resident. The trade-off (docs/performance.md, 
 when small allocations split a freed buffer, a step faults in a second one, which then stays
 resident beside the first. That happens more often when the step was loaded from JAX's persistent
 compilation cache instead of compiled (fewer small free blocks on the heap: 22% of the steps of a
-tiny T5 faulted afresh against 12%).
+tiny T5 faulted afresh against 12%, counted by hand over 6 and 10 runs of the benchmark's worker).
 
 Both are no-ops where the C library is not glibc. `reuse_freed_memory` has full effect only before
 JAX's CPU client has started its threads (threads keep the arena they first allocated from): the
