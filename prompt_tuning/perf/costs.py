@@ -22,12 +22,17 @@ from collections.abc import Sequence
 from typing import Any
 
 
+def _mlp_flops(config: Any) -> int:
+    """Forward FLOPs of one token through one MLP: wi_0 (, wi_1), wo."""
+    return 2 * (len(config.mlp_activations) + 1) * config.emb_dim * config.mlp_dim
+
+
 def _linear_flops(config: Any, t_e: int, t_d: int) -> dict[str, int]:
     """Forward matmul FLOPs of the projections and MLPs, per part of the model."""
-    d, f, v = config.emb_dim, config.mlp_dim, config.vocab_size
+    d, v = config.emb_dim, config.vocab_size
     h = config.num_heads * config.head_dim
     n_enc, n_dec = config.num_encoder_layers, config.num_decoder_layers
-    mlp = 2 * (len(config.mlp_activations) + 1) * d * f  # per token: wi_0 (, wi_1), wo
+    mlp = _mlp_flops(config)
     return {
         # q, k, v, out: 4 kernels [d, h], 2 FLOPs per multiply-add.
         "encoder": n_enc * t_e * (8 * d * h + mlp),
@@ -107,10 +112,10 @@ def _decoder_token_flops(config: Any, enc_len: int, self_len: int) -> int:
     """Forward matmul FLOPs of one decoder token: every layer's projections, MLP and attention
     products (self-attention over `self_len` positions, cross-attention over `enc_len`), and the
     logits."""
-    h = config.num_heads * config.head_dim
-    per_layer = _linear_flops(config, 0, 1)["decoder"] // max(config.num_decoder_layers, 1)
-    per_layer += 4 * (self_len + enc_len) * h
-    return config.num_decoder_layers * per_layer + _linear_flops(config, 0, 1)["logits"]
+    d, h = config.emb_dim, config.num_heads * config.head_dim
+    # Self-attention q, k, v, out and cross-attention q, out; the MLP; both attention products.
+    per_layer = 12 * d * h + _mlp_flops(config) + 4 * (self_len + enc_len) * h
+    return config.num_decoder_layers * per_layer + 2 * d * config.vocab_size
 
 
 def greedy_flops(

@@ -257,14 +257,13 @@ class RelativePositionBiases(nn.Module):
             ("heads", "relpos_buckets"),
             self.param_dtype,
         )
-        # With concrete positions (training, scoring) the buckets are computed once while tracing
-        # and become a constant; otherwise XLA fuses the bucket arithmetic (with its log) into
-        # every layer's attention, once per element of [B, N, S, T]. Decoding traces them.
-        with jax.ensure_compile_time_eval():
-            relative = key_positions[None, :] - query_positions[:, None]  # [S, T]
-            buckets = relative_position_bucket(
-                relative, bidirectional, self.num_buckets, self.max_distance
-            )
+        # NumPy positions (training, scoring: the callers' static `np.arange`) are bucketed by NumPy
+        # while tracing and become a constant; traced ones (a decoding step's position) make XLA
+        # fuse the bucket arithmetic (with its log) into every layer's attention.
+        relative = key_positions[None, :] - query_positions[:, None]  # [S, T]
+        buckets = relative_position_bucket(
+            relative, bidirectional, self.num_buckets, self.max_distance
+        )
         bias = jnp.take(table.astype(jnp.float32), buckets, axis=1)  # [N, S, T]
         return bias[None]  # [1, N, S, T]
 
